@@ -1,0 +1,55 @@
+"""``profiler``: images → cells → features → well profiles. A thin typer layer over the library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from profiler._cli_util import err_console, run_main, setup_logging
+
+app = typer.Typer(help="Images → cells → CellProfiler-style features → per-well profiles.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
+    setup_logging(verbose)
+
+
+@app.command("example-plate")
+def example_plate(
+    out_dir: Path = typer.Argument(..., help="Folder to write the plate into."),
+    n_wells: int = typer.Option(24, help="Number of wells."),
+    n_sites: int = typer.Option(2, help="Sites (fields) per well."),
+    size: int = typer.Option(512, help="Image height and width in pixels."),
+    seed: int = typer.Option(0, help="Random seed (same seed → identical files)."),
+) -> None:
+    """Write the synthetic example plate (ImageXpress-named 16-bit TIFFs + platemap.csv)."""
+    from profiler.synthetic import make_example_plate
+
+    path = make_example_plate(out_dir, n_wells=n_wells, n_sites=n_sites, size=size, seed=seed)
+    err_console.print(f"example plate written to {path}")
+
+
+@app.command()
+def extract(
+    plate_dir: Path = typer.Argument(..., help="Folder with the plate's images."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    pipeline: str = typer.Option("example", "--pipeline", "-p", help="Pipeline YAML path or built-in name."),
+    platemap: Optional[Path] = typer.Option(None, help="platemap.csv (default: PLATE_DIR/platemap.csv)."),
+) -> None:
+    """Segment, measure and profile a plate: writes single_cell.parquet, profiles.parquet, manifest.json."""
+    from profiler.extract import extract as run
+
+    out_dir = run(plate_dir, out, pipeline=pipeline, platemap=platemap)
+    err_console.print(f"outputs written to {out_dir}")
+
+
+def main() -> None:
+    run_main(app)
+
+
+if __name__ == "__main__":
+    main()
