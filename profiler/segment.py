@@ -1,25 +1,73 @@
 """Segmentation: nuclei → cells → cytoplasm label images (pure functions on arrays).
 
-First version: Otsu nuclei with distance-transform watershed declumping, border and size
-filtering; cells by watershed from the nuclei on the cell-body channel; cytoplasm = cell − nucleus.
-Object numbers agree across compartments: cell k and cytoplasm k belong to nucleus k.
+The three steps follow CellProfiler 5's IdentifyPrimaryObjects, IdentifySecondaryObjects
+(Propagation) and IdentifyTertiaryObjects, so that a CellProfiler user gets the objects they
+expect from the same settings (``pipelines/cellprofiler/bbbc021.cppipe`` is the equivalent
+CellProfiler pipeline):
+
+* **Nuclei** — a global threshold (Otsu two- or three-class, or minimum cross-entropy) computed
+  on the raw image, multiplied by a correction factor and clipped to bounds, applied to the
+  Gaussian-smoothed image (CellProfiler's "threshold smoothing scale": σ = scale / 0.6744 / 2);
+  holes smaller than ``max_diameter²`` filled; 8-connected components; declumping by local maxima
+  of the smoothed intensity ("intensity") or of the distance transform ("shape"), dividing lines
+  by a watershed on the inverted intensity or on the distance; objects touching the image border
+  removed, then objects outside the diameter range (area < π·min²/4 or > π·max²/4); holes filled
+  again; objects renumbered 1..N without gaps (border nuclei are removed *before* numbering).
+* **Cells** — CellProfiler's Propagation (Jones, Carpenter & Golland 2005): seeds are the nuclei
+  (plus the border nuclei, which compete for territory and are dropped afterwards, as in
+  CellProfiler); pixels are claimed in order of the distance
+  ``d = Σ sqrt(ΔI² + λ²·|Δxy|₁)`` where ΔI is the summed absolute difference of the 3×3
+  neighbourhoods of adjacent pixels, over the foreground of a global threshold of the cell image.
+  Holes enclosed by one cell are filled. Cell k is grown from nucleus k.
+* **Cytoplasm** — cell minus its nucleus, keeping the cell's number (a cytoplasm may be empty).
+
+All images are float arrays on CellProfiler's scale (raw / dtype max); labels are int32.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numba
 import numpy as np
 from scipy import ndimage as ndi
-from skimage import filters, measure, morphology, segmentation
-from skimage.feature import peak_local_max
+from skimage import filters, segmentation
+
+from profiler.errors import ConfigError
+
+THRESHOLD_METHODS = ("otsu", "minimum_cross_entropy")
 
 DEFAULTS: dict[str, Any] = {
-    "nuclei": {"min_diameter": 8, "max_diameter": 60, "smoothing": 1.0, "correction": 1.0,
-               "exclude_border": True},
-    "cells": {"threshold_correction": 0.6, "max_distance": 60},
+    "nuclei": {
+        "threshold_method": "otsu",          # otsu | minimum_cross_entropy
+        "threshold_classes": 2,              # 2 or 3 (Otsu only)
+        "middle_class": "foreground",        # three-class Otsu: middle class to foreground|background
+        "threshold_smoothing_scale": 1.3488,  # CellProfiler's default; σ = scale / 0.6744 / 2
+        "threshold_correction": 1.0,
+        "threshold_bounds": [0.0, 1.0],
+        "min_diameter": 15,
+        "max_diameter": 80,
+        "exclude_size": True,
+        "exclude_border": True,
+        "declump": "intensity",              # intensity | shape | none
+        "dividing_lines": "intensity",       # intensity | shape
+        "declump_smoothing": None,           # None → 2.35 · min_diameter / 3.5 (CellProfiler's auto)
+        "maxima_suppression": None,          # None → automatic (CellProfiler's auto)
+        "low_res_maxima": True,              # find maxima on a 10/min_diameter downsampled image
+        "fill_holes": True,
+    },
+    "cells": {
+        "threshold_method": "otsu",
+        "threshold_classes": 2,
+        "middle_class": "foreground",
+        "threshold_smoothing_scale": 0.0,
+        "threshold_correction": 1.0,
+        "threshold_bounds": [0.0, 1.0],
+        "regularization": 0.05,              # λ of the Propagation distance
+        "fill_holes": True,
+    },
 }
 
 
@@ -28,10 +76,33 @@ class Segmentation:
     nuclei: np.ndarray     # (H, W) int32, 1..N
     cells: np.ndarray      # (H, W) int32, cell k grown from nucleus k
     cytoplasm: np.ndarray  # (H, W) int32, cells minus nuclei (may lack some numbers)
+    thresholds: dict[str, float] = field(default_factory=dict)  # compartment → final threshold
 
     @property
     def n_objects(self) -> int:
-        return int(self.nuclei.max())
+        return int(self.nuclei.max()) if self.nuclei.size else 0
+
+    def relationships(self) -> dict[str, np.ndarray]:
+        """CellProfiler's parent/child columns for objects 1..N (one value per object).
+
+        ``Cells_Parent_Nuclei`` and ``Cytoplasm_Parent_Cells`` / ``Cytoplasm_Parent_Nuclei`` are the
+        object's own number (cell k and cytoplasm k belong to nucleus k; 0 where a cell or cytoplasm
+        has no pixels, as CellProfiler records an absent parent), ``Nuclei_Children_Cells_Count`` is
+        1 where the nucleus grew a cell and ``Cells_Children_Cytoplasm_Count`` 1 where the cell has
+        a non-empty cytoplasm.
+        """
+        n = self.n_objects
+        idx = np.arange(1, n + 1)
+        has_cell = np.bincount(self.cells.ravel(), minlength=n + 1)[1:n + 1] > 0
+        has_cyto = np.bincount(self.cytoplasm.ravel(), minlength=n + 1)[1:n + 1] > 0
+        return {
+            "Nuclei_Children_Cells_Count": has_cell.astype(np.int64),
+            "Nuclei_Children_Cytoplasm_Count": has_cyto.astype(np.int64),
+            "Cells_Parent_Nuclei": np.where(has_cell, idx, 0),
+            "Cells_Children_Cytoplasm_Count": has_cyto.astype(np.int64),
+            "Cytoplasm_Parent_Cells": np.where(has_cyto, idx, 0),
+            "Cytoplasm_Parent_Nuclei": np.where(has_cyto, idx, 0),
+        }
 
 
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:
@@ -40,41 +111,445 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
     return out.astype(np.int32)
 
 
-def segment_nuclei(dna: np.ndarray, *, min_diameter: float = 8, max_diameter: float = 60,
-                   smoothing: float = 1.0, correction: float = 1.0,
-                   exclude_border: bool = True) -> np.ndarray:
-    """Nuclei from a DNA image: Otsu threshold × correction, shape-based declumping."""
-    img = filters.gaussian(dna, sigma=smoothing, preserve_range=True) if smoothing else dna
-    if np.ptp(img) == 0:
-        return np.zeros(dna.shape, np.int32)
-    mask = img > filters.threshold_otsu(img) * correction
-    mask = ndi.binary_fill_holes(morphology.remove_small_objects(mask, max_size=int(np.pi * (min_diameter / 2) ** 2)))
-    dist = ndi.distance_transform_edt(mask)
-    peaks = peak_local_max(dist, min_distance=max(int(min_diameter // 2), 1), labels=measure.label(mask),
-                           exclude_border=False)
-    markers = np.zeros(mask.shape, np.int32)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    labels = segmentation.watershed(-dist, markers, mask=mask)
-    if exclude_border:
-        labels = segmentation.clear_border(labels)
-    areas = np.bincount(labels.ravel())
-    lo, hi = np.pi * (min_diameter / 2) ** 2, np.pi * (max_diameter / 2) ** 2
-    bad = np.flatnonzero((areas < lo) | (areas > hi))
-    labels[np.isin(labels, bad[bad > 0])] = 0
-    return relabel_sequential(labels)
+# ---------------------------------------------------------------------------------------------
+# thresholds
+# ---------------------------------------------------------------------------------------------
+
+def threshold_value(image: np.ndarray, *, method: str = "otsu", classes: int = 2,
+                    middle_class: str = "foreground", correction: float = 1.0,
+                    bounds: tuple[float, float] | list[float] = (0.0, 1.0)) -> float:
+    """A global threshold as CellProfiler computes it (on the unsmoothed image).
+
+    ``otsu`` with 2 classes is scikit-image's Otsu; with 3 classes, multi-Otsu (128 bins) whose
+    lower (middle → foreground) or upper (middle → background) cut is used; ``minimum_cross_entropy``
+    is Li's method. The result is multiplied by ``correction`` and clipped to ``bounds``.
+    """
+    data = np.asarray(image, dtype=np.float64).ravel()
+    if data.size == 0:
+        t = 0.0
+    elif np.all(data == data[0]):
+        t = float(data[0])
+    elif method == "minimum_cross_entropy":
+        tol = max(float(np.min(np.diff(np.unique(data)))) / 2, 0.5 / 65536)
+        t = float(filters.threshold_li(data, tolerance=tol))
+    elif method == "otsu" and int(classes) == 2:
+        t = float(filters.threshold_otsu(data))
+    elif method == "otsu" and int(classes) == 3:
+        if np.unique(data).size < 3:
+            t = float(filters.threshold_otsu(data))
+        else:
+            cuts = filters.threshold_multiotsu(data, classes=3, nbins=128)
+            t = float(cuts[0] if middle_class == "foreground" else cuts[1])
+    else:
+        raise ConfigError(f"unknown threshold method {method!r} with {classes} classes",
+                          hint=f"use one of {THRESHOLD_METHODS}; threshold_classes 2 or 3 (Otsu)")
+    lo, hi = float(bounds[0]), float(bounds[1])
+    return float(min(max(t * float(correction), lo), hi))
 
 
-def segment_cells(nuclei: np.ndarray, cell_image: np.ndarray, *, threshold_correction: float = 0.6,
-                  max_distance: float = 60) -> np.ndarray:
-    """Cells grown from the nuclei over the foreground of the cell-body image (watershed)."""
-    if nuclei.max() == 0:
-        return np.zeros_like(nuclei)
-    img = filters.gaussian(cell_image, sigma=1.0, preserve_range=True)
-    fg = img > filters.threshold_otsu(img) * threshold_correction if np.ptp(img) > 0 else np.ones_like(img, bool)
-    dist_to_nucleus = ndi.distance_transform_edt(nuclei == 0)
-    fg = (fg & (dist_to_nucleus <= max_distance)) | (nuclei > 0)
-    cells = segmentation.watershed(-img, markers=nuclei, mask=fg)
-    return cells.astype(np.int32)
+def _smooth_for_threshold(image: np.ndarray, scale: float) -> np.ndarray:
+    """CellProfiler's threshold smoothing: Gaussian σ = scale / 0.6744 / 2, edge-normalised."""
+    if not scale:
+        return image
+    sigma = scale / 0.6744 / 2.0
+    img = ndi.gaussian_filter(image.astype(np.float32), sigma, mode="constant", cval=0)
+    # the filter of an all-ones image is separable: the outer product of the 1-D edge factors
+    rows = ndi.gaussian_filter1d(np.ones(image.shape[0]), sigma, mode="constant", cval=0)
+    cols = ndi.gaussian_filter1d(np.ones(image.shape[1]), sigma, mode="constant", cval=0)
+    return img / (np.outer(rows, cols) + np.finfo(float).eps)
+
+
+def _threshold_image(image: np.ndarray, p: Mapping[str, Any]) -> tuple[np.ndarray, float]:
+    t = threshold_value(image, method=p["threshold_method"], classes=p["threshold_classes"],
+                        middle_class=p["middle_class"], correction=p["threshold_correction"],
+                        bounds=p["threshold_bounds"])
+    return _smooth_for_threshold(image, p["threshold_smoothing_scale"]) >= t, t
+
+
+# ---------------------------------------------------------------------------------------------
+# morphology helpers
+# ---------------------------------------------------------------------------------------------
+
+_FOUR = ndi.generate_binary_structure(2, 1)
+_EIGHT = np.ones((3, 3), bool)
+
+
+def _fill_binary_holes(mask: np.ndarray, max_area: float | None = None) -> np.ndarray:
+    """Fill background components (4-connected) that do not touch the edge and are small enough."""
+    bg, n = ndi.label(~mask, _FOUR)
+    if n == 0:
+        return mask
+    edge = np.unique(np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]]))
+    fill = np.ones(n + 1, bool)
+    fill[edge] = False
+    fill[0] = False
+    if max_area is not None:
+        fill &= np.bincount(bg.ravel(), minlength=n + 1) < max_area
+    return mask | fill[bg]
+
+
+def fill_label_holes(labels: np.ndarray) -> np.ndarray:
+    """Fill background pockets (4-connected) that touch exactly one object and not the edge."""
+    bg, n = ndi.label(labels == 0, _FOUR)
+    if n == 0:
+        return labels
+    pairs = []
+    for a, b in ((bg[:-1, :], labels[1:, :]), (bg[1:, :], labels[:-1, :]),
+                 (bg[:, :-1], labels[:, 1:]), (bg[:, 1:], labels[:, :-1])):
+        sel = (a > 0) & (b > 0)
+        pairs.append(np.stack([a[sel], b[sel]], axis=1))
+    pairs = np.concatenate(pairs).astype(np.int64)
+    big = int(labels.max()) + 1
+    code = np.unique(pairs[:, 0] * big + pairs[:, 1])
+    pb, pl = code // big, code % big
+    owners = np.zeros(n + 1, np.int64)
+    n_owners = np.bincount(pb, minlength=n + 1)
+    owners[pb] = pl
+    edge = np.unique(np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]]))
+    ok = n_owners == 1
+    ok[edge] = False
+    ok[0] = False
+    out = labels.copy()
+    sel = ok[bg]
+    out[sel] = owners[bg[sel]]
+    return out
+
+
+def _strel_disk(radius: float) -> np.ndarray:
+    r = int(radius)
+    y, x = np.mgrid[-r:r + 1, -r:r + 1]
+    return (x * x + y * y) <= radius * radius
+
+
+@numba.njit(cache=True, nogil=True)
+def _local_maxima(image, labels, off_i, off_j):  # pragma: no cover - compiled
+    """CellProfiler's is_local_maximum: ≥ every same-label pixel under the footprint."""
+    m, n = image.shape
+    out = np.zeros((m, n), np.bool_)
+    for i in range(m):
+        for j in range(n):
+            lab = labels[i, j]
+            if lab == 0 or image[i, j] <= 0:
+                continue
+            v = image[i, j]
+            ok = True
+            for k in range(off_i.shape[0]):
+                ii = i + off_i[k]
+                jj = j + off_j[k]
+                if ii < 0 or ii >= m or jj < 0 or jj >= n:
+                    continue
+                if labels[ii, jj] == lab and image[ii, jj] > v:
+                    ok = False
+                    break
+            out[i, j] = ok
+    return out
+
+
+def _cp_gaussian_smooth(image: np.ndarray, filter_size: float) -> np.ndarray:
+    """IdentifyPrimaryObjects' declumping smoother (truncated Gaussian, σ = size / 2.35)."""
+    if filter_size == 0:
+        return image
+    sigma = filter_size / 2.35
+    half = max(int(float(filter_size) / 2.0), 1)
+    x = np.arange(-half, half + 1)
+    f = np.exp(-0.5 * x ** 2 / sigma ** 2) / np.sqrt(2.0 * np.pi) / sigma
+
+    img = ndi.convolve1d(ndi.convolve1d(image.astype(np.float32), f, axis=0, mode="constant"),
+                         f, axis=1, mode="constant")
+    rows = ndi.convolve1d(np.ones(image.shape[0]), f, mode="constant")
+    cols = ndi.convolve1d(np.ones(image.shape[1]), f, mode="constant")
+    return img / np.outer(rows, cols)
+
+
+def _maxima(image: np.ndarray, labels: np.ndarray, footprint: np.ndarray, factor: float) -> np.ndarray:
+    """Local maxima (as one marker blob each), optionally found on a downsampled image."""
+    if factor < 1.0:
+        shape = np.array(image.shape) * factor
+        ij = np.mgrid[0:shape[0], 0:shape[1]].astype(float) / factor
+        small = ndi.map_coordinates(image, ij)
+        small_labels = ndi.map_coordinates(labels, ij, order=0).astype(labels.dtype)
+    else:
+        small, small_labels = image, labels
+    fi, fj = np.nonzero(footprint)
+    c = footprint.shape[0] // 2
+    fi, fj = (fi - c).astype(np.int64), (fj - c).astype(np.int64)
+    keep = (fi != 0) | (fj != 0)
+    mx = _local_maxima(np.ascontiguousarray(small, np.float64), np.ascontiguousarray(small_labels, np.int32),
+                       fi[keep], fj[keep])
+    if factor < 1.0:
+        # CellProfiler upsamples the maxima image with a cubic spline and keeps values > 0.5; those
+        # pixels lie within a few pixels of a low-resolution maximum, so only evaluate there.
+        inv = float(image.shape[0]) / float(mx.shape[0])
+        coeffs = ndi.spline_filter(mx.astype(float), order=3)
+        full = np.zeros(image.shape, bool)
+        pts = np.argwhere(mx)
+        if len(pts):
+            r = int(np.ceil(2 * inv)) + 1
+            oi, oj = np.mgrid[-r:r + 1, -r:r + 1]
+            ci = np.round(pts[:, 0] * inv).astype(np.int64)[:, None] + oi.ravel()[None, :]
+            cj = np.round(pts[:, 1] * inv).astype(np.int64)[:, None] + oj.ravel()[None, :]
+            ok = (ci >= 0) & (ci < image.shape[0]) & (cj >= 0) & (cj < image.shape[1])
+            flat = np.unique(ci[ok] * image.shape[1] + cj[ok])
+            ii, jj = flat // image.shape[1], flat % image.shape[1]
+            vals = ndi.map_coordinates(coeffs, np.stack([ii / inv, jj / inv]), prefilter=False)
+            full[ii[vals > 0.5], jj[vals > 0.5]] = True
+        mx = full
+    return mx
+
+
+# ---------------------------------------------------------------------------------------------
+# nuclei
+# ---------------------------------------------------------------------------------------------
+
+def _params(kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = set(params) - set(DEFAULTS[kind])
+    if unknown:
+        raise ConfigError(f"unknown segmentation.{kind} parameter(s): {sorted(unknown)}",
+                          hint=f"allowed: {', '.join(sorted(DEFAULTS[kind]))}")
+    p = {**DEFAULTS[kind], **params}
+    if p["threshold_method"] not in THRESHOLD_METHODS:
+        raise ConfigError(f"segmentation.{kind}.threshold_method {p['threshold_method']!r} is unknown",
+                          hint=f"use one of {THRESHOLD_METHODS}")
+    if kind == "nuclei":
+        if p["declump"] not in ("intensity", "shape", "none"):
+            raise ConfigError(f"segmentation.nuclei.declump {p['declump']!r} is unknown",
+                              hint="use intensity, shape or none")
+        if p["dividing_lines"] not in ("intensity", "shape"):
+            raise ConfigError(f"segmentation.nuclei.dividing_lines {p['dividing_lines']!r} is unknown",
+                              hint="use intensity or shape")
+        if not 0 < float(p["min_diameter"]) < float(p["max_diameter"]):
+            raise ConfigError("segmentation.nuclei needs 0 < min_diameter < max_diameter")
+    return p
+
+
+def _declump(image: np.ndarray, labeled: np.ndarray, p: Mapping[str, Any]) -> np.ndarray:
+    min_d = float(p["min_diameter"])
+    if p["declump"] == "none" or labeled.max() == 0:
+        return labeled
+    size = p["declump_smoothing"]
+    size = 2.35 * min_d / 3.5 if size is None else float(size)
+    blurred = _cp_gaussian_smooth(image, size)
+    if min_d > 10 and p["low_res_maxima"]:
+        factor = 10.0 / min_d
+        supp = 7.0 if p["maxima_suppression"] is None else float(p["maxima_suppression"]) * factor + 0.5
+    else:
+        factor = 1.0
+        supp = min_d / 1.5 if p["maxima_suppression"] is None else float(p["maxima_suppression"])
+    footprint = _strel_disk(max(1.0, supp - 0.5))
+    dist = None
+    if p["declump"] == "intensity":
+        maxima = _maxima(blurred, labeled, footprint, factor)
+    else:
+        dist = ndi.distance_transform_edt(labeled > 0)
+        dist += np.random.default_rng(0).uniform(0, 0.001, dist.shape)
+        maxima = _maxima(dist, labeled, footprint, factor)
+    markers, _ = ndi.label(maxima, _EIGHT)
+    if p["dividing_lines"] == "intensity":
+        surface = 1.0 - image
+    else:
+        if dist is None:
+            dist = ndi.distance_transform_edt(labeled > 0)
+        surface = dist.max() - dist
+    return segmentation.watershed(surface, markers, connectivity=_EIGHT, mask=labeled > 0).astype(np.int32)
+
+
+def _identify_primary(dna: np.ndarray, p: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, float]:
+    """Returns (nuclei 1..N, seeds for the cells numbered like the nuclei or > N for border ones, threshold)."""
+    binary, t = _threshold_image(dna, p)
+    max_d, min_d = float(p["max_diameter"]), float(p["min_diameter"])
+    if p["fill_holes"]:
+        binary = _fill_binary_holes(binary, max_area=max_d * max_d)
+    labeled, _ = ndi.label(binary, _EIGHT)
+    labeled = _declump(dna, labeled.astype(np.int32), p)
+    unedited = labeled
+    n0 = int(unedited.max())
+    keep = np.ones(n0 + 1, bool)
+    keep[0] = False
+    border = np.zeros(n0 + 1, bool)
+    if p["exclude_border"]:
+        border[np.unique(np.concatenate([unedited[0], unedited[-1], unedited[:, 0], unedited[:, -1]]))] = True
+        border[0] = False
+        keep &= ~border
+    if p["exclude_size"]:
+        areas = np.bincount(unedited.ravel(), minlength=n0 + 1)
+        keep &= ~((areas < np.pi * min_d * min_d / 4) | (areas > np.pi * max_d * max_d / 4))
+    labels = np.where(keep[unedited], unedited, 0).astype(np.int32)
+    if p["fill_holes"]:
+        labels = fill_label_holes(labels)
+    # renumber 1..N in order of the original numbers; border objects become seeds N+1.. for the cells
+    new = np.zeros(n0 + 1, np.int32)
+    new[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    nuclei = new[labels]
+    n = int(keep.sum())
+    seed_map = new.copy()
+    seed_map[border & ~keep] = 0
+    brd = np.flatnonzero(border)
+    seed_map[brd] = np.arange(n + 1, n + 1 + len(brd), dtype=np.int32)
+    seeds = np.where(nuclei > 0, nuclei, seed_map[unedited]).astype(np.int32)
+    return nuclei, seeds, t
+
+
+def segment_nuclei(dna: np.ndarray, **params: Any) -> np.ndarray:
+    """Nuclei (int32, 1..N) from a DNA image on CellProfiler's scale. Parameters: ``DEFAULTS['nuclei']``."""
+    return _identify_primary(np.asarray(dna, np.float64), _params("nuclei", params))[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# cells: CellProfiler's Propagation
+# ---------------------------------------------------------------------------------------------
+
+@numba.njit(cache=True, nogil=True)
+def _less(hd, hk, a, b):  # pragma: no cover - compiled
+    if hd[a] != hd[b]:
+        return hd[a] < hd[b]
+    return hk[a] < hk[b]
+
+
+@numba.njit(cache=True, nogil=True)
+def _sift_down(hd, hk, k, size):  # pragma: no cover - compiled
+    d = hd[k]
+    key = hk[k]
+    while True:
+        c = 2 * k + 1
+        if c >= size:
+            break
+        if c + 1 < size and (hd[c + 1] < hd[c] or (hd[c + 1] == hd[c] and hk[c + 1] < hk[c])):
+            c += 1
+        if hd[c] < d or (hd[c] == d and hk[c] < key):
+            hd[k] = hd[c]
+            hk[k] = hk[c]
+            k = c
+        else:
+            break
+    hd[k] = d
+    hk[k] = key
+
+
+@numba.njit(cache=True, nogil=True)
+def _propagate_kernel(image, seeds, mask, weight):  # pragma: no cover - compiled
+    """Priority-queue propagation; the queue is ordered by (distance, label, row, column) as in CellProfiler."""
+    m, n = image.shape
+    mn = np.int64(m) * np.int64(n)
+    pad = np.empty((m + 2, n + 2), np.float64)   # edge-replicated border = CellProfiler's clamped fetch
+    for i in range(m + 2):
+        ii = min(max(i - 1, 0), m - 1)
+        for j in range(n + 2):
+            pad[i, j] = image[ii, min(max(j - 1, 0), n - 1)]
+    labels = np.zeros((m, n), np.int32)
+    dist = -np.ones((m, n), np.float64)
+    cap = 1024
+    for i in range(m):
+        for j in range(n):
+            if seeds[i, j] != 0 and mask[i, j]:
+                cap += 1
+    cap *= 4
+    hd = np.empty(cap, np.float64)
+    hk = np.empty(cap, np.int64)
+    size = 0
+    di = (-1, -1, -1, 0, 0, 1, 1, 1)
+    dj = (-1, 0, 1, -1, 1, -1, 0, 1)
+    w2 = weight * weight
+    for i in range(m):
+        for j in range(n):
+            if seeds[i, j] != 0 and mask[i, j]:
+                dist[i, j] = 0.0
+                hd[size] = 0.0
+                hk[size] = np.int64(seeds[i, j]) * mn + np.int64(i) * n + j
+                size += 1
+    for start in range(size // 2 - 1, -1, -1):
+        _sift_down(hd, hk, start, size)
+    while size > 0:
+        key = hk[0]
+        size -= 1
+        if size > 0:
+            hd[0] = hd[size]
+            hk[0] = hk[size]
+            _sift_down(hd, hk, 0, size)
+        lab = key // mn
+        rem = key - lab * mn
+        i1 = rem // n
+        j1 = rem - i1 * n
+        if labels[i1, j1] != 0:
+            continue
+        labels[i1, j1] = lab
+        d0 = dist[i1, j1]
+        for q in range(8):
+            i2 = i1 + di[q]
+            j2 = j1 + dj[q]
+            if i2 < 0 or i2 >= m or j2 < 0 or j2 >= n:
+                continue
+            if labels[i2, j2] > 0 or not mask[i2, j2]:
+                continue
+            diff = 0.0
+            for a in range(3):
+                for b in range(3):
+                    diff += abs(pad[i1 + a, j1 + b] - pad[i2 + a, j2 + b])
+            manhattan = 1.0 if (di[q] == 0 or dj[q] == 0) else 2.0
+            d = np.sqrt(diff * diff + manhattan * w2) + d0
+            if dist[i2, j2] == -1.0 or dist[i2, j2] > d:
+                dist[i2, j2] = d
+                if size == cap:
+                    cap *= 2
+                    nd = np.empty(cap, np.float64)
+                    nk = np.empty(cap, np.int64)
+                    nd[:size] = hd[:size]
+                    nk[:size] = hk[:size]
+                    hd, hk = nd, nk
+                nkey = lab * mn + np.int64(i2) * n + j2
+                k = size
+                size += 1
+                while k > 0:
+                    par = (k - 1) // 2
+                    if d < hd[par] or (d == hd[par] and nkey < hk[par]):
+                        hd[k] = hd[par]
+                        hk[k] = hk[par]
+                        k = par
+                    else:
+                        break
+                hd[k] = d
+                hk[k] = nkey
+    return labels, dist
+
+
+def propagate(image: np.ndarray, seeds: np.ndarray, mask: np.ndarray, regularization: float = 0.05
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """CellProfiler's Propagation: grow ``seeds`` over ``mask`` in order of the image-weighted distance.
+
+    Returns (labels int32, distances float64; −1 where unreached). Seed pixels keep their label
+    even outside ``mask``.
+    """
+    image = np.ascontiguousarray(image, np.float64)
+    seeds = np.ascontiguousarray(seeds, np.int32)
+    if image.shape != seeds.shape or image.shape != mask.shape:
+        raise ValueError(f"shapes differ: image {image.shape}, seeds {seeds.shape}, mask {mask.shape}")
+    labels, dist = _propagate_kernel(image, seeds, np.ascontiguousarray(mask, np.bool_), float(regularization))
+    labels[seeds > 0] = seeds[seeds > 0]
+    return labels, dist
+
+
+def segment_cells(nuclei: np.ndarray, cell_image: np.ndarray, *, seeds: np.ndarray | None = None,
+                  return_threshold: bool = False, **params: Any):
+    """Cells grown from the nuclei by Propagation on ``cell_image``; cell k ⊇ nucleus k.
+
+    ``seeds`` (optional) adds seeds numbered > N (e.g. nuclei removed for touching the border):
+    they compete for pixels and are dropped from the result, as in CellProfiler.
+    Parameters: ``DEFAULTS['cells']``.
+    """
+    p = _params("cells", params)
+    img = np.asarray(cell_image, np.float64)
+    n = int(nuclei.max()) if nuclei.size else 0
+    if seeds is None:
+        seeds = nuclei
+    binary, t = _threshold_image(img, p)
+    if n == 0:
+        cells = np.zeros(nuclei.shape, np.int32)
+    else:
+        cells, _ = propagate(img, seeds, binary, p["regularization"])
+        if p["fill_holes"]:
+            cells = fill_label_holes(cells)
+        cells[cells > n] = 0
+        cells[nuclei > 0] = nuclei[nuclei > 0]
+    return (cells, t) if return_threshold else cells
 
 
 def cytoplasm(cells: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
@@ -86,8 +561,48 @@ def segment_site(images: Mapping[str, np.ndarray], *, nuclei_channel: str, cells
                  params: Mapping[str, Any] | None = None) -> Segmentation:
     """Segment one site. ``params`` has ``nuclei`` and ``cells`` sub-mappings (see DEFAULTS)."""
     params = params or {}
-    nuc_kw = {**DEFAULTS["nuclei"], **params.get("nuclei", {})}
-    cell_kw = {**DEFAULTS["cells"], **params.get("cells", {})}
-    nuclei = segment_nuclei(images[nuclei_channel], **nuc_kw)
-    cells = segment_cells(nuclei, images[cells_channel], **cell_kw)
-    return Segmentation(nuclei=nuclei, cells=cells, cytoplasm=cytoplasm(cells, nuclei))
+    unknown = set(params) - {"nuclei", "cells"}
+    if unknown:
+        raise ConfigError(f"unknown segmentation section(s): {sorted(unknown)}", hint="use nuclei: and cells:")
+    pn = _params("nuclei", params.get("nuclei", {}) or {})
+    nuclei, seeds, t_nuc = _identify_primary(np.asarray(images[nuclei_channel], np.float64), pn)
+    cells, t_cell = segment_cells(nuclei, images[cells_channel], seeds=seeds, return_threshold=True,
+                                  **(params.get("cells", {}) or {}))
+    return Segmentation(nuclei=nuclei, cells=cells, cytoplasm=cytoplasm(cells, nuclei),
+                        thresholds={"Nuclei": t_nuc, "Cells": t_cell})
+
+
+def match_objects(reference: np.ndarray, test: np.ndarray, *, min_iou: float = 0.5) -> dict[str, Any]:
+    """One-to-one matching of two label images by intersection over union.
+
+    Pairs with IoU ≥ ``min_iou`` are matched greedily from the highest IoU down (for
+    ``min_iou`` > 0.5 a pair is unique anyway). Returns counts, precision/recall/F1 and the
+    matched IoUs.
+    """
+    ref = np.asarray(reference).ravel().astype(np.int64)
+    tst = np.asarray(test).ravel().astype(np.int64)
+    n_ref, n_test = int(ref.max(initial=0)), int(tst.max(initial=0))
+    area_r = np.bincount(ref, minlength=n_ref + 1)
+    area_t = np.bincount(tst, minlength=n_test + 1)
+    n_ref_present = int((area_r[1:] > 0).sum())
+    n_test_present = int((area_t[1:] > 0).sum())
+    both = (ref > 0) & (tst > 0)
+    pair, inter = np.unique(ref[both] * (n_test + 1) + tst[both], return_counts=True)
+    r, t = pair // (n_test + 1), pair % (n_test + 1)
+    iou = inter / (area_r[r] + area_t[t] - inter)
+    order = np.argsort(-iou, kind="stable")
+    used_r, used_t, matched = set(), set(), []
+    for k in order:
+        if iou[k] < min_iou:
+            break
+        if r[k] in used_r or t[k] in used_t:
+            continue
+        used_r.add(r[k])
+        used_t.add(t[k])
+        matched.append(float(iou[k]))
+    m = len(matched)
+    precision = m / n_test_present if n_test_present else float(n_ref_present == 0)
+    recall = m / n_ref_present if n_ref_present else float(n_test_present == 0)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"n_reference": n_ref_present, "n_test": n_test_present, "n_matched": m,
+            "precision": precision, "recall": recall, "f1": f1, "ious": np.array(matched)}
