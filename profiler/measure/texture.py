@@ -1,0 +1,278 @@
+"""Texture — CellProfiler's MeasureTexture: 13 Haralick features × 4 directions per scale.
+
+CellProfiler's definition (cellprofiler_library ``measure_haralick_features_objects`` +
+``mahotas.features.haralick(ignore_zeros=True)``), reproduced exactly:
+
+* the whole [0, 1] image is quantized to 0–255 (``skimage.util.img_as_ubyte``: ``rint(x·255)``)
+  and, for ``gray_levels`` ≠ 256, rescaled to 0..gray_levels−1 (truncating);
+* for each object and each direction (0: (0, s) horizontal, 1: (s, s), 2: (s, 0), 3: (s, −s))
+  the *symmetric* co-occurrence matrix counts the pixel pairs at that offset that both lie in the
+  object, ignoring every pair with a level-0 pixel;
+* the matrix has ``max level in the object + 1`` rows (this size enters DifferenceVariance,
+  which is the variance of the ``|i−j|`` marginal over all its entries, zeros included);
+* the 13 features are mahotas' (Correlation = 1 when a marginal has zero variance; InfoMeas1
+  divides by max(HX, HY) unless it is 0); all entropies are base 2;
+* an object with no valid pair in *some* direction gets 0 for every texture feature (mahotas
+  raises, CellProfiler stores NaN and then writes 0); non-finite values are written as 0.
+
+Objects absent from the label image get NaN (the registry's convention).
+
+Implementation: the geometry (which flat pixel pairs lie in the same object, grouped by object) is
+computed once per label image and direction with array operations and shared by all channels; a
+numba kernel then accumulates each object's co-occurrence counts into a reusable 256×256 scratch
+matrix (only touched cells are visited and reset) and evaluates the 13 features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numba
+import numpy as np
+
+from profiler.measure._util import object_pixels
+from profiler.measure.registry import FeatureDoc, register
+
+HARALICK = ("AngularSecondMoment", "Contrast", "Correlation", "Variance", "InverseDifferenceMoment",
+            "SumAverage", "SumVariance", "SumEntropy", "Entropy", "DifferenceVariance", "DifferenceEntropy",
+            "InfoMeas1", "InfoMeas2")
+
+_DIRECTIONS = ((0, 1), (1, 1), (1, 0), (1, -1))  # mahotas' 2-D deltas (row, col), in CP's order 00..03
+
+_DEFS = {
+    "AngularSecondMoment": "Σ p(i,j)² — uniformity of the co-occurrence matrix",
+    "Contrast": "Σ (i−j)² p(i,j) — local intensity variation",
+    "Correlation": "(Σ i·j·p(i,j) − μx·μy) / (σx·σy) — linear dependency of neighbouring grey levels (1 if σ = 0)",
+    "Variance": "Σ (i−μx)² px(i) — variance of the grey-level marginal",
+    "InverseDifferenceMoment": "Σ p(i,j) / (1 + (i−j)²) — local homogeneity",
+    "SumAverage": "Σ k·p_{x+y}(k)",
+    "SumVariance": "Σ k²·p_{x+y}(k) − SumAverage²",
+    "SumEntropy": "−Σ p_{x+y}(k) log₂ p_{x+y}(k)",
+    "Entropy": "−Σ p(i,j) log₂ p(i,j)",
+    "DifferenceVariance": "variance of the entries of p_{|x−y|} (over max level + 1 entries)",
+    "DifferenceEntropy": "−Σ p_{|x−y|}(k) log₂ p_{|x−y|}(k)",
+    "InfoMeas1": "(HXY − HXY1) / max(HX, HY) — information measure of correlation 1",
+    "InfoMeas2": "sqrt(1 − exp(−2 (HXY2 − HXY))) — information measure of correlation 2",
+}
+
+
+def quantize(img: np.ndarray, gray_levels: int = 256) -> np.ndarray:
+    """CellProfiler's texture quantization of a [0, 1] image: ``img_as_ubyte`` then rescale to ``gray_levels``."""
+    x = np.asarray(img, dtype=np.float32)
+    q = np.rint(np.multiply(x, np.float32(255), dtype=np.float32))
+    np.clip(q, 0, 255, out=q)
+    q = np.nan_to_num(q, nan=0.0).astype(np.uint8)
+    if gray_levels != 256:
+        q = (q.astype(np.float64) / 255.0 * (gray_levels - 1)).astype(np.uint8)
+    return q
+
+
+def _pair_geometry(labels: np.ndarray, n_objects: int, scale: int):
+    """Per direction: (first pixel, second pixel, per-object start offsets) of same-object pairs, by object."""
+    H, W = labels.shape
+    flat = labels.ravel()
+    idx, lab = object_pixels(labels, n_objects)
+    order = np.argsort(lab, kind="stable")
+    idx, lab = idx[order], lab[order]
+    pix_starts = np.zeros(n_objects + 1, dtype=np.int64)
+    np.cumsum(np.bincount(lab, minlength=n_objects + 1)[1:], out=pix_starts[1:])
+    r, c = np.divmod(idx, W)
+    geoms = []
+    for dy, dx in _DIRECTIONS:
+        dy, dx = dy * scale, dx * scale
+        ok = (r + dy < H) & (c + dx >= 0) & (c + dx < W)
+        a = idx[ok]
+        b = a + dy * W + dx
+        la = lab[ok]
+        same = flat[b] == la
+        a, b, la = a[same], b[same], la[same]
+        starts = np.zeros(n_objects + 1, dtype=np.int64)
+        np.cumsum(np.bincount(la, minlength=n_objects + 1)[1:], out=starts[1:])
+        geoms.append((a, b, starts))
+    return idx, pix_starts, geoms
+
+
+@numba.njit(cache=True, nogil=True)
+def _entropy_vec(p: np.ndarray, n: int) -> float:  # pragma: no cover - numba
+    s = 0.0
+    for k in range(n):
+        if p[k] > 0:
+            s -= p[k] * np.log2(p[k])
+    return s
+
+
+@numba.njit(cache=True, nogil=True)
+def _haralick_objects(q: np.ndarray, pix: np.ndarray, pix_starts: np.ndarray, a: np.ndarray, b: np.ndarray,
+                      starts: np.ndarray, out: np.ndarray, invalid: np.ndarray, d: int) -> None:  # pragma: no cover
+    """Fill out[o, d, :] with the 13 Haralick features of object o for one direction's pairs."""
+    n = starts.shape[0] - 1
+    cmat = np.zeros((256, 256), dtype=np.int64)
+    ti = np.empty(2 * (a.shape[0] + 1), dtype=np.int64)
+    tj = np.empty(2 * (a.shape[0] + 1), dtype=np.int64)
+    px = np.zeros(256)
+    pplus = np.zeros(512)
+    pminus = np.zeros(256)
+    for o in range(n):
+        s0 = pix_starts[o]
+        s1 = pix_starts[o + 1]
+        if s1 == s0:
+            continue
+        maxlev = 0
+        for k in range(s0, s1):
+            v = q[pix[k]]
+            if v > maxlev:
+                maxlev = v
+        maxv = maxlev + 1
+        nt = 0
+        total = 0
+        for k in range(starts[o], starts[o + 1]):
+            i = q[a[k]]
+            j = q[b[k]]
+            if i == 0 or j == 0:
+                continue
+            if cmat[i, j] == 0:
+                ti[nt] = i
+                tj[nt] = j
+                nt += 1
+            cmat[i, j] += 1
+            if i != j:
+                if cmat[j, i] == 0:
+                    ti[nt] = j
+                    tj[nt] = i
+                    nt += 1
+                cmat[j, i] += 1
+            else:
+                cmat[i, i] += 1
+            total += 2
+        if total == 0:
+            invalid[o] = True
+            continue
+        T = float(total)
+        for k in range(maxv):
+            px[k] = 0.0
+            pminus[k] = 0.0
+        for k in range(2 * maxv):
+            pplus[k] = 0.0
+        asm = 0.0
+        ent = 0.0
+        sij = 0.0
+        idm = 0.0
+        for t in range(nt):
+            i = ti[t]
+            j = tj[t]
+            p = cmat[i, j] / T
+            asm += p * p
+            ent -= p * np.log2(p)
+            sij += i * j * p
+            dd = i - j
+            if dd < 0:
+                dd = -dd
+            idm += p / (1.0 + dd * dd)
+            px[i] += p
+            pplus[i + j] += p
+            pminus[dd] += p
+        for t in range(nt):
+            cmat[ti[t], tj[t]] = 0
+        ux = 0.0
+        ex2 = 0.0
+        for k in range(maxv):
+            ux += k * px[k]
+            ex2 += k * k * px[k]
+        vx = ex2 - ux * ux
+        sx = np.sqrt(vx)
+        contrast = 0.0
+        for k in range(maxv):
+            contrast += k * k * pminus[k]
+        if sx == 0.0:
+            corr = 1.0
+        else:
+            corr = (sij - ux * ux) / sx / sx
+        savg = 0.0
+        s2 = 0.0
+        for k in range(2 * maxv):
+            savg += k * pplus[k]
+            s2 += k * k * pplus[k]
+        svar = s2 - savg * savg
+        sent = _entropy_vec(pplus, 2 * maxv)
+        m = 0.0
+        for k in range(maxv):
+            m += pminus[k]
+        m /= maxv
+        dvar = 0.0
+        for k in range(maxv):
+            dvar += (pminus[k] - m) ** 2
+        dvar /= maxv
+        dent = _entropy_vec(pminus, maxv)
+        hx = _entropy_vec(px, maxv)
+        # HXY1 = -Σ p log2(px py) = HX + HY and HXY2 = entropy(px ⊗ py) = HX + HY (px = py: symmetric)
+        hxy1 = 2.0 * hx
+        hxy2 = 2.0 * hx
+        if hx == 0.0:
+            imc1 = ent - hxy1
+        else:
+            imc1 = (ent - hxy1) / hx
+        x = 1.0 - np.exp(-2.0 * (hxy2 - ent))
+        imc2 = np.sqrt(x) if x > 0 else 0.0
+        f = out[o, d]
+        f[0] = asm
+        f[1] = contrast
+        f[2] = corr
+        f[3] = vx
+        f[4] = idm
+        f[5] = savg
+        f[6] = svar
+        f[7] = sent
+        f[8] = ent
+        f[9] = dvar
+        f[10] = dent
+        f[11] = imc1
+        f[12] = imc2
+
+
+def haralick_objects(labels: np.ndarray, q: np.ndarray, n_objects: int, scale: int = 3, *,
+                     geometry=None) -> np.ndarray:
+    """(n_objects, 4, 13) Haralick features of every object of ``labels`` on the quantized image ``q``.
+
+    Values follow CellProfiler's output: objects with no valid pair in some direction and non-finite
+    values give 0; objects absent from ``labels`` give NaN.
+    """
+    idx, pix_starts, geoms = geometry if geometry is not None else _pair_geometry(labels, n_objects, scale)
+    qf = np.ascontiguousarray(q).ravel()
+    out = np.zeros((n_objects, 4, 13))
+    invalid = np.zeros(n_objects, dtype=np.bool_)
+    for d, (a, b, starts) in enumerate(geoms):
+        _haralick_objects(qf, idx, pix_starts, a, b, starts, out, invalid, d)
+    out[invalid] = 0.0
+    out[~np.isfinite(out)] = 0.0
+    out[np.diff(pix_starts) == 0] = np.nan
+    return out
+
+
+@register("Texture", description="MeasureTexture: Haralick co-occurrence features per object, channel, scale and direction",
+          features=[FeatureDoc(f"Texture_{f}_{{channel}}_{{scale}}_{{direction:02d}}_{{gray_levels}}",
+                               _DEFS[f] + "; grey levels quantized over the whole image, level-0 pairs ignored",
+                               "dimensionless") for f in HARALICK],
+          defaults={"scales": (3,), "gray_levels": 256})
+def texture(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objects: int,
+            scales: Sequence[int] = (3,), gray_levels: int = 256) -> dict[str, np.ndarray]:
+    """``Texture_<Feature>_<channel>_<scale>_<direction:02d>_<gray_levels>`` for every object."""
+    if isinstance(scales, int):
+        scales = (scales,)
+    gray_levels = int(gray_levels)
+    if not 2 <= gray_levels <= 256:
+        from profiler.errors import ConfigError
+
+        raise ConfigError(f"Texture gray_levels must be between 2 and 256, got {gray_levels}",
+                          hint="set features.Texture.gray_levels in the pipeline YAML (CellProfiler's default is 256)")
+    labels = np.asarray(labels)
+    quantized = {ch: quantize(img, gray_levels) for ch, img in images.items()}
+    out: dict[str, np.ndarray] = {}
+    for scale in scales:
+        scale = int(scale)
+        geometry = _pair_geometry(labels, n_objects, scale)
+        for ch, q in quantized.items():
+            feats = haralick_objects(labels, q, n_objects, scale, geometry=geometry)
+            for d in range(4):
+                for f, name in enumerate(HARALICK):
+                    out[f"Texture_{name}_{ch}_{scale}_{d:02d}_{gray_levels}"] = feats[:, d, f]
+    return out
