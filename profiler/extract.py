@@ -1,15 +1,27 @@
 """``profiler extract``: plate folder → per-cell table → per-well profiles.
 
 The unit of work is one site (:func:`process_site`); :func:`extract` discovers the sites, runs
-them, annotates the cells with the platemap, builds the per-well profiles with pycytominer and
-writes ``single_cell.parquet``, ``image.parquet`` (one row per site, with QC and skipped sites),
-``profiles.parquet`` and ``manifest.json``.
+them as Dask tasks (:func:`run_sites`; or in this process with ``workers=0``), each task writing
+its cells to ``OUT/sites/<site>.parquet`` and then its record to ``OUT/sites/<site>.json``;
+then it merges the partitions in plate order, annotates the cells with the platemap, builds the
+per-well profiles with pycytominer and writes ``single_cell.parquet``, ``image.parquet`` (one
+row per site, with QC and skipped sites and why), ``profiles.parquet`` and ``manifest.json``.
+
+A rerun into the same folder reuses every site whose record and partition agree (row count and
+SHA-256) and were made with the same pipeline, code and input files (:func:`load_done`), so a
+run that was killed continues where it stopped and gives the same outputs.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from collections.abc import Mapping
+import os
+import traceback
+import uuid
+from collections.abc import Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +30,7 @@ import pandas as pd
 
 from profiler import io
 from profiler.config import AssayConfig, load_pipeline
-from profiler.errors import InputError
+from profiler.errors import CellfusionError, ConfigError, InputError
 from profiler.measure import DEFAULT_FAMILIES, measure_objects
 from profiler.names import OBJECT_NUMBER, PLATE, SITE, WELL
 from profiler.plate import Site, discover, read_platemap, read_site
@@ -60,35 +72,322 @@ def process_site(site: Site, config: AssayConfig) -> tuple[pd.DataFrame, dict[st
     return cells, record
 
 
+# ---------------------------------------------------------------------------------------------
+# Orchestration: sites as Dask tasks, per-site partitions, resume, merge.
+#
+# OUT/sites/<site>.parquet  the site's cells (written first, atomically)
+# OUT/sites/<site>.json     the site's record: image/QC row, pipeline hash, input files, and the
+#                           partition's row count and SHA-256 (written after the partition; its
+#                           presence and agreement with the partition is what "done" means)
+# ---------------------------------------------------------------------------------------------
+
+SITES_DIR = "sites"
+RECORD_VERSION = 1
+
+
+def pipeline_hash(config: AssayConfig) -> str:
+    """SHA-256 of everything that decides a site's cells: the pipeline, the package version and
+    the package's source code.
+
+    Partitions written under another hash are recomputed, never reused.
+    """
+    try:
+        version = metadata.version("cellfusion")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        version = "unknown"
+    blob = json.dumps({"pipeline": config.to_dict(), "cellfusion": version, "record": RECORD_VERSION,
+                       "code": _code_hash()}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _code_hash() -> str:
+    """SHA-256 over the ``profiler`` package's source: edited code never reuses old partitions."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for p in sorted(root.rglob("*.py")):
+        h.update(p.relative_to(root).as_posix().encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _printable(text: str) -> str:
+    """``text`` with undecodable file-name bytes shown as ``\\xNN`` (always encodable as UTF-8)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def site_stem(site: Site) -> str:
+    """File stem of a site's partition and record under ``OUT/sites/``."""
+    return _printable(site.key).replace("/", "_")
+
+
+def _input_signature(site: Site) -> dict[str, list]:
+    """channel → [file name, size, mtime_ns]: a rerun recomputes a site whose files changed."""
+    sig: dict[str, list] = {}
+    for ch, p in sorted(site.files.items()):
+        try:
+            st = os.stat(p)
+            sig[ch] = [_printable(Path(p).name), st.st_size, st.st_mtime_ns]
+        except OSError:
+            sig[ch] = [_printable(Path(p).name), None, None]
+    return sig
+
+
+def _base_record(site: Site, status: str, reason: str) -> dict[str, Any]:
+    return {PLATE: _printable(site.plate), WELL: _printable(site.well), SITE: site.site,
+            "Metadata_Status": status, "Metadata_Reason": reason, "Count_Cells": 0}
+
+
+def _check_file_names(site: Site) -> None:
+    for p in site.files.values():
+        try:
+            os.fsdecode(p).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError("file name is not valid UTF-8", path=_printable(os.fsdecode(p)),
+                             hint="rename the file with UTF-8 characters only "
+                                  "(e.g. `convmv -f latin1 -t utf8 --notest FILE`)") from None
+
+
+def run_site(site: Site, config: AssayConfig, sites_dir: str | Path, phash: str,
+             **site_kwargs: Any) -> dict[str, Any]:
+    """Process one site and write its partition and record; the task each Dask worker runs.
+
+    Returns the site's entry (what ``OUT/sites/<site>.json`` holds). A :class:`CellfusionError`
+    (a broken file, an unreadable image …) becomes a record with ``Metadata_Status="error"``
+    and the message as ``Metadata_Reason``; its record is written
+    for inspection, and a rerun tries the site again (errors are usually found in the first
+    milliseconds, when the files are read). Any other exception is returned as
+    ``status="failed"`` with its traceback and is not written. A :class:`ConfigError` (the
+    pipeline's parameters are wrong, so every site would fail) is raised and stops the run.
+    """
+    sites_dir = Path(sites_dir)
+    stem = site_stem(site)
+    entry: dict[str, Any] = {"site": stem, "pipeline_hash": phash, "inputs": _input_signature(site),
+                             "partition": None}
+    try:
+        _check_file_names(site)
+        cells, record = process_site(site, config, **site_kwargs)
+    except ConfigError:
+        raise  # the pipeline is wrong for every site: stop the run (see run_sites)
+    except CellfusionError as exc:
+        entry["status"] = "error"
+        entry["record"] = _base_record(site, "error", str(exc).replace("\n  hint:", "; hint:"))
+    except Exception as exc:  # a bug, not the user's input: report it with the site named
+        entry["status"] = "failed"
+        entry["record"] = _base_record(site, "failed", f"unexpected {type(exc).__name__}: {exc}")
+        entry["traceback"] = traceback.format_exc()
+        return entry
+    else:
+        part = sites_dir / f"{stem}.parquet"
+        io.write_parquet(cells, part)
+        entry["status"] = "ok"
+        entry["record"] = record
+        entry["partition"] = {"file": part.name, "rows": int(len(cells)), "sha256": io.file_sha256(part)}
+    io.write_json(entry, sites_dir / f"{stem}.json")
+    return entry
+
+
+def load_done(site: Site, sites_dir: str | Path, phash: str) -> dict[str, Any] | None:
+    """The site's entry from a previous run if it is complete and valid for ``phash``, else None.
+
+    Complete means: the record exists and parses, was written with the same pipeline hash and
+    the same input files, and (for a processed site) its partition exists with the recorded
+    SHA-256 and row count. Anything else — a partition without record (killed mid-site), a
+    truncated or edited partition, changed parameters — means the site is recomputed.
+    """
+    sites_dir = Path(sites_dir)
+    stem = site_stem(site)
+    rec_path = sites_dir / f"{stem}.json"
+    if not rec_path.is_file():
+        return None
+    try:
+        entry = json.loads(rec_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        log.warning("site %s: record %s is unreadable; recomputing", stem, rec_path)
+        return None
+    if not isinstance(entry, dict) or entry.get("pipeline_hash") != phash:
+        log.debug("site %s: written with other parameters; recomputing", stem)
+        return None
+    if entry.get("inputs") != _input_signature(site):
+        log.info("site %s: input files changed since the last run; recomputing", stem)
+        return None
+    part = entry.get("partition") or {}
+    part_path = sites_dir / str(part.get("file", ""))
+    if entry.get("status") != "ok" or not part or not part_path.is_file():
+        return None
+    if io.file_sha256(part_path) != part.get("sha256"):
+        log.warning("site %s: partition %s does not match its record (SHA-256); recomputing", stem, part_path)
+        return None
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_metadata(part_path).num_rows
+    except Exception:  # noqa: BLE001 - any unreadable partition is simply recomputed
+        return None
+    return entry if rows == part.get("rows") else None
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)
+
+
+def run_sites(sites: Sequence[Site], config: AssayConfig, sites_dir: Path, phash: str, *,
+              workers: int | None = None, scheduler: str | None = None, progress: bool = True,
+              site_kwargs: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Run :func:`run_site` on every site; returns site stem → entry.
+
+    ``workers=0`` (and no ``scheduler``) runs the sites one after the other in this process;
+    otherwise they are Dask tasks (see :func:`profiler.distributed.dask_client`). ``site_kwargs``
+    are plate-level inputs forwarded to :func:`process_site` (sent to each worker once).
+    """
+    site_kwargs = dict(site_kwargs or {})
+    results: dict[str, dict[str, Any]] = {}
+    if not sites:
+        return results
+    with _progress(progress) as bar:
+        task = bar.add_task("sites", total=len(sites))
+        if workers == 0 and not scheduler:
+            for site in sites:
+                results[site_stem(site)] = run_site(site, config, sites_dir, phash, **site_kwargs)
+                bar.advance(task)
+            return results
+
+        from distributed import as_completed
+
+        from profiler.distributed import dask_client
+
+        with dask_client(workers, scheduler, n_tasks=len(sites)) as client:
+            kw = {k: client.scatter(v, broadcast=True, hash=False) for k, v in site_kwargs.items()}
+            futures = {}
+            for site in sites:
+                fut = client.submit(run_site, site, config, str(sites_dir), phash, pure=False,
+                                    key=f"site-{site_stem(site)}-{phash[:12]}-{uuid.uuid4().hex[:8]}", **kw)
+                futures[fut] = site
+            for fut in as_completed(futures):
+                site = futures[fut]
+                try:
+                    results[site_stem(site)] = fut.result()
+                except ConfigError:
+                    client.cancel(list(futures))
+                    raise
+                except Exception as exc:  # the worker died (out of memory, segfault …)
+                    results[site_stem(site)] = {
+                        "site": site_stem(site), "status": "failed", "partition": None,
+                        "record": _base_record(site, "failed", f"worker lost ({type(exc).__name__}: {exc})"),
+                        "traceback": "".join(traceback.format_exception(exc)),
+                    }
+                bar.advance(task)
+    return results
+
+
+def _annotate(single_cell: pd.DataFrame, pm: pd.DataFrame, platemap: Path,
+              image_wells: set[str]) -> tuple[pd.DataFrame, dict]:
+    """Join the platemap; report wells that have images but no platemap row and the reverse."""
+    map_wells = set(pm[WELL])
+    not_in_map = sorted(image_wells - map_wells)
+    no_images = sorted(map_wells - image_wells)
+    if not_in_map:
+        log.warning("%s: wells with images but no platemap row (their Metadata_Compound is empty): %s",
+                    platemap, ", ".join(not_in_map[:20]))
+    if no_images:
+        log.warning("%s: platemap wells with no images in the plate folder: %s", platemap,
+                    ", ".join(no_images[:20]))
+    out = single_cell.merge(pm, on=WELL, how="left")
+    return out, {"wells_missing_from_platemap": not_in_map, "platemap_wells_without_images": no_images}
+
+
 def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path = "example",
-            platemap: str | Path | None = None) -> Path:
-    """Run the whole extraction on a plate folder; returns ``out_dir``."""
-    plate_dir, out_dir = Path(plate_dir), Path(out_dir)
+            platemap: str | Path | None = None, workers: int | None = None,
+            scheduler: str | None = None, resume: bool = True, progress: bool = True) -> Path:
+    """Run the whole extraction on a plate folder; returns ``out_dir``.
+
+    Parameters
+    ----------
+    workers:
+        Dask worker processes on this machine (``None``: one per core, see
+        :func:`profiler.distributed.default_workers`); ``0`` runs in this process without Dask.
+    scheduler:
+        ``tcp://HOST:PORT`` of a running Dask scheduler to use instead of a local cluster.
+    resume:
+        Reuse the per-site partitions of an earlier run into ``out_dir`` that are complete and
+        were made with the same pipeline and input files (``False``: recompute every site).
+    progress:
+        Show a progress bar on stderr.
+    """
+    plate_dir, out_dir = Path(plate_dir).resolve(), Path(out_dir).resolve()
     config = load_pipeline(pipeline)
     scan = discover(plate_dir, config)
     if platemap is None and (plate_dir / "platemap.csv").is_file():
         platemap = plate_dir / "platemap.csv"
+    pm = read_platemap(platemap) if platemap is not None else None  # fail before hours of work
+    phash = pipeline_hash(config)
+    sites_dir = out_dir / SITES_DIR
+    for tmp in sites_dir.glob(".*.tmp") if sites_dir.is_dir() else ():  # left by a killed run
+        log.debug("removing %s, left by an interrupted run", tmp)
+        tmp.unlink(missing_ok=True)
+    site_kwargs: dict[str, Any] = {}  # plate-level inputs for process_site (e.g. illumination functions)
+
+    entries: dict[str, dict[str, Any]] = {}
+    todo: list[Site] = []
+    for site in scan.sites:
+        stem = site_stem(site)
+        if not site.complete:
+            missing = ", ".join(site.missing)
+            log.warning("site %s skipped: missing channel(s) %s", stem, missing)
+            entries[stem] = {"site": stem, "status": "incomplete", "partition": None,
+                             "record": _base_record(site, "incomplete", f"missing channel(s): {missing}")}
+        elif resume and (done := load_done(site, sites_dir, phash)) is not None:
+            entries[stem] = done
+        else:
+            todo.append(site)
+    reused = len(scan.complete_sites) - len(todo)
+    if reused:
+        log.info("resuming: %d of %d site(s) already done in %s", reused, len(scan.complete_sites), sites_dir)
+    entries.update(run_sites(todo, config, sites_dir, phash, workers=workers, scheduler=scheduler,
+                             progress=progress, site_kwargs=site_kwargs))
+
     records: list[dict[str, Any]] = []
     tables: list[pd.DataFrame] = []
-    for site in scan.sites:
-        if not site.complete:
-            log.warning("site %s skipped: missing channel(s) %s", site.key, ", ".join(site.missing))
-            records.append({PLATE: site.plate, WELL: site.well, SITE: site.site,
-                            "Metadata_Status": "incomplete",
-                            "Metadata_Reason": f"missing channel(s): {', '.join(site.missing)}",
-                            "Count_Cells": 0})
-            continue
-        cells, rec = process_site(site, config)
-        tables.append(cells)
-        records.append(rec)
-    if not tables:
-        raise InputError("no complete site could be processed", path=plate_dir)
-    single_cell = pd.concat(tables, ignore_index=True)
+    for site in scan.sites:  # scan order (plate, well, site): deterministic rows
+        entry = entries[site_stem(site)]
+        records.append(entry["record"])
+        status = entry["status"]
+        if status == "failed":
+            log.error("site %s failed (not saved; a rerun retries it): %s\n%s", entry["site"],
+                      entry["record"]["Metadata_Reason"], entry.get("traceback", ""))
+        elif status == "error":
+            log.warning("site %s skipped: %s", entry["site"], entry["record"]["Metadata_Reason"])
+        if entry.get("partition"):
+            part = pd.read_parquet(sites_dir / entry["partition"]["file"])
+            if len(part):
+                tables.append(part)
+    image_table = pd.DataFrame(records)
+    skipped = [r for r in records if r["Metadata_Status"] not in ("ok",)]
+    extra: dict[str, Any] = {
+        "sites": {"found": len(scan.sites), "processed": len(todo), "reused": reused,
+                  "with_cells": len(tables), "skipped": skipped},
+        "pipeline_hash": phash,
+        "unmatched_files": [_printable(str(p)) for p in scan.unmatched],
+    }
     inputs: dict[str, Path] = {"plate_dir": plate_dir}
-    if platemap is not None:
-        pm = read_platemap(platemap)
-        single_cell = single_cell.merge(pm, on=WELL, how="left")
+    if not tables:
+        io.write_parquet(image_table, out_dir / "image.parquet")
+        io.write_manifest(out_dir, command="profiler extract", inputs=inputs,
+                          parameters={"pipeline": config.to_dict()},
+                          outputs={"image.parquet": {"rows": len(image_table)}}, extra=extra)
+        reasons = "; ".join(f"{r[WELL]} s{r[SITE]}: {r['Metadata_Reason']}" for r in skipped[:5])
+        raise InputError(f"no site yielded any cells ({reasons})", path=plate_dir,
+                         hint=f"see {out_dir / 'image.parquet'} for every site's status")
+    single_cell = pd.concat(tables, ignore_index=True)
+    if pm is not None:
+        single_cell, wells_report = _annotate(single_cell, pm, Path(platemap),
+                                              {_printable(s.well) for s in scan.sites})
+        extra.update(wells_report)
         inputs["platemap"] = Path(platemap)
+
     meta = [c for c in single_cell.columns if c.startswith("Metadata_")]
     single_cell = single_cell[meta + [c for c in single_cell.columns if c not in meta]]
     profiles_cfg = config.section("profiles")
@@ -98,7 +397,6 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
         normalize_method=profiles_cfg.get("normalize", "mad_robustize"),
         feature_select_operations=profiles_cfg.get("feature_select", ["variance_threshold", "drop_na_columns"]),
     )
-    image_table = pd.DataFrame(records)
     out_dir.mkdir(parents=True, exist_ok=True)
     io.write_parquet(single_cell, out_dir / "single_cell.parquet")
     io.write_parquet(image_table, out_dir / "image.parquet")
@@ -111,8 +409,6 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
             "image.parquet": {"rows": len(image_table)},
             "profiles.parquet": {"rows": len(profiles), "columns": profiles.shape[1]},
         },
-        extra={"sites": {"found": len(scan.sites), "processed": len(tables),
-                         "skipped": [r for r in records if r["Metadata_Status"] != "ok"]},
-               "unmatched_files": [str(p) for p in scan.unmatched]},
+        extra=extra,
     )
     return out_dir
