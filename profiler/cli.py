@@ -39,11 +39,21 @@ def extract(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     pipeline: str = typer.Option("example", "--pipeline", "-p", help="Pipeline YAML path or built-in name."),
     platemap: Optional[Path] = typer.Option(None, help="platemap.csv (default: PLATE_DIR/platemap.csv)."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", "-w", min=0,
+        help="Dask worker processes on this machine (default: one per core); 0 = no Dask, run in this process."),
+    scheduler: Optional[str] = typer.Option(
+        None, "--scheduler", help="Use a running Dask cluster at tcp://HOST:PORT instead of a local one."),
+    resume: bool = typer.Option(
+        True, "--resume/--no-resume",
+        help="Reuse complete per-site results of an earlier run into --out made with the same pipeline."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Segment, measure and profile a plate: writes single_cell.parquet, profiles.parquet, manifest.json."""
     from profiler.extract import extract as run
 
-    out_dir = run(plate_dir, out, pipeline=pipeline, platemap=platemap)
+    out_dir = run(plate_dir, out, pipeline=pipeline, platemap=platemap, workers=workers,
+                  scheduler=scheduler, resume=resume, progress=progress)
     err_console.print(f"outputs written to {out_dir}")
 
 
