@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 # Importing a family module registers it. Keep this list in CellProfiler's module order.
-from profiler.measure import areashape, correlation, granularity, intensity, texture  # noqa: F401
+from profiler.measure import areashape, correlation, granularity, intensity, location, texture  # noqa: F401
 from profiler.measure.registry import FeatureDoc, families, get_family, register
 
 DEFAULT_FAMILIES = ("AreaShape", "Intensity")

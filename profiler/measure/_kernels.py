@@ -1,0 +1,712 @@
+"""numba kernels shared by the shape and distribution families.
+
+Everything here works on a whole label image at once (one pass over the pixels, or one pass
+over pixels grouped by label); no Python loop over objects.  Conventions follow CellProfiler 5
+(centrosome / scikit-image as CellProfiler calls them):
+
+* pixel coordinates are (i, j) = (row, column) of the pixel centre;
+* a *label-wise* distance transform measures, for a pixel of object k, the Euclidean distance
+  to the nearest pixel that is not k (other objects count as background);
+* convex hulls are built from the pixels at the ends of each horizontal run (a superset of
+  the hull vertices).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+
+_INF = np.inf
+
+
+@nb.njit(cache=True)
+def group_by_label(lab: np.ndarray, n: int):
+    """Counting sort of pixel indices by label: (order, starts) with starts of length n + 2.
+
+    Pixels of label k are order[starts[k]:starts[k + 1]], in their original order.
+    """
+    counts = np.zeros(n + 2, np.int64)
+    for k in lab:
+        counts[k + 1] += 1
+    starts = np.cumsum(counts)
+    pos = starts.copy()
+    order = np.empty(lab.size, np.int64)
+    for idx in range(lab.size):
+        k = lab[idx]
+        order[pos[k]] = idx
+        pos[k] += 1
+    return order, starts
+
+
+@nb.njit(cache=True)
+def sorted_by_label(lab: np.ndarray, values: np.ndarray, n: int):
+    """Values sorted within each label: (sorted_values, starts)."""
+    order, starts = group_by_label(lab, n)
+    out = np.empty(values.size, np.float64)
+    for idx in range(order.size):
+        out[idx] = values[order[idx]]
+    for k in range(1, n + 1):
+        a, b = starts[k], starts[k + 1]
+        if b - a > 1:
+            out[a:b] = np.sort(out[a:b])
+    return out, starts
+
+
+@nb.njit(cache=True)
+def _edt_1d(f, sites_pos, nsites, out, j0, j1, v, z, fv):
+    # Felzenszwalb–Huttenlocher lower envelope of parabolas (pos, f) evaluated at j0..j1-1.
+    k = 0
+    if nsites == 0:
+        for j in range(j0, j1):
+            out[j] = _INF
+        return
+    v[0] = sites_pos[0]
+    fv[0] = f[0]
+    z[0] = -_INF
+    z[1] = _INF
+    for q in range(1, nsites):
+        q_pos = sites_pos[q]
+        fq = f[q]
+        s = ((fq + q_pos * q_pos) - (fv[k] + v[k] * v[k])) / (2.0 * q_pos - 2.0 * v[k])
+        while s <= z[k]:
+            k -= 1
+            s = ((fq + q_pos * q_pos) - (fv[k] + v[k] * v[k])) / (2.0 * q_pos - 2.0 * v[k])
+        k += 1
+        v[k] = q_pos
+        fv[k] = fq
+        z[k] = s
+        z[k + 1] = _INF
+    k = 0
+    for j in range(j0, j1):
+        while z[k + 1] < j:
+            k += 1
+        d = j - v[k]
+        out[j] = d * d + fv[k]
+
+
+@nb.njit(cache=True)
+def label_edt(labels: np.ndarray, border_is_background: bool) -> np.ndarray:
+    """Exact Euclidean distance from each labelled pixel to the nearest pixel of another label.
+
+    ``border_is_background``: pixels outside the image count as background (CellProfiler's
+    radius features pad each object by one pixel); otherwise only pixels inside the image do
+    (CellProfiler's ``distance_to_edge`` used by MeasureObjectIntensityDistribution).
+    Returns float64 distances, 0 on background, inf for an object that has no background at all.
+    """
+    h, w = labels.shape
+    g = np.empty((h, w), np.float64)
+    # phase 1: vertical distance to a different label within the column
+    for j in range(w):
+        i = 0
+        while i < h:
+            lab = labels[i, j]
+            e = i
+            while e + 1 < h and labels[e + 1, j] == lab:
+                e += 1
+            if lab == 0:
+                for r in range(i, e + 1):
+                    g[r, j] = 0.0
+            else:
+                top_bg = i > 0 or border_is_background
+                bot_bg = e < h - 1 or border_is_background
+                for r in range(i, e + 1):
+                    d = _INF
+                    if top_bg:
+                        d = r - i + 1.0
+                    if bot_bg:
+                        d2 = e - r + 1.0
+                        if d2 < d:
+                            d = d2
+                    g[r, j] = d
+            i = e + 1
+    out = np.zeros((h, w), np.float64)
+    f = np.empty(w + 2, np.float64)
+    pos = np.empty(w + 2, np.float64)
+    v = np.empty(w + 2, np.float64)
+    z = np.empty(w + 3, np.float64)
+    fv = np.empty(w + 2, np.float64)
+    row = np.empty(w, np.float64)
+    for i in range(h):
+        j = 0
+        while j < w:
+            lab = labels[i, j]
+            e = j
+            while e + 1 < w and labels[i, e + 1] == lab:
+                e += 1
+            if lab != 0:
+                ns = 0
+                if j > 0 or border_is_background:
+                    pos[ns] = j - 1.0
+                    f[ns] = 0.0
+                    ns += 1
+                for c in range(j, e + 1):
+                    gc = g[i, c]
+                    if gc < _INF:
+                        pos[ns] = c
+                        f[ns] = gc * gc
+                        ns += 1
+                if e < w - 1 or border_is_background:
+                    pos[ns] = e + 1.0
+                    f[ns] = 0.0
+                    ns += 1
+                _edt_1d(f, pos, ns, row, j, e + 1, v, z, fv)
+                for c in range(j, e + 1):
+                    out[i, c] = math.sqrt(row[c])
+            j = e + 1
+    return out
+
+
+@nb.njit(cache=True)
+def hull_candidates(labels: np.ndarray, n: int):
+    """Pixels at either end of a horizontal run, grouped by label: (ii, jj, starts)."""
+    h, w = labels.shape
+    cnt = np.zeros(n + 2, np.int64)
+    for i in range(h):
+        for j in range(w):
+            lab = labels[i, j]
+            if lab <= 0 or lab > n:
+                continue
+            if j == 0 or labels[i, j - 1] != lab or j == w - 1 or labels[i, j + 1] != lab:
+                cnt[lab + 1] += 1
+    starts = np.cumsum(cnt)
+    pos = starts.copy()
+    ii = np.empty(starts[-1], np.float64)
+    jj = np.empty(starts[-1], np.float64)
+    for i in range(h):
+        for j in range(w):
+            lab = labels[i, j]
+            if lab <= 0 or lab > n:
+                continue
+            if j == 0 or labels[i, j - 1] != lab or j == w - 1 or labels[i, j + 1] != lab:
+                p = pos[lab]
+                ii[p] = i
+                jj[p] = j
+                pos[lab] += 1
+    return ii, jj, starts
+
+
+@nb.njit(cache=True)
+def _cross(ox, oy, ax, ay, bx, by):
+    return (ax - ox) * (by - oy) - (ay - oy) * (bx - ox)
+
+
+@nb.njit(cache=True)
+def _monotone_chain(px, py, hx, hy):
+    """Convex hull (counter-clockwise in (x, y), no collinear points) of points sorted by (x, y).
+
+    Writes into hx, hy (length ≥ 2·len + 1); returns the number of hull vertices.
+    """
+    m = px.size
+    if m == 1:
+        hx[0] = px[0]
+        hy[0] = py[0]
+        return 1
+    k = 0
+    for t in range(m):
+        while k >= 2 and _cross(hx[k - 2], hy[k - 2], hx[k - 1], hy[k - 1], px[t], py[t]) <= 0:
+            k -= 1
+        hx[k] = px[t]
+        hy[k] = py[t]
+        k += 1
+    lower = k + 1
+    for t in range(m - 2, -1, -1):
+        while k >= lower and _cross(hx[k - 2], hy[k - 2], hx[k - 1], hy[k - 1], px[t], py[t]) <= 0:
+            k -= 1
+        hx[k] = px[t]
+        hy[k] = py[t]
+        k += 1
+    k -= 1
+    if k == 1 and hx[0] == hx[1] and hy[0] == hy[1]:
+        return 1
+    return k
+
+
+@nb.njit(cache=True)
+def _unique_sorted(px, py):
+    m = px.size
+    key = (px + 2.0) * 4.0e6 + (py + 2.0)
+    order = np.argsort(key, kind='mergesort')
+    ox = np.empty(m, np.float64)
+    oy = np.empty(m, np.float64)
+    u = 0
+    for t in range(m):
+        x = px[order[t]]
+        y = py[order[t]]
+        if u > 0 and ox[u - 1] == x and oy[u - 1] == y:
+            continue
+        ox[u] = x
+        oy[u] = y
+        u += 1
+    return ox[:u], oy[:u]
+
+
+@nb.njit(cache=True)
+def _circle2(ax, ay, bx, by):
+    cx = (ax + bx) / 2.0
+    cy = (ay + by) / 2.0
+    return cx, cy, math.hypot(ax - cx, ay - cy)
+
+
+@nb.njit(cache=True)
+def _circle3(ax, ay, bx, by, cx, cy):
+    d = 2.0 * (ax * (by - cy) + bx * (cy - ay) + cx * (ay - by))
+    if d == 0.0:
+        # collinear: the circle on the farthest pair
+        r1 = _circle2(ax, ay, bx, by)
+        r2 = _circle2(ax, ay, cx, cy)
+        r3 = _circle2(bx, by, cx, cy)
+        best = r1
+        if r2[2] > best[2]:
+            best = r2
+        if r3[2] > best[2]:
+            best = r3
+        return best
+    a2 = ax * ax + ay * ay
+    b2 = bx * bx + by * by
+    c2 = cx * cx + cy * cy
+    ux = (a2 * (by - cy) + b2 * (cy - ay) + c2 * (ay - by)) / d
+    uy = (a2 * (cx - bx) + b2 * (ax - cx) + c2 * (bx - ax)) / d
+    return ux, uy, math.hypot(ax - ux, ay - uy)
+
+
+@nb.njit(cache=True)
+def _inside(cx, cy, r, x, y):
+    return math.hypot(x - cx, y - cy) <= r * (1.0 + 1e-12) + 1e-12
+
+
+@nb.njit(cache=True)
+def _mec(hx, hy, m):
+    """Minimum enclosing circle of m points (incremental Welzl, deterministic order)."""
+    if m == 1:
+        return hx[0], hy[0], 0.0
+    # a fixed stride permutation to avoid the worst case of hull order
+    perm = np.empty(m, np.int64)
+    stride = 1
+    for s in (7919, 104729, 1299709, 15485863):
+        if m % s != 0:
+            stride = s
+            break
+    for t in range(m):
+        perm[t] = (t * stride) % m
+    x = np.empty(m)
+    y = np.empty(m)
+    for t in range(m):
+        x[t] = hx[perm[t]]
+        y[t] = hy[perm[t]]
+    cx, cy, r = _circle2(x[0], y[0], x[1], y[1])
+    for a in range(2, m):
+        if _inside(cx, cy, r, x[a], y[a]):
+            continue
+        cx, cy, r = _circle2(x[0], y[0], x[a], y[a])
+        for b in range(1, a):
+            if _inside(cx, cy, r, x[b], y[b]):
+                continue
+            cx, cy, r = _circle2(x[a], y[a], x[b], y[b])
+            for c in range(b):
+                if _inside(cx, cy, r, x[c], y[c]):
+                    continue
+                cx, cy, r = _circle3(x[a], y[a], x[b], y[b], x[c], y[c])
+    return cx, cy, r
+
+
+@nb.njit(cache=True)
+def hull_features(ii, jj, starts, n, bbox, want_convex_area):
+    """Per object from run-end pixels: Feret diameters, minimum enclosing circle, convex area.
+
+    Returns (min_feret, max_feret, mec_i, mec_j, mec_r, convex_area); objects without pixels NaN.
+    ``bbox``: (n+1, 4) int array of (min_i, min_j, max_i, max_j) inclusive.
+    Convex area follows scikit-image's ``convex_hull_image``: pixels whose centres lie inside or
+    on the hull of the pixels' edge midpoints.
+    """
+    min_f = np.full(n + 1, np.nan)
+    max_f = np.full(n + 1, np.nan)
+    mi = np.full(n + 1, np.nan)
+    mj = np.full(n + 1, np.nan)
+    mr = np.full(n + 1, np.nan)
+    carea = np.full(n + 1, np.nan)
+    for k in range(1, n + 1):
+        a, b = starts[k], starts[k + 1]
+        if b == a:
+            continue
+        # x = column j, y = row i
+        px, py = _unique_sorted(jj[a:b], ii[a:b])
+        m = px.size
+        hx = np.empty(2 * m + 2)
+        hy = np.empty(2 * m + 2)
+        h = _monotone_chain(px, py, hx, hy)
+        # Feret
+        dmax = 0.0
+        for p in range(h):
+            for q in range(p + 1, h):
+                d = (hx[p] - hx[q]) ** 2 + (hy[p] - hy[q]) ** 2
+                if d > dmax:
+                    dmax = d
+        max_f[k] = math.sqrt(dmax)
+        if h <= 2:
+            min_f[k] = 0.0
+        else:
+            best = _INF
+            for p in range(h):
+                q = (p + 1) % h
+                ex = hx[q] - hx[p]
+                ey = hy[q] - hy[p]
+                el = math.hypot(ex, ey)
+                far = 0.0
+                for t in range(h):
+                    dd = abs(ex * (hy[t] - hy[p]) - ey * (hx[t] - hx[p])) / el
+                    if dd > far:
+                        far = dd
+                if far < best:
+                    best = far
+            min_f[k] = best
+        cx, cy, r = _mec(hx, hy, h)
+        mi[k] = cy
+        mj[k] = cx
+        mr[k] = r
+        if want_convex_area:
+            # hull of the edge midpoints of the hull pixels
+            qx = np.empty(4 * h)
+            qy = np.empty(4 * h)
+            for p in range(h):
+                qx[4 * p] = hx[p] - 0.5
+                qy[4 * p] = hy[p]
+                qx[4 * p + 1] = hx[p] + 0.5
+                qy[4 * p + 1] = hy[p]
+                qx[4 * p + 2] = hx[p]
+                qy[4 * p + 2] = hy[p] - 0.5
+                qx[4 * p + 3] = hx[p]
+                qy[4 * p + 3] = hy[p] + 0.5
+            sx, sy = _unique_sorted(qx, qy)
+            gx = np.empty(2 * sx.size + 2)
+            gy = np.empty(2 * sx.size + 2)
+            g = _monotone_chain(sx, sy, gx, gy)
+            cnt = 0
+            for i in range(bbox[k, 0], bbox[k, 2] + 1):
+                for j in range(bbox[k, 1], bbox[k, 3] + 1):
+                    ok = True
+                    for p in range(g):
+                        q = (p + 1) % g
+                        if _cross(gx[p], gy[p], gx[q], gy[q], j, i) < 0:
+                            ok = False
+                            break
+                    if ok:
+                        cnt += 1
+            carea[k] = cnt
+    return min_f, max_f, mi, mj, mr, carea
+
+
+@nb.njit(cache=True)
+def pixel_scan(labels: np.ndarray, n: int):
+    """One pass over the image: area, bbox, perimeter (scikit-image, 4-neighbourhood) and
+    Euler number (8-connectivity) of every object 1..n.
+
+    Returns area (n+1,), bbox (n+1, 4) inclusive, perimeter (n+1,), euler (n+1,).
+    """
+    h, w = labels.shape
+    area = np.zeros(n + 1, np.int64)
+    bbox = np.empty((n + 1, 4), np.int64)
+    bbox[:, 0] = h
+    bbox[:, 1] = w
+    bbox[:, 2] = -1
+    bbox[:, 3] = -1
+    border = np.zeros((h, w), np.bool_)
+    for i in range(h):
+        for j in range(w):
+            lab = labels[i, j]
+            if lab <= 0 or lab > n:
+                continue
+            area[lab] += 1
+            if i < bbox[lab, 0]:
+                bbox[lab, 0] = i
+            if j < bbox[lab, 1]:
+                bbox[lab, 1] = j
+            if i > bbox[lab, 2]:
+                bbox[lab, 2] = i
+            if j > bbox[lab, 3]:
+                bbox[lab, 3] = j
+            if (i == 0 or labels[i - 1, j] != lab or i == h - 1 or labels[i + 1, j] != lab
+                    or j == 0 or labels[i, j - 1] != lab or j == w - 1 or labels[i, j + 1] != lab):
+                border[i, j] = True
+    weights = np.zeros(50)
+    for c in (5, 7, 15, 17, 25, 27):
+        weights[c] = 1.0
+    weights[21] = math.sqrt(2.0)
+    weights[33] = math.sqrt(2.0)
+    weights[13] = (1.0 + math.sqrt(2.0)) / 2.0
+    weights[23] = (1.0 + math.sqrt(2.0)) / 2.0
+    perim = np.zeros(n + 1)
+    for i in range(h):
+        for j in range(w):
+            if not border[i, j]:
+                continue
+            lab = labels[i, j]
+            code = 1
+            for di in (-1, 0, 1):
+                for dj in (-1, 0, 1):
+                    if di == 0 and dj == 0:
+                        continue
+                    a = i + di
+                    b = j + dj
+                    if a < 0 or a >= h or b < 0 or b >= w:
+                        continue
+                    if border[a, b] and labels[a, b] == lab:
+                        code += 10 if (di != 0 and dj != 0) else 2
+            if code < 50:
+                perim[lab] += weights[code]
+    # Euler number, 8-connectivity: (Q1 - Q3 - 2 QD) / 4 over 2x2 windows of the zero-padded image
+    eul = np.zeros(n + 1, np.int64)
+    for i in range(-1, h):
+        for j in range(-1, w):
+            t0 = labels[i, j] if (i >= 0 and j >= 0) else 0
+            t1 = labels[i, j + 1] if (i >= 0 and j + 1 < w) else 0
+            t2 = labels[i + 1, j] if (i + 1 < h and j >= 0) else 0
+            t3 = labels[i + 1, j + 1] if (i + 1 < h and j + 1 < w) else 0
+            for s in range(4):
+                lab = t0 if s == 0 else (t1 if s == 1 else (t2 if s == 2 else t3))
+                if lab <= 0 or lab > n:
+                    continue
+                if s >= 1 and t0 == lab:
+                    continue
+                if s >= 2 and t1 == lab:
+                    continue
+                if s == 3 and t2 == lab:
+                    continue
+                b0 = t0 == lab
+                b1 = t1 == lab
+                b2 = t2 == lab
+                b3 = t3 == lab
+                q = b0 + b1 + b2 + b3
+                if q == 1:
+                    eul[lab] += 1
+                elif q == 3:
+                    eul[lab] -= 1
+                elif q == 2 and ((b0 and b3) or (b1 and b2)):
+                    eul[lab] -= 2
+    return area, bbox, perim, eul
+
+
+@nb.njit(cache=True)
+def moments(labels: np.ndarray, n: int, bbox: np.ndarray, area: np.ndarray):
+    """Spatial moments (relative to the bounding box origin, as scikit-image's regionprops)
+    and central moments up to order 3 per axis: arrays (n+1, 4, 4) indexed [label, p, q] for
+    Σ row^p col^q."""
+    h, w = labels.shape
+    m = np.zeros((n + 1, 4, 4))
+    for i in range(h):
+        for j in range(w):
+            lab = labels[i, j]
+            if lab <= 0 or lab > n:
+                continue
+            r = float(i - bbox[lab, 0])
+            c = float(j - bbox[lab, 1])
+            rp = 1.0
+            for p in range(4):
+                cq = 1.0
+                for q in range(4):
+                    m[lab, p, q] += rp * cq
+                    cq *= c
+                rp *= r
+    mu = np.zeros((n + 1, 4, 4))
+    cr = np.zeros(n + 1)
+    cc = np.zeros(n + 1)
+    for k in range(1, n + 1):
+        if area[k] > 0:
+            cr[k] = m[k, 1, 0] / m[k, 0, 0]
+            cc[k] = m[k, 0, 1] / m[k, 0, 0]
+    for i in range(h):
+        for j in range(w):
+            lab = labels[i, j]
+            if lab <= 0 or lab > n:
+                continue
+            r = (i - bbox[lab, 0]) - cr[lab]
+            c = (j - bbox[lab, 1]) - cc[lab]
+            rp = 1.0
+            for p in range(4):
+                cq = 1.0
+                for q in range(4):
+                    mu[lab, p, q] += rp * cq
+                    cq *= c
+                rp *= r
+    return m, mu
+
+
+@nb.njit(cache=True)
+def geodesic_from_centers(labels: np.ndarray, ci: np.ndarray, cj: np.ndarray, n: int):
+    """Geodesic (8-connected, steps 1 and √2) distance from each object's centre pixel,
+    staying inside the object (CellProfiler's ``propagate`` with a flat image).
+    Pixels not reached get -1."""
+    h, w = labels.shape
+    dist = np.full((h, w), -1.0)
+    done = np.zeros((h, w), np.bool_)
+    # binary heap of (distance, flat index)
+    cap = 1024
+    hd = np.empty(cap)
+    hi = np.empty(cap, np.int64)
+    size = 0
+    for k in range(1, n + 1):
+        if ci[k] < 0:
+            continue
+        idx = ci[k] * w + cj[k]
+        dist[ci[k], cj[k]] = 0.0
+        # push
+        if size == cap:
+            cap *= 2
+            hd2 = np.empty(cap)
+            hi2 = np.empty(cap, np.int64)
+            hd2[:size] = hd[:size]
+            hi2[:size] = hi[:size]
+            hd, hi = hd2, hi2
+        t = size
+        size += 1
+        while t > 0:
+            parent = (t - 1) // 2
+            if hd[parent] <= 0.0:
+                break
+            hd[t] = hd[parent]
+            hi[t] = hi[parent]
+            t = parent
+        hd[t] = 0.0
+        hi[t] = idx
+    sq2 = math.sqrt(2.0)
+    while size > 0:
+        d0 = hd[0]
+        idx = hi[0]
+        size -= 1
+        if size > 0:
+            ld = hd[size]
+            li = hi[size]
+            t = 0
+            while True:
+                c = 2 * t + 1
+                if c >= size:
+                    break
+                if c + 1 < size and hd[c + 1] < hd[c]:
+                    c += 1
+                if hd[c] >= ld:
+                    break
+                hd[t] = hd[c]
+                hi[t] = hi[c]
+                t = c
+            hd[t] = ld
+            hi[t] = li
+        i = idx // w
+        j = idx % w
+        if done[i, j]:
+            continue
+        done[i, j] = True
+        lab = labels[i, j]
+        for di in (-1, 0, 1):
+            for dj in (-1, 0, 1):
+                if di == 0 and dj == 0:
+                    continue
+                a = i + di
+                b = j + dj
+                if a < 0 or a >= h or b < 0 or b >= w:
+                    continue
+                if done[a, b] or labels[a, b] != lab:
+                    continue
+                nd = d0 + (sq2 if (di != 0 and dj != 0) else 1.0)
+                if dist[a, b] < 0 or nd < dist[a, b]:
+                    dist[a, b] = nd
+                    if size == cap:
+                        cap *= 2
+                        hd2 = np.empty(cap)
+                        hi2 = np.empty(cap, np.int64)
+                        hd2[:size] = hd[:size]
+                        hi2[:size] = hi[:size]
+                        hd, hi = hd2, hi2
+                    t = size
+                    size += 1
+                    while t > 0:
+                        parent = (t - 1) // 2
+                        if hd[parent] <= nd:
+                            break
+                        hd[t] = hd[parent]
+                        hi[t] = hi[parent]
+                        t = parent
+                    hd[t] = nd
+                    hi[t] = a * w + b
+    return dist
+
+
+def zernike_indexes(degree: int) -> list[tuple[int, int]]:
+    """(n, m) with 0 ≤ m ≤ n ≤ degree and n − m even, in CellProfiler's order."""
+    return [(nn, mm) for nn in range(degree + 1) for mm in range(nn % 2, nn + 1, 2)]
+
+
+def zernike_lut(indexes: list[tuple[int, int]]) -> np.ndarray:
+    """Coefficients of the radial polynomials: lut[t, k] multiplies ρ^(n − 2k)."""
+    from math import factorial
+
+    width = max(nn for nn, _ in indexes) // 2 + 1
+    lut = np.zeros((len(indexes), width))
+    for t, (nn, mm) in enumerate(indexes):
+        for k in range((nn - mm) // 2 + 1):
+            lut[t, k] = ((-1) ** k * factorial(nn - k)
+                         / (factorial(k) * factorial((nn + mm) // 2 - k) * factorial((nn - mm) // 2 - k)))
+    return lut
+
+
+@nb.njit(cache=True)
+def zernike_sums(lab, x, y, weight, nm, lut, n):
+    """Σ over the pixels of each object of weight · R_nm(ρ) e^{imθ} with z = y + i·x
+    (CellProfiler's convention); (x, y) already normalised by the enclosing circle.
+    Returns real and imaginary sums, arrays (n+1, len(nm))."""
+    nz = nm.shape[0]
+    re = np.zeros((n + 1, nz))
+    im = np.zeros((n + 1, nz))
+    maxm = 0
+    for t in range(nz):
+        if nm[t, 1] > maxm:
+            maxm = nm[t, 1]
+    pr = np.empty(maxm + 1)
+    pi = np.empty(maxm + 1)
+    for p in range(lab.size):
+        k = lab[p]
+        xx = x[p]
+        yy = y[p]
+        r2 = xx * xx + yy * yy
+        pr[0] = 1.0
+        pi[0] = 0.0
+        for mm in range(1, maxm + 1):
+            # (y + i x)^m
+            pr[mm] = pr[mm - 1] * yy - pi[mm - 1] * xx
+            pi[mm] = pr[mm - 1] * xx + pi[mm - 1] * yy
+        wgt = weight[p]
+        for t in range(nz):
+            nn = nm[t, 0]
+            mm = nm[t, 1]
+            s = 0.0
+            for kk in range((nn - mm) // 2 + 1):
+                s = s * r2 + lut[t, kk]
+            if r2 > 1.0 + 1e-9:  # points on the enclosing circle count despite rounding
+                s = 0.0
+            s *= wgt
+            re[k, t] += s * pr[mm]
+            im[k, t] += s * pi[mm]
+    return re, im
+
+
+@nb.njit(cache=True)
+def sorted_group_stats(vals: np.ndarray, starts: np.ndarray, n: int):
+    """max, mean and median (mean of the two middle values) of each label's sorted values;
+    NaN for labels without values.  Rows 1..n of arrays of length n + 1."""
+    mx = np.full(n + 1, np.nan)
+    mean = np.full(n + 1, np.nan)
+    med = np.full(n + 1, np.nan)
+    for k in range(1, n + 1):
+        a, b = starts[k], starts[k + 1]
+        c = b - a
+        if c == 0:
+            continue
+        mx[k] = vals[b - 1]
+        s = 0.0
+        for t in range(a, b):
+            s += vals[t]
+        mean[k] = s / c
+        lo = a + (c - 1) // 2
+        hi = a + c // 2
+        med[k] = (vals[lo] + vals[hi]) / 2.0
+    return mx, mean, med
