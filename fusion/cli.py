@@ -1,4 +1,73 @@
+"""``fusion``: profiles (+ crops) → models → predictions and reports. A thin typer layer over the library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
 import typer
-app = typer.Typer()
-def main():
-    app()
+
+from profiler._cli_util import err_console, run_main, setup_logging
+
+app = typer.Typer(help="Profiles (+ single-cell crops) → XGBoost / CNN / stacked models → predictions and SHAP reports.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
+    setup_logging(verbose)
+
+
+@app.command()
+def train(
+    profiles: Path = typer.Argument(..., help="Per-well profile table (profiles.parquet from `profiler extract`, or CSV)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
+    label: str = typer.Option("Metadata_Compound", "--label", "-l", help="Column to predict."),
+    group_by: Optional[list[str]] = typer.Option(
+        None, "--group-by", help="Column(s) never split between training and test folds "
+                                 "(default: Metadata_Plate + Metadata_Well; Metadata_Compound = leave compounds out)."),
+    embeddings: Optional[Path] = typer.Option(None, "--embeddings",
+                                              help="Per-well CNN embeddings (from `fusion embed`) to append to the features."),
+    n_splits: int = typer.Option(5, "--folds", help="Cross-validation folds (fewer if there are fewer groups)."),
+    seed: int = typer.Option(0, help="Random seed."),
+    cell_count: bool = typer.Option(True, "--cell-count/--no-cell-count",
+                                    help="Use cells per well (Metadata_Object_Count) as a feature."),
+    n_jobs: int = typer.Option(2, "--jobs", "-j", help="XGBoost threads."),
+) -> None:
+    """Train XGBoost on profiles with grouped cross-validation; write the model folder."""
+    from fusion.train import train as _train
+
+    path = _train(profiles, out, label=label, group_by=group_by or None, embeddings=embeddings,
+                  n_splits=n_splits, seed=seed, include_cell_count=cell_count, n_jobs=n_jobs)
+    err_console.print(f"model written to {path}")
+
+
+@app.command()
+def report(
+    model_dir: Path = typer.Argument(..., help="Model folder written by `fusion train`."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write (default MODEL_DIR/report.html)."),
+) -> None:
+    """Write a self-contained report.html (metrics vs baselines, confusion matrix, ROC/PR, SHAP)."""
+    from fusion.report import report as _report
+
+    path = _report(model_dir, out)
+    err_console.print(f"report written to {path}")
+
+
+@app.command()
+def predict(
+    model_dir: Path = typer.Argument(..., help="Model folder written by `fusion train`."),
+    profiles: Path = typer.Argument(..., help="Profile table of the wells to predict."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="Output folder or .parquet file (default: predictions/ beside PROFILES)."),
+    embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="Per-well CNN embeddings, if the model used them."),
+) -> None:
+    """Per-class probabilities for new wells → predictions.parquet."""
+    from fusion.predict import predict as _predict
+
+    path = _predict(model_dir, profiles, out, embeddings)
+    err_console.print(f"predictions written to {path}")
+
+
+def main() -> None:
+    run_main(app)

@@ -1,0 +1,107 @@
+"""Why the model made its calls: SHAP on XGBoost, grouped by CellProfiler feature families.
+
+* :func:`shap_values` — exact TreeSHAP (``shap.TreeExplainer``) per class → array (rows, features, classes).
+* :func:`class_importance` — mean |SHAP| per feature and class.
+* :func:`group_attributions` — those summed into interpretable groups parsed from the CellProfiler
+  names with :func:`profiler.names.parse_feature` ("Nuclei · AreaShape", "Cells · Texture · Tubulin").
+* :func:`top_features` — per class the top features, with their direction: is the feature higher
+  or lower in that class's wells than in the control wells.
+* :func:`stack_weights` — how much the stacked meta-learner leans on each base model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from profiler.names import CELL_COUNT, is_metadata, parse_feature
+
+__all__ = ["shap_values", "class_importance", "feature_group", "group_attributions", "top_features",
+           "stack_weights"]
+
+
+def shap_values(booster, X: pd.DataFrame, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """TreeSHAP values (rows, features, classes) and expected values (classes,) of an XGBoost model.
+
+    Values are in the model's margin (log-odds) space. For a binary model the single output is
+    returned as two opposite columns (class 0 = −class 1).
+    """
+    import shap
+
+    explainer = shap.TreeExplainer(booster)
+    vals = np.asarray(explainer.shap_values(X.to_numpy(dtype=np.float32, na_value=np.nan)))
+    base = np.atleast_1d(np.asarray(explainer.expected_value, dtype=float))
+    if vals.ndim == 2:  # binary: one margin
+        vals = np.stack([-vals, vals], axis=-1)
+        base = np.array([-base[0], base[0]])
+    if vals.shape[-1] != n_classes:
+        raise ValueError(f"SHAP returned {vals.shape[-1]} outputs for {n_classes} classes")
+    return vals.astype(np.float32), base
+
+
+def class_importance(values: np.ndarray, features: Sequence[str], classes: Sequence) -> pd.DataFrame:
+    """Mean |SHAP| per feature (rows) and class (columns)."""
+    return pd.DataFrame(np.abs(values).mean(axis=0), index=list(features), columns=[str(c) for c in classes])
+
+
+def feature_group(name: str, channels: Sequence[str] | None = None) -> str:
+    """Interpretable group of one feature ("Nuclei · AreaShape", "Cells · Texture · Tubulin")."""
+    if name == CELL_COUNT:
+        return "Well · Cell count"
+    if is_metadata(name):
+        return "Well · " + name.removeprefix("Metadata_")
+    if name.startswith("Embedding_"):
+        return "CNN embedding"
+    return parse_feature(name, channels).group()
+
+
+def group_attributions(importance: pd.DataFrame, channels: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per-class importance summed over feature groups; groups sorted by total, largest first."""
+    groups = [feature_group(f, channels) for f in importance.index]
+    g = importance.groupby(groups).sum()
+    return g.loc[g.sum(axis=1).sort_values(ascending=False).index]
+
+
+def top_features(values: np.ndarray, X: pd.DataFrame, y: Sequence, classes: Sequence,
+                 control: Sequence[bool] | None = None, k: int = 10) -> dict[str, list[dict[str, Any]]]:
+    """For each class, the ``k`` features with the largest mean |SHAP| for that class's output.
+
+    Each entry: ``feature``, ``group``, ``mean_abs_shap``, ``class_mean`` / ``reference_mean`` (mean
+    feature value in the class's rows / in the control rows, or in every other row when no control
+    is marked) and ``direction`` ("higher" or "lower" than the reference).
+    """
+    y = np.asarray(y).astype(str)
+    imp = class_importance(values, X.columns, classes)
+    ctrl = None if control is None else np.asarray(control, dtype=bool)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for ci, c in enumerate(imp.columns):
+        in_class = y == c
+        if ctrl is None or not (ctrl & ~in_class).any() or ctrl[in_class].all():
+            ref = ~in_class  # no controls, or this class is the control: compare with every other row
+        else:
+            ref = ctrl & ~in_class
+        rows = []
+        for f in imp[c].sort_values(ascending=False).index[:k]:
+            col = X[f].to_numpy(dtype=float, na_value=np.nan)
+            cm = float(np.nanmean(col[in_class])) if in_class.any() else float("nan")
+            rm = float(np.nanmean(col[ref])) if ref.any() else float("nan")
+            rows.append({"feature": f, "group": feature_group(f), "mean_abs_shap": float(imp.loc[f, c]),
+                         "class_mean": cm, "reference_mean": rm,
+                         "direction": "higher" if cm > rm else "lower" if cm < rm else "same"})
+        out[c] = rows
+    return out
+
+
+def stack_weights(meta: dict[str, Any]) -> dict[str, float]:
+    """Share of the meta-learner's total |coefficient| on each base model's probabilities."""
+    coef = np.abs(np.asarray(meta["coef"], dtype=float))
+    inputs = meta["inputs"]  # e.g. ["gbm:DMSO", "gbm:Tubulor", "cnn:DMSO", ...]
+    totals: dict[str, float] = {}
+    for j, name in enumerate(inputs):
+        base = name.split(":", 1)[0]
+        totals[base] = totals.get(base, 0.0) + float(coef[:, j].sum())
+    s = sum(totals.values()) or 1.0
+    return {b: v / s for b, v in totals.items()}

@@ -1,0 +1,451 @@
+"""``fusion report MODEL_DIR``: one self-contained ``report.html`` (figures embedded) + the PNGs.
+
+Sections: a warning banner when the model predicts (almost) only one class or does not beat the
+majority-class baseline; metrics (accuracy, balanced accuracy, weighted F1, top-3 accuracy) each
+beside the majority-class and chance baselines with bootstrap 95 % CIs; per-class precision /
+recall / F1; confusion matrix; ROC and precision-recall curves per class with AUCs; SHAP bar and
+beeswarm plots per class; feature-group attribution bars; the stack's weight on each base model;
+per class the top features with their direction; example cells from the highest and lowest deciles
+of each top feature (when single-cell crops are available; otherwise the section says why not).
+
+Every number comes from files in the model folder (out-of-fold predictions, SHAP values), so the
+report can be rebuilt without retraining.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fusion import explain, metrics, modelio
+from fusion.train import OOF_FILE, PROBA_PREFIX, SHAP_FILE, TRAIN_FILE
+from profiler import io
+from profiler.errors import ModelFileError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["report", "FIGURES"]
+
+FIGURES = ("confusion_matrix.png", "metrics_vs_baseline.png", "roc_curves.png", "pr_curves.png",
+           "shap_bar.png", "shap_beeswarm.png", "group_attributions.png")
+ONE_CLASS_FRACTION = 0.9
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    import io as _io
+
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    io.write_bytes(buf.getvalue(), path)
+    return path
+
+
+def _read_parquet(model_dir: Path, name: str) -> pd.DataFrame:
+    path = model_dir / name
+    if not path.is_file():
+        raise ModelFileError(f"{name} is missing from the model folder", path=model_dir,
+                             hint="retrain with `fusion train`")
+    return pd.read_parquet(path)
+
+
+# -- figures ---------------------------------------------------------------------------------
+def fig_confusion(y: np.ndarray, pred: np.ndarray, classes: list[str], path: Path) -> Path:
+    from sklearn.metrics import confusion_matrix
+
+    plt = _plt()
+    cm = confusion_matrix(y, pred, labels=classes)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * n, 1.0 + 0.55 * n))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            if n <= 20:
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), classes, fontsize=8)
+    ax.set_xlabel("predicted (out-of-fold)")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix (counts; colour = row fraction)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, path)
+
+
+def fig_metrics(summary: dict[str, Any], path: Path) -> Path:
+    plt = _plt()
+    names = list(summary["scores"])
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    x = np.arange(len(names))
+    w = 0.27
+    for k, (key, ci, label, colour) in enumerate((("value", "ci95", "model", "#2b6cb0"),
+                                                  ("majority", "majority_ci95", "majority class", "#a0aec0"),
+                                                  ("chance", None, "chance", "#e2e8f0"))):
+        vals = [summary["scores"][n][key] for n in names]
+        err = None
+        if ci:
+            lo = [summary["scores"][n][key] - summary["scores"][n][ci][0] for n in names]
+            hi = [summary["scores"][n][ci][1] - summary["scores"][n][key] for n in names]
+            err = np.clip([lo, hi], 0, None)
+        ax.bar(x + (k - 1) * w, vals, w, yerr=err, capsize=3, label=label, color=colour, edgecolor="#4a5568")
+    ax.set_xticks(x, [n.replace("_", " ") for n in names])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("score (95 % bootstrap CI)")
+    ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    ax.set_title("Out-of-fold scores beside the baselines")
+    return _save(fig, path)
+
+
+def fig_curves(y: np.ndarray, proba: np.ndarray, classes: list[str], kind: str, path: Path) -> tuple[Path, dict]:
+    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    aucs: dict[str, float] = {}
+    for j, c in enumerate(classes):
+        t = (y == c).astype(int)
+        if t.min() == t.max():
+            continue
+        if kind == "roc":
+            fpr, tpr, _ = roc_curve(t, proba[:, j])
+            aucs[c] = float(auc(fpr, tpr))
+            ax.plot(fpr, tpr, label=f"{c} (AUC {aucs[c]:.2f})")
+        else:
+            prec, rec, _ = precision_recall_curve(t, proba[:, j])
+            aucs[c] = float(average_precision_score(t, proba[:, j]))
+            ax.plot(rec, prec, label=f"{c} (AP {aucs[c]:.2f}; base {t.mean():.2f})")
+    if kind == "roc":
+        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_title("ROC per class (one vs rest, out-of-fold)")
+    else:
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.set_title("Precision–recall per class (out-of-fold)")
+    ax.legend(fontsize=7, loc="lower right" if kind == "roc" else "lower left")
+    return _save(fig, path), aucs
+
+
+def fig_shap_bar(importance: pd.DataFrame, path: Path, top: int = 15) -> Path:
+    plt = _plt()
+    tot = importance.sum(axis=1).sort_values(ascending=True).tail(top)
+    imp = importance.loc[tot.index]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(imp) + 1.2))
+    left = np.zeros(len(imp))
+    for c in imp.columns:
+        ax.barh(range(len(imp)), imp[c].to_numpy(), left=left, label=c)
+        left += imp[c].to_numpy()
+    ax.set_yticks(range(len(imp)), imp.index, fontsize=8)
+    ax.set_xlabel("mean |SHAP value| (log-odds), stacked by class")
+    ax.set_title(f"Top {len(imp)} features by SHAP")
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
+def fig_beeswarm(shap_vals: np.ndarray, X: pd.DataFrame, importance: pd.DataFrame, classes: list[str],
+                 path: Path, top: int = 8) -> Path:
+    """Per class: the top features' SHAP values, one dot per row, coloured by the feature's value."""
+    plt = _plt()
+    n = len(classes)
+    ncol = min(n, 3)
+    nrow = int(np.ceil(n / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 0.38 * top * nrow + 1.2 * nrow), squeeze=False)
+    rng = np.random.default_rng(0)
+    for k, c in enumerate(classes):
+        ax = axes[k // ncol][k % ncol]
+        feats = importance[c].sort_values(ascending=False).index[:top][::-1]
+        for i, f in enumerate(feats):
+            j = X.columns.get_loc(f)
+            v = shap_vals[:, j, k]
+            fv = X[f].to_numpy(dtype=float, na_value=np.nan)
+            lo, hi = np.nanpercentile(fv, [5, 95]) if np.isfinite(fv).any() else (0, 1)
+            col = np.clip((fv - lo) / (hi - lo if hi > lo else 1), 0, 1)
+            ax.scatter(v, i + rng.uniform(-0.25, 0.25, len(v)), c=np.nan_to_num(col, nan=0.5), cmap="coolwarm",
+                       s=9, vmin=0, vmax=1)
+        ax.axvline(0, color="grey", lw=0.6)
+        ax.set_yticks(range(len(feats)), feats, fontsize=7)
+        ax.set_title(f"{c}", fontsize=9)
+        ax.set_xlabel("SHAP value (blue = low feature value, red = high)", fontsize=7)
+    for k in range(n, nrow * ncol):
+        axes[k // ncol][k % ncol].axis("off")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def fig_groups(groups: pd.DataFrame, path: Path, top: int = 15) -> Path:
+    plt = _plt()
+    g = groups.head(top).iloc[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(g) + 1.2))
+    left = np.zeros(len(g))
+    for c in g.columns:
+        ax.barh(range(len(g)), g[c].to_numpy(), left=left, label=c)
+        left += g[c].to_numpy()
+    ax.set_yticks(range(len(g)), g.index, fontsize=8)
+    ax.set_xlabel("summed mean |SHAP value|, stacked by class")
+    ax.set_title("Attribution by feature group (compartment · category · channel)")
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
+# -- HTML ------------------------------------------------------------------------------------
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"/><figcaption>' \
+           f'{html.escape(alt)}</figcaption></figure>'
+
+
+def _fmt(v: float) -> str:
+    return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
+
+
+def _metrics_table(summary: dict[str, Any]) -> str:
+    rows = []
+    for n, s in summary["scores"].items():
+        rows.append(f"<tr><td>{n.replace('_', ' ')}</td><td><b>{_fmt(s['value'])}</b> "
+                    f"[{_fmt(s['ci95'][0])}, {_fmt(s['ci95'][1])}]</td>"
+                    f"<td>{_fmt(s['majority'])} [{_fmt(s['majority_ci95'][0])}, {_fmt(s['majority_ci95'][1])}]</td>"
+                    f"<td>{_fmt(s['chance'])}</td></tr>")
+    return ("<table><tr><th>score</th><th>model (95 % CI)</th><th>majority class (95 % CI)</th>"
+            "<th>chance</th></tr>" + "".join(rows) + "</table>")
+
+
+def _per_class_table(summary: dict[str, Any], aucs: dict[str, dict[str, float]]) -> str:
+    rows = []
+    for c, s in summary["per_class"].items():
+        rows.append(f"<tr><td>{html.escape(c)}</td><td>{_fmt(s['precision'])}</td><td>{_fmt(s['recall'])}</td>"
+                    f"<td><b>{_fmt(s['f1'])}</b></td><td>{_fmt(s['majority_f1'])}</td>"
+                    f"<td>{_fmt(aucs['roc'].get(c))}</td><td>{_fmt(aucs['pr'].get(c))}</td><td>{s['support']}</td></tr>")
+    return ("<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>F1 of majority baseline</th>"
+            "<th>ROC AUC</th><th>average precision</th><th>rows</th></tr>" + "".join(rows) + "</table>")
+
+
+def _top_table(top: dict[str, list[dict[str, Any]]], k: int = 5) -> str:
+    parts = []
+    for c, rows in top.items():
+        items = "".join(
+            f"<tr><td>{i + 1}</td><td><code>{html.escape(r['feature'])}</code></td><td>{html.escape(r['group'])}</td>"
+            f"<td>{r['mean_abs_shap']:.3f}</td><td class='{r['direction']}'>{r['direction']}</td>"
+            f"<td>{_fmt(r['class_mean'])}</td><td>{_fmt(r['reference_mean'])}</td></tr>"
+            for i, r in enumerate(rows[:k]))
+        parts.append(f"<h3>{html.escape(c)}</h3><table><tr><th>#</th><th>feature</th><th>group</th>"
+                     f"<th>mean |SHAP|</th><th>vs controls</th><th>class mean</th><th>control mean</th></tr>"
+                     f"{items}</table>")
+    return "".join(parts)
+
+
+def _warnings(summary: dict[str, Any]) -> list[str]:
+    out = []
+    frac = summary["predicted_class_fractions"]
+    top_cls, top_frac = max(frac.items(), key=lambda kv: kv[1])
+    if top_frac >= ONE_CLASS_FRACTION:
+        out.append(f"The model predicts (almost) only one class: {top_frac:.0%} of the out-of-fold predictions "
+                   f"are “{html.escape(top_cls)}”. Its scores say little about the other classes.")
+    acc = summary["scores"]["accuracy"]
+    if acc["value"] <= acc["majority"]:
+        out.append(f"The model does not beat the majority-class baseline: out-of-fold accuracy "
+                   f"{acc['value']:.3f} vs {acc['majority']:.3f} for always predicting "
+                   f"“{html.escape(summary['majority_class'])}”.")
+    elif acc["ci95"][0] <= acc["majority"]:
+        out.append(f"The accuracy's 95 % CI [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] includes the "
+                   f"majority-class baseline ({acc['majority']:.3f}): the gain is not yet clear at this sample size.")
+    return out
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#1a202c;padding:0 1em}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #cbd5e0;padding:3px 8px;font-size:0.9em}
+th{background:#edf2f7}.warning{background:#fff5f5;border:2px solid #c53030;color:#742a2a;padding:0.8em;margin:1em 0}
+.note{background:#fffff0;border:1px solid #d69e2e;padding:0.6em}figure{margin:1em 0}img{max-width:100%}
+.higher{color:#c53030}.lower{color:#2b6cb0}code{font-size:0.9em}"""
+
+
+def report(model_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``model_dir/report.html`` (or ``out``) and its PNG figures beside it; returns the HTML path."""
+    model_dir = Path(model_dir)
+    manifest = modelio.verify_model_dir(model_dir)
+    out = Path(out) if out is not None else model_dir / "report.html"
+    fig_dir = out.parent / "figures"
+    classes = [str(c) for c in manifest["classes"]]
+    oof = _read_parquet(model_dir, OOF_FILE)
+    y = oof["Label"].astype(str).to_numpy()
+    pred = oof["Prediction"].astype(str).to_numpy()
+    proba = oof[[PROBA_PREFIX + c for c in classes]].to_numpy(dtype=float)
+    summary = metrics.classification_summary(y, pred, proba, classes)
+    explained = json.loads((model_dir / "explain.json").read_text(encoding="utf-8"))
+    train_df = _read_parquet(model_dir, TRAIN_FILE)
+    shap_df = _read_parquet(model_dir, SHAP_FILE)
+    feats = [str(f) for f in manifest["features"]]
+    X = train_df[feats]
+    vals = np.stack([shap_df.loc[shap_df["Class"] == c, feats].to_numpy() for c in classes], axis=-1)
+    importance = explain.class_importance(vals, feats, classes)
+    groups = explain.group_attributions(importance)
+
+    figs: dict[str, Path] = {}
+    figs["confusion_matrix.png"] = fig_confusion(y, pred, classes, fig_dir / "confusion_matrix.png")
+    figs["metrics_vs_baseline.png"] = fig_metrics(summary, fig_dir / "metrics_vs_baseline.png")
+    figs["roc_curves.png"], roc = fig_curves(y, proba, classes, "roc", fig_dir / "roc_curves.png")
+    figs["pr_curves.png"], pr = fig_curves(y, proba, classes, "pr", fig_dir / "pr_curves.png")
+    figs["shap_bar.png"] = fig_shap_bar(importance, fig_dir / "shap_bar.png")
+    figs["shap_beeswarm.png"] = fig_beeswarm(vals, X, importance, classes, fig_dir / "shap_beeswarm.png")
+    figs["group_attributions.png"] = fig_groups(groups, fig_dir / "group_attributions.png")
+
+    params = manifest.get("parameters", {})
+    warn = "".join(f'<div class="warning"><b>Warning.</b> {w}</div>' for w in _warnings(summary))
+    stack_html = ""
+    if "stack_weights" in manifest:
+        stack_html = ("<h2>Stacked model: weight on each base model</h2><table><tr><th>base model</th>"
+                      "<th>share of meta-learner |coefficients|</th></tr>" +
+                      "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td></tr>"
+                              for k, v in manifest["stack_weights"].items()) + "</table>")
+    examples_html = _examples_section(model_dir, manifest, explained, fig_dir)
+    body = f"""<!doctype html><html><head><meta charset="utf-8"><title>cellfusion report</title>
+<style>{_CSS}</style></head><body>
+<h1>cellfusion model report</h1>
+<p>Model folder <code>{html.escape(str(model_dir.resolve()))}</code> · label <code>{html.escape(str(params.get('label')))}</code>
+· {summary['n']} rows · {len(classes)} classes · {len(feats)} features ·
+cross-validation: {params.get('n_splits')} folds grouped by <code>{html.escape(str(params.get('group_by')))}</code>
+(no group is in a training and a test fold at once). Final model: {html.escape(str(manifest.get('final_model')))}.</p>
+{warn}
+<h2>Scores (out-of-fold) beside the baselines</h2>
+<p>Majority class = always predicting “{html.escape(summary['majority_class'])}”; chance = guessing with the label
+frequencies (uniform for balanced and top-3 accuracy). Brackets: bootstrap 95 % CIs over rows.</p>
+{_metrics_table(summary)}
+{_img(figs['metrics_vs_baseline.png'], 'Scores beside the majority-class and chance baselines')}
+<h2>Per class</h2>{_per_class_table(summary, {'roc': roc, 'pr': pr})}
+{_img(figs['confusion_matrix.png'], 'Confusion matrix of the out-of-fold predictions')}
+{_img(figs['roc_curves.png'], 'ROC curves per class')}
+{_img(figs['pr_curves.png'], 'Precision-recall curves per class')}
+<h2>What drove the calls (SHAP, final XGBoost model)</h2>
+{_img(figs['shap_bar.png'], 'SHAP bar plot: mean |SHAP| per feature, stacked by class')}
+{_img(figs['shap_beeswarm.png'], 'SHAP beeswarm per class')}
+{_img(figs['group_attributions.png'], 'Attribution per feature group')}
+{stack_html}
+<h2>Top features per class</h2>
+<p>“vs controls”: the feature's mean in the class's rows compared with the negative-control rows
+(for the control class itself, with every other row).</p>
+{_top_table(explained['top_features'])}
+{examples_html}
+</body></html>"""
+    io.write_text(body, out)
+    log.info("report written to %s", out)
+    return out
+
+
+def _examples_section(model_dir: Path, manifest: dict[str, Any], explained: dict[str, Any], fig_dir: Path) -> str:
+    """Example cells from the top features' highest and lowest deciles, or a note saying why not."""
+    part, reason = _example_cells(model_dir, manifest, explained, fig_dir)
+    if part:
+        return "<h2>Example cells per top feature</h2>" + part
+    return ("<h2>Example cells per top feature</h2><p class='note'>No example cells are shown: "
+            + html.escape(reason) + "</p>")
+
+
+def _example_cells(model_dir: Path, manifest: dict[str, Any], explained: dict[str, Any],
+                   fig_dir: Path) -> tuple[str | None, str]:
+    """(HTML, "") with example-cell figures, or (None, reason)."""
+    prof = manifest.get("inputs", {}).get("profiles", {}).get("path")
+    if not prof:
+        return None, "the model was trained from an in-memory table, so its single-cell data is unknown."
+    extract_dir = Path(prof).parent
+    sc_path = extract_dir / "single_cell.parquet"
+    if not sc_path.is_file():
+        return None, f"no single_cell.parquet beside the profiles ({extract_dir})."
+    crops = _find_crops(extract_dir)
+    if crops is None:
+        return None, (f"no single-cell crops were written with the profiles in {extract_dir} "
+                      "(enable the crops section of the pipeline to see example cells).")
+    return _render_examples(sc_path, crops, explained, fig_dir)
+
+
+def _find_crops(extract_dir: Path) -> tuple[Path, Path] | None:
+    """``crops.tif`` + ``crops.parquet`` written by profiler in or under the extraction folder."""
+    from profiler.crops import CROPS_TABLE, CROPS_TIF
+
+    for d in (extract_dir, extract_dir / "crops"):
+        if (d / CROPS_TIF).is_file() and (d / CROPS_TABLE).is_file():
+            return d / CROPS_TIF, d / CROPS_TABLE
+    return None
+
+
+def _crop_rgb(crop: np.ndarray) -> np.ndarray:
+    """(H, W, C) crop → (H, W, 3) display image, each channel stretched to its 1–99.5 percentiles."""
+    c = crop.astype(np.float32)
+    if c.ndim == 2:
+        c = c[..., None]
+    out = np.zeros(c.shape[:2] + (3,), np.float32)
+    for k in range(min(3, c.shape[-1])):
+        lo, hi = np.percentile(c[..., k], [1, 99.5])
+        out[..., [2, 1, 0][k] if c.shape[-1] >= 3 else k] = np.clip((c[..., k] - lo) / max(hi - lo, 1e-6), 0, 1)
+    if c.shape[-1] == 1:
+        out[..., 1] = out[..., 2] = out[..., 0]
+    return out
+
+
+def _render_examples(sc_path: Path, crops: tuple[Path, Path], explained: dict[str, Any], fig_dir: Path,
+                     n_features: int = 6, n_cells: int = 5, seed: int = 0) -> tuple[str | None, str]:
+    import tifffile
+
+    from profiler.names import OBJECT_NUMBER, PLATE, SITE, WELL
+
+    tif, tab_path = crops
+    table = pd.read_parquet(tab_path)
+    keys = [k for k in (PLATE, WELL, SITE, OBJECT_NUMBER) if k in table.columns]
+    feats: list[str] = []
+    for rows in explained["top_features"].values():
+        for r in rows[:2]:
+            if r["feature"] not in feats and not r["feature"].startswith(("Metadata_", "Embedding_")):
+                feats.append(r["feature"])
+    feats = feats[:n_features]
+    sc = pd.read_parquet(sc_path, columns=None)
+    feats = [f for f in feats if f in sc.columns]
+    if not feats:
+        return None, "the top features are not per-cell measurements in single_cell.parquet."
+    sc = sc[[k for k in keys if k in sc.columns] + feats]
+    table = table[keys].reset_index().rename(columns={"index": "_crop"})
+    merged = sc.merge(table, on=[k for k in keys if k in sc.columns], how="inner")
+    if merged.empty:
+        return None, "the crops could not be matched to the single-cell rows (different object keys)."
+    try:
+        stack = tifffile.memmap(tif)
+    except Exception:  # noqa: BLE001 - compressed or tiled files cannot be memory-mapped
+        stack = tifffile.imread(tif)
+    plt = _plt()
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(len(feats), 2 * n_cells, figsize=(1.3 * 2 * n_cells, 1.45 * len(feats)), squeeze=False)
+    for i, f in enumerate(feats):
+        v = merged[f].to_numpy(dtype=float, na_value=np.nan)
+        ok = np.isfinite(v)
+        lo_cut, hi_cut = np.nanpercentile(v[ok], [10, 90])
+        lo_idx = np.flatnonzero(ok & (v <= lo_cut))
+        hi_idx = np.flatnonzero(ok & (v >= hi_cut))
+        picks = [rng.choice(lo_idx, min(n_cells, len(lo_idx)), replace=False),
+                 rng.choice(hi_idx, min(n_cells, len(hi_idx)), replace=False)]
+        for side, idx in enumerate(picks):
+            for j in range(n_cells):
+                ax = axes[i][side * n_cells + j]
+                ax.axis("off")
+                if j < len(idx):
+                    row = merged.iloc[int(idx[j])]
+                    ax.imshow(_crop_rgb(np.asarray(stack[int(row["_crop"])])))
+                    ax.set_title(f"{row[f]:.3g}", fontsize=6)
+        axes[i][0].text(-0.1, 0.5, f, transform=axes[i][0].transAxes, ha="right", va="center", fontsize=7)
+    fig.suptitle("Example cells: lowest decile (left 5) and highest decile (right 5) of each top feature", fontsize=9)
+    path = _save(fig, fig_dir / "example_cells.png")
+    return _img(path, "Example cells from the lowest and highest deciles of each top feature"), ""
