@@ -1,0 +1,177 @@
+"""Illumination correction in the manner of CellProfiler's CorrectIlluminationCalculate / Apply.
+
+Per plate and channel: the **average** of all the plate's images ("Regular" function, "All:
+across cycles"), **heavy smoothing** (median filter by default, or Gaussian, or a 2-D polynomial
+fit), **robust minimum** rescaling (CellProfiler's "Yes": values below the 2nd percentile of the
+positive pixels are raised to it, then the function is divided by it, so it is ≥ 1), and
+**division** of each image by the function (CorrectIlluminationApply, "Divide").
+
+To stay cheap the average is block-reduced (``downsample``, default 8) before smoothing and the
+smoothed function is resized back with bilinear interpolation; a plate with many sites can be
+averaged over an evenly spaced sample of ``max_images`` sites.
+
+Pure array functions (:func:`illumination_function`, :func:`apply_illumination`) plus the file
+edge (:func:`plate_illumination`, :func:`save_illumination`, :func:`load_illumination`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from profiler import io
+from profiler.errors import ConfigError, InputError
+
+ROBUST_FACTOR = 0.02  # CellProfiler: the robust minimum is the 2nd percentile of the positive pixels
+METHODS = ("median", "gaussian", "polynomial")
+
+DEFAULTS: dict[str, Any] = {
+    "enabled": False,
+    "method": "median",      # median | gaussian | polynomial
+    "filter_size": None,     # pixels at full resolution; None → max(H, W) / 10
+    "downsample": 8,         # block-average factor before smoothing
+    "polynomial_degree": 2,
+    "rescale": "robust_minimum",  # robust_minimum | median | none
+    "max_images": 200,       # sites averaged per plate and channel (evenly spaced sample)
+}
+
+
+def _check(params: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(params) - set(DEFAULTS)
+    if unknown:
+        raise ConfigError(f"unknown illumination parameter(s): {sorted(unknown)}",
+                          hint=f"allowed: {', '.join(sorted(DEFAULTS))}")
+    p = {**DEFAULTS, **params}
+    if p["method"] not in METHODS:
+        raise ConfigError(f"illumination.method {p['method']!r} is unknown", hint=f"use one of {METHODS}")
+    if p["rescale"] not in ("robust_minimum", "median", "none"):
+        raise ConfigError(f"illumination.rescale {p['rescale']!r} is unknown",
+                          hint="use robust_minimum, median or none")
+    return p
+
+
+def _block_mean(image: np.ndarray, f: int) -> np.ndarray:
+    h, w = image.shape
+    hh, ww = -(-h // f) * f, -(-w // f) * f
+    padded = np.pad(image, ((0, hh - h), (0, ww - w)), mode="edge")
+    return padded.reshape(hh // f, f, ww // f, f).mean(axis=(1, 3))
+
+
+def _polyfit(image: np.ndarray, degree: int) -> np.ndarray:
+    h, w = image.shape
+    y, x = np.mgrid[0:h, 0:w]
+    y = (y / max(h - 1, 1)) * 2 - 1
+    x = (x / max(w - 1, 1)) * 2 - 1
+    terms = [x ** i * y ** j for i in range(degree + 1) for j in range(degree + 1 - i)]
+    a = np.stack([t.ravel() for t in terms], axis=1)
+    coef, *_ = np.linalg.lstsq(a, image.ravel(), rcond=None)
+    return (a @ coef).reshape(h, w)
+
+
+def illumination_function(images: Iterable[np.ndarray], *, method: str = "median",
+                          filter_size: float | None = None, downsample: int = 8,
+                          polynomial_degree: int = 2, rescale: str = "robust_minimum",
+                          **_: Any) -> np.ndarray:
+    """The illumination function (float32, H×W) of a set of same-sized images of one channel."""
+    total = None
+    n = 0
+    for im in images:
+        im = np.asarray(im, np.float64)
+        if total is None:
+            total = np.zeros_like(im)
+        elif im.shape != total.shape:
+            raise InputError(f"images of one channel differ in size: {im.shape} vs {total.shape}",
+                             hint="illumination correction needs all images of a plate to be the same size")
+        total += im
+        n += 1
+    if total is None:
+        raise InputError("no images to compute an illumination function from")
+    avg = total / n
+    h, w = avg.shape
+    f = max(1, int(downsample))
+    small = _block_mean(avg, f) if f > 1 else avg
+    size = (max(h, w) / 10.0) if filter_size is None else float(filter_size)
+    size_small = max(1.0, size / f)
+    if method == "median":
+        k = int(round(size_small)) | 1
+        smooth = ndi.median_filter(small, size=k, mode="reflect")
+    elif method == "gaussian":
+        smooth = ndi.gaussian_filter(small, sigma=size_small / 2.35, mode="reflect")
+    else:
+        smooth = _polyfit(small, int(polynomial_degree))
+    if f > 1:
+        zi = (np.arange(h) + 0.5) / f - 0.5
+        zj = (np.arange(w) + 0.5) / f - 0.5
+        ii, jj = np.meshgrid(zi, zj, indexing="ij")
+        smooth = ndi.map_coordinates(smooth, [ii, jj], order=1, mode="nearest")
+    if rescale != "none":
+        pos = np.sort(smooth[smooth > 0].ravel())
+        if pos.size:
+            ref = pos[int(pos.size * ROBUST_FACTOR)] if rescale == "robust_minimum" else pos[pos.size // 2]
+            if rescale == "robust_minimum":
+                smooth = np.maximum(smooth, ref)
+            if ref > 0:
+                smooth = smooth / ref
+    return smooth.astype(np.float32)
+
+
+def apply_illumination(image: np.ndarray, function: np.ndarray) -> np.ndarray:
+    """CorrectIlluminationApply, Divide: ``image / function`` (float32)."""
+    if image.shape != function.shape:
+        raise InputError(f"image of shape {image.shape} does not fit the illumination function "
+                         f"of shape {function.shape}", hint="all images of a plate must be the same size")
+    safe = np.where(function > 0, function, 1.0)
+    return (np.asarray(image, np.float32) / safe).astype(np.float32)
+
+
+def _sample(seq: Sequence[Any], k: int) -> list[Any]:
+    if k <= 0 or len(seq) <= k:
+        return list(seq)
+    idx = np.unique(np.linspace(0, len(seq) - 1, k).round().astype(int))
+    return [seq[i] for i in idx]
+
+
+def plate_illumination(sites: Sequence[Any], channels: Sequence[str], params: dict[str, Any] | None = None
+                       ) -> dict[tuple[str, str], np.ndarray]:
+    """Illumination functions per (plate, channel) from the sites' files (complete sites only)."""
+    from profiler.plate import read_image
+
+    p = _check(dict(params or {}))
+    out: dict[tuple[str, str], np.ndarray] = {}
+    plates = sorted({s.plate for s in sites})
+    for plate in plates:
+        plate_sites = [s for s in sites if s.plate == plate and s.complete]
+        chosen = _sample(plate_sites, int(p["max_images"]))
+        for ch in channels:
+            files = [s.files[ch] for s in chosen if ch in s.files]
+            if files:
+                out[(plate, ch)] = illumination_function((read_image(f) for f in files), **p)
+    return out
+
+
+def illumination_path(out_dir: str | Path, plate: str, channel: str) -> Path:
+    return Path(out_dir) / "illum" / f"{plate}_{channel}.npy"
+
+
+def save_illumination(function: np.ndarray, path: str | Path) -> Path:
+    """Write one function as ``.npy`` (atomically; no pickle)."""
+    with io.atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.asarray(function, np.float32), allow_pickle=False)
+    return Path(path)
+
+
+def load_illumination(path: str | Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise InputError(f"cannot read illumination function ({exc})", path=path) from exc
+
+
+def config_params(section: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline's ``illumination:`` section merged over DEFAULTS and validated."""
+    return _check(dict(section))
