@@ -15,6 +15,9 @@ What the images contain
   segmentation has to declump.
 * Tubulin: filaments radiating (slightly curved) from the nucleus, denser around it.
 * Actin: a bright cortical rim at the cell edge plus stress fibres along the cell's long axis.
+* Variability: every cell draws its own size, shape, orientation and stain levels (treated and
+  control cells overlap), and every well its own small stain, density and size factors
+  (:func:`well_effect`), as real wells differ.
 * Optics and camera: a Gaussian point spread function, a smooth multiplicative illumination field
   (off-centre vignetting plus a tilt) that is the same for a channel on every site of the plate,
   additive background, Poisson shot noise, a camera offset of :data:`CAMERA_OFFSET` ADU and read
@@ -59,6 +62,7 @@ from profiler.io import atomic_path, write_json, write_manifest, write_text
 __all__ = [
     "CAMERA_OFFSET", "CHANNELS", "CONTROL_COMPOUND", "MAX_ADU", "PHENOTYPES", "Phenotype",
     "WellSpec", "make_example_plate", "phenotypes_markdown", "plate_layout", "render_site",
+    "well_effect",
 ]
 
 CHANNELS: dict[str, str] = {"w1": "DNA", "w2": "Tubulin", "w3": "Actin"}
@@ -138,48 +142,73 @@ class Phenotype:
 _PARAMETERS = ("nucleus_area", "tubulin_level", "tubulin_fibres", "cell_aspect", "cell_count",
                "cell_radius")
 
+def _names(compartments: str, category: str, features: str, channel: str | None = None
+           ) -> tuple[str, ...]:
+    """Every ``<compartment>_<category>_<feature>[_<channel>]`` of the space-separated lists."""
+    suffix = f"_{channel}" if channel else ""
+    return tuple(f"{c}_{category}_{f}{suffix}" for c in compartments.split()
+                 for f in features.split())
+
+
+# Feature lists: the named CellProfiler features that carry each effect strongly. Every one was
+# checked on the default plate (seed 0) with the project's segmentation and measurements and with
+# the truth masks: the mean of the compound's well medians differs from the DMSO wells' mean by
+# more than 3 DMSO well-to-well standard deviations (most by 5–20). Features that depend on where
+# the object lies in the image (Center, BoundingBoxMinimum/Maximum, SpatialMoment other than 0_0)
+# are never listed.
+_SIZE = ("Area ConvexArea BoundingBoxArea Perimeter MajorAxisLength MinorAxisLength "
+         "EquivalentDiameter MaxFeretDiameter MinFeretDiameter SpatialMoment_0_0 "
+         "CentralMoment_0_2 CentralMoment_2_0 CentralMoment_2_2 InertiaTensor_0_0 "
+         "InertiaTensor_1_1 InertiaTensorEigenvalues_0 InertiaTensorEigenvalues_1")
+
 PHENOTYPES: dict[str, Phenotype] = {
     "Enlargin": Phenotype(
         compound="Enlargin",
         description="Nuclei larger (area +55 % at the high dose, +36 % at the low); DNA per "
-                    "pixel unchanged, so the nucleus holds more DNA. Cell outline unchanged.",
+                    "pixel unchanged, so the nucleus holds more DNA, and every intensity summed "
+                    "over the nucleus grows with its area. Cell outline unchanged.",
         changes={"nucleus_area": 1.55},
-        features=("Nuclei_AreaShape_Area", "Nuclei_AreaShape_MajorAxisLength",
-                  "Nuclei_AreaShape_MinorAxisLength", "Nuclei_AreaShape_Perimeter",
-                  "Nuclei_Intensity_IntegratedIntensity_DNA"),
+        features=(_names("Nuclei", "AreaShape", _SIZE)
+                  + _names("Nuclei", "Intensity", "IntegratedIntensity", "DNA")
+                  + _names("Nuclei", "Intensity", "IntegratedIntensity", "Tubulin")
+                  + _names("Nuclei", "Intensity", "IntegratedIntensity", "Actin")
+                  + _names("Cells", "Intensity", "IntegratedIntensity", "DNA")),
     ),
     "Tubulor": Phenotype(
         compound="Tubulor",
         description="Tubulin brighter (×1.6 at the high dose, ×1.39 at the low) and more "
-                    "textured (filament contrast ×2.2 / ×1.74): bundled microtubules.",
+                    "textured (filament contrast ×2.2 / ×1.74): bundled microtubules. Seen in "
+                    "every compartment's tubulin intensity statistics (the nucleus too, where "
+                    "microtubules lie over it); the spread (StdIntensity) most strongly.",
         changes={"tubulin_level": 1.6, "tubulin_fibres": 2.2},
-        features=("Cells_Intensity_MeanIntensity_Tubulin",
-                  "Cytoplasm_Intensity_MeanIntensity_Tubulin",
-                  "Cells_Intensity_IntegratedIntensity_Tubulin",
-                  "Cytoplasm_Intensity_IntegratedIntensity_Tubulin",
-                  "Cells_Intensity_StdIntensity_Tubulin",
-                  "Cytoplasm_Intensity_StdIntensity_Tubulin",
-                  "Cells_Intensity_MaxIntensity_Tubulin"),
+        features=tuple(f for stat in ("StdIntensity", "MaxIntensity", "MeanIntensity",
+                                      "IntegratedIntensity")
+                       for f in _names("Cells Cytoplasm Nuclei", "Intensity", stat, "Tubulin")),
     ),
     "Elongatin": Phenotype(
         compound="Elongatin",
-        description="Cells elongated: the cell outline's axis ratio ×1.9 at the high dose "
-                    "(×1.57 at the low), area unchanged; stress fibres follow the long axis.",
-        changes={"cell_aspect": 1.9},
-        features=("Cells_AreaShape_Eccentricity", "Cells_AreaShape_MajorAxisLength",
-                  "Cells_AreaShape_MinorAxisLength", "Cells_AreaShape_FormFactor",
-                  "Cytoplasm_AreaShape_Eccentricity", "Cytoplasm_AreaShape_MajorAxisLength"),
+        description="Cells elongated: the cell outline's axis ratio ×2 at the high dose "
+                    "(×1.62 at the low), area unchanged; stress fibres follow the long axis. "
+                    "Carried by eccentricity and the moment and Zernike shape descriptors that "
+                    "measure elongation; only weakly by FormFactor and the axis lengths, which "
+                    "the irregular outlines and the cell-size spread dominate.",
+        changes={"cell_aspect": 2.0},
+        features=_names("Cells Cytoplasm", "AreaShape",
+                        "Eccentricity HuMoment_1 HuMoment_3 HuMoment_5 NormalizedMoment_2_2 "
+                        "InertiaTensorEigenvalues_0 InertiaTensorEigenvalues_1 Zernike_0_0 "
+                        "Zernike_4_2"),
     ),
     "Sparsin": Phenotype(
         compound="Sparsin",
         description="Fewer cells (expected count ×0.45 at the high dose, ×0.57 at the low) and "
                     "the remaining cells spread out (spreading radius ×1.3 / ×1.2). The count is "
-                    "a per-well quantity; the per-cell correlate is the larger cell area.",
+                    "a per-well quantity, not a per-cell feature; the per-cell correlates are the "
+                    "larger cell and cytoplasm size and the intensities summed over them.",
         changes={"cell_count": 0.45, "cell_radius": 1.3},
-        features=("Cells_AreaShape_Area", "Cells_AreaShape_MajorAxisLength",
-                  "Cells_AreaShape_MinorAxisLength", "Cytoplasm_AreaShape_Area",
-                  "Cells_Intensity_IntegratedIntensity_Actin",
-                  "Cells_Intensity_IntegratedIntensity_Tubulin"),
+        features=(_names("Cells", "AreaShape", _SIZE)
+                  + _names("Cytoplasm", "AreaShape", _SIZE.replace(" MinorAxisLength", ""))
+                  + _names("Cells Cytoplasm", "Intensity", "IntegratedIntensity", "Tubulin")
+                  + _names("Cells Cytoplasm", "Intensity", "IntegratedIntensity", "Actin")),
         well_features=("Metadata_Object_Count",),
     ),
 }
@@ -237,13 +266,14 @@ _NUC_RADIUS = 9.5        # px, median nucleus radius (diameter 19 px)
 _NUC_RADIUS_SD = 0.12    # log-normal spread of the radius
 _CELL_SCALE = 2.5        # cell radius / nucleus radius (median)
 _CELL_SCALE_SD = 0.12
-_CELL_ASPECT = 1.3       # median axis ratio of a cell outline
+_CELL_ASPECT = 1.2       # median axis ratio of a cell outline
 _CLUMPED = 0.5           # fraction of cells placed in clumps
 _MITOTIC = 0.03
 _DNA_LEVEL, _TUB_LEVEL, _ACT_LEVEL = 1400.0, 650.0, 550.0   # photons at full illumination
 _LEVEL_SD = 0.22         # per-cell log-normal spread of stain intensity
 _BACKGROUND = {"w1": 40.0, "w2": 60.0, "w3": 55.0}        # additive background (photons)
-_TUB_FIBRES = 0.4        # filament contrast in DMSO
+_TUB_FIBRES = 0.5        # filament contrast in DMSO
+_TUB_SOLUBLE = 0.3       # fraction of the tubulin signal that is diffuse (not in filaments)
 _PSF_SIGMA = 1.0
 _READ_NOISE = 2.0
 _FIBRE_BINS = 160
@@ -362,24 +392,37 @@ def _keep_component(labels: np.ndarray, anchor: np.ndarray | None = None) -> np.
     return out
 
 
+def well_effect(seed: int, row: int, column: int) -> dict[str, float]:
+    """The nuisance variation of one well (as between real wells): multiplicative factors on
+    each channel's stain (``"w1"``, ``"w2"``, ``"w3"``; log-sd 0.06), on the cell density
+    (``"density"``; 0.12) and on the cell and nucleus size (``"size"``; 0.03)."""
+    rng = np.random.default_rng([seed, row, column, 0])       # sites are 1.., so 0 is free
+    f = np.exp(rng.normal(0.0, [0.06, 0.06, 0.06, 0.12, 0.03]))
+    return {"w1": f[0], "w2": f[1], "w3": f[2], "density": f[3], "size": f[4]}
+
+
 def render_site(rng: np.random.Generator, *, size: int, compound: str, concentration: float,
-                cells_per_site: float, illumination: Mapping[str, np.ndarray]
+                cells_per_site: float, illumination: Mapping[str, np.ndarray],
+                well: Mapping[str, float] | None = None
                 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Render one site.
+
+    ``well`` holds the well's nuisance factors (see :func:`well_effect`; default all 1).
 
     Returns ``(images, nuclei, cells)``: channel key (``"w1"``…) → (size, size) uint16 image,
     and the nuclei and cell label images (uint16, labels 1..n, label i the same cell in both).
     """
     ph = PHENOTYPES.get(compound)
+    well = {"w1": 1.0, "w2": 1.0, "w3": 1.0, "density": 1.0, "size": 1.0, **(well or {})}
 
     def fac(p: str) -> float:
         return 1.0 if ph is None else ph.factor_at(p, concentration)
 
     area = (size / REFERENCE_SIZE) ** 2
-    n_target = int(rng.poisson(cells_per_site * area * fac("cell_count")))
+    n_target = int(rng.poisson(cells_per_site * area * fac("cell_count") * well["density"]))
 
     # --- per-cell biology -------------------------------------------------------------------
-    r0 = _NUC_RADIUS * np.exp(rng.normal(0, _NUC_RADIUS_SD, n_target))    # untreated radius
+    r0 = _NUC_RADIUS * well["size"] * np.exp(rng.normal(0, _NUC_RADIUS_SD, n_target))  # untreated
     mitotic = rng.random(n_target) < _MITOTIC
     r_nuc = r0 * math.sqrt(fac("nucleus_area")) * np.where(mitotic, 0.72, 1.0)
     spread = _CELL_SCALE * _NUC_RADIUS * 1.1
@@ -404,7 +447,7 @@ def render_site(rng: np.random.Generator, *, size: int, compound: str, concentra
     shift = rng.normal(0, 0.18, n) * np.maximum(ca - 1.3 * r_nuc, 0)
     cell_centres = centres + np.stack([np.sin(cell_angle), np.cos(cell_angle)], 1) * shift[:, None]
     cell_orders = range(2, 7)
-    cell_coef = _fourier_outline(rng, n, cell_orders, 0.08)
+    cell_coef = _fourier_outline(rng, n, cell_orders, 0.07)
 
     # --- label images ------------------------------------------------------------------------
     nuc_near, nuc_d = _partition(size, centres, na, nb, nuc_angle, nuc_coef, nuc_orders, 1.3)
@@ -437,7 +480,7 @@ def render_site(rng: np.random.Generator, *, size: int, compound: str, concentra
     pix = np.flatnonzero(np.isfinite(nuc_d.ravel()))
     lab = nuc_near.ravel()[pix]
     d = nuc_d.ravel()[pix]
-    dna_level = per_cell(_DNA_LEVEL * np.exp(rng.normal(0, _LEVEL_SD * 0.6, n))
+    dna_level = per_cell(_DNA_LEVEL * well["w1"] * np.exp(rng.normal(0, _LEVEL_SD * 0.6, n))
                          * np.where(mitotic, 2.0, 1.0))
     z = np.clip((1.0 - d) * per_cell(r_nuc)[lab] / 0.7, -30, 30)
     edge = 1.0 / (1.0 + np.exp(-z))
@@ -466,11 +509,13 @@ def render_site(rng: np.random.Generator, *, size: int, compound: str, concentra
     w = pos - np.floor(pos)
     streak = fib[lab, i0] * (1 - w) + fib[lab, (i0 + 1) % _FIBRE_BINS] * w
     contrast = _TUB_FIBRES * fac("tubulin_fibres")
-    filaments = np.maximum(1.0 + contrast * streak, 0.05)
+    # polymer (filaments) over a diffuse pool of soluble tubulin that fills the whole cell
+    filaments = _TUB_SOLUBLE + (1.0 - _TUB_SOLUBLE) * np.maximum(1.0 + contrast * streak, 0.0)
     cd = np.minimum(cell_d.ravel()[pix], 1.0)
     cd[~np.isfinite(cd)] = 1.0
     profile = 0.55 + 0.45 * (1.0 - cd)
-    tub_level = per_cell(_TUB_LEVEL * fac("tubulin_level") * np.exp(rng.normal(0, _LEVEL_SD, n)))
+    tub_level = per_cell(_TUB_LEVEL * well["w2"] * fac("tubulin_level")
+                         * np.exp(rng.normal(0, _LEVEL_SD, n)))
     tub = np.zeros(size * size, dtype=np.float32)
     tub[pix] = tub_level[lab] * profile * filaments * grain * np.where(in_nuc, 0.55, 1.0)
 
@@ -484,7 +529,7 @@ def render_site(rng: np.random.Generator, *, size: int, compound: str, concentra
     psi = per_cell(rng.uniform(0, 2 * np.pi, n))
     stripes = (0.5 + 0.5 * np.cos(np.float32(2 * np.pi) * across / period[lab] + psi[lab])) ** 4
     breaks = np.clip(0.5 + 0.6 * _smooth_noise(rng, (size, size), 4.0).ravel()[pix], 0, 1)
-    act_level = per_cell(_ACT_LEVEL * np.exp(rng.normal(0, _LEVEL_SD, n)))
+    act_level = per_cell(_ACT_LEVEL * well["w3"] * np.exp(rng.normal(0, _LEVEL_SD, n)))
     act = np.zeros(size * size, dtype=np.float32)
     act[pix] = (act_level[lab] * (0.35 + 1.1 * rim + 0.6 * stripes * breaks) * grain
                 * np.where(in_nuc, 0.7, 1.0))
@@ -561,11 +606,13 @@ def make_example_plate(out_dir: str | Path, *, plate: str = "EXAMPLE01", n_wells
 
     site_rows = []
     for spec in layout:
+        nuisance = well_effect(int(seed), spec.row, spec.column)
         for site in range(1, n_sites + 1):
             rng = np.random.default_rng([int(seed), spec.row, spec.column, site])
             images, nuclei, cells = render_site(
                 rng, size=int(size), compound=spec.compound, concentration=spec.concentration,
-                cells_per_site=float(cells_per_site), illumination=illumination)
+                cells_per_site=float(cells_per_site), illumination=illumination,
+                well=nuisance)
             stem = f"{plate}_{spec.well}_s{site}"
             for ch, img in images.items():
                 _write_tiff(out / f"{stem}_{ch}.tif", img)
