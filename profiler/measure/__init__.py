@@ -14,10 +14,13 @@ import numpy as np
 import pandas as pd
 
 # Importing a family module registers it. Keep this list in CellProfiler's module order.
-from profiler.measure import areashape, correlation, granularity, intensity, location, texture  # noqa: F401
+from profiler.measure import (  # noqa: F401
+    areashape, correlation, granularity, intensity, location, neighbors, radial, texture,
+)
 from profiler.measure.registry import FeatureDoc, families, get_family, register
 
-DEFAULT_FAMILIES = ("AreaShape", "Intensity")
+DEFAULT_FAMILIES = ("AreaShape", "Intensity", "RadialDistribution", "Texture", "Granularity", "Correlation",
+                    "Neighbors", "Location")
 
 __all__ = ["FeatureDoc", "families", "get_family", "register", "measure_objects", "DEFAULT_FAMILIES"]
 

@@ -653,10 +653,11 @@ def zernike_lut(indexes: list[tuple[int, int]]) -> np.ndarray:
 def zernike_sums(lab, x, y, weight, nm, lut, n):
     """Σ over the pixels of each object of weight · R_nm(ρ) e^{imθ} with z = y + i·x
     (CellProfiler's convention); (x, y) already normalised by the enclosing circle.
-    Returns real and imaginary sums, arrays (n+1, len(nm))."""
+    ``weight``: (n_pixels, n_weights). Returns real and imaginary sums (n+1, n_weights, len(nm))."""
     nz = nm.shape[0]
-    re = np.zeros((n + 1, nz))
-    im = np.zeros((n + 1, nz))
+    nw = weight.shape[1]
+    re = np.zeros((n + 1, nw, nz))
+    im = np.zeros((n + 1, nw, nz))
     maxm = 0
     for t in range(nz):
         if nm[t, 1] > maxm:
@@ -674,7 +675,6 @@ def zernike_sums(lab, x, y, weight, nm, lut, n):
             # (y + i x)^m
             pr[mm] = pr[mm - 1] * yy - pi[mm - 1] * xx
             pi[mm] = pr[mm - 1] * xx + pi[mm - 1] * yy
-        wgt = weight[p]
         for t in range(nz):
             nn = nm[t, 0]
             mm = nm[t, 1]
@@ -683,9 +683,11 @@ def zernike_sums(lab, x, y, weight, nm, lut, n):
                 s = s * r2 + lut[t, kk]
             if r2 > 1.0 + 1e-9:  # points on the enclosing circle count despite rounding
                 s = 0.0
-            s *= wgt
-            re[k, t] += s * pr[mm]
-            im[k, t] += s * pi[mm]
+            sr = s * pr[mm]
+            si = s * pi[mm]
+            for c in range(nw):
+                re[k, c, t] += sr * weight[p, c]
+                im[k, c, t] += si * weight[p, c]
     return re, im
 
 

@@ -101,9 +101,9 @@ def zernike_shape(lab_img: np.ndarray, n: int, mec_i: np.ndarray, mec_j: np.ndar
     with np.errstate(divide="ignore", invalid="ignore"):
         x = (jj - mec_j[lab]) / r
         y = (ii - mec_i[lab]) / r
-    re, im = K.zernike_sums(lab, x, y, np.ones(lab.size), _NM, _LUT, n)
+    re, im = K.zernike_sums(lab, x, y, np.ones((lab.size, 1)), _NM, _LUT, n)
     with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.sqrt(re ** 2 + im ** 2) / (np.pi * mec_r[:, None] ** 2)
+        z = np.sqrt(re[:, 0] ** 2 + im[:, 0] ** 2) / (np.pi * mec_r[:, None] ** 2)
     z[~(mec_r > 0)] = np.nan
     return z
 
