@@ -36,5 +36,5 @@ def write_overlay(rgb: np.ndarray, path: str | Path) -> Path:
     from PIL import Image
 
     buf = _io.BytesIO()
-    Image.fromarray(rgb, mode="RGB").save(buf, format="PNG", optimize=False)
+    Image.fromarray(np.ascontiguousarray(rgb, np.uint8)).save(buf, format="PNG", optimize=False)
     return io.write_bytes(buf.getvalue(), path)
