@@ -70,8 +70,8 @@ def image_quality(images: Mapping[str, np.ndarray]) -> dict[str, float]:
 def _robust_z(x: pd.Series) -> pd.Series:
     med = x.median()
     mad = (x - med).abs().median() * 1.4826
-    if not np.isfinite(mad) or mad == 0:
-        return pd.Series(0.0, index=x.index)
+    if not np.isfinite(mad) or mad == 0:  # most sites agree exactly: any other value is an outlier
+        return pd.Series(np.where(x > med, np.inf, np.where(x < med, -np.inf, 0.0)), index=x.index)
     return (x - med) / mad
 
 
