@@ -22,7 +22,7 @@ from profiler.synthetic import (
 
 PLATE = "EXAMPLE01"
 IMAGEXPRESS = re.compile(rf"^{PLATE}_(?P<well>[A-P]\d{{2}})_s(?P<site>\d+)_w(?P<ch>[1-3])\.tif$")
-N_WELLS, N_SITES, SIZE = 12, 3, 256     # 12 wells: DMSO 4, each compound at both doses
+N_WELLS, N_SITES, SIZE = 12, 2, 256     # 12 wells: DMSO 4, each compound at both doses
 DOC = Path(__file__).resolve().parents[1] / "docs" / "synthetic_plate.md"
 
 
