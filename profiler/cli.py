@@ -48,13 +48,43 @@ def extract(
         True, "--resume/--no-resume",
         help="Reuse complete per-site results of an earlier run into --out made with the same pipeline."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    overlays: bool = typer.Option(False, "--overlays", help="Write OUT/overlays/<site>.png with nucleus and cell outlines."),
 ) -> None:
     """Segment, measure and profile a plate: writes single_cell.parquet, profiles.parquet, manifest.json."""
     from profiler.extract import extract as run
 
     out_dir = run(plate_dir, out, pipeline=pipeline, platemap=platemap, workers=workers,
-                  scheduler=scheduler, resume=resume, progress=progress)
+                  scheduler=scheduler, resume=resume, progress=progress, overlays=overlays)
     err_console.print(f"outputs written to {out_dir}")
+
+
+@app.command()
+def info(
+    plate_dir: Path = typer.Argument(..., help="Folder with the plate's images."),
+    pipeline: str = typer.Option("example", "--pipeline", "-p", help="Pipeline YAML path or built-in name."),
+) -> None:
+    """Show what the pipeline's layout finds: plates, wells, sites, channels, incomplete sites, unmatched files."""
+    from rich.console import Console
+
+    from profiler.config import load_pipeline
+    from profiler.plate import plate_info
+
+    rep = plate_info(plate_dir, load_pipeline(pipeline))
+    out = Console()
+    out.print(f"[bold]{rep['plate_dir']}[/bold]  layout: {rep['layout']}")
+    out.print("channels: " + ", ".join(f"{k} ({v})" for k, v in rep["channels"].items()))
+    out.print(f"plates ({len(rep['plates'])}): " + ", ".join(rep["plates"]))
+    per = rep["sites_per_well"]
+    out.print(f"wells ({len(rep['wells'])}): " + ", ".join(f"{w}×{n}" for w, n in per.items()))
+    out.print(f"sites: {rep['n_sites']} ({rep['n_complete_sites']} complete)")
+    for key, missing in rep["incomplete_sites"].items():
+        out.print(f"  [yellow]incomplete[/yellow] {key}: missing channel(s) {', '.join(missing)}")
+    if rep["unmatched_files"]:
+        out.print(f"files not matched by the layout ({len(rep['unmatched_files'])}):")
+        for f in rep["unmatched_files"][:50]:
+            out.print(f"  {f}")
+    for note in rep["notes"]:
+        out.print(f"note: {note}")
 
 
 def main() -> None:

@@ -33,7 +33,11 @@ from profiler.config import AssayConfig, load_pipeline
 from profiler.errors import CellfusionError, ConfigError, InputError
 from profiler.measure import DEFAULT_FAMILIES, measure_objects
 from profiler.names import OBJECT_NUMBER, PLATE, SITE, WELL
-from profiler.plate import Site, discover, read_platemap, read_site
+from profiler.illum import apply_illumination, config_params as illum_params, illumination_path
+from profiler.illum import plate_illumination, save_illumination
+from profiler.overlays import overlay_rgb, write_overlay
+from profiler.plate import Site, check_platemap, discover, read_platemap, read_site
+from profiler.qc import flag_outliers, image_quality, qc_params
 from profiler.profiles import build_profiles
 from profiler.segment import segment_site
 
@@ -56,19 +60,39 @@ def measure_site(seg, images: Mapping[str, np.ndarray], features: Mapping[str, A
     return out
 
 
-def process_site(site: Site, config: AssayConfig) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Segment and measure one site. Returns (per-cell table, image/QC record)."""
+def process_site(site: Site, config: AssayConfig, *,
+                 illumination: Mapping[tuple[str, str], np.ndarray] | None = None,
+                 overlays_dir: str | Path | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Segment and measure one site. Returns (per-cell table, image/QC record).
+
+    ``illumination`` maps (plate, channel) → illumination function (:mod:`profiler.illum`); a
+    channel with a function is divided by it before segmentation and measurement. QC
+    (:func:`profiler.qc.image_quality`) is measured on the uncorrected images. With
+    ``overlays_dir`` an outline PNG is written there as ``<site>.png``.
+    """
     record: dict[str, Any] = {PLATE: site.plate, WELL: site.well, SITE: site.site,
                               "Metadata_Status": "ok", "Metadata_Reason": ""}
     images = read_site(site)
-    seg = segment_site(images, nuclei_channel=config.channel_for_role("nuclei"),
-                       cells_channel=config.channel_for_role("cells"),
+    record.update(image_quality(images))
+    if illumination:
+        images = {ch: apply_illumination(im, illumination[(site.plate, ch)])
+                  if (site.plate, ch) in illumination else im for ch, im in images.items()}
+    nuc_ch, cell_ch = config.channel_for_role("nuclei"), config.channel_for_role("cells")
+    seg = segment_site(images, nuclei_channel=nuc_ch, cells_channel=cell_ch,
                        params=config.section("segmentation"))
     cells = measure_site(seg, images, config.section("features"))
+    for col, values in seg.relationships().items():  # CellProfiler's parent/child columns
+        cells[col] = values
     cells.insert(0, SITE, site.site)
     cells.insert(0, WELL, site.well)
     cells.insert(0, PLATE, site.plate)
+    record["Count_Nuclei"] = seg.n_objects
     record["Count_Cells"] = seg.n_objects
+    for comp, t in seg.thresholds.items():
+        record[f"Threshold_FinalThreshold_{comp}"] = t
+    if overlays_dir is not None:
+        write_overlay(overlay_rgb(images[nuc_ch], images[cell_ch], seg.nuclei, seg.cells),
+                      Path(overlays_dir) / f"{site.key}.png")
     return cells, record
 
 
@@ -301,7 +325,8 @@ def _annotate(single_cell: pd.DataFrame, pm: pd.DataFrame, platemap: Path,
 
 def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path = "example",
             platemap: str | Path | None = None, workers: int | None = None,
-            scheduler: str | None = None, resume: bool = True, progress: bool = True) -> Path:
+            scheduler: str | None = None, resume: bool = True, progress: bool = True,
+            overlays: bool = False) -> Path:
     """Run the whole extraction on a plate folder; returns ``out_dir``.
 
     Parameters
@@ -316,6 +341,8 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
         were made with the same pipeline and input files (``False``: recompute every site).
     progress:
         Show a progress bar on stderr.
+    overlays:
+        Write ``OUT/overlays/<site>.png`` (nucleus and cell outlines) for the sites processed.
     """
     plate_dir, out_dir = Path(plate_dir).resolve(), Path(out_dir).resolve()
     config = load_pipeline(pipeline)
@@ -323,12 +350,24 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
     if platemap is None and (plate_dir / "platemap.csv").is_file():
         platemap = plate_dir / "platemap.csv"
     pm = read_platemap(platemap) if platemap is not None else None  # fail before hours of work
+    if pm is not None:
+        check_platemap(pm, {s.well for s in scan.sites}, platemap)
     phash = pipeline_hash(config)
     sites_dir = out_dir / SITES_DIR
     for tmp in sites_dir.glob(".*.tmp") if sites_dir.is_dir() else ():  # left by a killed run
         log.debug("removing %s, left by an interrupted run", tmp)
         tmp.unlink(missing_ok=True)
     site_kwargs: dict[str, Any] = {}  # plate-level inputs for process_site (e.g. illumination functions)
+    illum_cfg = illum_params(config.section("illumination"))
+    illum_files: dict[str, str] = {}
+    if illum_cfg["enabled"]:  # once per plate and channel, before the sites run
+        functions = plate_illumination(scan.complete_sites, config.channel_names, illum_cfg)
+        for (plate, ch), fn in functions.items():
+            path = save_illumination(fn, illumination_path(out_dir, plate, ch))
+            illum_files[f"{plate}/{ch}"] = str(path.relative_to(out_dir))
+        site_kwargs["illumination"] = functions
+    if overlays:
+        site_kwargs["overlays_dir"] = str(out_dir / "overlays")
 
     entries: dict[str, dict[str, Any]] = {}
     todo: list[Site] = []
@@ -364,13 +403,17 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
             part = pd.read_parquet(sites_dir / entry["partition"]["file"])
             if len(part):
                 tables.append(part)
-    image_table = pd.DataFrame(records)
+    qcp = qc_params(config.section("qc"))
+    image_table = flag_outliers(pd.DataFrame(records), z=float(qcp["outlier_z"]), min_sites=int(qcp["min_sites"]))
     skipped = [r for r in records if r["Metadata_Status"] not in ("ok",)]
     extra: dict[str, Any] = {
         "sites": {"found": len(scan.sites), "processed": len(todo), "reused": reused,
                   "with_cells": len(tables), "skipped": skipped},
         "pipeline_hash": phash,
         "unmatched_files": [_printable(str(p)) for p in scan.unmatched],
+        "illumination": {"parameters": illum_cfg, "files": illum_files},
+        "qc_outlier_sites": image_table.loc[image_table["Metadata_QC_Outlier"],
+                                            [PLATE, WELL, SITE, "Metadata_QC_Reasons"]].to_dict("records"),
     }
     inputs: dict[str, Path] = {"plate_dir": plate_dir}
     if not tables:
