@@ -85,33 +85,42 @@ def _subset_cov(x: np.ndarray, y: np.ndarray, t1: float, t2: float, mx: float, m
 
 def _pearson_subset(x, y, t1, t2, mx, my) -> tuple[int, float]:
     """(count, Pearson r) of the subset, r NaN for a constant input (as scipy.stats.pearsonr)."""
-    n, cov, vx, vy = _subset_cov(x, y, float(t1), float(t2), mx, my)
+    n, cov, vx, vy = _subset_cov(x, y, _f32(t1), _f32(t2), mx, my)
     if n < 2 or vx <= 0 or vy <= 0:
         return n, float("nan")
     return n, cov / np.sqrt(vx * vy)
 
 
 def _regression(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Orthogonal-regression line y = a·x + b over pixels where either channel is non-zero (CP)."""
+    """Orthogonal-regression line y = a·x + b over pixels where either channel is non-zero (CP).
+
+    Variances and means are taken on the float32 pixels (as CellProfiler), the rest in float64.
+    """
     nz = (x > 0) | (y > 0)
-    xs, ys = x[nz].astype(np.float64), y[nz].astype(np.float64)
+    xs, ys = x[nz].astype(np.float32), y[nz].astype(np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
-        xvar = np.var(xs, ddof=1)
-        yvar = np.var(ys, ddof=1)
-        zvar = np.var(xs + ys, ddof=1)
+        xvar = float(np.var(xs, ddof=1))
+        yvar = float(np.var(ys, ddof=1))
+        zvar = float(np.var(xs + ys, ddof=1))
         covar = 0.5 * (zvar - (xvar + yvar))
         num = (yvar - xvar) + np.sqrt((yvar - xvar) ** 2 + 4 * covar * covar)
-        a = num / (2 * covar)
-        b = ys.mean() - a * xs.mean()
+        a = np.float64(num) / np.float64(2 * covar)
+        b = float(ys.mean()) - a * float(xs.mean())
     return float(a), float(b)
+
+
+def _f32(t: float) -> float:
+    """A threshold as CellProfiler compares it with float32 pixels (NumPy 1 casts the scalar to float32)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return float(np.float32(t))
 
 
 def costes_thresholds(x: np.ndarray, y: np.ndarray, scale: float = 255.0, method: str = "faster") -> tuple[float, float]:
     """Costes' automatic threshold pair over the pixels ``x``, ``y`` (CellProfiler 5's algorithms)."""
+    a, b = _regression(np.ravel(x), np.ravel(y))
     x = np.ascontiguousarray(x, dtype=np.float64).ravel()
     y = np.ascontiguousarray(y, dtype=np.float64).ravel()
     scale = float(scale)
-    a, b = _regression(x, y)
     mx, my = float(x.mean()), float(y.mean())
     if method == "faster":
         left, right = 1.0, scale
@@ -133,7 +142,7 @@ def costes_thresholds(x: np.ndarray, y: np.ndarray, scale: float = 255.0, method
             else:
                 mid = ((right - left) // 2) + left
         t1 = (valid - 1) / scale
-        return t1, a * t1 + b
+        return _f32(t1), _f32(a * t1 + b)
     # linear search ("fast" skips candidates while r is far above 0, "accurate" tests them all)
     step = 1 / scale
     img_max = max(x.max(), y.max())
@@ -162,7 +171,7 @@ def costes_thresholds(x: np.ndarray, y: np.ndarray, scale: float = 255.0, method
             i -= step * 2
         else:
             i -= step
-    return t1, t2
+    return _f32(t1), _f32(t2)
 
 
 def _infer_scale(*imgs: np.ndarray) -> float:
@@ -246,10 +255,11 @@ def correlation(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objec
     for ch in names:
         v = np.asarray(images[ch], dtype=np.float32).ravel()[idx]
         v64 = v.astype(np.float64)
-        mx = np.zeros(n)
+        mx = np.zeros(n, dtype=np.float32)
         if v.size:
-            mx[nonempty] = np.maximum.reduceat(v64, starts[:-1][nonempty])
-        above = v64 >= (frac * mx)[obj]
+            mx[nonempty] = np.maximum.reduceat(v, starts[:-1][nonempty])
+        # threshold in float32 arithmetic, as CellProfiler (NumPy 1: python float × float32 array)
+        above = v >= (np.float32(frac) * mx)[obj]
         per[ch] = {"v": v64, "above": above, "thr_sum": _group_sum(np.where(above, v64, 0.0), starts, nonempty, n),
                    "rank": _dense_rank(v)}
 
