@@ -171,6 +171,20 @@ def _check_file_names(site: Site) -> None:
                                   "(e.g. `convmv -f latin1 -t utf8 --notest FILE`)") from None
 
 
+def _outside(site: Site, plate_dir: Path) -> list[str]:
+    """Files of ``site`` whose path leads out of ``plate_dir`` (``..`` in a layout CSV, absolute paths).
+
+    The check is on the written path, not on symbolic links: a link inside the folder is fine.
+    """
+    root = os.path.normpath(os.path.abspath(plate_dir))
+    out = []
+    for p in site.files.values():
+        full = os.path.normpath(os.path.abspath(p))
+        if os.path.commonpath([root, full]) != root:
+            out.append(_printable(os.fsdecode(p)))
+    return out
+
+
 def run_site(site: Site, config: AssayConfig, sites_dir: str | Path, phash: str,
              **site_kwargs: Any) -> dict[str, Any]:
     """Process one site and write its partition and record; the task each Dask worker runs.
@@ -188,25 +202,28 @@ def run_site(site: Site, config: AssayConfig, sites_dir: str | Path, phash: str,
     entry: dict[str, Any] = {"site": stem, "pipeline_hash": phash, "inputs": _input_signature(site),
                              "partition": None}
     try:
-        _check_file_names(site)
-        cells, record = process_site(site, config, **site_kwargs)
+        try:
+            _check_file_names(site)
+            cells, record = process_site(site, config, **site_kwargs)
+        except ConfigError:
+            raise  # the pipeline is wrong for every site: stop the run (see run_sites)
+        except CellfusionError as exc:
+            entry["status"] = "error"
+            entry["record"] = _base_record(site, "error", str(exc).replace("\n  hint:", "; hint:"))
+        else:
+            part = sites_dir / f"{stem}.parquet"
+            io.write_parquet(cells, part)  # first the partition …
+            entry["status"] = "ok"
+            entry["record"] = record
+            entry["partition"] = {"file": part.name, "rows": int(len(cells)), "sha256": io.file_sha256(part)}
+        io.write_json(entry, sites_dir / f"{stem}.json")  # … then the record that vouches for it
     except ConfigError:
-        raise  # the pipeline is wrong for every site: stop the run (see run_sites)
-    except CellfusionError as exc:
-        entry["status"] = "error"
-        entry["record"] = _base_record(site, "error", str(exc).replace("\n  hint:", "; hint:"))
-    except Exception as exc:  # a bug, not the user's input: report it with the site named
+        raise
+    except Exception as exc:  # a bug or a full disk, not the user's input: report it with the site named
         entry["status"] = "failed"
+        entry["partition"] = None
         entry["record"] = _base_record(site, "failed", f"unexpected {type(exc).__name__}: {exc}")
         entry["traceback"] = traceback.format_exc()
-        return entry
-    else:
-        part = sites_dir / f"{stem}.parquet"
-        io.write_parquet(cells, part)
-        entry["status"] = "ok"
-        entry["record"] = record
-        entry["partition"] = {"file": part.name, "rows": int(len(cells)), "sha256": io.file_sha256(part)}
-    io.write_json(entry, sites_dir / f"{stem}.json")
     return entry
 
 
@@ -378,6 +395,12 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
             log.warning("site %s skipped: missing channel(s) %s", stem, missing)
             entries[stem] = {"site": stem, "status": "incomplete", "partition": None,
                              "record": _base_record(site, "incomplete", f"missing channel(s): {missing}")}
+        elif outside := _outside(site, plate_dir):
+            reason = (f"{outside[0]}: file lies outside the plate folder {_printable(str(plate_dir))}; "
+                      "hint: list only files under the plate folder in the layout CSV")
+            log.warning("site %s skipped: %s", stem, reason)
+            entries[stem] = {"site": stem, "status": "error", "partition": None,
+                             "record": _base_record(site, "error", reason)}
         elif resume and (done := load_done(site, sites_dir, phash)) is not None:
             entries[stem] = done
         else:

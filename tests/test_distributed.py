@@ -42,8 +42,10 @@ def test_two_worker_local_cluster_gives_the_serial_rows(small_plate, serial_run,
 def test_existing_scheduler_address_is_used(small_plate, serial_run, tmp_path):
     from distributed import LocalCluster
 
+    # a cluster started elsewhere (here: threads in this process, reached over loopback TCP)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, host="127.0.0.1",
-                      dashboard_address=None) as cluster:
+                      protocol="tcp://", dashboard_address=None) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
         out = extract(small_plate, tmp_path / "remote", scheduler=cluster.scheduler_address, progress=False)
     assert_same_outputs(serial_run, out)
 

@@ -12,7 +12,7 @@ Layout of the corpus::
 
     plate/                one plate folder; wells 0–1 are good, each other well carries one fault
     platemaps/            duplicate_wells.csv, unknown_wells.csv
-    layout_csv/           a metadata-CSV layout whose path column points outside the plate folder
+    layout_csv/           a metadata-CSV layout (images.csv) whose path column points outside the plate folder
     model_pickle/         a "model folder" whose model file is a pickle (with a correct manifest)
     outside/              the file the layout CSV points at
 """
@@ -145,14 +145,18 @@ def generate(out_dir: str | Path, *, size: int = 128, seed: int = 0) -> dict[str
     shutil.copy(f(0, 1), outside)
     lay = out / "layout_csv"
     lay.mkdir()
-    for w in (1, 2, 3):
-        shutil.copy(f(0, w), lay / f(0, w).name)
+    for i in (0, 1):
+        for w in (1, 2, 3):
+            shutil.copy(f(i, w), lay / f(i, w).name)
     (lay / "images.csv").write_text(
         "Metadata_Plate,Metadata_Well,Metadata_Site,Image_FileName_DNA,Image_FileName_Tubulin,Image_FileName_Actin\n"
         f"{prefix},{wells[0]},1,../outside/secret.tif,{f(0, 2).name},{f(0, 3).name}\n"
+        f"{prefix},{wells[1]},1,{f(1, 1).name},{f(1, 2).name},{f(1, 3).name}\n"
     )
     cases.append(Case("path_outside_plate", "layout", "layout_csv/images.csv",
-                      "the DNA file column is ../outside/secret.tif", "InputError: path outside the plate folder"))
+                      "the DNA file of the first row is ../outside/secret.tif (the second row is good)",
+                      "error record: file lies outside the plate folder; the good row is processed",
+                      well=wells[0]))
 
     # a model folder whose model file is a pickle, named like an XGBoost file, with a correct manifest
     mdir = out / "model_pickle"
