@@ -384,15 +384,32 @@ def hull_features(ii, jj, starts, n, bbox, want_convex_area):
             g = _monotone_chain(sx, sy, gx, gy)
             cnt = 0
             for i in range(bbox[k, 0], bbox[k, 2] + 1):
-                for j in range(bbox[k, 1], bbox[k, 3] + 1):
-                    ok = True
-                    for p in range(g):
-                        q = (p + 1) % g
-                        if _cross(gx[p], gy[p], gx[q], gy[q], j, i) < 0:
-                            ok = False
-                            break
-                    if ok:
-                        cnt += 1
+                # x-interval of the convex polygon on the line y = i
+                xl = _INF
+                xr = -_INF
+                for p in range(g):
+                    q = (p + 1) % g
+                    y0 = gy[p]
+                    y1 = gy[q]
+                    if (y0 - i) * (y1 - i) > 0:
+                        continue
+                    if y0 == y1:
+                        xa = min(gx[p], gx[q])
+                        xb = max(gx[p], gx[q])
+                    else:
+                        xa = gx[p] + (i - y0) * (gx[q] - gx[p]) / (y1 - y0)
+                        xb = xa
+                    if xa < xl:
+                        xl = xa
+                    if xb > xr:
+                        xr = xb
+                if xr < xl:
+                    continue
+                # intersections are multiples of 1/(2·dy); 1e-7 separates exact integers from the rest
+                jl = max(int(math.ceil(xl - 1e-7)), bbox[k, 1])
+                jr = min(int(math.floor(xr + 1e-7)), bbox[k, 3])
+                if jr >= jl:
+                    cnt += jr - jl + 1
             carea[k] = cnt
     return min_f, max_f, mi, mj, mr, carea
 
@@ -650,48 +667,6 @@ def zernike_lut(indexes: list[tuple[int, int]]) -> np.ndarray:
 
 
 @nb.njit(cache=True)
-def zernike_sums(lab, x, y, weight, nm, lut, n):
-    """Σ over the pixels of each object of weight · R_nm(ρ) e^{imθ} with z = y + i·x
-    (CellProfiler's convention); (x, y) already normalised by the enclosing circle.
-    ``weight``: (n_pixels, n_weights). Returns real and imaginary sums (n+1, n_weights, len(nm))."""
-    nz = nm.shape[0]
-    nw = weight.shape[1]
-    re = np.zeros((n + 1, nw, nz))
-    im = np.zeros((n + 1, nw, nz))
-    maxm = 0
-    for t in range(nz):
-        if nm[t, 1] > maxm:
-            maxm = nm[t, 1]
-    pr = np.empty(maxm + 1)
-    pi = np.empty(maxm + 1)
-    for p in range(lab.size):
-        k = lab[p]
-        xx = x[p]
-        yy = y[p]
-        r2 = xx * xx + yy * yy
-        pr[0] = 1.0
-        pi[0] = 0.0
-        for mm in range(1, maxm + 1):
-            # (y + i x)^m
-            pr[mm] = pr[mm - 1] * yy - pi[mm - 1] * xx
-            pi[mm] = pr[mm - 1] * xx + pi[mm - 1] * yy
-        for t in range(nz):
-            nn = nm[t, 0]
-            mm = nm[t, 1]
-            s = 0.0
-            for kk in range((nn - mm) // 2 + 1):
-                s = s * r2 + lut[t, kk]
-            if r2 > 1.0 + 1e-9:  # points on the enclosing circle count despite rounding
-                s = 0.0
-            sr = s * pr[mm]
-            si = s * pi[mm]
-            for c in range(nw):
-                re[k, c, t] += sr * weight[p, c]
-                im[k, c, t] += si * weight[p, c]
-    return re, im
-
-
-@nb.njit(cache=True)
 def sorted_group_stats(vals: np.ndarray, starts: np.ndarray, n: int):
     """max, mean and median (mean of the two middle values) of each label's sorted values;
     NaN for labels without values.  Rows 1..n of arrays of length n + 1."""
@@ -712,3 +687,68 @@ def sorted_group_stats(vals: np.ndarray, starts: np.ndarray, n: int):
         hi = a + c // 2
         med[k] = (vals[lo] + vals[hi]) / 2.0
     return mx, mean, med
+
+
+def zernike_poly_coeffs(indexes: list[tuple[int, int]]) -> np.ndarray:
+    """Each R_nm(ρ)·(y + i·x)^m / ρ^m… written as a polynomial Σ C[a, b] x^a y^b: (nz, d+1, d+1) complex."""
+    from math import comb
+
+    d = max(nn for nn, _ in indexes)
+    lut = zernike_lut(indexes)
+    out = np.zeros((len(indexes), d + 1, d + 1), complex)
+    for t, (nn, mm) in enumerate(indexes):
+        kmax = (nn - mm) // 2
+        radial = np.zeros((d + 1, d + 1), complex)
+        for k in range(kmax + 1):
+            j = kmax - k  # lut[t, k] multiplies r2^(K - k) in CellProfiler's Horner scheme
+            for i2 in range(j + 1):
+                radial[2 * i2, 2 * (j - i2)] += lut[t, k] * comb(j, i2)
+        ang = np.zeros((d + 1, d + 1), complex)
+        for ll in range(mm + 1):
+            ang[ll, mm - ll] += comb(mm, ll) * (1j ** ll)
+        for a1 in range(d + 1):
+            for b1 in range(d + 1):
+                if radial[a1, b1] == 0:
+                    continue
+                for a2 in range(d + 1 - a1):
+                    for b2 in range(d + 1 - b1):
+                        if ang[a2, b2] != 0:
+                            out[t, a1 + a2, b1 + b2] += radial[a1, b1] * ang[a2, b2]
+    return out
+
+
+@nb.njit(cache=True)
+def poly_moments(lab, x, y, weight, deg, n):
+    """Σ weight · x^a y^b per object for a + b ≤ deg: (n+1, n_weights, deg+1, deg+1)."""
+    nw = weight.shape[1]
+    acc = np.zeros((n + 1, deg + 1, deg + 1, nw))
+    xp = np.empty(deg + 1)
+    yp = np.empty(deg + 1)
+    for p in range(lab.size):
+        k = lab[p]
+        xp[0] = 1.0
+        yp[0] = 1.0
+        for a in range(1, deg + 1):
+            xp[a] = xp[a - 1] * x[p]
+            yp[a] = yp[a - 1] * y[p]
+        for a in range(deg + 1):
+            for b in range(deg + 1 - a):
+                v = xp[a] * yp[b]
+                for c in range(nw):
+                    acc[k, a, b, c] += v * weight[p, c]
+    out = np.empty((n + 1, nw, deg + 1, deg + 1))
+    for k in range(n + 1):
+        for c in range(nw):
+            for a in range(deg + 1):
+                for b in range(deg + 1):
+                    out[k, c, a, b] = acc[k, a, b, c]
+    return out
+
+
+def zernike_magnitude_sums(lab, x, y, weight, indexes, n):
+    """|Σ weight · Z_nm| per object via geometric moments: (n+1, n_weights, n_zernike)."""
+    coeffs = zernike_poly_coeffs(indexes)
+    d = coeffs.shape[1] - 1
+    mom = poly_moments(lab, x, y, weight, d, n)
+    z = np.einsum("kcab,tab->kct", mom, coeffs)
+    return np.abs(z)

@@ -29,8 +29,6 @@ from profiler.measure import _kernels as K
 from profiler.measure.registry import FeatureDoc, register
 
 ZERNIKE_INDEXES = K.zernike_indexes(9)
-_LUT = K.zernike_lut(ZERNIKE_INDEXES)
-_NM = np.asarray(ZERNIKE_INDEXES, dtype=np.int64)
 
 _D = "dimensionless"
 _FEATURES = [
@@ -101,9 +99,9 @@ def zernike_shape(lab_img: np.ndarray, n: int, mec_i: np.ndarray, mec_j: np.ndar
     with np.errstate(divide="ignore", invalid="ignore"):
         x = (jj - mec_j[lab]) / r
         y = (ii - mec_i[lab]) / r
-    re, im = K.zernike_sums(lab, x, y, np.ones((lab.size, 1)), _NM, _LUT, n)
+    mag = K.zernike_magnitude_sums(lab, x, y, np.ones((lab.size, 1)), ZERNIKE_INDEXES, n)[:, 0]
     with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.sqrt(re[:, 0] ** 2 + im[:, 0] ** 2) / (np.pi * mec_r[:, None] ** 2)
+        z = mag / (np.pi * mec_r[:, None] ** 2)
     z[~(mec_r > 0)] = np.nan
     return z
 

@@ -141,8 +141,6 @@ def radial_distribution(labels: np.ndarray, images: Mapping[str, np.ndarray], *,
             out[f"RadialDistribution_RadialCV_{sfx}"] = np.where(present, cv[:, b], np.nan)
     if int(zernike_degree) >= 0 and chans:
         zidx = K.zernike_indexes(int(zernike_degree))
-        nm = np.asarray(zidx, dtype=np.int64)
-        lut = K.zernike_lut(zidx)
         area, bbox, _, _ = K.pixel_scan(lab_img, n)
         ii, jj, starts = K.hull_candidates(lab_img, n)
         _, _, mec_i, mec_j, mec_r, _ = K.hull_features(ii, jj, starts, n, bbox, False)
@@ -155,9 +153,8 @@ def radial_distribution(labels: np.ndarray, images: Mapping[str, np.ndarray], *,
             x = (pj_ - mec_j[plab]) / r
             y = (pi_ - mec_i[plab]) / r
         w = np.column_stack([np.asarray(images[ch], dtype=np.float64).ravel()[pidx] for ch in chans])
-        re, im = K.zernike_sums(plab, x, y, w, nm, lut, n)
         with np.errstate(divide="ignore", invalid="ignore"):
-            mag = np.sqrt(re ** 2 + im ** 2) / area[:, None, None]
+            mag = K.zernike_magnitude_sums(plab, x, y, w, zidx, n) / area[:, None, None]
         mag[~(mec_r > 0)] = np.nan
         for c, ch in enumerate(chans):
             for t, (nn, mm) in enumerate(zidx):
