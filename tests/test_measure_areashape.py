@@ -1,0 +1,110 @@
+"""AreaShape: analytic answers on disks, squares and ellipses, and degenerate objects."""
+
+import numpy as np
+import pytest
+from skimage.draw import disk, ellipse
+from skimage.measure import regionprops
+
+from profiler.measure.areashape import areashape
+
+
+def _disk(r=20, shape=(80, 80), center=(40, 40)):
+    lab = np.zeros(shape, np.int32)
+    lab[disk(center, r, shape=shape)] = 1
+    return lab
+
+
+def test_square_exact():
+    lab = np.zeros((30, 30), np.int32)
+    lab[5:15, 8:18] = 1
+    out = areashape(lab, None, n_objects=1)
+    assert out["AreaShape_Area"][0] == 100
+    # scikit-image's perimeter: 4 straight sides of 9 + 4 corners weighted (1+√2)/2 … = 36 + …
+    assert out["AreaShape_Perimeter"][0] == pytest.approx(regionprops(lab)[0].perimeter)
+    assert out["AreaShape_Extent"][0] == 1.0
+    assert out["AreaShape_Solidity"][0] == 1.0
+    assert out["AreaShape_ConvexArea"][0] == 100
+    assert out["AreaShape_EulerNumber"][0] == 1
+    assert out["AreaShape_Eccentricity"][0] == pytest.approx(0.0, abs=1e-12)
+    assert out["AreaShape_MaxFeretDiameter"][0] == pytest.approx(np.hypot(9, 9))
+    assert out["AreaShape_MinFeretDiameter"][0] == pytest.approx(9.0)
+    assert out["AreaShape_BoundingBoxMinimum_X"][0] == 8 and out["AreaShape_BoundingBoxMaximum_X"][0] == 18
+    assert out["AreaShape_BoundingBoxMinimum_Y"][0] == 5 and out["AreaShape_BoundingBoxMaximum_Y"][0] == 15
+    assert out["AreaShape_Center_X"][0] == 12.5 and out["AreaShape_Center_Y"][0] == 9.5
+    # distance to the outside: centre pixels of a 10×10 square are 5 from the edge
+    assert out["AreaShape_MaximumRadius"][0] == 5.0
+    # CP's 1-pixel-square case for the orientation of a symmetric tensor: −45°
+    assert out["AreaShape_Orientation"][0] == -45.0
+
+
+def test_disk_analytic():
+    r = 20
+    out = areashape(_disk(r), None, n_objects=1)
+    assert out["AreaShape_Area"][0] == pytest.approx(np.pi * r * r, rel=0.01)
+    assert out["AreaShape_Perimeter"][0] == pytest.approx(2 * np.pi * r, rel=0.03)
+    assert out["AreaShape_FormFactor"][0] == pytest.approx(1.0, abs=0.08)
+    assert out["AreaShape_Eccentricity"][0] < 0.05
+    assert out["AreaShape_MajorAxisLength"][0] == pytest.approx(2 * r, rel=0.02)
+    assert 2 * r - 2 <= out["AreaShape_MaxFeretDiameter"][0] <= 2 * r  # between pixel centres
+    assert out["AreaShape_MinFeretDiameter"][0] == pytest.approx(2 * r - 2, abs=0.6)
+    assert out["AreaShape_MaximumRadius"][0] == pytest.approx(r, abs=1)
+    assert out["AreaShape_EquivalentDiameter"][0] == pytest.approx(2 * r, rel=0.01)
+    # Zernike_0_0 = pixels / (π r_mec²) ≈ 1 for a disk; odd-m moments vanish by symmetry
+    assert out["AreaShape_Zernike_0_0"][0] == pytest.approx(1.0, abs=0.05)
+    for key in ("AreaShape_Zernike_1_1", "AreaShape_Zernike_3_1", "AreaShape_Zernike_5_3"):
+        assert out[key][0] < 1e-6
+    assert out["AreaShape_Zernike_2_2"][0] < 1e-6  # rotational symmetry of order 4
+
+
+def test_ellipse_axes_and_eccentricity():
+    a, b = 30, 12  # semi-axes along columns and rows
+    lab = np.zeros((100, 100), np.int32)
+    lab[ellipse(50, 50, b, a, shape=lab.shape)] = 1
+    out = areashape(lab, None, n_objects=1)
+    assert out["AreaShape_MajorAxisLength"][0] == pytest.approx(2 * a, rel=0.02)
+    assert out["AreaShape_MinorAxisLength"][0] == pytest.approx(2 * b, rel=0.04)
+    assert out["AreaShape_Eccentricity"][0] == pytest.approx(np.sqrt(1 - (b / a) ** 2), abs=0.01)
+    assert abs(abs(out["AreaShape_Orientation"][0]) - 90) < 1  # major axis along the columns
+    # Zernike with m odd vanish for a centred ellipse; m = 2 does not
+    assert out["AreaShape_Zernike_3_1"][0] < 1e-6
+    assert out["AreaShape_Zernike_2_2"][0] > 0.01
+
+
+def test_matches_regionprops_on_random_labels():
+    from skimage.segmentation import expand_labels
+
+    rng = np.random.default_rng(1)
+    lab = np.zeros((120, 140), np.int32)
+    pts = rng.integers(5, 115, (12, 2))
+    lab[pts[:, 0], pts[:, 1]] = np.arange(1, 13)
+    lab = expand_labels(lab, 10)
+    lab[rng.random(lab.shape) < 0.02] = 0  # holes
+    out = areashape(lab, None, n_objects=12)
+    for p in regionprops(lab):
+        k = p.label - 1
+        assert out["AreaShape_Area"][k] == p.area
+        assert out["AreaShape_Perimeter"][k] == pytest.approx(p.perimeter)
+        assert out["AreaShape_ConvexArea"][k] == p.area_convex
+        assert out["AreaShape_EulerNumber"][k] == p.euler_number
+        assert out["AreaShape_MajorAxisLength"][k] == pytest.approx(p.axis_major_length)
+        assert out["AreaShape_MinorAxisLength"][k] == pytest.approx(p.axis_minor_length)
+        assert out["AreaShape_Eccentricity"][k] == pytest.approx(p.eccentricity)
+        assert out["AreaShape_CentralMoment_1_2"][k] == pytest.approx(p.moments_central[1, 2])
+        assert out["AreaShape_SpatialMoment_2_3"][k] == pytest.approx(p.moments[2, 3])
+        assert out["AreaShape_HuMoment_3"][k] == pytest.approx(p.moments_hu[3], rel=1e-6, abs=1e-15)
+        assert out["AreaShape_InertiaTensorEigenvalues_0"][k] == pytest.approx(p.inertia_tensor_eigvals[0])
+
+
+def test_degenerate_objects_never_raise():
+    lab = np.zeros((20, 20), np.int32)
+    lab[0, 0] = 1          # one pixel at the border
+    lab[5, 3:9] = 2        # a line
+    lab[10:20, 10:20] = 4  # touches the border; label 3 is absent
+    out = areashape(lab, None, n_objects=5)
+    assert out["AreaShape_Area"].tolist()[:2] == [1, 6]
+    assert np.isnan(out["AreaShape_Area"][2]) and np.isnan(out["AreaShape_Area"][4])
+    assert np.isnan(out["AreaShape_Zernike_0_0"][0])      # zero enclosing radius, as CellProfiler
+    assert out["AreaShape_MinFeretDiameter"][1] == 0.0
+    assert out["AreaShape_MaxFeretDiameter"][1] == 5.0
+    assert out["AreaShape_MaximumRadius"][0] == 1.0
+    assert all(v.shape == (5,) for v in out.values())
