@@ -29,6 +29,7 @@ from collections.abc import Mapping
 import numba
 import numpy as np
 import scipy.ndimage as ndi
+from scipy import sparse
 from skimage.morphology import disk
 
 from profiler.measure._util import object_pixels, per_object_count, per_object_sum
@@ -136,36 +137,61 @@ def _reconstruct_by_dilation(seed: np.ndarray, mask: np.ndarray) -> np.ndarray: 
 
 
 @numba.njit(cache=True, nogil=True)
-def _object_sums_upsampled(rec: np.ndarray, rows: np.ndarray, cols: np.ndarray, lab: np.ndarray,
-                           n: int, fr: float, fc: float) -> np.ndarray:  # pragma: no cover - numba
-    """Per-object sums of ``rec`` bilinearly interpolated at (rows·fr, cols·fc) (= CP's restore_scale)."""
-    h, w = rec.shape
-    out = np.zeros(n + 1)
-    for k in range(rows.shape[0]):
-        y = rows[k] * fr
-        x = cols[k] * fc
-        i0 = int(np.floor(y))
-        j0 = int(np.floor(x))
-        if i0 > h - 2:
-            i0 = h - 2
-        if j0 > w - 2:
-            j0 = w - 2
-        if i0 < 0:
-            i0 = 0
-        if j0 < 0:
-            j0 = 0
-        ty = y - i0
-        tx = x - j0
-        if h == 1:
-            ty = 0.0
-        if w == 1:
-            tx = 0.0
-        i1 = min(i0 + 1, h - 1)
-        j1 = min(j0 + 1, w - 1)
-        v = ((1 - ty) * ((1 - tx) * rec[i0, j0] + tx * rec[i0, j1])
-             + ty * ((1 - tx) * rec[i1, j0] + tx * rec[i1, j1]))
-        out[lab[k]] += v
-    return out
+def _upsample_weights(rows: np.ndarray, cols: np.ndarray, starts: np.ndarray, h: int, w: int,
+                      fr: float, fc: float):  # pragma: no cover - numba
+    """CSR (indptr, indices, data) of the operator "sum over object o of the bilinear upsampling".
+
+    Row o holds, for every low-resolution pixel, the total bilinear weight it receives from the
+    full-resolution pixels of object o (pixels given object by object: ``starts``), so that
+    ``W @ rec.ravel()`` = per-object sums of CellProfiler's ``restore_scale(rec)``.
+    """
+    n = starts.shape[0] - 1
+    acc = np.zeros(h * w)
+    touched = np.empty(h * w, dtype=np.int64)
+    cap = 4 * rows.shape[0] + 1
+    indices = np.empty(cap, dtype=np.int64)
+    data = np.empty(cap)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    nnz = 0
+    for o in range(n):
+        nt = 0
+        for k in range(starts[o], starts[o + 1]):
+            y = rows[k] * fr
+            x = cols[k] * fc
+            i0 = min(max(int(np.floor(y)), 0), max(h - 2, 0))
+            j0 = min(max(int(np.floor(x)), 0), max(w - 2, 0))
+            ty = y - i0 if h > 1 else 0.0
+            tx = x - j0 if w > 1 else 0.0
+            i1 = min(i0 + 1, h - 1)
+            j1 = min(j0 + 1, w - 1)
+            for t in range(4):
+                if t == 0:
+                    q = i0 * w + j0
+                    wt = (1 - ty) * (1 - tx)
+                elif t == 1:
+                    q = i0 * w + j1
+                    wt = (1 - ty) * tx
+                elif t == 2:
+                    q = i1 * w + j0
+                    wt = ty * (1 - tx)
+                else:
+                    q = i1 * w + j1
+                    wt = ty * tx
+                if wt == 0.0:
+                    continue
+                if acc[q] == 0.0:
+                    touched[nt] = q
+                    nt += 1
+                acc[q] += wt
+        touched_sorted = np.sort(touched[:nt])
+        for t in range(nt):
+            q = touched_sorted[t]
+            indices[nnz] = q
+            data[nnz] = acc[q]
+            acc[q] = 0.0
+            nnz += 1
+        indptr[o + 1] = nnz
+    return indptr, indices[:nnz], data[:nnz]
 
 
 # --------------------------------------------------------------------------- whole-image spectrum (cached)
@@ -176,13 +202,13 @@ def fingerprint(img: np.ndarray) -> tuple:
     return (hashlib.sha1(a.view(np.uint8).ravel()).digest(), a.shape, str(a.dtype))
 
 
-_CACHE: OrderedDict[tuple, tuple[list[np.ndarray], np.ndarray]] = OrderedDict()
+_CACHE: OrderedDict[tuple, tuple[np.ndarray, np.ndarray, tuple]] = OrderedDict()
 _CACHE_SIZE = 12
 
 
 def _spectrum_images(img: np.ndarray, subsample_size: float, image_sample_size: float, element_size: int,
-                     spectrum_length: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """The ``spectrum_length`` reconstructions on the subsampled grid, and that grid's float shape."""
+                     spectrum_length: int) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """(h·w, spectrum_length) reconstructions on the subsampled grid, that grid's float shape, (h, w)."""
     key = (fingerprint(img), float(subsample_size), float(image_sample_size), int(element_size),
            int(spectrum_length))
     hit = _CACHE.get(key)
@@ -202,11 +228,14 @@ def _spectrum_images(img: np.ndarray, subsample_size: float, image_sample_size: 
     pixels[pixels < 0] = 0
     cross = disk(1).astype(bool)
     ero = pixels.copy()
-    recs = []
-    for _ in range(spectrum_length):
+    recs = np.empty((pixels.size, spectrum_length))
+    mask = pixels
+    for k in range(spectrum_length):
         ero = ndi.grey_erosion(ero, footprint=cross, mode="reflect")
-        recs.append(_reconstruct_by_dilation(ero, pixels))
-    value = (recs, new_shape)
+        # R_pixels(ero_k) = R_rec_{k-1}(ero_k) because ero_k ≤ rec_{k-1} ≤ pixels: same result, 3× faster
+        mask = _reconstruct_by_dilation(ero, mask)
+        recs[:, k] = mask.ravel()
+    value = (recs, new_shape, pixels.shape)
     _CACHE[key] = value
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
@@ -237,27 +266,35 @@ def granularity(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objec
     """
     labels = np.asarray(labels)
     idx, lab = object_pixels(labels, n_objects)
+    order = np.argsort(lab, kind="stable")
+    idx, lab = idx[order], lab[order]
     count = per_object_count(lab, n_objects)
+    starts = np.zeros(n_objects + 1, dtype=np.int64)
+    np.cumsum(count.astype(np.int64), out=starts[1:])
     empty = count == 0
     H, W = labels.shape
-    rows, cols = np.divmod(idx, W)
     out: dict[str, np.ndarray] = {}
+    op = None
     for ch, img in images.items():
         img = np.asarray(img)
-        recs, new_shape = _spectrum_images(img, subsample_size, image_sample_size, element_size, spectrum_length)
+        recs, new_shape, (h, w) = _spectrum_images(img, subsample_size, image_sample_size, element_size,
+                                                   spectrum_length)
+        if op is None:
+            if subsample_size < 1:
+                fr = float(new_shape[0] - 1) / float(H - 1) if H > 1 else 0.0
+                fc = float(new_shape[1] - 1) / float(W - 1) if W > 1 else 0.0
+                rows, cols = np.divmod(idx, W)
+                indptr, indices, data = _upsample_weights(rows, cols, starts, h, w, fr, fc)
+                op = sparse.csr_matrix((data, indices, indptr), shape=(n_objects, h * w))
+            else:
+                op = sparse.csr_matrix((np.ones(idx.size), idx, starts), shape=(n_objects, H * W))
         with np.errstate(divide="ignore", invalid="ignore"):
             current = per_object_sum(lab, img.ravel()[idx].astype(np.float64), n_objects) / count
-        start = np.maximum(current, _EPS)
-        if subsample_size < 1:
-            fr = float(new_shape[0] - 1) / float(H - 1) if H > 1 else 0.0
-            fc = float(new_shape[1] - 1) / float(W - 1) if W > 1 else 0.0
-        for k, rec in enumerate(recs, start=1):
-            if subsample_size < 1:
-                sums = _object_sums_upsampled(rec, rows, cols, lab, n_objects, fr, fc)[1:]
-            else:
-                sums = per_object_sum(lab, rec.ravel()[idx], n_objects)
+            start = np.maximum(current, _EPS)
+            means = np.asarray(op @ recs) / count[:, None]
+        for k in range(1, spectrum_length + 1):
+            new = means[:, k - 1]
             with np.errstate(divide="ignore", invalid="ignore"):
-                new = sums / count
                 gs = (current - new) * 100 / start
             current = new
             gs[empty] = np.nan
