@@ -324,22 +324,6 @@ def run_sites(sites: Sequence[Site], config: AssayConfig, sites_dir: Path, phash
     return results
 
 
-def _annotate(single_cell: pd.DataFrame, pm: pd.DataFrame, platemap: Path,
-              image_wells: set[str]) -> tuple[pd.DataFrame, dict]:
-    """Join the platemap; report wells that have images but no platemap row and the reverse."""
-    map_wells = set(pm[WELL])
-    not_in_map = sorted(image_wells - map_wells)
-    no_images = sorted(map_wells - image_wells)
-    if not_in_map:
-        log.warning("%s: wells with images but no platemap row (their Metadata_Compound is empty): %s",
-                    platemap, ", ".join(not_in_map[:20]))
-    if no_images:
-        log.warning("%s: platemap wells with no images in the plate folder: %s", platemap,
-                    ", ".join(no_images[:20]))
-    out = single_cell.merge(pm, on=WELL, how="left")
-    return out, {"wells_missing_from_platemap": not_in_map, "platemap_wells_without_images": no_images}
-
-
 def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path = "example",
             platemap: str | Path | None = None, workers: int | None = None,
             scheduler: str | None = None, resume: bool = True, progress: bool = True,
@@ -368,7 +352,7 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
         platemap = plate_dir / "platemap.csv"
     pm = read_platemap(platemap) if platemap is not None else None  # fail before hours of work
     if pm is not None:
-        check_platemap(pm, {s.well for s in scan.sites}, platemap)
+        wells_without_images = check_platemap(pm, {s.well for s in scan.sites}, platemap)
     phash = pipeline_hash(config)
     sites_dir = out_dir / SITES_DIR
     for tmp in sites_dir.glob(".*.tmp") if sites_dir.is_dir() else ():  # left by a killed run
@@ -449,9 +433,8 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
                          hint=f"see {out_dir / 'image.parquet'} for every site's status")
     single_cell = pd.concat(tables, ignore_index=True)
     if pm is not None:
-        single_cell, wells_report = _annotate(single_cell, pm, Path(platemap),
-                                              {_printable(s.well) for s in scan.sites})
-        extra.update(wells_report)
+        single_cell = single_cell.merge(pm, on=WELL, how="left")
+        extra["platemap_wells_without_images"] = wells_without_images
         inputs["platemap"] = Path(platemap)
 
     meta = [c for c in single_cell.columns if c.startswith("Metadata_")]

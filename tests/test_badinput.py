@@ -7,6 +7,7 @@ import importlib.util
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +18,7 @@ from profiler.extract import extract
 
 _spec = importlib.util.spec_from_file_location("badinput_generate", Path(__file__).parent / "badinput" / "generate.py")
 generate_mod = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = generate_mod  # dataclasses look their module up there
 _spec.loader.exec_module(generate_mod)
 
 
@@ -57,7 +59,7 @@ def row_of(out: Path, well: str) -> pd.Series:
 
 def test_corpus_has_every_case(cases):
     expected = {"truncated_tiff", "zero_byte", "float64", "rgb", "different_shapes", "missing_channel",
-                "all_zero", "saturated", "duplicate_wells", "unknown_wells", "path_outside_plate",
+                "all_zero", "saturated", "duplicate_wells", "missing_wells", "unknown_wells", "path_outside_plate",
                 "pickle_model"}
     if os.name == "posix" and os.uname().sysname == "Linux":
         expected.add("non_utf8_name")
@@ -92,13 +94,17 @@ def test_empty_fields_give_records_not_crashes(plate_run, cases):
     assert zero["Count_Cells"] == 0
     sat = row_of(plate_run, cases["saturated"]["well"])
     assert sat["Metadata_Status"] != "failed"
+    # the QC record says what is wrong with them (MeasureImageQuality's columns)
+    assert (sat.filter(like="ImageQuality_PercentSaturated_") == 100).all()
+    assert (zero.filter(like="ImageQuality_PercentSaturated_") == 0).all()
+    assert len(sat.filter(like="ImageQuality_PercentSaturated_")) == 3
 
 
 def test_non_utf8_file_name_is_refused_by_name(plate_run, cases):
     if "non_utf8_name" not in cases:
         pytest.skip("this file system refuses non-UTF-8 names")
     img = image_rows(plate_run)
-    bad = img[img["Metadata_Plate"].str.contains(r"\\xe9", regex=False)]
+    bad = img[img["Metadata_Plate"].str.contains("\\xe9", regex=False)]
     assert len(bad) == 1
     assert bad.iloc[0]["Metadata_Status"] == "error"
     assert "file name is not valid UTF-8" in bad.iloc[0]["Metadata_Reason"]
@@ -126,21 +132,31 @@ def test_duplicate_wells_platemap_stops_before_any_work(corpus, cases, tmp_path)
     assert not out.exists() or not any(out.rglob("*"))
 
 
-def test_unknown_wells_are_reported(corpus, cases, plate_run, tmp_path, caplog):
+def test_platemap_missing_wells_stops_before_any_work(corpus, cases, tmp_path):
+    out = tmp_path / "out"
+    case = cases["missing_wells"]
+    with pytest.raises(InputError, match=f"no row for 1 well.*{case['well']}") as err:
+        extract(corpus / "plate", out, platemap=corpus / case["path"], workers=0, progress=False)
+    assert "missing_wells.csv" in str(err.value)
+    assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_unknown_platemap_wells_are_reported(corpus, cases, plate_run, tmp_path, caplog):
     import shutil
 
     out = tmp_path / "out"
     shutil.copytree(plate_run, out)  # resume: only the annotation is redone
     case = cases["unknown_wells"]
-    with caplog.at_level(logging.WARNING, logger="profiler.extract"):
+    with caplog.at_level(logging.WARNING):
         extract(corpus / "plate", out, platemap=corpus / case["path"], workers=0, progress=False)
     text = "\n".join(r.getMessage() for r in caplog.records)
-    assert "P24" in text and case["well"] in text
+    assert "P24" in text and "Z99" in text
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["wells_missing_from_platemap"] == [case["well"]]
-    assert "P24" in manifest["platemap_wells_without_images"]
-    sc = pd.read_parquet(out / "single_cell.parquet")
-    assert sc.loc[sc["Metadata_Well"] == case["well"], "Metadata_Compound"].isna().all()
+    n_ok = int((image_rows(plate_run)["Metadata_Status"] == "ok").sum())
+    assert manifest["sites"]["reused"] == n_ok  # a platemap change recomputes no processed site
+    assert {"P24", "Z99"} <= set(manifest["platemap_wells_without_images"])
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "single_cell.parquet"),
+                                  pd.read_parquet(plate_run / "single_cell.parquet"))
     no_partial_files(out)
 
 

@@ -11,7 +11,7 @@ case: where it is, what is broken and what the tools must answer.
 Layout of the corpus::
 
     plate/                one plate folder; wells 0–1 are good, each other well carries one fault
-    platemaps/            duplicate_wells.csv, unknown_wells.csv
+    platemaps/            duplicate_wells.csv, missing_wells.csv, unknown_wells.csv
     layout_csv/           a metadata-CSV layout (images.csv) whose path column points outside the plate folder
     model_pickle/         a "model folder" whose model file is a pickle (with a correct manifest)
     outside/              the file the layout CSV points at
@@ -132,12 +132,16 @@ def generate(out_dir: str | Path, *, size: int = 128, seed: int = 0) -> dict[str
     (pm_dir / "duplicate_wells.csv").write_text("\n".join([header, *rows, rows[0]]) + "\n")
     cases.append(Case("duplicate_wells", "platemap", "platemaps/duplicate_wells.csv",
                       f"well {rows[0].split(',')[0]} listed twice", "InputError before any work: more than once"))
-    unknown = [r for r in rows if not r.startswith(wells[1] + ",")]
-    unknown.append("P24," + ",".join(rows[0].split(",")[1:]))
-    (pm_dir / "unknown_wells.csv").write_text("\n".join([header, *unknown]) + "\n")
+    missing = [r for r in rows if not r.startswith(wells[1] + ",")]
+    (pm_dir / "missing_wells.csv").write_text("\n".join([header, *missing]) + "\n")
+    cases.append(Case("missing_wells", "platemap", "platemaps/missing_wells.csv",
+                      f"{wells[1]} has images but no platemap row",
+                      "InputError before any work, naming the well", well=wells[1]))
+    rest = ",".join(rows[0].split(",")[1:])
+    (pm_dir / "unknown_wells.csv").write_text("\n".join([header, *rows, f"P24,{rest}", f"Z99,{rest}"]) + "\n")
     cases.append(Case("unknown_wells", "platemap", "platemaps/unknown_wells.csv",
-                      f"P24 has no images; {wells[1]} has images but no platemap row",
-                      "warnings naming both wells; listed in manifest.json", well=wells[1]))
+                      "P24 and Z99 (not a well of a 384-well plate) have no images",
+                      "a warning naming both; listed in manifest.json; the plate is processed"))
 
     # a metadata-CSV layout (one row per site, one file column per channel) escaping the plate folder
     (out / "outside").mkdir()
@@ -148,15 +152,23 @@ def generate(out_dir: str | Path, *, size: int = 128, seed: int = 0) -> dict[str
     for i in (0, 1):
         for w in (1, 2, 3):
             shutil.copy(f(i, w), lay / f(i, w).name)
+            shutil.copy(f(i, w), lay / f(i, w).name.replace(f"_{wells[i]}_", f"_G0{i + 2}_"))
+    lines = [f"{prefix},{wells[0]},1,{f(0, 1).name},{f(0, 2).name},{f(0, 3).name}",
+             f"{prefix},{wells[1]},1,{f(1, 1).name},{f(1, 2).name},{f(1, 3).name}",
+             f"{prefix},G02,1,{f(0, 1).name.replace(wells[0], 'G02')},{f(0, 2).name.replace(wells[0], 'G02')},"
+             f"{f(0, 3).name.replace(wells[0], 'G02')}",
+             f"{prefix},G03,1,../outside/secret.tif,{f(1, 2).name.replace(wells[1], 'G03')},"
+             f"{f(1, 3).name.replace(wells[1], 'G03')}"]
     (lay / "images.csv").write_text(
         "Metadata_Plate,Metadata_Well,Metadata_Site,Image_FileName_DNA,Image_FileName_Tubulin,Image_FileName_Actin\n"
-        f"{prefix},{wells[0]},1,../outside/secret.tif,{f(0, 2).name},{f(0, 3).name}\n"
-        f"{prefix},{wells[1]},1,{f(1, 1).name},{f(1, 2).name},{f(1, 3).name}\n"
-    )
+        + "\n".join(lines) + "\n")
+    pm_rows = [r for r in rows if r.split(",")[0] in wells[:2]]
+    pm_rows += [r.replace(wells[0], "G02", 1).replace(wells[1], "G03", 1) for r in pm_rows]
+    (lay / "platemap.csv").write_text("\n".join([header, *pm_rows]) + "\n")
     cases.append(Case("path_outside_plate", "layout", "layout_csv/images.csv",
-                      "the DNA file of the first row is ../outside/secret.tif (the second row is good)",
-                      "error record: file lies outside the plate folder; the good row is processed",
-                      well=wells[0]))
+                      "the DNA file of well G03 is ../outside/secret.tif (the three other rows are good)",
+                      "error record: file lies outside the plate folder; the good rows are processed",
+                      well="G03"))
 
     # a model folder whose model file is a pickle, named like an XGBoost file, with a correct manifest
     mdir = out / "model_pickle"
