@@ -1,74 +1,330 @@
-"""Per-well profiles with pycytominer: aggregate → normalize to controls → select features.
+"""Per-well profiles with pycytominer: annotate → aggregate → normalize → select → (transform) → consensus.
 
-Our code adapts and orchestrates; the operations themselves are pycytominer's.
+Our code adapts and orchestrates; the operations themselves are pycytominer's
+(``pycytominer.aggregate``, ``normalize``, ``feature_select``, ``consensus``). What we add:
+
+* input checks with clear messages (no control wells on a plate, NaN/inf, non-numeric features,
+  wells missing from the platemap, platemap wells without cells);
+* normalization *per plate* to the negative controls (pycytominer normalizes one table at a time);
+* pattern blocklists (``Location_``, ``Number_Object_Number`` …) expanded to the table's columns
+  and handed to pycytominer's ``blocklist`` operation;
+* a dataset-level ``whiten`` step (pycytominer's spherize, ZCA-cor, fit on the controls or on all
+  wells) after per-plate normalization;
+* named recipes (:data:`PRESETS`), so a pipeline YAML can say ``profiles: {preset: bbbc021_best}``.
+
+Streaming aggregation of per-cell Parquet that does not fit in memory is in
+:mod:`profiler.aggregate_stream`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import pycytominer
 
-from profiler.errors import InputError
-from profiler.names import CONTROL, PLATE, WELL, feature_columns, metadata_columns
+from profiler.errors import ConfigError, InputError
+from profiler.names import CELL_COUNT, CONTROL, OBJECT_NUMBER, PLATE, WELL, feature_columns, metadata_columns
+
+log = logging.getLogger(__name__)
 
 DEFAULT_STRATA = (PLATE, WELL)
 NEGATIVE_CONTROL_QUERY = f"{CONTROL} == 'negative'"
+NORMALIZE_METHODS = ("standardize", "robustize", "mad_robustize", "spherize")
+FEATURE_SELECT_OPERATIONS = ("variance_threshold", "correlation_threshold", "drop_na_columns",
+                             "blocklist", "drop_outliers", "noise_removal")
 
+#: Features that describe where a cell is or how it is numbered, not what it looks like.
+POSITION_BLOCKLIST = (r"_Location_", r"_Number_Object_Number$", r"_Parent_", r"_Children_",
+                      r"_AreaShape_Center_[XYZ]$", r"_Neighbors_(First|Second)ClosestObjectNumber")
+
+#: Named recipes. Keys are :func:`apply_recipe` arguments.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The default of `profiler extract`: pycytominer's usual per-plate recipe.
+    "default": {"aggregate": "median", "normalize": "mad_robustize",
+                "feature_select": ["variance_threshold", "drop_na_columns"]},
+    # BBBC021 (per-well profiles): chosen a priori, see docs/profiles.md and benchmarks/bbbc021_profiles.py.
+    "bbbc021_best": {"aggregate": "median", "normalize": "robustize", "blocklist": list(POSITION_BLOCKLIST),
+                     "feature_select": ["blocklist", "drop_na_columns", "variance_threshold"],
+                     "whiten": {"samples": "all", "method": "ZCA-cor", "epsilon": 10.0}},
+}
+
+
+# --------------------------------------------------------------------------------------------
+# checks
+
+def check_features(df: pd.DataFrame, features: Sequence[str] | None = None, *, what: str = "table",
+                   allow_nan: bool = True) -> list[str]:
+    """The feature columns, after checking they are numeric and (unless allowed) finite."""
+    feats = list(features) if features is not None else feature_columns(df)
+    if not feats:
+        raise InputError(f"the {what} has no feature columns",
+                         hint="features are every column not starting with 'Metadata_'")
+    bad = [c for c in feats if not (pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]))]
+    if bad:
+        raise InputError(f"the {what} has non-numeric feature columns: {bad[:5]}"
+                         + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""),
+                         hint="prefix metadata columns with 'Metadata_' or drop these columns")
+    x = df[feats].to_numpy(dtype=np.float64, na_value=np.nan)
+    inf = np.isinf(x).any(axis=0)
+    if inf.any():
+        cols = [c for c, b in zip(feats, inf) if b]
+        raise InputError(f"the {what} has infinite values in {len(cols)} feature columns, e.g. {cols[:3]}",
+                         hint="replace inf by NaN (or drop these columns) before profiling")
+    if not allow_nan:
+        nan = np.isnan(x).any(axis=0)
+        if nan.any():
+            cols = [c for c, b in zip(feats, nan) if b]
+            raise InputError(f"the {what} has NaN values in {len(cols)} feature columns, e.g. {cols[:3]}",
+                             hint="use feature_select with drop_na_columns, or impute them")
+    return feats
+
+
+def _check_strata(df: pd.DataFrame, strata: Sequence[str]) -> None:
+    missing = [c for c in strata if c not in df.columns]
+    if missing:
+        raise InputError(f"the table lacks the grouping columns {missing}",
+                         hint=f"per-cell tables need {list(DEFAULT_STRATA)}")
+
+
+# --------------------------------------------------------------------------------------------
+# annotate
+
+def annotate(table: pd.DataFrame, platemap: pd.DataFrame, *, on: Sequence[str] = (WELL,),
+             allow_unimaged_wells: bool = False) -> pd.DataFrame:
+    """Add the platemap's ``Metadata_*`` columns to a per-cell or per-well table (by well).
+
+    ``platemap`` is a table as returned by :func:`profiler.plate.read_platemap` (``Metadata_Well`` …).
+    Wells of ``table`` missing from the platemap are an error (their treatment would be unknown);
+    platemap wells without any row in ``table`` are an error unless ``allow_unimaged_wells``.
+    """
+    on = list(on)
+    _check_strata(table, on)
+    missing_pm = [c for c in on if c not in platemap.columns]
+    if missing_pm:
+        raise InputError(f"the platemap lacks the columns {missing_pm}")
+    keys_t = table[on].drop_duplicates()
+    keys_p = platemap[on].drop_duplicates()
+    m = keys_t.merge(keys_p, how="outer", indicator=True)
+    not_in_pm = m[m["_merge"] == "left_only"][on].astype(str).agg("/".join, axis=1).tolist()
+    if not_in_pm:
+        raise InputError(f"{len(not_in_pm)} wells have cells but are missing from the platemap: "
+                         f"{', '.join(sorted(not_in_pm)[:10])}",
+                         hint="add these wells to platemap.csv (well,compound,concentration,control)")
+    no_img = m[m["_merge"] == "right_only"][on].astype(str).agg("/".join, axis=1).tolist()
+    if no_img:
+        msg = f"{len(no_img)} platemap wells have no cells/images: {', '.join(sorted(no_img)[:10])}"
+        if not allow_unimaged_wells:
+            raise InputError(msg, hint="check the image folder, or allow unimaged wells "
+                                       "(--allow-unimaged-wells) if they were not imaged on purpose")
+        log.warning(msg)
+    extra = [c for c in platemap.columns if c not in on]
+    clash = [c for c in extra if c in table.columns]
+    base = table.drop(columns=clash)
+    out = base.merge(platemap[on + extra], on=on, how="left")
+    meta = metadata_columns(out)
+    return out[meta + [c for c in out.columns if c not in meta]]
+
+
+# --------------------------------------------------------------------------------------------
+# aggregate
 
 def aggregate(single_cell: pd.DataFrame, *, strata: Sequence[str] = DEFAULT_STRATA,
               operation: str = "median") -> pd.DataFrame:
     """One row per well: ``operation`` (median or mean) of every feature over the well's cells.
 
     Metadata columns that are constant within a well are carried over; the number of cells per
-    well is ``Metadata_Object_Count`` (pycytominer's name).
+    well is ``Metadata_Object_Count`` (pycytominer's name). NaN values are skipped per feature.
     """
-    feats = feature_columns(single_cell)
-    if not feats:
-        raise InputError("the single-cell table has no feature columns")
+    if operation not in ("median", "mean"):
+        raise ConfigError(f"unknown aggregate operation {operation!r}", hint="use 'median' or 'mean'")
+    _check_strata(single_cell, strata)
+    feats = check_features(single_cell, what="single-cell table")
+    has_obj = OBJECT_NUMBER in single_cell.columns
     agg = pycytominer.aggregate(single_cell, strata=list(strata), features=feats, operation=operation,
-                                compute_object_count=True, output_type=None)
-    meta = [c for c in metadata_columns(single_cell) if c not in strata]
-    const = single_cell.groupby(list(strata), sort=False)[meta].nunique(dropna=False).le(1).all()
-    keep = [c for c in meta if const.get(c, False)]
-    if keep:
-        first = single_cell.groupby(list(strata), sort=False)[keep].first().reset_index()
-        agg = first.merge(agg, on=list(strata), how="right")
+                                compute_object_count=has_obj, object_feature=OBJECT_NUMBER, output_type=None)
+    if not has_obj:
+        counts = single_cell.groupby(list(strata)).size().rename(CELL_COUNT).reset_index()
+        agg = counts.merge(agg, on=list(strata), how="right")
+    return _carry_metadata(single_cell, agg, strata)
+
+
+def _carry_metadata(source: pd.DataFrame, agg: pd.DataFrame, strata: Sequence[str]) -> pd.DataFrame:
+    meta = [c for c in metadata_columns(source) if c not in strata and c not in agg.columns]
+    if meta:
+        const = source.groupby(list(strata), sort=False)[meta].nunique(dropna=False).le(1).all()
+        keep = [c for c in meta if const.get(c, False)]
+        if keep:
+            first = source.groupby(list(strata), sort=False)[keep].first().reset_index()
+            agg = first.merge(agg, on=list(strata), how="right")
     cols = metadata_columns(agg) + feature_columns(agg)
     return agg[cols]
 
 
+# --------------------------------------------------------------------------------------------
+# normalize
+
 def normalize(profiles: pd.DataFrame, *, method: str = "mad_robustize",
-              samples: str = NEGATIVE_CONTROL_QUERY, by: str | None = PLATE) -> pd.DataFrame:
-    """Normalize each plate (``by``) to the wells selected by ``samples`` (pycytominer query)."""
-    feats = feature_columns(profiles)
+              samples: str = NEGATIVE_CONTROL_QUERY, by: str | None = PLATE,
+              **kwargs: Any) -> pd.DataFrame:
+    """Normalize each plate (``by``) to the wells selected by ``samples`` (a pycytominer query).
+
+    ``samples="all"`` normalizes to the whole plate. A plate without any well matching
+    ``samples`` is an error naming the plate. Extra keyword arguments go to
+    ``pycytominer.normalize`` (e.g. ``spherize_epsilon``).
+    """
+    if method not in NORMALIZE_METHODS:
+        raise ConfigError(f"unknown normalization {method!r}", hint=f"use one of {NORMALIZE_METHODS}")
+    feats = check_features(profiles, what="profile table")
+    if by is not None and by not in profiles.columns:
+        raise InputError(f"cannot normalize per {by!r}: the table has no such column",
+                         hint="normalize the whole table with by=None")
     parts = []
     groups = profiles.groupby(by, sort=False) if by else [(None, profiles)]
     for key, plate in groups:
-        if samples != "all" and plate.query(samples).empty:
-            raise InputError(f"plate {key!r} has no control wells matching {samples!r}",
-                             hint="mark negative-control wells (control = negative in the platemap), "
-                                  "or normalize to the whole plate with samples='all'")
-        parts.append(pycytominer.normalize(plate, features=feats, meta_features=metadata_columns(plate),
-                                           samples=samples, method=method, output_type=None))
-    return pd.concat(parts, ignore_index=True)
+        if samples != "all":
+            try:
+                n_ref = len(plate.query(samples))
+            except Exception as exc:  # noqa: BLE001 - pandas raises many kinds for a bad query
+                raise ConfigError(f"cannot evaluate the control query {samples!r} ({exc})") from exc
+            if n_ref == 0:
+                where = f"plate {key!r}" if by else "the table"
+                raise InputError(f"{where} has no control wells matching {samples!r}",
+                                 hint="mark negative-control wells (control = negative in the platemap), "
+                                      "or normalize to the whole plate with samples='all' (--samples all)")
+        out = pycytominer.normalize(plate, features=feats, meta_features=metadata_columns(plate),
+                                    samples=samples, method=method, output_type=None, **kwargs)
+        parts.append(out)
+    out = pd.concat(parts, ignore_index=True)
+    return out[metadata_columns(out) + feature_columns(out)]
+
+
+def whiten(profiles: pd.DataFrame, *, samples: str = "all", method: str = "ZCA-cor",
+           epsilon: float = 1e-6, by: str | None = None) -> pd.DataFrame:
+    """Spherize (pycytominer) the whole table or each ``by`` group, fit on the ``samples`` wells.
+
+    Used after per-plate normalization; ``epsilon`` is added to the eigenvalues (a large value
+    shrinks the whitening towards plain scaling, which is what small data sets need).
+    """
+    feats = check_features(profiles, what="profile table", allow_nan=False)
+    return normalize(profiles[metadata_columns(profiles) + feats], method="spherize", samples=samples,
+                     by=by, spherize_method=method, spherize_epsilon=epsilon)
+
+
+# --------------------------------------------------------------------------------------------
+# feature selection and consensus
+
+def expand_blocklist(columns: Sequence[str], patterns: Sequence[str]) -> list[str]:
+    """Feature columns matching any of the regular expressions (or exact names) in ``patterns``."""
+    regs = [re.compile(p) for p in patterns]
+    return [c for c in feature_columns(columns) if any(r.search(c) for r in regs)]
 
 
 def feature_select(profiles: pd.DataFrame, *, operations: Sequence[str] = ("variance_threshold", "drop_na_columns"),
-                   **kwargs) -> pd.DataFrame:
-    """pycytominer feature selection over the feature columns."""
-    return pycytominer.feature_select(profiles, features=feature_columns(profiles),
-                                      operation=list(operations), output_type=None, **kwargs)
+                   samples: str = "all", blocklist: Sequence[str] | None = None, **kwargs: Any) -> pd.DataFrame:
+    """pycytominer feature selection over the feature columns.
+
+    ``operations`` ⊆ :data:`FEATURE_SELECT_OPERATIONS`. ``blocklist`` lists regular expressions
+    (or names); it is expanded against the table's columns and passed to pycytominer's
+    ``blocklist`` operation (default when absent: pycytominer's packaged list).
+    Other keyword arguments (``corr_threshold``, ``na_cutoff``, ``outlier_cutoff`` …) go to
+    ``pycytominer.feature_select``.
+    """
+    ops = list(operations)
+    unknown = [o for o in ops if o not in FEATURE_SELECT_OPERATIONS]
+    if unknown:
+        raise ConfigError(f"unknown feature selection operations {unknown}",
+                          hint=f"use some of {FEATURE_SELECT_OPERATIONS}")
+    feats = check_features(profiles, what="profile table")
+    if not ops:
+        return profiles
+    kw = dict(kwargs)
+    if "blocklist" in ops and blocklist is not None:
+        kw["blocklist"] = expand_blocklist(feats, blocklist)
+    out = pycytominer.feature_select(profiles, features=feats, operation=ops, samples=samples,
+                                     output_type=None, **kw)
+    if not feature_columns(out):
+        raise InputError(f"feature selection {ops} removed every feature",
+                         hint="loosen the thresholds (e.g. corr_threshold, na_cutoff)")
+    return out
+
+
+def consensus(profiles: pd.DataFrame, *, replicate_columns: Sequence[str], operation: str = "median",
+              **kwargs: Any) -> pd.DataFrame:
+    """One profile per treatment (pycytominer.consensus: median, mean or modz of the replicates)."""
+    _check_strata(profiles, replicate_columns)
+    feats = check_features(profiles, what="profile table")
+    out = pycytominer.consensus(profiles, replicate_columns=list(replicate_columns), operation=operation,
+                                features=feats, output_type=None, **kwargs)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# recipes
+
+def resolve_recipe(recipe: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """A recipe mapping from a preset name, a mapping (``preset:`` key allowed) or None (default)."""
+    if recipe is None:
+        return copy.deepcopy(PRESETS["default"])
+    if isinstance(recipe, str):
+        if recipe not in PRESETS:
+            raise ConfigError(f"unknown profile preset {recipe!r}", hint=f"use one of {sorted(PRESETS)}")
+        return copy.deepcopy(PRESETS[recipe])
+    rec = dict(recipe)
+    if "preset" in rec:
+        base = resolve_recipe(str(rec.pop("preset")))
+        base.update(rec)
+        rec = base
+    allowed = {"aggregate", "normalize", "samples", "feature_select", "blocklist", "feature_select_params",
+               "whiten", "normalize_params"}
+    unknown = set(rec) - allowed
+    if unknown:
+        raise ConfigError(f"unknown keys in the profiles recipe: {sorted(unknown)}", hint=f"allowed: {sorted(allowed)}")
+    return rec
+
+
+def apply_recipe(profiles: pd.DataFrame, recipe: str | Mapping[str, Any] | None = None, *,
+                 samples: str | None = None) -> pd.DataFrame:
+    """Normalize → feature-select → whiten per-well ``profiles`` as a recipe says.
+
+    Recipe keys: ``normalize`` (method or None), ``samples`` (control query, ``"all"``),
+    ``normalize_params``, ``feature_select`` (operations), ``blocklist`` (patterns),
+    ``feature_select_params``, ``whiten`` (None or ``{samples, method, epsilon, by}``).
+    """
+    rec = resolve_recipe(recipe)
+    samples = samples if samples is not None else rec.get("samples", NEGATIVE_CONTROL_QUERY)
+    prof = profiles
+    if rec.get("normalize"):
+        prof = normalize(prof, method=rec["normalize"], samples=samples, **rec.get("normalize_params", {}))
+    if rec.get("feature_select"):
+        prof = feature_select(prof, operations=rec["feature_select"], blocklist=rec.get("blocklist"),
+                              **rec.get("feature_select_params", {}))
+    w = rec.get("whiten")
+    if w:
+        w = dict(w)
+        if w.get("samples") == "controls":
+            w["samples"] = samples
+        prof = whiten(prof, **w)
+    return prof
 
 
 def build_profiles(single_cell: pd.DataFrame, *, aggregate_operation: str = "median",
-                   normalize_method: str = "mad_robustize", samples: str = NEGATIVE_CONTROL_QUERY,
-                   feature_select_operations: Sequence[str] = ("variance_threshold", "drop_na_columns")
-                   ) -> pd.DataFrame:
-    """aggregate → normalize → feature_select, the default recipe of ``profiler extract``."""
+                   normalize_method: str | None = "mad_robustize", samples: str = NEGATIVE_CONTROL_QUERY,
+                   feature_select_operations: Sequence[str] = ("variance_threshold", "drop_na_columns"),
+                   recipe: str | Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """aggregate → normalize → feature_select (→ whiten): the profile recipe of ``profiler extract``.
+
+    With ``recipe`` (a preset name or mapping) the recipe's steps replace the explicit arguments.
+    """
+    if recipe is not None:
+        rec = resolve_recipe(recipe)
+        prof = aggregate(single_cell, operation=rec.get("aggregate", aggregate_operation))
+        return apply_recipe(prof, rec, samples=rec.get("samples", samples))
     prof = aggregate(single_cell, operation=aggregate_operation)
-    prof = normalize(prof, method=normalize_method, samples=samples)
-    if feature_select_operations:
-        prof = feature_select(prof, operations=feature_select_operations)
-    return prof
+    rec = {"normalize": normalize_method, "feature_select": list(feature_select_operations)}
+    return apply_recipe(prof, rec, samples=samples)
