@@ -32,13 +32,19 @@ def train(
     seed: int = typer.Option(0, help="Random seed."),
     cell_count: bool = typer.Option(True, "--cell-count/--no-cell-count",
                                     help="Use cells per well (Metadata_Object_Count) as a feature."),
-    n_jobs: int = typer.Option(2, "--jobs", "-j", help="XGBoost threads."),
+    n_jobs: int = typer.Option(1, "--jobs", "-j", help="XGBoost threads (1 is fastest on small tables)."),
+    crops: Optional[Path] = typer.Option(None, "--crops",
+                                         help="Single-cell crops of the same wells (folder with crops.tif + crops.parquet, "
+                                              "or a crop TIFF with its table): adds the CNN and the stacked model."),
+    cnn: bool = typer.Option(True, "--cnn/--no-cnn", help="--no-cnn: profile path only, even when --crops is given."),
+    cnn_config: str = typer.Option("cpu", "--cnn-config", help="CNN preset: cpu (small, 2-core friendly) or full (GPU)."),
 ) -> None:
-    """Train XGBoost on profiles with grouped cross-validation; write the model folder."""
+    """Train XGBoost (+ CNN + stack with --crops) with grouped cross-validation; write the model folder."""
     from fusion.train import train as _train
 
     path = _train(profiles, out, label=label, group_by=group_by or None, embeddings=embeddings,
-                  n_splits=n_splits, seed=seed, include_cell_count=cell_count, n_jobs=n_jobs)
+                  n_splits=n_splits, seed=seed, include_cell_count=cell_count, n_jobs=n_jobs,
+                  crops=crops, cnn=cnn, cnn_config=cnn_config)
     err_console.print(f"model written to {path}")
 
 

@@ -46,6 +46,14 @@ STACK_FILE = "stack.json"
 OOF_FILE = "oof_predictions.parquet"
 TRAIN_FILE = "training_profiles.parquet"
 SHAP_FILE = "shap_values.parquet"
+CNN_DIR = "cnn"
+
+# CNNEnsemble settings by name: "cpu" fits a 2-core machine, "full" is the published recipe (GPU).
+CNN_PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": dict(backbones=["resnet18"], dropouts=[(0.5, 0.3, 0.1)], image_size=64, epochs=5, batch_size=32,
+                target_per_class=100, patience=3, val_fraction=0.1),
+    "full": {},
+}
 PROBA_PREFIX = "Probability_"
 
 
@@ -125,19 +133,23 @@ def out_of_fold_proba(make_estimator, X: pd.DataFrame, y: np.ndarray, groups: np
     return proba
 
 
-def _manifest_inputs(profiles_path: Path | None, embeddings: Any) -> dict[str, Path]:
+def _manifest_inputs(profiles_path: Path | None, embeddings: Any, crops: Any = None) -> dict[str, Path]:
     inputs: dict[str, Path] = {}
     if profiles_path is not None:
         inputs["profiles"] = profiles_path
     if isinstance(embeddings, (str, Path)):
         inputs["embeddings"] = Path(embeddings)
+    if crops is not None:
+        inputs["crops"] = Path(crops)
     return inputs
 
 
 def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: str = COMPOUND,
           group_by: str | Sequence[str] | None = None, embeddings: str | Path | pd.DataFrame | None = None,
           n_splits: int = 5, seed: int = 0, include_cell_count: bool = True,
-          gbm_params: Mapping[str, Any] | None = None, n_jobs: int = 2) -> Path:
+          gbm_params: Mapping[str, Any] | None = None, n_jobs: int = 1,
+          crops: str | Path | None = None, cnn: bool = True, cnn_config: str = "cpu",
+          cnn_params: Mapping[str, Any] | None = None, stack_C: float = 1.0) -> Path:
     """Train and cross-validate XGBoost on a profile table; write the model folder ``out_dir``.
 
     Parameters
@@ -156,6 +168,18 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
         Use ``Metadata_Object_Count`` (cells per well) as a feature.
     gbm_params:
         Overrides of :class:`fusion.gbm.GBMClassifier` parameters.
+    crops:
+        Single-cell crops (a folder with ``crops.tif`` + ``crops.parquet``, or a crop TIFF with its
+        table beside it) of the same wells. With ``cnn=True`` a CNN ensemble is cross-validated on
+        the same grouped folds (its cell probabilities averaged per well) and a logistic-regression
+        meta-learner stacks XGBoost and the CNN; the stack becomes the final model.
+    cnn:
+        ``False`` trains the profile path only, even when crops are given.
+    cnn_config, cnn_params:
+        :data:`CNN_PRESETS` name (``"cpu"``: one small ResNet18-CBAM, 64 px; ``"full"``: the
+        published 5-member recipe, for a GPU) and overrides of :class:`fusion.cnn.ensemble.CNNEnsemble`.
+    stack_C:
+        Inverse regularization of the meta-learner.
     """
     from rich.progress import Progress
 
@@ -199,8 +223,15 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
                                 progress=lambda: bar.advance(task))
         final = GBMClassifier(**params).fit(X, y, groups=groups)
         bar.advance(task)
+    base_oof = {"gbm": oof}
+    cnn_model = stack_model = None
+    if cnn and crops is not None:
+        cnn_model, stack_model, base_oof, oof = _train_cnn_and_stack(
+            crops, profiles, y, groups, classes, splits, oof, seed, cnn_config, cnn_params, stack_C)
     pred = classes[np.argmax(oof, axis=1)]
     summary = metrics.classification_summary(y, pred, oof, classes, seed=seed)
+    base_summaries = {b: metrics.classification_summary(y, classes[np.argmax(p, axis=1)], p, classes, seed=seed)
+                      for b, p in base_oof.items()} if len(base_oof) > 1 else {}
 
     # explanations of the final model on the training rows
     values, base = explain.shap_values(final.get_booster(), X, len(classes))
@@ -218,6 +249,10 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
     oof_df["Fold"] = fold
     for j, c in enumerate(classes):
         oof_df[PROBA_PREFIX + c] = oof[:, j]
+    if len(base_oof) > 1:
+        for b, p in base_oof.items():
+            for j, c in enumerate(classes):
+                oof_df[f"{b.upper()}_{PROBA_PREFIX}{c}"] = p[:, j]
     shap_df = pd.DataFrame(values.transpose(2, 0, 1).reshape(-1, len(feats)), columns=feats)
     shap_df.insert(0, "Row", np.tile(np.arange(len(y)), len(classes)))
     shap_df.insert(0, "Class", np.repeat(classes, len(y)))
@@ -227,11 +262,22 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
         GBM_FILE: modelio.save_xgb(final, out_dir / GBM_FILE),
         GBM_CONFIG: modelio.save_json_model(final.to_config(), out_dir / GBM_CONFIG, "gbm-config-json"),
     }
+    extra_manifest: dict[str, Any] = {}
+    if cnn_model is not None:
+        cnn_dir = cnn_model.save(out_dir / CNN_DIR)
+        for f in sorted(cnn_dir.iterdir()):
+            if f.is_file() and f.name != io.MANIFEST:
+                model_files[f"{CNN_DIR}/{f.name}"] = modelio.model_file_entry(
+                    f, "safetensors" if f.suffix == ".safetensors" else "json")
+        model_files[STACK_FILE] = modelio.save_json_model(stack_model.to_json(), out_dir / STACK_FILE, "stack-json")
+        extra_manifest["stack_weights"] = stack_model.base_weights()
+        extra_manifest["base_model_scores"] = {b: {k: v["value"] for k, v in sm["scores"].items()}
+                                               for b, sm in base_summaries.items()}
     io.write_parquet(oof_df, out_dir / OOF_FILE)
     io.write_parquet(pd.concat([profiles[[c for c in meta_cols if c not in feats]], X], axis=1),
                      out_dir / TRAIN_FILE)
     io.write_parquet(shap_df, out_dir / SHAP_FILE)
-    io.write_json(summary, out_dir / "metrics.json")
+    io.write_json({**summary, "base_models": base_summaries}, out_dir / "metrics.json")
     io.write_json({"label": label, "classes": list(classes), "expected_value": base.tolist(),
                    "top_features": top,
                    "class_importance": {c: imp[c].sort_values(ascending=False).to_dict() for c in imp.columns},
@@ -239,19 +285,72 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
                   out_dir / "explain.json")
     modelio_params = {"label": label, "group_by": group_by or [PLATE, WELL], "n_splits": len(splits),
                       "seed": seed, "include_cell_count": include_cell_count, "gbm": final.get_params(),
-                      "gbm_rounds": final.n_rounds_, "cnn": False}
+                      "gbm_rounds": final.n_rounds_, "cnn": cnn_model is not None,
+                      "cnn_config": cnn_config if cnn_model is not None else None,
+                      "cnn_params": dict(cnn_params or {}) if cnn_model is not None else None, "stack_C": stack_C}
     io.write_manifest(
-        out_dir, command="fusion train", inputs=_manifest_inputs(profiles_path, embeddings),
+        out_dir, command="fusion train", inputs=_manifest_inputs(profiles_path, embeddings, crops if cnn_model is not None else None),
         parameters=modelio_params,
         outputs={OOF_FILE: {"rows": len(oof_df)}, TRAIN_FILE: {"rows": len(X), "features": len(feats)},
                  SHAP_FILE: {"rows": len(shap_df)}},
         extra={modelio.MODEL_FILES_KEY: model_files, "classes": list(classes), "features": feats,
                "rows": {"total": int(len(y)), "groups": int(len(np.unique(groups))),
                         "per_class": {c: int(n) for c, n in zip(*np.unique(y, return_counts=True))}},
-               "base_models": ["gbm"], "final_model": "gbm",
+               "base_models": list(base_oof), "final_model": "stack" if cnn_model is not None else "gbm",
+               **extra_manifest,
                "cv_summary": {k: v["value"] for k, v in summary["scores"].items()}},
     )
     acc = summary["scores"]["accuracy"]
     log.info("out-of-fold accuracy %.3f (majority baseline %.3f) on %d rows, %d classes",
              acc["value"], acc["majority"], len(y), len(classes))
     return out_dir
+
+
+def _train_cnn_and_stack(crops, profiles: pd.DataFrame, y: np.ndarray, groups: np.ndarray, classes: np.ndarray,
+                         splits, gbm_oof: np.ndarray, seed: int, cnn_config: str,
+                         cnn_params: Mapping[str, Any] | None, stack_C: float):
+    """CNN out-of-fold on the same well folds, the stack's OOF, and both final models."""
+    from rich.progress import Progress
+
+    from fusion.cnn.ensemble import CNNEnsemble
+    from fusion.data import load_crops
+    from fusion.stack import StackedClassifier, cell_to_well_proba, cnn_out_of_fold_proba, meta_out_of_fold_proba, \
+        stack_inputs
+
+    if cnn_config not in CNN_PRESETS:
+        raise ConfigError(f"unknown CNN configuration {cnn_config!r}", hint=f"choose one of {', '.join(CNN_PRESETS)}")
+    params = {**CNN_PRESETS[cnn_config], "seed": seed, **(cnn_params or {})}
+    crop_set = load_crops(crops)
+    keys = [k for k in (PLATE, WELL) if k in profiles.columns and k in crop_set.meta.columns]
+    if WELL not in keys:
+        raise InputError(f"crops and profiles must both have {WELL} (and {PLATE}) to be matched", path=crops)
+    well_key = profiles[keys].astype(str).agg("/".join, axis=1).to_numpy()
+    cell_key = crop_set.meta[keys].astype(str).agg("/".join, axis=1).to_numpy()
+    row_of = {k: i for i, k in enumerate(well_key)}
+    cell_row = np.array([row_of.get(k, -1) for k in cell_key])
+    keep = cell_row >= 0
+    if not keep.any():
+        raise InputError("no crop belongs to a profiled well", path=crops,
+                         hint="the crops' Metadata_Plate/Metadata_Well must match the profiles'")
+    if (~keep).any():
+        log.warning("%d crop(s) from wells not in the profiles ignored", int((~keep).sum()))
+    images, cell_row = crop_set.images[keep], cell_row[keep]
+    cell_y, cell_groups = y[cell_row], groups[cell_row]
+    fold_of_row = np.empty(len(y), dtype=np.int64)
+    for i, (_, te) in enumerate(splits):
+        fold_of_row[te] = i
+    cell_fold = fold_of_row[cell_row]
+    cell_splits = [(np.flatnonzero(cell_fold != i), np.flatnonzero(cell_fold == i)) for i in range(len(splits))]
+    with Progress(transient=True) as bar:
+        task = bar.add_task("cross-validating the CNN", total=len(splits) + 1)
+        cell_oof = cnn_out_of_fold_proba(lambda: CNNEnsemble(**params), images, cell_y, cell_groups, classes,
+                                         cell_splits, progress=lambda: bar.advance(task))
+        final_cnn = CNNEnsemble(**params).fit(images, cell_y, groups=cell_groups)
+        bar.advance(task)
+    cell_keys = pd.DataFrame({"row": cell_row})
+    cnn_oof = cell_to_well_proba(cell_oof, cell_keys, pd.DataFrame({"row": np.arange(len(y))}))
+    base = {"gbm": gbm_oof, "cnn": cnn_oof}
+    stacked = stack_inputs(base, classes)
+    stack_oof = meta_out_of_fold_proba(stacked, y, classes, splits, C=stack_C)
+    final_stack = StackedClassifier(C=stack_C).fit(stacked, y)
+    return final_cnn, final_stack, base, stack_oof

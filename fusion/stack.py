@@ -1,0 +1,185 @@
+"""Stacked fusion: a multinomial logistic regression on the base models' out-of-fold probabilities.
+
+The base models are XGBoost on well profiles (:mod:`fusion.gbm`) and the CNN ensemble's soft vote on
+single-cell crops (:mod:`fusion.cnn.ensemble`), whose cell probabilities are averaged per well so
+that both speak about the same rows. Out-of-fold probabilities come from folds grouped by compound,
+so no compound is both trained on and predicted; the meta-learner learns how far to trust each base
+model per class.
+
+:class:`StackedClassifier` has the scikit-learn API on the stacked probability table (columns
+``"<base>:<class>"``) and is saved as JSON (coefficients, intercepts, classes, input order): loading
+it is arithmetic on numbers from a JSON file, never unpickling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
+
+from profiler.errors import InputError, ModelFileError
+
+__all__ = ["StackedClassifier", "stack_inputs", "cell_to_well_proba", "cnn_out_of_fold_proba",
+           "meta_out_of_fold_proba", "FORMAT"]
+
+FORMAT = "cellfusion-stack/1"
+
+
+def stack_inputs(probas: Mapping[str, np.ndarray], classes: Sequence) -> pd.DataFrame:
+    """Side-by-side probability table, columns ``"<base>:<class>"`` in ``classes`` order per base model."""
+    cols: dict[str, np.ndarray] = {}
+    n = None
+    for base, p in probas.items():
+        p = np.asarray(p, dtype=float)
+        if p.ndim != 2 or p.shape[1] != len(classes):
+            raise InputError(f"base model {base!r} gives probabilities of shape {p.shape}, "
+                             f"expected (rows, {len(classes)})")
+        if n is not None and len(p) != n:
+            raise InputError(f"base model {base!r} has {len(p)} rows, the others {n}")
+        n = len(p)
+        for j, c in enumerate(classes):
+            cols[f"{base}:{c}"] = p[:, j]
+    return pd.DataFrame(cols)
+
+
+class StackedClassifier(ClassifierMixin, BaseEstimator):
+    """Multinomial logistic regression on stacked base-model probabilities.
+
+    Parameters
+    ----------
+    C:
+        Inverse L2 regularization strength of the logistic regression.
+    log_inputs:
+        Use log-probabilities (clipped at ``1e-6``) as inputs — the natural scale for a softmax
+        meta-learner; ``False`` uses raw probabilities.
+    max_iter:
+        Solver iterations.
+    """
+
+    def __init__(self, C: float = 1.0, log_inputs: bool = True, max_iter: int = 2000):
+        self.C = C
+        self.log_inputs = log_inputs
+        self.max_iter = max_iter
+
+    def _transform(self, X) -> np.ndarray:
+        if isinstance(X, pd.DataFrame) and hasattr(self, "inputs_"):
+            missing = [c for c in self.inputs_ if c not in X.columns]
+            if missing:
+                raise InputError(f"stacked inputs missing: {', '.join(missing[:5])}")
+            X = X[list(self.inputs_)]
+        Z = np.asarray(X, dtype=float)
+        return np.log(np.clip(Z, 1e-6, 1.0)) if self.log_inputs else Z
+
+    def fit(self, X, y):
+        """Fit on the stacked out-of-fold probability table ``X`` and labels ``y``."""
+        y = np.asarray(y).astype(str)
+        self.inputs_ = [str(c) for c in X.columns] if isinstance(X, pd.DataFrame) else \
+            [f"x{i}" for i in range(np.shape(X)[1])]
+        self.n_features_in_ = len(self.inputs_)
+        lr = LogisticRegression(C=self.C, max_iter=self.max_iter)
+        lr.fit(self._transform(X), y)
+        self.classes_ = lr.classes_
+        coef, intercept = lr.coef_, lr.intercept_
+        if len(self.classes_) == 2:  # sklearn keeps one row for binary; expand to a 2-class softmax
+            coef = np.vstack([-coef[0] / 2, coef[0] / 2])
+            intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+        self.coef_, self.intercept_ = coef, intercept
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        return self._transform(X) @ self.coef_.T + self.intercept_
+
+    def predict_proba(self, X) -> np.ndarray:
+        z = self.decision_function(X)
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything needed to predict, as plain JSON values."""
+        return {"format": FORMAT, "params": self.get_params(), "classes": [str(c) for c in self.classes_],
+                "inputs": list(self.inputs_), "coef": self.coef_.tolist(), "intercept": self.intercept_.tolist()}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> StackedClassifier:
+        """Rebuild from :meth:`to_json` output (checked for shape consistency)."""
+        if obj.get("format") != FORMAT:
+            raise ModelFileError(f"not a stacked model file (format {obj.get('format')!r}, expected {FORMAT!r})")
+        try:
+            est = cls(**obj["params"])
+            est.classes_ = np.asarray(obj["classes"], dtype=object)
+            est.inputs_ = list(obj["inputs"])
+            est.coef_ = np.asarray(obj["coef"], dtype=float)
+            est.intercept_ = np.asarray(obj["intercept"], dtype=float)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"stacked model file is malformed ({exc})") from exc
+        if est.coef_.shape != (len(est.classes_), len(est.inputs_)) or est.intercept_.shape != (len(est.classes_),):
+            raise ModelFileError(f"stacked model file is inconsistent: coef {est.coef_.shape}, "
+                                 f"{len(est.classes_)} classes, {len(est.inputs_)} inputs")
+        est.n_features_in_ = len(est.inputs_)
+        return est
+
+    def base_weights(self) -> dict[str, float]:
+        """Share of the total |coefficient| on each base model's inputs."""
+        from fusion.explain import stack_weights
+
+        return stack_weights(self.to_json())
+
+
+def cell_to_well_proba(cell_proba: np.ndarray, cell_keys: pd.DataFrame, well_keys: pd.DataFrame) -> np.ndarray:
+    """Average cell probabilities per well, in the row order of ``well_keys`` (same key columns).
+
+    A well without cells is an :class:`InputError` (the stack needs both base models on every row).
+    """
+    keys = list(well_keys.columns)
+    df = pd.DataFrame(np.asarray(cell_proba, float)).assign(**{k: cell_keys[k].astype(str).to_numpy() for k in keys})
+    mean = df.groupby(keys, sort=False).mean()
+    idx = pd.MultiIndex.from_frame(well_keys.astype(str)) if len(keys) > 1 else pd.Index(well_keys[keys[0]].astype(str))
+    out = mean.reindex(idx)
+    if out.isna().any(axis=None):
+        lost = out.index[out.isna().any(axis=1)].tolist()
+        raise InputError(f"{len(lost)} well(s) have no cell crops: {lost[:5]}",
+                         hint="give crops for every profiled well, or train with --no-cnn")
+    return out.to_numpy()
+
+
+def cnn_out_of_fold_proba(make_cnn: Callable[[], Any], images: np.ndarray, cell_y: np.ndarray,
+                          cell_groups: np.ndarray, classes: np.ndarray,
+                          splits: Sequence[tuple[np.ndarray, np.ndarray]], progress=None) -> np.ndarray:
+    """Out-of-fold cell probabilities of a fresh CNN per fold; ``splits`` index the cells.
+
+    Classes absent from a training fold get probability 0 in that fold's test cells.
+    """
+    proba = np.zeros((len(cell_y), len(classes)))
+    col = {c: i for i, c in enumerate(classes)}
+    for tr, te in splits:
+        est = make_cnn()
+        est.fit(images[tr], cell_y[tr], groups=cell_groups[tr])
+        p = est.predict_proba(images[te])
+        for j, c in enumerate(est.classes_):
+            proba[te, col[str(c)]] = p[:, j]
+        if progress is not None:
+            progress()
+    return proba
+
+
+def meta_out_of_fold_proba(stacked: pd.DataFrame, y: np.ndarray, classes: np.ndarray,
+                           splits: Sequence[tuple[np.ndarray, np.ndarray]], C: float = 1.0) -> np.ndarray:
+    """The stack's own out-of-fold probabilities: meta-learner fit on the other folds' OOF rows."""
+    proba = np.zeros((len(y), len(classes)))
+    col = {c: i for i, c in enumerate(classes)}
+    for tr, te in splits:
+        if len(np.unique(y[tr])) < 2:
+            continue
+        m = StackedClassifier(C=C).fit(stacked.iloc[tr], y[tr])
+        p = m.predict_proba(stacked.iloc[te])
+        for j, c in enumerate(m.classes_):
+            proba[te, col[str(c)]] = p[:, j]
+    return proba

@@ -1,0 +1,125 @@
+"""fusion.stack: the JSON meta-learner, cell→well averaging, and `train` with a CNN on crops."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from fusion.stack import StackedClassifier, cell_to_well_proba, meta_out_of_fold_proba, stack_inputs
+from profiler.errors import InputError, ModelFileError
+from test_gbm import make_profiles
+
+CLASSES = np.array(["a", "b", "c"])
+
+
+def _base_probas(n=90, seed=0):
+    """A good base model and a useless one."""
+    rng = np.random.default_rng(seed)
+    y = CLASSES[rng.integers(0, 3, n)]
+    good = np.full((n, 3), 0.1)
+    good[np.arange(n), np.searchsorted(CLASSES, y)] = 0.8
+    good = np.where(rng.random((n, 1)) < 0.15, rng.dirichlet(np.ones(3), n), good)
+    noise = rng.dirichlet(np.ones(3), n)
+    return y, {"gbm": good, "cnn": noise}
+
+
+def test_json_roundtrip_matches_sklearn_and_weights_favour_the_informative_model():
+    y, probas = _base_probas()
+    X = stack_inputs(probas, CLASSES)
+    assert list(X.columns) == ["gbm:a", "gbm:b", "gbm:c", "cnn:a", "cnn:b", "cnn:c"]
+    est = StackedClassifier(C=1.0).fit(X, y)
+    ref = LogisticRegression(C=1.0, max_iter=2000).fit(np.log(np.clip(X.to_numpy(), 1e-6, 1)), y)
+    np.testing.assert_allclose(est.predict_proba(X), ref.predict_proba(np.log(np.clip(X.to_numpy(), 1e-6, 1))),
+                               atol=1e-8)
+    obj = json.loads(json.dumps(est.to_json()))
+    back = StackedClassifier.from_json(obj)
+    np.testing.assert_allclose(back.predict_proba(X[X.columns[::-1]]), est.predict_proba(X))
+    w = est.base_weights()
+    assert w["gbm"] > w["cnn"] and abs(sum(w.values()) - 1) < 1e-9
+    assert np.mean(est.predict(X) == y) > 0.8
+
+
+def test_binary_stack():
+    rng = np.random.default_rng(1)
+    y = np.array(["x", "y"] * 20)
+    p = np.where((y == "y")[:, None], [0.2, 0.8], [0.8, 0.2]) + rng.normal(0, 0.05, (40, 2))
+    X = stack_inputs({"gbm": np.clip(p, 0.01, 0.99)}, np.array(["x", "y"]))
+    est = StackedClassifier().fit(X, y)
+    ref = LogisticRegression(max_iter=2000).fit(np.log(X.to_numpy()), y)
+    np.testing.assert_allclose(est.predict_proba(X), ref.predict_proba(np.log(X.to_numpy())), atol=1e-8)
+
+
+def test_malformed_stack_json_is_refused():
+    y, probas = _base_probas()
+    obj = StackedClassifier().fit(stack_inputs(probas, CLASSES), y).to_json()
+    with pytest.raises(ModelFileError, match="format"):
+        StackedClassifier.from_json({**obj, "format": "other"})
+    with pytest.raises(ModelFileError, match="inconsistent"):
+        StackedClassifier.from_json({**obj, "coef": obj["coef"][:2]})
+
+
+def test_meta_out_of_fold_never_sees_its_test_rows():
+    y, probas = _base_probas()
+    X = stack_inputs(probas, CLASSES)
+    splits = [(np.arange(45, 90), np.arange(45)), (np.arange(45), np.arange(45, 90))]
+    p = meta_out_of_fold_proba(X, y, CLASSES, splits)
+    first = StackedClassifier().fit(X.iloc[45:], y[45:]).predict_proba(X.iloc[:45])
+    np.testing.assert_allclose(p[:45], first)
+
+
+def test_cell_to_well_proba_averages_and_orders():
+    cells = pd.DataFrame({"Metadata_Well": ["B02", "B02", "A01", "C03"]})
+    proba = np.array([[1.0, 0.0], [0.0, 1.0], [0.2, 0.8], [0.9, 0.1]])
+    wells = pd.DataFrame({"Metadata_Well": ["A01", "B02", "C03"]})
+    np.testing.assert_allclose(cell_to_well_proba(proba, cells, wells), [[0.2, 0.8], [0.5, 0.5], [0.9, 0.1]])
+    with pytest.raises(InputError, match="no cell crops"):
+        cell_to_well_proba(proba, cells, pd.DataFrame({"Metadata_Well": ["A01", "D04"]}))
+
+
+def _write_crops(profiles: pd.DataFrame, out, per_well=6, size=24, seed=0):
+    """Crops whose channel brightness carries the class (so a CNN can learn it in one epoch)."""
+    import tifffile
+
+    rng = np.random.default_rng(seed)
+    level = {c: i for i, c in enumerate(sorted(profiles["Metadata_Compound"].unique()))}
+    imgs, rows = [], []
+    for _, r in profiles.iterrows():
+        for k in range(per_well):
+            img = rng.normal(500, 50, (size, size, 3))
+            img[..., level[r["Metadata_Compound"]] % 3] += 2000 * (1 + level[r["Metadata_Compound"]] // 3)
+            imgs.append(np.clip(img, 0, 65535).astype(np.uint16))
+            rows.append({"Metadata_Plate": r["Metadata_Plate"], "Metadata_Well": r["Metadata_Well"],
+                         "Metadata_Site": 1, "Metadata_ObjectNumber": k + 1})
+    out.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(out / "crops.tif", np.stack(imgs))
+    pd.DataFrame(rows).to_parquet(out / "crops.parquet")
+    return out
+
+
+def test_train_with_crops_stacks_gbm_and_cnn(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("timm")
+    from fusion.modelio import verify_model_dir
+    from fusion.train import train
+
+    profiles = make_profiles(n_per_class=3)
+    crops = _write_crops(profiles, tmp_path / "crops")
+    out = train(profiles, tmp_path / "model", crops=crops, n_splits=3, gbm_params={"n_estimators": 20},
+                cnn_params={"image_size": 24, "epochs": 1, "batch_size": 32, "balance": "none",
+                            "val_fraction": 0.0, "device": "cpu"})
+    manifest = verify_model_dir(out)
+    assert manifest["final_model"] == "stack" and manifest["base_models"] == ["gbm", "cnn"]
+    assert "stack.json" in manifest["model_files"]
+    assert any(k.startswith("cnn/") and k.endswith(".safetensors") for k in manifest["model_files"])
+    assert set(manifest["stack_weights"]) == {"gbm", "cnn"}
+    oof = pd.read_parquet(out / "oof_predictions.parquet")
+    assert {"GBM_Probability_DMSO", "CNN_Probability_DMSO", "Probability_DMSO"} <= set(oof.columns)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["base_models"]) == {"gbm", "cnn"}
+    # --no-cnn: the profile path only
+    out2 = train(profiles, tmp_path / "model2", crops=crops, cnn=False, n_splits=3, gbm_params={"n_estimators": 20})
+    assert json.loads((out2 / "manifest.json").read_text())["final_model"] == "gbm"
