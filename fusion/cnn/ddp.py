@@ -46,12 +46,16 @@ class AllReduceBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
+        import warnings
+
+        from torch.distributed.nn.functional import all_reduce  # autograd-aware (the functional one is not)
 
         dims = [0] + list(range(2, x.dim()))
         n_local = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
         stats = torch.cat([x.sum(dims), (x * x).sum(dims), n_local])
-        stats = all_reduce(stats, op=dist.ReduceOp.SUM)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            stats = all_reduce(stats, op=dist.ReduceOp.SUM)
         c = x.shape[1]
         n = stats[-1]
         mean = stats[:c] / n
