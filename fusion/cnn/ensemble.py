@@ -292,3 +292,63 @@ def well_embeddings(embeddings: np.ndarray, meta: pd.DataFrame, operation: str =
     out = out.reset_index()
     out.insert(len(keys), "Metadata_Object_Count", grouped.size().to_numpy())
     return out
+
+
+# ---------------------------------------------------------------------- file-level entry points
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # fits a loaded 2-core CPU in minutes per fold
+    "cpu": dict(backbones=["resnet18"], dropouts=[(0.5, 0.3, 0.1)], image_size=64, epochs=5, batch_size=32,
+                target_per_class=100, patience=3, val_fraction=0.1),
+    # the published recipe (a GPU job): 5 members, 224 px, bf16
+    "full": {},
+}
+
+
+def train_cnn(crops: str | Path, out: str | Path, *, label: str = "Metadata_MoA", group_by: str | None = None,
+              table: str | Path | None = None, config: str = "full", backbones: Sequence[str] | None = None,
+              image_size: int | None = None, epochs: int | None = None, batch_size: int | None = None,
+              device: str = "auto", compile: bool = False, seed: int = 0, **params: Any) -> Path:
+    """Train a :class:`CNNEnsemble` on a crop set and write it to ``out`` (rank 0 only under torchrun).
+
+    ``config`` picks a preset ("full" = the recipe's defaults, "cpu" = small); explicit arguments
+    override it. ``group_by`` (e.g. Metadata_Compound or Metadata_Plate) groups the validation split.
+    """
+    from fusion.cnn.ddp import init_from_env, rank_world
+    from fusion.data import load_crops, resolve_column
+
+    if config not in PRESETS:
+        raise ConfigError(f"unknown CNN config {config!r}", hint=f"choose one of {', '.join(PRESETS)}")
+    kw: dict[str, Any] = dict(PRESETS[config])
+    for key, val in (("backbones", list(backbones) if backbones else None), ("image_size", image_size),
+                     ("epochs", epochs), ("batch_size", batch_size)):
+        if val is not None:
+            kw[key] = val
+    kw.update(params)
+    init_from_env(resolve_device(device))
+    cs = load_crops(crops, table)
+    y = cs.labels(label)
+    groups = cs.meta[resolve_column(cs.meta, group_by, cs.source)].astype(str).to_numpy() if group_by else None
+    est = CNNEnsemble(device=device, compile=compile, seed=seed, **kw).fit(cs.images, y, groups=groups)
+    out = Path(out)
+    if rank_world()[0] == 0:
+        est.save(out)
+        manifest = io.read_manifest(out)
+        io.write_manifest(out, command="fusion train-cnn", inputs={"crops": cs.source},
+                          parameters={**manifest["parameters"], "label": label, "group_by": group_by, "config": config},
+                          outputs=manifest["outputs"], extra={"n_crops": len(cs), "classes": [_plain(c) for c in est.classes_]},
+                          hash_inputs=False)
+    return out
+
+
+def embed_crops(model_dir: str | Path, crops: str | Path, out: str | Path, *, operation: str = "mean",
+                table: str | Path | None = None, device: str = "auto") -> Path:
+    """Per-cell embeddings of a crop set, aggregated per well (mean/median) or per cell ("none") → Parquet."""
+    from fusion.data import load_crops
+
+    est = CNNEnsemble.load(model_dir, device=device)
+    cs = load_crops(crops, table)
+    table_out = well_embeddings(est.embed(cs.images), cs.meta, operation)
+    out = Path(out)
+    io.write_parquet(table_out, out)
+    return out
