@@ -111,12 +111,15 @@ def annotate(table: pd.DataFrame, platemap: pd.DataFrame, *, on: Sequence[str] =
     keys_t = table[on].drop_duplicates()
     keys_p = platemap[on].drop_duplicates()
     m = keys_t.merge(keys_p, how="outer", indicator=True)
-    not_in_pm = m[m["_merge"] == "left_only"][on].astype(str).agg("/".join, axis=1).tolist()
+    def _names(rows: pd.DataFrame) -> list[str]:
+        return ["/".join(map(str, r)) for r in rows[on].itertuples(index=False)]
+
+    not_in_pm = _names(m[m["_merge"] == "left_only"])
     if not_in_pm:
         raise InputError(f"{len(not_in_pm)} wells have cells but are missing from the platemap: "
                          f"{', '.join(sorted(not_in_pm)[:10])}",
                          hint="add these wells to platemap.csv (well,compound,concentration,control)")
-    no_img = m[m["_merge"] == "right_only"][on].astype(str).agg("/".join, axis=1).tolist()
+    no_img = _names(m[m["_merge"] == "right_only"])
     if no_img:
         msg = f"{len(no_img)} platemap wells have no cells/images: {', '.join(sorted(no_img)[:10])}"
         if not allow_unimaged_wells:
