@@ -36,8 +36,9 @@ class GBMClassifier(ClassifierMixin, BaseEstimator):
     Parameters
     ----------
     n_estimators, learning_rate, max_depth, subsample, colsample_bytree, min_child_weight, reg_lambda:
-        XGBoost's parameters of the same names. ``colsample_bytree`` defaults to 0.2: profiles hold
-        hundreds of correlated features and few wells; drawing a fifth of the features per tree
+        XGBoost's parameters of the same names. ``colsample_bytree=None`` draws
+        max(0.2, min(1, 10 / n_features)) of the features per tree: profiles hold hundreds of
+        correlated features and few wells; drawing a fifth of the features per tree
         keeps the model from leaning on one spurious feature (on the example plate, out-of-fold
         accuracy 0.75–0.83 with 0.2 against 0.50–0.54 with 0.8).
     class_weight:
@@ -59,7 +60,7 @@ class GBMClassifier(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, n_estimators: int = 200, learning_rate: float = 0.1, max_depth: int = 3,
-                 subsample: float = 0.8, colsample_bytree: float = 0.2, min_child_weight: float = 1.0,
+                 subsample: float = 0.8, colsample_bytree: float | None = None, min_child_weight: float = 1.0,
                  reg_lambda: float = 1.0, class_weight: str | None = "balanced",
                  early_stopping_rounds: int | None = 30, validation_splits: int = 5,
                  min_validation_rows: int = 30, n_jobs: int = 1, random_state: int = 0):
@@ -82,12 +83,17 @@ class GBMClassifier(ClassifierMixin, BaseEstimator):
         n_classes = len(self.classes_)
         return xgb.XGBClassifier(
             n_estimators=int(n_estimators), learning_rate=self.learning_rate, max_depth=self.max_depth,
-            subsample=self.subsample, colsample_bytree=self.colsample_bytree,
+            subsample=self.subsample, colsample_bytree=self._colsample(),
             min_child_weight=self.min_child_weight, reg_lambda=self.reg_lambda,
             objective="multi:softprob" if n_classes > 2 else "binary:logistic",
             eval_metric="mlogloss" if n_classes > 2 else "logloss", tree_method="hist",
             n_jobs=self.n_jobs, random_state=self.random_state, early_stopping_rounds=early_stopping_rounds,
         )
+
+    def _colsample(self) -> float:
+        if self.colsample_bytree is not None:
+            return float(self.colsample_bytree)
+        return max(0.2, min(1.0, 10.0 / max(self.n_features_in_, 1)))
 
     def _as_matrix(self, X) -> np.ndarray:
         if isinstance(X, pd.DataFrame):

@@ -1,0 +1,108 @@
+"""fusion.metrics and fusion.report: scores beside baselines, CIs, warning banners, figures, example cells."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, top_k_accuracy_score
+
+from fusion import metrics
+from fusion.report import FIGURES, report
+from fusion.train import train
+from test_gbm import make_profiles
+
+
+def test_scores_match_sklearn_and_baselines():
+    rng = np.random.default_rng(0)
+    classes = np.array(["a", "b", "c", "d"])
+    y = rng.choice(classes, 80, p=[0.4, 0.3, 0.2, 0.1])
+    pred = np.where(rng.random(80) < 0.6, y, rng.choice(classes, 80))
+    proba = rng.dirichlet(np.ones(4), 80)
+    s = metrics.classification_summary(y, pred, proba, classes, n_boot=200)
+    sc = s["scores"]
+    assert sc["accuracy"]["value"] == pytest.approx(accuracy_score(y, pred))
+    assert sc["balanced_accuracy"]["value"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert sc["f1_weighted"]["value"] == pytest.approx(f1_score(y, pred, average="weighted"))
+    assert sc["top3_accuracy"]["value"] == pytest.approx(top_k_accuracy_score(y, proba, k=3, labels=classes))
+    maj = s["majority_class"]
+    assert sc["accuracy"]["majority"] == pytest.approx(np.mean(y == maj))
+    assert sc["balanced_accuracy"]["majority"] == pytest.approx(0.25)
+    assert sc["balanced_accuracy"]["chance"] == pytest.approx(0.25)
+    assert sc["top3_accuracy"]["chance"] == pytest.approx(0.75)
+    for v in sc.values():
+        assert v["ci95"][0] <= v["value"] <= v["ci95"][1]
+    assert set(s["per_class"]) == set(classes)
+
+
+def test_treatment_level_averages_probabilities():
+    y, pred, p = metrics.treatment_level(["a", "a", "b"], np.array([[0.9, 0.1], [0.3, 0.7], [0.2, 0.8]]),
+                                         ["a", "b"], ["t1", "t1", "t2"])
+    assert list(y) == ["a", "b"] and list(pred) == ["a", "b"]
+    np.testing.assert_allclose(p[0], [0.6, 0.4])
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("m") / "model"
+    train(make_profiles(n_per_class=5), out, gbm_params={"n_estimators": 30}, n_splits=3)
+    return out
+
+
+def test_report_is_self_contained_with_figures(model_dir):
+    html = report(model_dir).read_text()
+    for f in FIGURES:
+        assert (model_dir / "figures" / f).is_file()
+    assert html.count("data:image/png;base64,") >= len(FIGURES)
+    assert "Warning" not in html  # a good model gets no banner
+    assert "No example cells are shown" in html  # trained from a DataFrame: explicit note, no section
+
+
+def test_warning_banner_when_model_does_not_beat_baseline(tmp_path):
+    df = make_profiles(n_per_class=5)
+    rng = np.random.default_rng(3)
+    df["Metadata_Compound"] = rng.permutation(df["Metadata_Compound"].to_numpy())  # labels carry no signal
+    feats = [c for c in df.columns if not c.startswith("Metadata_")]
+    df[feats] = rng.normal(size=(len(df), len(feats)))
+    out = train(df, tmp_path / "m", gbm_params={"n_estimators": 30}, n_splits=3)
+    html = report(out).read_text()
+    assert 'class="warning"' in html
+
+
+def test_one_class_banner():
+    summary = {"predicted_class_fractions": {"a": 0.95, "b": 0.05}, "majority_class": "a",
+               "scores": {"accuracy": {"value": 0.9, "majority": 0.5, "ci95": [0.8, 0.95]}}}
+    from fusion.report import _warnings
+
+    w = _warnings(summary)
+    assert len(w) == 1 and "only one class" in w[0]
+
+
+def test_example_cells_from_crops(tmp_path):
+    """With single_cell.parquet and crops beside the profiles, the report shows example cells."""
+    import tifffile
+
+    from profiler.crops import CROPS_TABLE, CROPS_TIF
+
+    prof = make_profiles(n_per_class=4)
+    ext = tmp_path / "extract"
+    ext.mkdir()
+    rng = np.random.default_rng(0)
+    cells = []
+    for _, r in prof.iterrows():
+        for k in range(5):
+            cells.append({"Metadata_Plate": r["Metadata_Plate"], "Metadata_Well": r["Metadata_Well"],
+                          "Metadata_Site": 1, "Metadata_ObjectNumber": k + 1,
+                          **{f: r[f] + rng.normal(0, 0.3) for f in prof.columns if not f.startswith("Metadata_")}})
+    sc = pd.DataFrame(cells)
+    sc.to_parquet(ext / "single_cell.parquet")
+    prof.to_parquet(ext / "profiles.parquet")
+    tifffile.imwrite(ext / CROPS_TIF, rng.integers(0, 4000, (len(sc), 16, 16, 3)).astype(np.uint16))
+    sc[["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_ObjectNumber"]].to_parquet(ext / CROPS_TABLE)
+    out = train(ext / "profiles.parquet", tmp_path / "m", gbm_params={"n_estimators": 20}, n_splits=3)
+    html = report(out).read_text()
+    assert (out / "figures" / "example_cells.png").is_file()
+    assert "lowest and highest deciles" in html
+    assert json.loads((out / "manifest.json").read_text())["inputs"]["profiles"]["path"].endswith("profiles.parquet")
