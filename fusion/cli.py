@@ -75,5 +75,60 @@ def predict(
     err_console.print(f"predictions written to {path}")
 
 
+@app.command("train-cnn")
+def train_cnn(
+    crops: Path = typer.Argument(..., help="Crop stack: a folder from `profiler extract --crops`, or an (N,H,W,C) TIFF "
+                                           "with its CSV/Parquet table beside it."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model folder to write (safetensors + JSON)."),
+    label: str = typer.Option("Metadata_MoA", "--label", "-l", help="Column to predict (moa, Metadata_Compound …)."),
+    group_by: Optional[str] = typer.Option(None, "--group-by", help="Column grouping the validation split "
+                                                                    "(e.g. Metadata_Compound or Metadata_Plate)."),
+    table: Optional[Path] = typer.Option(None, "--table", help="Crop table, when it is not beside the TIFF."),
+    config: str = typer.Option("full", "--config", help="Preset: full (5 members, 224 px; a GPU job) or cpu (small)."),
+    backbone: Optional[list[str]] = typer.Option(None, "--backbone", help="timm backbone per member (repeat)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Side crops are resized to."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum epochs (early stopping may end sooner)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch size (all processes)."),
+    balance: str = typer.Option("sample", "--balance", help="sample (under/over-sample), weights or none."),
+    target_per_class: Optional[int] = typer.Option(None, "--target-per-class", help="Cells per class per epoch."),
+    clahe: bool = typer.Option(False, "--clahe", help="CLAHE per channel."),
+    denoise_sigma: float = typer.Option(0.0, "--denoise-sigma", help="Gaussian denoising sigma (0 = off)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile (GPU)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
+    seed: int = typer.Option(0, help="Random seed (member i uses seed + i)."),
+) -> None:
+    """Train the CBAM-ResNet ensemble on single-cell crops (torchrun --nproc_per_node=N for DDP)."""
+    import torch
+
+    from fusion.cnn.ensemble import train_cnn as _train_cnn
+
+    if threads:
+        torch.set_num_threads(threads)
+    extra = {"balance": balance, "clahe": clahe, "denoise_sigma": denoise_sigma}
+    if target_per_class is not None:
+        extra["target_per_class"] = target_per_class
+    path = _train_cnn(crops, out, label=label, group_by=group_by, table=table, config=config, backbones=backbone,
+                      image_size=image_size, epochs=epochs, batch_size=batch_size, device=device, compile=compile,
+                      seed=seed, **extra)
+    err_console.print(f"CNN ensemble written to {path}")
+
+
+@app.command()
+def embed(
+    model_dir: Path = typer.Argument(..., help="Model folder written by `fusion train-cnn`."),
+    crops: Path = typer.Argument(..., help="Crop stack (folder or TIFF + table)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Parquet file to write."),
+    operation: str = typer.Option("mean", "--aggregate", help="Per-well mean, median, or none (one row per cell)."),
+    table: Optional[Path] = typer.Option(None, "--table", help="Crop table, when it is not beside the TIFF."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+) -> None:
+    """Penultimate-layer embeddings per well (Metadata_* keys + Embedding_0 … Embedding_n) → Parquet."""
+    from fusion.cnn.ensemble import embed_crops
+
+    path = embed_crops(model_dir, crops, out, operation=operation, table=table, device=device)
+    err_console.print(f"embeddings written to {path}")
+
+
 def main() -> None:
     run_main(app)
