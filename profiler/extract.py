@@ -372,6 +372,7 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
 
     entries: dict[str, dict[str, Any]] = {}
     todo: list[Site] = []
+    reused = 0
     for site in scan.sites:
         stem = site_stem(site)
         if not site.complete:
@@ -382,14 +383,13 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
         elif outside := _outside(site, plate_dir):
             reason = (f"{outside[0]}: file lies outside the plate folder {_printable(str(plate_dir))}; "
                       "hint: list only files under the plate folder in the layout CSV")
-            log.warning("site %s skipped: %s", stem, reason)
             entries[stem] = {"site": stem, "status": "error", "partition": None,
                              "record": _base_record(site, "error", reason)}
         elif resume and (done := load_done(site, sites_dir, phash)) is not None:
             entries[stem] = done
+            reused += 1
         else:
             todo.append(site)
-    reused = len(scan.complete_sites) - len(todo)
     if reused:
         log.info("resuming: %d of %d site(s) already done in %s", reused, len(scan.complete_sites), sites_dir)
     entries.update(run_sites(todo, config, sites_dir, phash, workers=workers, scheduler=scheduler,
