@@ -553,99 +553,76 @@ def moments(labels: np.ndarray, n: int, bbox: np.ndarray, area: np.ndarray):
 def geodesic_from_centers(labels: np.ndarray, ci: np.ndarray, cj: np.ndarray, n: int):
     """Geodesic (8-connected, steps 1 and √2) distance from each object's centre pixel,
     staying inside the object (CellProfiler's ``propagate`` with a flat image).
-    Pixels not reached get -1."""
+    Pixels not reached get -1.
+
+    Dijkstra with a bucket queue of unit-width buckets (Dial): every step is ≥ 1, so a pixel
+    popped from bucket ⌊d⌋ cannot be improved by any pixel of the same bucket, and the result
+    is the same as a binary-heap Dijkstra bit for bit (each distance is the minimum over the
+    neighbours of neighbour distance + step, whatever the processing order). Steps are < 2, so
+    three ring slots suffice (one flat array, slot s at [s·cap, (s+1)·cap)).
+    """
     h, w = labels.shape
     dist = np.full((h, w), -1.0)
     done = np.zeros((h, w), np.bool_)
-    # binary heap of (distance, flat index)
-    cap = 1024
-    hd = np.empty(cap)
-    hi = np.empty(cap, np.int64)
-    size = 0
+    cap = 4096
+    buf = np.empty(3 * cap, np.int64)
+    size = np.zeros(3, np.int64)
+    sq2 = math.sqrt(2.0)
+    # one object at a time: the wave front stays inside the object's bounding box (cache-friendly)
     for k in range(1, n + 1):
         if ci[k] < 0:
             continue
-        idx = ci[k] * w + cj[k]
         dist[ci[k], cj[k]] = 0.0
-        # push
-        if size == cap:
-            cap *= 2
-            hd2 = np.empty(cap)
-            hi2 = np.empty(cap, np.int64)
-            hd2[:size] = hd[:size]
-            hi2[:size] = hi[:size]
-            hd, hi = hd2, hi2
-        t = size
-        size += 1
-        while t > 0:
-            parent = (t - 1) // 2
-            if hd[parent] <= 0.0:
-                break
-            hd[t] = hd[parent]
-            hi[t] = hi[parent]
-            t = parent
-        hd[t] = 0.0
-        hi[t] = idx
-    sq2 = math.sqrt(2.0)
-    while size > 0:
-        d0 = hd[0]
-        idx = hi[0]
-        size -= 1
-        if size > 0:
-            ld = hd[size]
-            li = hi[size]
+        size[:] = 0
+        buf[0] = ci[k] * w + cj[k]
+        size[0] = 1
+        pending = 1
+        bucket = 0
+        while pending > 0:
+            ring = bucket % 3
             t = 0
-            while True:
-                c = 2 * t + 1
-                if c >= size:
-                    break
-                if c + 1 < size and hd[c + 1] < hd[c]:
-                    c += 1
-                if hd[c] >= ld:
-                    break
-                hd[t] = hd[c]
-                hi[t] = hi[c]
-                t = c
-            hd[t] = ld
-            hi[t] = li
-        i = idx // w
-        j = idx % w
-        if done[i, j]:
-            continue
-        done[i, j] = True
-        lab = labels[i, j]
-        for di in (-1, 0, 1):
-            for dj in (-1, 0, 1):
-                if di == 0 and dj == 0:
+            # pushes go to buckets ⌊d + step⌋ ∈ {bucket + 1, bucket + 2}, never to this slot
+            while t < size[ring]:
+                idx = buf[ring * cap + t]
+                t += 1
+                pending -= 1
+                i = idx // w
+                j = idx - i * w
+                if done[i, j]:
                     continue
-                a = i + di
-                b = j + dj
-                if a < 0 or a >= h or b < 0 or b >= w:
-                    continue
-                if done[a, b] or labels[a, b] != lab:
-                    continue
-                nd = d0 + (sq2 if (di != 0 and dj != 0) else 1.0)
-                if dist[a, b] < 0 or nd < dist[a, b]:
-                    dist[a, b] = nd
-                    if size == cap:
-                        cap *= 2
-                        hd2 = np.empty(cap)
-                        hi2 = np.empty(cap, np.int64)
-                        hd2[:size] = hd[:size]
-                        hi2[:size] = hi[:size]
-                        hd, hi = hd2, hi2
-                    t = size
-                    size += 1
-                    while t > 0:
-                        parent = (t - 1) // 2
-                        if hd[parent] <= nd:
-                            break
-                        hd[t] = hd[parent]
-                        hi[t] = hi[parent]
-                        t = parent
-                    hd[t] = nd
-                    hi[t] = a * w + b
+                done[i, j] = True
+                d0 = dist[i, j]
+                lab = labels[i, j]
+                for di in (-1, 0, 1):
+                    a = i + di
+                    if a < 0 or a >= h:
+                        continue
+                    for dj in (-1, 0, 1):
+                        b = j + dj
+                        if b < 0 or b >= w or (di == 0 and dj == 0):
+                            continue
+                        if done[a, b] or labels[a, b] != lab:
+                            continue
+                        nd = d0 + (sq2 if (di != 0 and dj != 0) else 1.0)
+                        if dist[a, b] < 0 or nd < dist[a, b]:
+                            dist[a, b] = nd
+                            slot = int(nd) % 3
+                            if size[slot] == cap:
+                                buf, cap = _grow_ring(buf, size, cap)
+                            buf[slot * cap + size[slot]] = a * w + b
+                            size[slot] += 1
+                            pending += 1
+            size[ring] = 0
+            bucket += 1
     return dist
+
+
+@nb.njit(cache=True)
+def _grow_ring(buf, size, cap):
+    new = np.empty(6 * cap, np.int64)
+    for s in range(3):
+        new[2 * s * cap:2 * s * cap + size[s]] = buf[s * cap:s * cap + size[s]]
+    return new, 2 * cap
 
 
 def zernike_indexes(degree: int) -> list[tuple[int, int]]:
@@ -750,5 +727,70 @@ def zernike_magnitude_sums(lab, x, y, weight, indexes, n):
     coeffs = zernike_poly_coeffs(indexes)
     d = coeffs.shape[1] - 1
     mom = poly_moments(lab, x, y, weight, d, n)
+    z = np.einsum("kcab,tab->kct", mom, coeffs)
+    return np.abs(z)
+
+
+@nb.njit(cache=True)
+def run_poly_moments(labels, n, ci, cj, rad, weights, use_weights, deg):
+    """Σ w · x^a y^b per object for a + b ≤ deg, with x = (j − cj[k]) / rad[k] and
+    y = (i − ci[k]) / rad[k] over the pixels (i, j) of object k: (n+1, n_weights, deg+1, deg+1).
+
+    Same result as :func:`poly_moments` on the object's pixel list (up to the order of the
+    floating-point sums), but it walks the label image by horizontal runs: y is constant along
+    a run, so Σ_j w·x^a is accumulated per run (deg + 1 products per pixel) and multiplied by
+    y^b once per run.  ``weights``: (n_weights, H, W) images, ignored (weight 1, one column)
+    when ``use_weights`` is False.
+    """
+    h, w = labels.shape
+    nw = weights.shape[0] if use_weights else 1
+    acc = np.zeros((n + 1, nw, deg + 1, deg + 1))
+    sx = np.zeros((nw, deg + 1))
+    xp = np.empty(deg + 1)
+    yp = np.empty(deg + 1)
+    for i in range(h):
+        j = 0
+        while j < w:
+            k = labels[i, j]
+            e = j
+            while e + 1 < w and labels[i, e + 1] == k:
+                e += 1
+            if k > 0 and k <= n:
+                r = rad[k]
+                sx[:, :] = 0.0
+                for c in range(j, e + 1):
+                    x = (c - cj[k]) / r
+                    xp[0] = 1.0
+                    for a in range(1, deg + 1):
+                        xp[a] = xp[a - 1] * x
+                    if use_weights:
+                        for t in range(nw):
+                            wt = weights[t, i, c]
+                            for a in range(deg + 1):
+                                sx[t, a] += xp[a] * wt
+                    else:
+                        for a in range(deg + 1):
+                            sx[0, a] += xp[a]
+                y = (i - ci[k]) / r
+                yp[0] = 1.0
+                for b in range(1, deg + 1):
+                    yp[b] = yp[b - 1] * y
+                for t in range(nw):
+                    for a in range(deg + 1):
+                        for b in range(deg + 1 - a):
+                            acc[k, t, a, b] += sx[t, a] * yp[b]
+            j = e + 1
+    return acc
+
+
+def zernike_magnitudes_by_runs(labels, n, ci, cj, rad, indexes, weights=None):
+    """|Σ w · Z_nm| per object (n+1, n_weights, n_zernike) via run-wise geometric moments,
+    coordinates normalised by the circle (ci, cj, rad); ``weights`` None → shape moments."""
+    coeffs = zernike_poly_coeffs(indexes)
+    d = coeffs.shape[1] - 1
+    use = weights is not None
+    wts = weights if use else np.zeros((1, 1, 1), np.float32)
+    mom = run_poly_moments(labels, n, np.asarray(ci, np.float64), np.asarray(cj, np.float64),
+                           np.asarray(rad, np.float64), wts, use, d)
     z = np.einsum("kcab,tab->kct", mom, coeffs)
     return np.abs(z)

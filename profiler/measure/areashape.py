@@ -91,15 +91,9 @@ def shape_geometry(labels: np.ndarray, n_objects: int) -> dict[str, np.ndarray]:
 def zernike_shape(lab_img: np.ndarray, n: int, mec_i: np.ndarray, mec_j: np.ndarray,
                   mec_r: np.ndarray) -> np.ndarray:
     """Zernike shape magnitudes (n+1, n_zernike) of every object; NaN where r = 0 or absent."""
-    flat = lab_img.ravel()
-    idx = np.flatnonzero((flat > 0) & (flat <= n))
-    lab = flat[idx]
-    ii, jj = np.divmod(idx, lab_img.shape[1])
-    r = mec_r[lab]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x = (jj - mec_j[lab]) / r
-        y = (ii - mec_i[lab]) / r
-    mag = K.zernike_magnitude_sums(lab, x, y, np.ones((lab.size, 1)), ZERNIKE_INDEXES, n)[:, 0]
+    ok = mec_r > 0  # single-pixel and absent objects: NaN below
+    rad = np.where(ok, mec_r, 1.0)
+    mag = K.zernike_magnitudes_by_runs(lab_img, n, mec_i, mec_j, rad, ZERNIKE_INDEXES)[:, 0]
     with np.errstate(divide="ignore", invalid="ignore"):
         z = mag / (np.pi * mec_r[:, None] ** 2)
     z[~(mec_r > 0)] = np.nan

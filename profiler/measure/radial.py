@@ -144,17 +144,13 @@ def radial_distribution(labels: np.ndarray, images: Mapping[str, np.ndarray], *,
         area, bbox, _, _ = K.pixel_scan(lab_img, n)
         ii, jj, starts = K.hull_candidates(lab_img, n)
         _, _, mec_i, mec_j, mec_r, _ = K.hull_features(ii, jj, starts, n, bbox, False)
-        flat = lab_img.ravel()
-        pidx = np.flatnonzero((flat > 0) & (flat <= n))
-        plab = flat[pidx]
-        pi_, pj_ = np.divmod(pidx, lab_img.shape[1])
-        r = mec_r[plab]
+        ok = mec_r > 0  # single-pixel and absent objects: NaN below
+        w = np.stack([np.asarray(images[ch]) for ch in chans])
+        if w.dtype not in (np.float32, np.float64):
+            w = w.astype(np.float64)
+        mag = K.zernike_magnitudes_by_runs(lab_img, n, mec_i, mec_j, np.where(ok, mec_r, 1.0), zidx, w)
         with np.errstate(divide="ignore", invalid="ignore"):
-            x = (pj_ - mec_j[plab]) / r
-            y = (pi_ - mec_i[plab]) / r
-        w = np.column_stack([np.asarray(images[ch], dtype=np.float64).ravel()[pidx] for ch in chans])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            mag = K.zernike_magnitude_sums(plab, x, y, w, zidx, n) / area[:, None, None]
+            mag = mag / area[:, None, None]
         mag[~(mec_r > 0)] = np.nan
         for c, ch in enumerate(chans):
             for t, (nn, mm) in enumerate(zidx):
