@@ -38,7 +38,12 @@ def code(text: str):
 
 SETUP = '''
 import os
+import warnings
 from pathlib import Path
+
+# progress bars (rich, tqdm) would like Jupyter widgets; without them they print plain text instead
+warnings.filterwarnings("ignore", message='install "ipywidgets"')
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 SMALL = os.environ.get("CELLFUSION_NB_SMALL") == "1"   # set by the test suite: tiny data, fast
 HERE = Path.cwd()
@@ -93,7 +98,7 @@ platemap.head(8)
 What was planted in each compound's wells (this is the answer the model should find; notebook 03 checks it):
 '''),
         code('''
-pd.DataFrame([{"compound": p.compound, "planted effect": p.description.split(".")[0],
+pd.DataFrame([{"compound": p.compound, "planted effect": p.description.split(". ")[0],
                "example feature that carries it": p.features[0]} for p in PHENOTYPES.values()])
 '''),
         md('''
@@ -284,8 +289,8 @@ if HAVE_DATA:
     profiles = (raw.rename(columns={"Image_Metadata_Plate": PLATE, "Image_Metadata_Well": WELL})
                 .merge(wells, on=[PLATE, WELL], how="left")
                 .merge(moa, on=[COMPOUND, CONCENTRATION], how="left"))
-    profiles[BATCH] = profiles[PLATE].str.split("_").str[0]
-    profiles = profiles[[c for c in profiles if c.startswith("Metadata_")] + feature_columns(profiles)]
+    profiles[BATCH] = profiles[PLATE].str.split("_").str[0]     # Week1_22123 → Week1
+    profiles = profiles[[c for c in profiles if c.startswith("Metadata_")] + feature_columns(profiles)].copy()
     profiles = profiles[profiles[MOA].notna()].reset_index(drop=True)
     # drop constant columns and those with missing values; z-score each feature
     feats = [c for c in feature_columns(profiles) if profiles[c].notna().all() and profiles[c].std() > 0]
@@ -306,6 +311,8 @@ profiles: about 83 % NSC (Ljosa et al. 2013). Every number is printed beside its
 '''),
         code('''
 from profiler.evaluate import evaluate
+
+warnings.filterwarnings("ignore", category=pd.errors.PerformanceWarning)  # wide tables, harmless
 
 if HAVE_DATA:
     ev = evaluate(profiles, with_map=not SMALL, null_size=1000 if SMALL else 10000, seed=0)
@@ -420,11 +427,13 @@ else:
     print("skipped: no BBBC021 data")
 '''),
         md('''
-**Fusion.** Per-well CNN embeddings (`well_embeddings`, or `fusion embed` in the shell) can be appended to
-the profile features (`train(..., embeddings=...)` / `fusion train --embeddings`), and the CNN's and
-XGBoost's out-of-fold probabilities can be combined by the stacked meta-learner (`fusion.stack`).
-For an honest score the CNN that makes the embeddings must not have seen the wells it embeds —
-train it within the same grouped folds.
+**Fusion.** Two ways to combine the halves. Per-well CNN embeddings (`well_embeddings` above, or
+`fusion embed` in the shell) can be appended to the profile features (`train(..., embeddings=...)` /
+`fusion train --embeddings`) — for an honest score the CNN that makes them must not have seen the wells
+it embeds. Or `train(profiles, out, crops=...)` / `fusion train --crops` trains the CNN ensemble inside
+the same grouped folds as XGBoost and stacks both models' out-of-fold probabilities with a
+meta-learner (`fusion.stack`); the report then shows the weight the stack gives each model. On CPU that
+is a long run; the full recipe is a GPU job.
 '''),
     ]
 
@@ -557,7 +566,7 @@ for compound, ph in PHENOTYPES.items():
     truth = set(ph.features) | set(ph.well_features)
     top = [r["feature"] for r in explained["top_features"][compound]]
     hits = [f for f in top if f in truth]
-    table.append({"compound": compound, "planted": ph.description.split(".")[0],
+    table.append({"compound": compound, "planted": ph.description.split(". ")[0],
                   "top-10 features that carry the planted effect": f"{len(hits)}/{len(top)}",
                   "top feature": top[0] + (" ✓" if top[0] in truth else ""),
                   "top group": explain.feature_group(top[0])})
