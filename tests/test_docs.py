@@ -99,3 +99,15 @@ def test_check_mode_detects_a_stale_file(gen_docs, tmp_path, monkeypatch):
     monkeypatch.setattr(gen_docs, "CLI_MD", fresh)
     assert gen_docs.stale() == [stale]
     assert gen_docs.main(["--check"]) == 1
+
+
+def test_readme_lists_every_benchmark_and_links_exist():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    scripts = sorted(p.name for p in (REPO / "benchmarks").glob("*.py") if not p.name.startswith("_"))
+    assert scripts
+    missing = [s for s in scripts if f"`{s}`" not in readme]
+    assert not missing, f"benchmarks not described in README.md: {missing}"
+    links = re.findall(r"\]\(((?:docs|notebooks)/[^)#]+)", readme)
+    assert links
+    broken = [link for link in links if not (REPO / link).exists()]
+    assert not broken, f"README.md links to missing files: {broken}"
