@@ -142,7 +142,11 @@ def areashape(labels: np.ndarray, images=None, *, n_objects: int, zernike: bool 
         edt = K.label_edt(lab_img, True)
         flat = lab_img.ravel()
         sel = (flat > 0) & (flat <= n)
-        d_sorted, d_starts = K.sorted_by_label(flat[sel], edt.ravel()[sel], n)
+        dl, dv = flat[sel], edt.ravel()[sel]
+        if dv.size and np.isfinite(dv).all() and dv.max() < 65535.0:
+            d_sorted, d_starts = K.sort_distances_by_label(dl, dv), K.label_starts(dl, n)
+        else:
+            d_sorted, d_starts = K.sorted_by_label(dl, dv, n)
         max_r, mean_r, med_r = K.sorted_group_stats(d_sorted, d_starts, n)
 
     s = slice(1, n + 1)
