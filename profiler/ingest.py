@@ -187,8 +187,12 @@ def read_cellprofiler_sqlite(path: str | Path, compartments: Sequence[str] = COM
                 cols = [c for c in obj.columns if c.startswith(f"{comp}_")]
                 if cols:
                     t = obj[["ImageNumber", "ObjectNumber"] + cols].rename(columns={"ImageNumber": _KEY})
-                    if comp == "Cytoplasm" and "Cytoplasm_Parent_Cells" not in t:
-                        t["Cytoplasm_Parent_Cells"] = t["ObjectNumber"]
+                    # one object table: the compartments of a row are one cell (same ObjectNumber)
+                    for parent in ("Cells", "Nuclei"):
+                        if comp == "Cytoplasm" and f"Cytoplasm_Parent_{parent}" not in t:
+                            t[f"Cytoplasm_Parent_{parent}"] = t["ObjectNumber"]
+                    if comp == "Cells" and "Cells_Parent_Nuclei" not in t:
+                        t["Cells_Parent_Nuclei"] = t["ObjectNumber"]
                     objects[comp] = t
         else:
             for comp in compartments:
