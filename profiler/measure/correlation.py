@@ -58,37 +58,162 @@ _DOCS = [
 # --------------------------------------------------------------------------- Costes thresholds (whole image)
 
 @numba.njit(cache=True, nogil=True)
-def _subset_cov(x: np.ndarray, y: np.ndarray, t1: float, t2: float, mx: float, my: float):  # pragma: no cover
-    """n, covariance·n, var_x·n, var_y·n over pixels with x < t1 or y < t2 (shifted by mx, my for accuracy)."""
-    n = 0
-    sx = 0.0
-    sy = 0.0
-    sxx = 0.0
-    syy = 0.0
-    sxy = 0.0
+def _subset_sums(x: np.ndarray, y: np.ndarray, t1: float, t2: float, mx: float, my: float,
+                 out: np.ndarray) -> None:  # pragma: no cover - numba
+    """out += (n, Σu, Σv, Σu², Σv², Σuv) over pixels with x < t1 or y < t2 (u = x − mx, v = y − my)."""
     for k in range(x.shape[0]):
         xv = x[k]
         yv = y[k]
         if xv < t1 or yv < t2:
             u = xv - mx
             v = yv - my
-            n += 1
-            sx += u
-            sy += v
-            sxx += u * u
-            syy += v * v
-            sxy += u * v
-    if n == 0:
-        return 0, 0.0, 0.0, 0.0
-    return n, sxy - sx * sy / n, sxx - sx * sx / n, syy - sy * sy / n
+            out[0] += 1.0
+            out[1] += u
+            out[2] += v
+            out[3] += u * u
+            out[4] += v * v
+            out[5] += u * v
 
 
-def _pearson_subset(x, y, t1, t2, mx, my) -> tuple[int, float]:
-    """(count, Pearson r) of the subset, r NaN for a constant input (as scipy.stats.pearsonr)."""
-    n, cov, vx, vy = _subset_cov(x, y, _f32(t1), _f32(t2), mx, my)
-    if n < 2 or vx <= 0 or vy <= 0:
-        return n, float("nan")
-    return n, cov / np.sqrt(vx * vy)
+class _Subsets:
+    """Pearson r of the pixels with x < t1 or y < t2 (one numba pass per candidate threshold pair)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray):
+        self.mx, self.my = float(x.mean()), float(y.mean())
+        self.x, self.y = x, y
+        self.base = np.zeros(6)
+
+    def pearson(self, t1: float, t2: float) -> tuple[int, float]:
+        """(count, r), r NaN for a constant input (as scipy.stats.pearsonr)."""
+        s = self.base.copy()
+        _subset_sums(self.x, self.y, _f32(t1), _f32(t2), self.mx, self.my, s)
+        n = int(s[0])
+        if n < 2:
+            return n, float("nan")
+        cov = s[5] - s[1] * s[2] / n
+        vx = s[3] - s[1] * s[1] / n
+        vy = s[4] - s[2] * s[2] / n
+        if vx <= 0 or vy <= 0:
+            return n, float("nan")
+        return n, cov / np.sqrt(vx * vy)
+
+
+_GRID_LEVELS = 65536
+_GRID = np.arange(_GRID_LEVELS, dtype=np.float32) / np.float32(_GRID_LEVELS - 1)  # raw / 65535, as read
+
+
+@numba.njit(cache=True, nogil=True)
+def _grid_build(x: np.ndarray, y: np.ndarray, table: np.ndarray, mx: float, my: float):  # pragma: no cover
+    """Sort the pixel pairs by x level (counting sort on the 16-bit grid).
+
+    Returns ok (every pixel on the grid), the start position of each x level, the per-x-level
+    and per-y-level prefix sums of (1, u, v, u², v², uv) (u = x − mx, v = y − my), and the pixels in x-level order
+    as rows (u, v, y level).
+    """
+    n = x.shape[0]
+    L = table.shape[0]
+    rx = np.empty(n, dtype=np.int64)
+    ry = np.empty(n, dtype=np.int64)
+    cx = np.zeros(L + 1, dtype=np.int64)
+    px = np.zeros((L + 1, 6))
+    py = np.zeros((L + 1, 6))
+    for k in range(n):
+        a = int(x[k] * (L - 1) + 0.5)
+        b = int(y[k] * (L - 1) + 0.5)
+        if a < 0 or a >= L or b < 0 or b >= L or table[a] != x[k] or table[b] != y[k]:
+            return False, cx, px, py, np.zeros((0, 3))
+        rx[k] = a
+        ry[k] = b
+        cx[a + 1] += 1
+        u = x[k] - mx
+        v = y[k] - my
+        px[a + 1, 0] += 1.0
+        px[a + 1, 1] += u
+        px[a + 1, 2] += v
+        px[a + 1, 3] += u * u
+        px[a + 1, 4] += v * v
+        px[a + 1, 5] += u * v
+        py[b + 1, 0] += 1.0
+        py[b + 1, 1] += u
+        py[b + 1, 2] += v
+        py[b + 1, 3] += u * u
+        py[b + 1, 4] += v * v
+        py[b + 1, 5] += u * v
+    for lv in range(L):
+        cx[lv + 1] += cx[lv]
+        for j in range(6):
+            px[lv + 1, j] += px[lv, j]
+            py[lv + 1, j] += py[lv, j]
+    sx = np.empty((n, 3))
+    fx = cx[:L].copy()
+    for k in range(n):
+        p = fx[rx[k]]
+        fx[rx[k]] += 1
+        sx[p, 0] = x[k] - mx
+        sx[p, 1] = y[k] - my
+        sx[p, 2] = ry[k]
+    return True, cx, px, py, sx
+
+
+@numba.njit(cache=True, nogil=True)
+def _scan(srt: np.ndarray, lo: int, hi: int, other_below: int, out: np.ndarray, sign: float) -> None:  # pragma: no cover
+    """out += sign · sums over sorted pixels lo..hi whose other-channel level < other_below."""
+    for k in range(lo, hi):
+        if srt[k, 2] < other_below:
+            u = srt[k, 0]
+            v = srt[k, 1]
+            out[0] += sign
+            out[1] += sign * u
+            out[2] += sign * v
+            out[3] += sign * u * u
+            out[4] += sign * v * v
+            out[5] += sign * u * v
+
+
+class _GridSubsets(_Subsets):
+    """Same subsets as :class:`_Subsets` for data on the 16-bit grid, without a full pass per candidate.
+
+    With the pixels sorted by x level, the sums over {x < t1} are prefix sums; only the pixels on
+    the shorter side of t1 are scanned for the y condition.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, built):
+        super().__init__(x, y)
+        _, self.cx, self.px, self.py, self.sx = built
+        self.n = x.shape[0]
+
+    @classmethod
+    def build(cls, x: np.ndarray, y: np.ndarray):
+        mx, my = float(x.mean()), float(y.mean())
+        built = _grid_build(x, y, _GRID.astype(np.float64), mx, my)
+        return cls(x, y, built) if built[0] else None
+
+    def _sums(self, t1: float, t2: float) -> np.ndarray:
+        M = int(np.searchsorted(_GRID, np.float32(_f32(t1)), side="left"))  # levels with x < t1
+        if np.isnan(t2):
+            K = 0
+        else:
+            K = int(np.searchsorted(_GRID, np.float32(_f32(t2)), side="left"))  # levels with y < t2
+        ax = int(self.cx[M])  # pixels with x < t1 come first in x order
+        out = self.px[M].copy()
+        if self.n - ax <= ax:  # {x<t1} + {x≥t1, y<t2}
+            _scan(self.sx, ax, self.n, K, out, 1.0)
+        else:  # {x<t1} + {y<t2} − {x<t1, y<t2}
+            out += self.py[K]
+            _scan(self.sx, 0, ax, K, out, -1.0)
+        return out
+
+    def pearson(self, t1: float, t2: float) -> tuple[int, float]:
+        s = self._sums(t1, t2)
+        n = int(round(s[0]))
+        if n < 2:
+            return n, float("nan")
+        cov = s[5] - s[1] * s[2] / n
+        vx = s[3] - s[1] * s[1] / n
+        vy = s[4] - s[2] * s[2] / n
+        if vx <= 0 or vy <= 0:
+            return n, float("nan")
+        return n, cov / np.sqrt(vx * vy)
 
 
 def _regression(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -121,14 +246,14 @@ def costes_thresholds(x: np.ndarray, y: np.ndarray, scale: float = 255.0, method
     x = np.ascontiguousarray(x, dtype=np.float64).ravel()
     y = np.ascontiguousarray(y, dtype=np.float64).ravel()
     scale = float(scale)
-    mx, my = float(x.mean()), float(y.mean())
+    sub = _GridSubsets.build(x, y) or _Subsets(x, y)
     if method == "faster":
         left, right = 1.0, scale
         mid = ((right - left) // (6 / 5)) + left
         lastmid, valid = 0.0, 1.0
         while lastmid != mid:
             t1 = mid / scale
-            n, r = _pearson_subset(x, y, t1, a * t1 + b, mx, my)
+            n, r = sub.pearson(t1, a * t1 + b)
             if n <= 2:
                 left = mid - 1
             elif r < 0:
@@ -154,7 +279,7 @@ def costes_thresholds(x: np.ndarray, y: np.ndarray, scale: float = 255.0, method
     num_true, r = None, np.nan
     while i > step:
         t1, t2 = i, a * i + b
-        n, r_new = _pearson_subset(x, y, t1, t2, mx, my)
+        n, r_new = sub.pearson(t1, t2)
         if n < 2:
             break
         if n != num_true:
@@ -175,18 +300,22 @@ def costes_thresholds(x: np.ndarray, y: np.ndarray, scale: float = 255.0, method
 
 
 def _infer_scale(*imgs: np.ndarray) -> float:
+    """255 when every pixel lies on the 8-bit grid (k / 255), else 65535 (a sample is checked first)."""
     for img in imgs:
-        v = np.asarray(img, dtype=np.float64) * 255.0
-        if not np.allclose(v, np.rint(v), rtol=0, atol=1e-3):
-            return 65535.0
+        flat = np.asarray(img).ravel()
+        for v in (flat[:: max(1, flat.size // 4096)], flat):
+            v = v.astype(np.float64) * 255.0
+            if not np.allclose(v, np.rint(v), rtol=0, atol=1e-3):
+                return 65535.0
     return 255.0
 
 
 _COSTES_CACHE: OrderedDict[tuple, tuple[float, float]] = OrderedDict()
 
 
-def _costes_cached(img1: np.ndarray, img2: np.ndarray, scale, method: str) -> tuple[float, float]:
-    key = (fingerprint(img1), fingerprint(img2), str(scale), method)
+def _costes_cached(fp1: tuple, fp2: tuple, img1: np.ndarray, img2: np.ndarray, scale,
+                   method: str) -> tuple[float, float]:
+    key = (fp1, fp2, str(scale), method)
     hit = _COSTES_CACHE.get(key)
     if hit is None:
         s = _infer_scale(img1, img2) if scale in (None, "auto") else float(scale)
@@ -223,6 +352,55 @@ def _group_sum(values: np.ndarray, starts: np.ndarray, nonempty: np.ndarray, n: 
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def _pair_sums(x: np.ndarray, y: np.ndarray, starts: np.ndarray, above_x: np.ndarray, above_y: np.ndarray,
+               rank_x: np.ndarray, rank_y: np.ndarray, R: float, t1: float, t2: float) -> np.ndarray:  # pragma: no cover
+    """Per object: [Σdxdy, Σdx², Σdy², Σx|both, Σy|both, Σxw|both, Σyw|both, Σx²|both, Σy²|both, Σxy|both,
+    Σx|costes-both, Σx|x≥t1, Σy|costes-both, Σy|y≥t2]  (both = above both 15 % thresholds)."""
+    n = starts.shape[0] - 1
+    out = np.zeros((n, 14))
+    for o in range(n):
+        s0 = starts[o]
+        s1 = starts[o + 1]
+        if s1 == s0:
+            continue
+        mx = 0.0
+        my = 0.0
+        for k in range(s0, s1):
+            mx += x[k]
+            my += y[k]
+        mx /= s1 - s0
+        my /= s1 - s0
+        f = out[o]
+        for k in range(s0, s1):
+            xv = x[k]
+            yv = y[k]
+            dx = xv - mx
+            dy = yv - my
+            f[0] += dx * dy
+            f[1] += dx * dx
+            f[2] += dy * dy
+            if above_x[k] and above_y[k]:
+                w = (R - abs(rank_x[k] - rank_y[k])) / R
+                f[3] += xv
+                f[4] += yv
+                f[5] += xv * w
+                f[6] += yv * w
+                f[7] += xv * xv
+                f[8] += yv * yv
+                f[9] += xv * yv
+            cx = xv >= t1
+            cy = yv >= t2
+            if cx:
+                f[11] += xv
+            if cy:
+                f[13] += yv
+            if cx and cy:
+                f[10] += xv
+                f[12] += yv
+    return out
+
+
 @register("Correlation", description="MeasureColocalization within objects: every pair of channels",
           features=_DOCS,
           defaults={"threshold_percentage": 15.0, "costes_method": "faster", "costes_scale": "auto"})
@@ -252,6 +430,7 @@ def correlation(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objec
 
     # per channel: pixels, above-threshold mask, thresholded sum, dense ranks
     per: dict[str, dict[str, np.ndarray]] = {}
+    fps = {ch: fingerprint(images[ch]) for ch in names}
     for ch in names:
         v = np.asarray(images[ch], dtype=np.float32).ravel()[idx]
         v64 = v.astype(np.float64)
@@ -260,59 +439,36 @@ def correlation(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objec
             mx[nonempty] = np.maximum.reduceat(v, starts[:-1][nonempty])
         # threshold in float32 arithmetic, as CellProfiler (NumPy 1: python float × float32 array)
         above = v >= (np.float32(frac) * mx)[obj]
-        per[ch] = {"v": v64, "above": above, "thr_sum": _group_sum(np.where(above, v64, 0.0), starts, nonempty, n),
+        per[ch] = {"v": v64, "above": np.ascontiguousarray(above), "thr_sum": _group_sum(np.where(above, v64, 0.0), starts, nonempty, n),
                    "rank": _dense_rank(v)}
 
     out: dict[str, np.ndarray] = {}
     for i1 in range(len(names) - 1):
         for i2 in range(i1 + 1, len(names)):
             a, b = names[i1], names[i2]
-            x, y = per[a]["v"], per[b]["v"]
+            pa, pb = per[a], per[b]
+            ra, rb = pa["rank"], pb["rank"]
+            R = float(max(ra.max(), rb.max()) + 1) if ra.size else 1.0
+            t1, t2 = _costes_cached(fps[a], fps[b], images[a], images[b], costes_scale, method)
+            s = _pair_sums(pa["v"], pb["v"], starts, pa["above"], pb["above"], ra, rb, R, t1, t2)
+            any_both = bool((pa["above"] & pb["above"]).any())
+            any_costes = bool(s[:, 10].any() or s[:, 12].any()) or bool(((pa["v"] >= t1) & (pb["v"] >= t2)).any())
             with np.errstate(divide="ignore", invalid="ignore"):
-                # Pearson correlation (two-pass, as CP)
-                mean_x = _group_sum(x, starts, nonempty, n) / counts
-                mean_y = _group_sum(y, starts, nonempty, n) / counts
-                dx = x - mean_x[obj] if x.size else x
-                dy = y - mean_y[obj] if y.size else y
-                sxy = _group_sum(dx * dy, starts, nonempty, n)
-                sxx = _group_sum(dx * dx, starts, nonempty, n)
-                syy = _group_sum(dy * dy, starts, nonempty, n)
-                corr = sxy / np.sqrt(sxx * syy)
-                corr[empty] = np.nan
-                out[f"Correlation_Correlation_{a}_{b}"] = corr
-
-                both = per[a]["above"] & per[b]["above"]
-                if both.any():
-                    m1 = _group_sum(np.where(both, x, 0.0), starts, nonempty, n) / per[a]["thr_sum"]
-                    m2 = _group_sum(np.where(both, y, 0.0), starts, nonempty, n) / per[b]["thr_sum"]
-                    ra, rb = per[a]["rank"], per[b]["rank"]
-                    R = max(ra.max(), rb.max()) + 1
-                    w = (R - np.abs(ra - rb)) / R
-                    rwc1 = _group_sum(np.where(both, x * w, 0.0), starts, nonempty, n) / per[a]["thr_sum"]
-                    rwc2 = _group_sum(np.where(both, y * w, 0.0), starts, nonempty, n) / per[b]["thr_sum"]
-                    fpsq = _group_sum(np.where(both, x * x, 0.0), starts, nonempty, n)
-                    spsq = _group_sum(np.where(both, y * y, 0.0), starts, nonempty, n)
-                    pxy = _group_sum(np.where(both, x * y, 0.0), starts, nonempty, n)
-                    overlap = pxy / np.sqrt(fpsq * spsq)
-                    k1 = pxy / fpsq
-                    k2 = pxy / spsq
-                else:
+                corr = s[:, 0] / np.sqrt(s[:, 1] * s[:, 2])
+                if any_both:
+                    m1, m2 = s[:, 3] / pa["thr_sum"], s[:, 4] / pb["thr_sum"]
+                    rwc1, rwc2 = s[:, 5] / pa["thr_sum"], s[:, 6] / pb["thr_sum"]
+                    overlap = s[:, 9] / np.sqrt(s[:, 7] * s[:, 8])
+                    k1, k2 = s[:, 9] / s[:, 7], s[:, 9] / s[:, 8]
+                else:  # no pixel above both thresholds anywhere: CellProfiler writes 0
                     m1 = m2 = rwc1 = rwc2 = overlap = k1 = k2 = np.zeros(n)
-
-                t1, t2 = _costes_cached(images[a], images[b], costes_scale, method)
-                ca = x >= t1
-                cb = y >= t2
-                cboth = ca & cb
-                if cboth.any():
-                    c1 = _group_sum(np.where(cboth, x, 0.0), starts, nonempty, n) / \
-                        _group_sum(np.where(ca, x, 0.0), starts, nonempty, n)
-                    c2 = _group_sum(np.where(cboth, y, 0.0), starts, nonempty, n) / \
-                        _group_sum(np.where(cb, y, 0.0), starts, nonempty, n)
+                if any_costes:
+                    c1, c2 = s[:, 10] / s[:, 11], s[:, 12] / s[:, 13]
                 else:
                     c1 = c2 = np.zeros(n)
-            for key, val in ((f"Manders_{a}_{b}", m1), (f"Manders_{b}_{a}", m2), (f"RWC_{a}_{b}", rwc1),
-                             (f"RWC_{b}_{a}", rwc2), (f"Overlap_{a}_{b}", overlap), (f"K_{a}_{b}", k1),
-                             (f"K_{b}_{a}", k2), (f"Costes_{a}_{b}", c1), (f"Costes_{b}_{a}", c2)):
+            for key, val in ((f"Correlation_{a}_{b}", corr), (f"Manders_{a}_{b}", m1), (f"Manders_{b}_{a}", m2),
+                             (f"RWC_{a}_{b}", rwc1), (f"RWC_{b}_{a}", rwc2), (f"Overlap_{a}_{b}", overlap),
+                             (f"K_{a}_{b}", k1), (f"K_{b}_{a}", k2), (f"Costes_{a}_{b}", c1), (f"Costes_{b}_{a}", c2)):
                 val = np.array(val, dtype=np.float64)
                 val[empty] = np.nan
                 out[f"Correlation_{key}"] = val
