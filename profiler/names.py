@@ -56,6 +56,27 @@ def feature_columns(df: pd.DataFrame | Iterable[str]) -> list[str]:
     return [c for c in cols if not is_metadata(c)]
 
 
+# Columns that say *where* an object lies in the image or *which* object it is related to.
+# They stay in the per-cell table, as in CellProfiler's output, but they describe no phenotype
+# (a well's median centre is the image centre), so profiles and models leave them out.
+_NON_PHENOTYPE = re.compile(
+    r"^[A-Za-z]+_(?:Location_|Parent_|Children_|Number_Object_Number"
+    r"|AreaShape_(?:Center_|BoundingBoxMinimum_|BoundingBoxMaximum_)"
+    r"|Neighbors_(?:First|Second)ClosestObjectNumber)"
+)
+
+
+def is_profile_feature(column: str) -> bool:
+    """True for feature columns that describe a phenotype (not metadata, position or relations)."""
+    return not is_metadata(column) and not _NON_PHENOTYPE.match(column)
+
+
+def profile_feature_columns(df: pd.DataFrame | Iterable[str]) -> list[str]:
+    """Feature columns to aggregate, normalize and model: :func:`is_profile_feature`, in order."""
+    cols = df.columns if isinstance(df, pd.DataFrame) else df
+    return [c for c in cols if is_profile_feature(c)]
+
+
 def feature_name(compartment: str, category: str, feature: str, channel: str | None = None,
                  *params: object) -> str:
     """Build a CellProfiler-style feature name."""
