@@ -30,7 +30,6 @@ from collections.abc import Mapping, Sequence
 import numba
 import numpy as np
 
-from profiler.measure._util import object_pixels
 from profiler.measure.registry import FeatureDoc, register
 
 HARALICK = ("AngularSecondMoment", "Contrast", "Correlation", "Variance", "InverseDifferenceMoment",
@@ -67,29 +66,65 @@ def quantize(img: np.ndarray, gray_levels: int = 256) -> np.ndarray:
     return q
 
 
+@numba.njit(cache=True, nogil=True)
+def _geometry_kernel(flat: np.ndarray, H: int, W: int, n: int, scale: int):  # pragma: no cover - numba
+    """Object pixels grouped by object (raster order within each) and, per direction, the pairs
+    (p, p + offset) inside the same object, as positions in that grouped list, grouped by object."""
+    counts = np.zeros(n + 1, dtype=np.int64)
+    for k in range(flat.shape[0]):
+        v = flat[k]
+        if v > 0 and v <= n:
+            counts[v] += 1
+    pix_starts = np.zeros(n + 1, dtype=np.int64)
+    for o in range(n):
+        pix_starts[o + 1] = pix_starts[o] + counts[o + 1]
+    N = pix_starts[n]
+    idx = np.empty(N, dtype=np.int64)
+    pos = np.full(flat.shape[0], -1, dtype=np.int64)
+    fill = pix_starts[:n].copy()
+    for k in range(flat.shape[0]):
+        v = flat[k]
+        if v > 0 and v <= n:
+            idx[fill[v - 1]] = k
+            pos[k] = fill[v - 1]
+            fill[v - 1] += 1
+    a = np.empty((4, N), dtype=np.int64)
+    b = np.empty((4, N), dtype=np.int64)
+    starts = np.zeros((4, n + 1), dtype=np.int64)
+    for d in range(4):
+        if d == 0:
+            dy, dx = 0, scale
+        elif d == 1:
+            dy, dx = scale, scale
+        elif d == 2:
+            dy, dx = scale, 0
+        else:
+            dy, dx = scale, -scale
+        m = 0
+        for o in range(n):
+            for t in range(pix_starts[o], pix_starts[o + 1]):
+                p = idx[t]
+                r = p // W
+                c = p - r * W
+                rr = r + dy
+                cc = c + dx
+                if rr < H and cc >= 0 and cc < W:
+                    q = rr * W + cc
+                    if flat[q] == o + 1:
+                        a[d, m] = t
+                        b[d, m] = pos[q]
+                        m += 1
+            starts[d, o + 1] = m
+    return idx, pix_starts, a, b, starts
+
+
 def _pair_geometry(labels: np.ndarray, n_objects: int, scale: int):
-    """Per direction: (first pixel, second pixel, per-object start offsets) of same-object pairs, by object."""
+    """(object pixels grouped by object, their start offsets, per-direction pair positions and starts)."""
     H, W = labels.shape
-    flat = labels.ravel()
-    idx, lab = object_pixels(labels, n_objects)
-    order = np.argsort(lab, kind="stable")
-    idx, lab = idx[order], lab[order]
-    pix_starts = np.zeros(n_objects + 1, dtype=np.int64)
-    np.cumsum(np.bincount(lab, minlength=n_objects + 1)[1:], out=pix_starts[1:])
-    r, c = np.divmod(idx, W)
-    geoms = []
-    for dy, dx in _DIRECTIONS:
-        dy, dx = dy * scale, dx * scale
-        ok = (r + dy < H) & (c + dx >= 0) & (c + dx < W)
-        a = idx[ok]
-        b = a + dy * W + dx
-        la = lab[ok]
-        same = flat[b] == la
-        a, b, la = a[same], b[same], la[same]
-        starts = np.zeros(n_objects + 1, dtype=np.int64)
-        np.cumsum(np.bincount(la, minlength=n_objects + 1)[1:], out=starts[1:])
-        geoms.append((a, b, starts))
-    return idx, pix_starts, geoms
+    flat = np.ascontiguousarray(labels).ravel()
+    if flat.dtype.kind not in "iu" or flat.dtype.itemsize > 8:
+        flat = flat.astype(np.int64)
+    return _geometry_kernel(flat, H, W, int(n_objects), int(scale))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -102,9 +137,12 @@ def _entropy_vec(p: np.ndarray, n: int) -> float:  # pragma: no cover - numba
 
 
 @numba.njit(cache=True, nogil=True)
-def _haralick_objects(q: np.ndarray, pix: np.ndarray, pix_starts: np.ndarray, a: np.ndarray, b: np.ndarray,
+def _haralick_objects(q: np.ndarray, pix_starts: np.ndarray, a: np.ndarray, b: np.ndarray,
                       starts: np.ndarray, out: np.ndarray, invalid: np.ndarray, d: int) -> None:  # pragma: no cover
-    """Fill out[o, d, :] with the 13 Haralick features of object o for one direction's pairs."""
+    """Fill out[o, d, :] with the 13 Haralick features of object o for one direction's pairs.
+
+    ``q``: quantized level of each object pixel (grouped by object); ``a``/``b``: positions in ``q``.
+    """
     n = starts.shape[0] - 1
     cmat = np.zeros((256, 256), dtype=np.int64)
     ti = np.empty(2 * (a.shape[0] + 1), dtype=np.int64)
@@ -119,7 +157,7 @@ def _haralick_objects(q: np.ndarray, pix: np.ndarray, pix_starts: np.ndarray, a:
             continue
         maxlev = 0
         for k in range(s0, s1):
-            v = q[pix[k]]
+            v = q[k]
             if v > maxlev:
                 maxlev = v
         maxv = maxlev + 1
@@ -236,12 +274,18 @@ def haralick_objects(labels: np.ndarray, q: np.ndarray, n_objects: int, scale: i
     Values follow CellProfiler's output: objects with no valid pair in some direction and non-finite
     values give 0; objects absent from ``labels`` give NaN.
     """
-    idx, pix_starts, geoms = geometry if geometry is not None else _pair_geometry(labels, n_objects, scale)
-    qf = np.ascontiguousarray(q).ravel()
+    geometry = geometry if geometry is not None else _pair_geometry(labels, n_objects, scale)
+    return _haralick_levels(np.ascontiguousarray(q).ravel()[geometry[0]], geometry, n_objects)
+
+
+def _haralick_levels(qo: np.ndarray, geometry, n_objects: int) -> np.ndarray:
+    """haralick_objects on the levels of the object pixels, given in the geometry's grouped order."""
+    _, pix_starts, a, b, starts = geometry
     out = np.zeros((n_objects, 4, 13))
     invalid = np.zeros(n_objects, dtype=np.bool_)
-    for d, (a, b, starts) in enumerate(geoms):
-        _haralick_objects(qf, idx, pix_starts, a, b, starts, out, invalid, d)
+    for d in range(4):
+        m = starts[d, -1]
+        _haralick_objects(qo, pix_starts, a[d, :m], b[d, :m], starts[d], out, invalid, d)
     out[invalid] = 0.0
     out[~np.isfinite(out)] = 0.0
     out[np.diff(pix_starts) == 0] = np.nan
@@ -265,13 +309,15 @@ def texture(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objects: 
         raise ConfigError(f"Texture gray_levels must be between 2 and 256, got {gray_levels}",
                           hint="set features.Texture.gray_levels in the pipeline YAML (CellProfiler's default is 256)")
     labels = np.asarray(labels)
-    quantized = {ch: quantize(img, gray_levels) for ch, img in images.items()}
     out: dict[str, np.ndarray] = {}
     for scale in scales:
         scale = int(scale)
         geometry = _pair_geometry(labels, n_objects, scale)
-        for ch, q in quantized.items():
-            feats = haralick_objects(labels, q, n_objects, scale, geometry=geometry)
+        idx = geometry[0]
+        for ch, img in images.items():
+            # quantize only the object pixels (same values as quantizing the whole image)
+            qo = quantize(np.asarray(img).ravel()[idx], gray_levels)
+            feats = _haralick_levels(qo, geometry, n_objects)
             for d in range(4):
                 for f, name in enumerate(HARALICK):
                     out[f"Texture_{name}_{ch}_{scale}_{d:02d}_{gray_levels}"] = feats[:, d, f]
