@@ -20,7 +20,7 @@ import pandas as pd
 from profiler.names import CELL_COUNT, is_metadata, parse_feature
 
 __all__ = ["shap_values", "class_importance", "feature_group", "group_attributions", "top_features",
-           "stack_weights"]
+           "stack_weights", "cnn_attention_maps"]
 
 
 def shap_values(booster, X: pd.DataFrame, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,3 +105,36 @@ def stack_weights(meta: dict[str, Any]) -> dict[str, float]:
         totals[base] = totals.get(base, 0.0) + float(coef[:, j].sum())
     s = sum(totals.values()) or 1.0
     return {b: v / s for b, v in totals.items()}
+
+
+def cnn_attention_maps(ensemble, crops: np.ndarray, member: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """CBAM spatial-attention maps of one ensemble member on ``crops`` (N, H, W, C).
+
+    Each CBAM block's spatial attention σ(conv([mean_c, max_c])) is recorded during a forward
+    pass, upsampled to the crop size and averaged over the network's stages. Returns
+    ``(maps (N, H, W) in [0, 1], predicted class index (N,))``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    model = ensemble.members_[member]
+    pre = ensemble.preprocessor_
+    x = pre.resize(pre.transform(crops, resize=False).float())
+    maps: list[torch.Tensor] = []
+    hooks = [blk.spatial.conv.register_forward_hook(lambda _m, _i, out: maps.append(torch.sigmoid(out.detach())))
+             for blk in model.cbam.values()]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(x.to(next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    h, w = crops.shape[1:3]
+    up = [F.interpolate(m.float().cpu(), size=(h, w), mode="bilinear", align_corners=False) for m in maps]
+    att = torch.stack(up).mean(0)[:, 0].numpy()
+    lo = att.reshape(len(att), -1).min(1)[:, None, None]
+    hi = att.reshape(len(att), -1).max(1)[:, None, None]
+    return (att - lo) / np.maximum(hi - lo, 1e-9), logits.argmax(1).cpu().numpy()

@@ -315,6 +315,8 @@ def report(model_dir: str | Path, out: str | Path | None = None) -> Path:
                       "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td></tr>"
                               for k, v in manifest["stack_weights"].items()) + "</table>")
     examples_html = _examples_section(model_dir, manifest, explained, fig_dir)
+    attention_html = _attention_section(model_dir, fig_dir)
+    base_html = _base_models_table(model_dir)
     body = f"""<!doctype html><html><head><meta charset="utf-8"><title>cellfusion report</title>
 <style>{_CSS}</style></head><body>
 <h1>cellfusion model report</h1>
@@ -337,6 +339,8 @@ frequencies (uniform for balanced and top-3 accuracy). Brackets: bootstrap 95 % 
 {_img(figs['shap_beeswarm.png'], 'SHAP beeswarm per class')}
 {_img(figs['group_attributions.png'], 'Attribution per feature group')}
 {stack_html}
+{base_html}
+{attention_html}
 <h2>Top features per class</h2>
 <p>“vs controls”: the feature's mean in the class's rows compared with the negative-control rows
 (for the control class itself, with every other row).</p>
@@ -449,3 +453,48 @@ def _render_examples(sc_path: Path, crops: tuple[Path, Path], explained: dict[st
     fig.suptitle("Example cells: lowest decile (left 5) and highest decile (right 5) of each top feature", fontsize=9)
     path = _save(fig, fig_dir / "example_cells.png")
     return _img(path, "Example cells from the lowest and highest deciles of each top feature"), ""
+
+
+def _base_models_table(model_dir: Path) -> str:
+    """Out-of-fold scores of each base model beside the stack's (only for stacked models)."""
+    m = json.loads((model_dir / "metrics.json").read_text(encoding="utf-8"))
+    bases = m.get("base_models") or {}
+    if not bases:
+        return ""
+    rows = [("stack (final)", m)] + list(bases.items())
+    names = list(m["scores"])
+    head = "".join(f"<th>{n.replace('_', ' ')}</th>" for n in names)
+    body = "".join(f"<tr><td>{html.escape(b)}</td>" + "".join(f"<td>{_fmt(s['scores'][n]['value'])}</td>" for n in names)
+                   + "</tr>" for b, s in rows)
+    maj = "<tr><td>majority class</td>" + "".join(f"<td>{_fmt(m['scores'][n]['majority'])}</td>" for n in names) + "</tr>"
+    return f"<h2>Base models vs the stack (out-of-fold)</h2><table><tr><th>model</th>{head}</tr>{body}{maj}</table>"
+
+
+def _attention_section(model_dir: Path, fig_dir: Path) -> str:
+    """CBAM spatial attention of the CNN on example cells (only when a CNN was trained)."""
+    from fusion.train import ATTENTION_FILE, read_attention_examples
+
+    path = model_dir / ATTENTION_FILE
+    if not path.is_file():
+        return ""
+    z = read_attention_examples(path)
+    crops, maps, labels, pred = z["crops"], z["maps"], z["labels"], z["predicted"]
+    plt = _plt()
+    n = len(crops)
+    ncol = min(n, 6)
+    nrow = int(np.ceil(n / ncol))
+    fig, axes = plt.subplots(2 * nrow, ncol, figsize=(1.6 * ncol, 3.3 * nrow), squeeze=False)
+    for k in range(nrow * ncol):
+        r, c = divmod(k, ncol)
+        a1, a2 = axes[2 * r][c], axes[2 * r + 1][c]
+        a1.axis("off")
+        a2.axis("off")
+        if k < n:
+            a1.imshow(_crop_rgb(crops[k]))
+            a1.set_title(f"{labels[k]}\n→ {pred[k]}", fontsize=6)
+            a2.imshow(_crop_rgb(crops[k]).mean(axis=2), cmap="gray")
+            a2.imshow(maps[k], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    fig.suptitle("CNN (CBAM) spatial attention on example cells: crop (true → predicted) and attention overlay",
+                 fontsize=8)
+    out = _save(fig, fig_dir / "cnn_attention.png")
+    return "<h2>Where the CNN looked</h2>" + _img(out, "CBAM spatial attention maps on example cells")

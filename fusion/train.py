@@ -47,6 +47,7 @@ OOF_FILE = "oof_predictions.parquet"
 TRAIN_FILE = "training_profiles.parquet"
 SHAP_FILE = "shap_values.parquet"
 CNN_DIR = "cnn"
+ATTENTION_FILE = "cnn_attention.parquet"
 
 # CNNEnsemble settings by name: "cpu" fits a 2-core machine, "full" is the published recipe (GPU).
 CNN_PRESETS: dict[str, dict[str, Any]] = {
@@ -270,6 +271,7 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
                 model_files[f"{CNN_DIR}/{f.name}"] = modelio.model_file_entry(
                     f, "safetensors" if f.suffix == ".safetensors" else "json")
         model_files[STACK_FILE] = modelio.save_json_model(stack_model.to_json(), out_dir / STACK_FILE, "stack-json")
+        write_attention_examples(cnn_model.attention_examples_, out_dir / ATTENTION_FILE)
         extra_manifest["stack_weights"] = stack_model.base_weights()
         extra_manifest["base_model_scores"] = {b: {k: v["value"] for k, v in sm["scores"].items()}
                                                for b, sm in base_summaries.items()}
@@ -353,4 +355,32 @@ def _train_cnn_and_stack(crops, profiles: pd.DataFrame, y: np.ndarray, groups: n
     stacked = stack_inputs(base, classes)
     stack_oof = meta_out_of_fold_proba(stacked, y, classes, splits, C=stack_C)
     final_stack = StackedClassifier(C=stack_C).fit(stacked, y)
+    # example cells for the report: up to 3 per class, with the CNN's CBAM spatial attention
+    rng = np.random.default_rng(seed)
+    pick = np.concatenate([rng.choice(np.flatnonzero(cell_y == c), min(3, int((cell_y == c).sum())), replace=False)
+                           for c in classes if (cell_y == c).any()])
+    from fusion.explain import cnn_attention_maps
+
+    maps, pred_idx = cnn_attention_maps(final_cnn, images[pick])
+    final_cnn.attention_examples_ = {
+        "crops": np.asarray(images[pick]), "maps": maps.astype(np.float32),
+        "labels": np.asarray(cell_y[pick]).astype(str), "predicted": np.asarray(final_cnn.classes_)[pred_idx].astype(str)}
     return final_cnn, final_stack, base, stack_oof
+
+
+def write_attention_examples(examples: Mapping[str, np.ndarray], path: Path) -> Path:
+    """Example crops + attention maps as Parquet: one row per cell, arrays flattened with their shape."""
+    crops, maps = np.asarray(examples["crops"]), np.asarray(examples["maps"], np.float32)
+    table = pd.DataFrame({"Label": examples["labels"], "Predicted": examples["predicted"],
+                          "Crop": [c.ravel().tolist() for c in crops], "Map": [m.ravel().tolist() for m in maps]})
+    table["Shape"] = [list(crops.shape[1:])] * len(table)
+    return io.write_parquet(table, path)
+
+
+def read_attention_examples(path: Path) -> dict[str, np.ndarray]:
+    """Inverse of :func:`write_attention_examples`."""
+    t = pd.read_parquet(path)
+    shape = tuple(int(v) for v in t["Shape"].iloc[0])
+    return {"crops": np.stack([np.asarray(c).reshape(shape) for c in t["Crop"]]),
+            "maps": np.stack([np.asarray(m, np.float32).reshape(shape[:2]) for m in t["Map"]]),
+            "labels": t["Label"].astype(str).to_numpy(), "predicted": t["Predicted"].astype(str).to_numpy()}

@@ -107,13 +107,18 @@ def test_train_with_crops_stacks_gbm_and_cnn(tmp_path):
     from fusion.train import train
 
     profiles = make_profiles(n_per_class=3)
-    crops = _write_crops(profiles, tmp_path / "crops")
-    out = train(profiles, tmp_path / "model", crops=crops, n_splits=3, gbm_params={"n_estimators": 20},
+    crops = _write_crops(profiles, tmp_path / "crops", per_well=4)
+    out = train(profiles, tmp_path / "model", crops=crops, n_splits=2, gbm_params={"n_estimators": 20},
                 cnn_params={"image_size": 24, "epochs": 1, "batch_size": 32, "balance": "none",
                             "val_fraction": 0.0, "device": "cpu"})
     manifest = verify_model_dir(out)
     assert manifest["final_model"] == "stack" and manifest["base_models"] == ["gbm", "cnn"]
     assert "stack.json" in manifest["model_files"]
+    assert (out / "cnn_attention.parquet").is_file()
+    from fusion.report import report
+
+    html = report(out).read_text()
+    assert "Where the CNN looked" in html and "Base models vs the stack" in html
     assert any(k.startswith("cnn/") and k.endswith(".safetensors") for k in manifest["model_files"])
     assert set(manifest["stack_weights"]) == {"gbm", "cnn"}
     oof = pd.read_parquet(out / "oof_predictions.parquet")
@@ -121,5 +126,5 @@ def test_train_with_crops_stacks_gbm_and_cnn(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["base_models"]) == {"gbm", "cnn"}
     # --no-cnn: the profile path only
-    out2 = train(profiles, tmp_path / "model2", crops=crops, cnn=False, n_splits=3, gbm_params={"n_estimators": 20})
+    out2 = train(profiles, tmp_path / "model2", crops=crops, cnn=False, n_splits=2, gbm_params={"n_estimators": 10})
     assert json.loads((out2 / "manifest.json").read_text())["final_model"] == "gbm"

@@ -1,0 +1,290 @@
+"""XGBoost, the CNN and their stack on real BBBC021: treatment-level MoA accuracy beside baselines.
+
+Part ``ljosa`` — the Ljosa et al. (2013) per-well mean profiles
+(``bbbc021/ljosa2013_per_well_mean.csv.gz`` + ``BBBC021_v1_image.csv.gz`` + ``BBBC021_v1_moa.csv``):
+wells normalized per plate to their DMSO wells (pycytominer mad_robustize), annotated non-control
+wells only; XGBoost with leave-one-compound-out (every compound is predicted by a model that never saw
+it); a treatment (compound × concentration) is called by its wells' mean probabilities. Printed beside
+the majority-MoA baseline and the 1-NN NSC accuracy of :mod:`profiler.evaluate` on the same profiles.
+
+Part ``crops`` — the real BBBC021 single-cell crops (``bbbc021/crops``, 68×68, DNA/Tubulin/Actin):
+nucleus and cell segmented inside each crop with :func:`profiler.segment.segment_site`, the object at
+the crop's centre measured with :func:`profiler.measure.measure_objects` (AreaShape, Intensity,
+Texture, Correlation, RadialDistribution per compartment), medians per well, normalized per plate to
+DMSO; then, on the same folds (StratifiedGroupKFold over compounds; DMSO wells grouped by plate):
+XGBoost on the well profiles, the CNN ensemble (:class:`fusion.cnn.ensemble.CNNEnsemble`, CPU-sized)
+on the crops with its cell probabilities averaged per well, and the stack (logistic regression on
+the two models' out-of-fold probabilities, itself evaluated out of fold). Treatment-level MoA accuracy
+over the non-control treatments, beside the majority baseline.
+
+    nice -n 10 .venv/bin/python benchmarks/bbbc021_fusion.py --part all | tee benchmarks/results/bbbc021_fusion.jsonl
+
+Per-crop features are cached (``--cache``, default ``~/.cache/cellfusion/bbbc021_crop_features.parquet``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import emit, peak_rss_mb, require_shared  # noqa: E402
+
+log = logging.getLogger("bbbc021_fusion")
+CHANNELS = ("DNA", "Tubulin", "Actin")
+FAMILIES = ("AreaShape", "Intensity", "Texture", "Correlation", "RadialDistribution")
+
+
+# --------------------------------------------------------------------------------------- shared
+def _normalize(wells: pd.DataFrame) -> pd.DataFrame:
+    from profiler.names import CONTROL, feature_columns
+    from profiler.profiles import normalize
+
+    wells = wells.copy()
+    wells[CONTROL] = np.where(wells["Metadata_Compound"] == "DMSO", "negative", "")
+    out = normalize(wells, method="mad_robustize")
+    feats = feature_columns(out)
+    x = out[feats].replace([np.inf, -np.inf], np.nan)
+    keep = [f for f in feats if x[f].notna().mean() > 0.95 and x[f].std() > 0]
+    out[keep] = x[keep].fillna(0.0).clip(-50, 50)
+    return out.drop(columns=[f for f in feats if f not in keep])
+
+
+def _treatment_accuracy(y: np.ndarray, proba: np.ndarray, classes: np.ndarray, treatment: np.ndarray,
+                        mask: np.ndarray) -> tuple[float, int]:
+    from fusion.metrics import treatment_level
+
+    ty, tpred, _ = treatment_level(y[mask], proba[mask], classes, treatment[mask])
+    return float(np.mean(ty == tpred)), len(ty)
+
+
+# --------------------------------------------------------------------------------------- ljosa
+def ljosa(args) -> None:
+    from fusion.gbm import GBMClassifier
+    from profiler.evaluate import nsc_nscb, treatment_profiles
+    from profiler.names import feature_columns
+
+    base = require_shared("bbbc021")
+    t0 = time.perf_counter()
+    prof = pd.read_csv(base / "ljosa2013_per_well_mean.csv.gz")
+    prof = prof.rename(columns={"Image_Metadata_Plate": "Metadata_Plate", "Image_Metadata_Well": "Metadata_Well"})
+    img = pd.read_csv(base / "BBBC021_v1_image.csv.gz")
+    img = img.rename(columns={"Image_Metadata_Plate_DAPI": "Metadata_Plate", "Image_Metadata_Well_DAPI": "Metadata_Well",
+                              "Image_Metadata_Compound": "Metadata_Compound",
+                              "Image_Metadata_Concentration": "Metadata_Concentration"})
+    img = img[["Metadata_Plate", "Metadata_Well", "Metadata_Compound", "Metadata_Concentration"]].drop_duplicates(
+        ["Metadata_Plate", "Metadata_Well"])
+    moa = pd.read_csv(base / "BBBC021_v1_moa.csv").rename(
+        columns={"compound": "Metadata_Compound", "concentration": "Metadata_Concentration", "moa": "Metadata_MoA"})
+    prof = img.merge(prof, on=["Metadata_Plate", "Metadata_Well"], how="inner")
+    prof = prof.merge(moa, on=["Metadata_Compound", "Metadata_Concentration"], how="left")
+    prof["Metadata_Batch"] = prof["Metadata_Plate"].str.split("_").str[0]
+    drop = [c for c in feature_columns(prof) if "Location" in c or "Center" in c or "Number" in c
+            or not pd.api.types.is_numeric_dtype(prof[c])]
+    prof = _normalize(prof.drop(columns=drop))
+    ann = prof[prof["Metadata_MoA"].notna()].reset_index(drop=True)
+    feats = feature_columns(ann)
+
+    # NSC on the same normalized profiles (treatment medians)
+    nsc, nscb = nsc_nscb(treatment_profiles(ann, features=feats), features=feats)
+
+    # XGBoost, leave-one-compound-out, non-control wells
+    wells = ann[ann["Metadata_Compound"] != "DMSO"].reset_index(drop=True)
+    y = wells["Metadata_MoA"].astype(str).to_numpy()
+    comp = wells["Metadata_Compound"].astype(str).to_numpy()
+    treatment = (wells["Metadata_Compound"].astype(str) + "@" + wells["Metadata_Concentration"].astype(str)).to_numpy()
+    classes = np.unique(y)
+    proba = np.zeros((len(y), len(classes)))
+    base_pred = np.empty(len(y), dtype=object)
+    X = wells[feats].astype(np.float32)
+    for i, c in enumerate(np.unique(comp)):
+        te = comp == c
+        tr = ~te
+        est = GBMClassifier(n_estimators=args.rounds, random_state=args.seed).fit(X[tr], y[tr])
+        p = est.predict_proba(X[te])
+        for j, k in enumerate(est.classes_):
+            proba[te, np.searchsorted(classes, k)] = p[:, j]
+        # majority baseline: the training treatments' most frequent MoA
+        tt = pd.Series(y[tr]).groupby(treatment[tr]).first()
+        base_pred[te] = tt.value_counts().index[0]
+        log.info("ljosa LOCO %d/%d %s", i + 1, len(np.unique(comp)), c)
+    acc, n_t = _treatment_accuracy(y, proba, classes, treatment, np.ones(len(y), bool))
+    tb = pd.DataFrame({"t": treatment, "y": y, "b": base_pred}).groupby("t").first()
+    base_acc = float(np.mean(tb["y"] == tb["b"]))
+    extra = dict(n_wells=len(wells), n_treatments=n_t, n_compounds=int(len(np.unique(comp))), n_moas=len(classes),
+                 n_features=len(feats), cv="leave-one-compound-out", seconds=round(time.perf_counter() - t0, 1))
+    emit("bbbc021_ljosa_xgb_loco_treatment_moa_accuracy", round(acc, 4), "fraction", round(base_acc, 4),
+         baseline_kind="majority MoA", nsc_1nn=round(nsc.accuracy, 4), nsc_chance=round(nsc.chance, 4),
+         nscb_1nn=None if nscb is None else round(nscb.accuracy, 4), **extra)
+    emit("bbbc021_ljosa_nsc_1nn_treatment_moa_accuracy", round(nsc.accuracy, 4), "fraction", round(nsc.chance, 4),
+         baseline_kind="chance (random allowed neighbour)", n_treatments=nsc.n_queries, n_features=len(feats))
+
+
+# --------------------------------------------------------------------------------------- crops
+def _central_object(labels: np.ndarray) -> int:
+    h, w = labels.shape
+    v = int(labels[h // 2, w // 2])
+    if v:
+        return v
+    ii, jj = np.nonzero(labels)
+    if not len(ii):
+        return 0
+    k = np.argmin((ii - h / 2) ** 2 + (jj - w / 2) ** 2)
+    return int(labels[ii[k], jj[k]])
+
+
+def crop_features(images: np.ndarray, seg_params: dict) -> pd.DataFrame:
+    """One row of features per crop (the object at the centre); NaN rows where nothing was found."""
+    from rich.progress import Progress
+
+    from profiler.measure import measure_objects
+    from profiler.segment import segment_site
+
+    rows: list[dict] = []
+    with Progress() as bar:
+        task = bar.add_task("measuring crops", total=len(images))
+        for crop in images:
+            im = {k: crop[..., i].astype(np.float32) / 65535 for i, k in enumerate(CHANNELS)}
+            seg = segment_site(im, nuclei_channel="DNA", cells_channel="Actin", params=seg_params)
+            obj = _central_object(seg.nuclei)
+            row: dict = {}
+            if obj:
+                for comp, lab in (("Nuclei", seg.nuclei), ("Cells", seg.cells), ("Cytoplasm", seg.cytoplasm)):
+                    df = measure_objects(lab, im, compartment=comp, families=FAMILIES, n_objects=seg.n_objects)
+                    row.update(df.iloc[obj - 1].to_dict())
+            rows.append(row)
+            bar.advance(task)
+    return pd.DataFrame(rows)
+
+
+def crops(args) -> None:
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from fusion.gbm import GBMClassifier
+    from fusion.stack import cell_to_well_proba, cnn_out_of_fold_proba, meta_out_of_fold_proba, stack_inputs
+    from fusion.train import out_of_fold_proba
+    from profiler.names import feature_columns
+    from profiler.profiles import aggregate
+
+    path = require_shared("bbbc021", "crops", "bbbc021_crops.tif")
+    t0 = time.perf_counter()
+    from fusion.data import load_crops
+
+    cs = load_crops(path)
+    meta = cs.meta.reset_index(drop=True)
+    cache = Path(args.cache).expanduser()
+    if cache.is_file():
+        feats_df = pd.read_parquet(cache)
+        log.info("crop features from cache %s", cache)
+    else:
+        feats_df = crop_features(cs.images, {"nuclei": {"min_diameter": 8, "max_diameter": 60}})
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        from profiler.io import write_parquet
+
+        write_parquet(feats_df, cache)
+    t_feat = time.perf_counter() - t0
+    found = feats_df.notna().any(axis=1).to_numpy()
+    keys = ["Metadata_Plate", "Metadata_Well", "Metadata_Compound", "Metadata_Concentration", "Metadata_MoA"]
+    sc = pd.concat([meta[keys], feats_df], axis=1)[found].reset_index(drop=True)
+    wells = aggregate(sc, operation="median")
+    wells = _normalize(wells).sort_values(["Metadata_Plate", "Metadata_Well"]).reset_index(drop=True)
+    feats = [f for f in feature_columns(wells) if "Location" not in f]
+    y = wells["Metadata_MoA"].astype(str).to_numpy()
+    comp = wells["Metadata_Compound"].astype(str).to_numpy()
+    groups = np.where(comp == "DMSO", "DMSO|" + wells["Metadata_Plate"].astype(str).to_numpy(), comp)
+    treatment = (wells["Metadata_Compound"].astype(str) + "@" + wells["Metadata_Concentration"].astype(str)).to_numpy()
+    classes = np.unique(y)
+    cv = StratifiedGroupKFold(n_splits=args.folds, shuffle=True, random_state=args.seed)
+    splits = list(cv.split(np.zeros(len(y)), y, groups))
+    X = wells[feats].astype(np.float32)
+    gbm = out_of_fold_proba(lambda: GBMClassifier(n_estimators=args.rounds, random_state=args.seed), X, y, groups,
+                            classes, splits)
+    treated = comp != "DMSO"
+    results = {"xgboost": gbm}
+    base_pred = np.empty(len(y), dtype=object)
+    for tr, te in splits:
+        base_pred[te] = pd.Series(y[tr]).value_counts().index[0]
+    onehot = (base_pred[:, None] == classes[None, :]).astype(float)
+    results["majority"] = onehot
+    if args.cnn:
+        from fusion.cnn.ensemble import CNNEnsemble
+
+        # cells of the wells, in the wells' folds
+        wk = wells["Metadata_Plate"].astype(str) + "/" + wells["Metadata_Well"].astype(str)
+        row_of = {k: i for i, k in enumerate(wk)}
+        ck = (meta["Metadata_Plate"].astype(str) + "/" + meta["Metadata_Well"].astype(str)).to_numpy()
+        cell_row = np.array([row_of.get(k, -1) for k in ck])
+        keep = cell_row >= 0
+        images, cell_row = cs.images[keep], cell_row[keep]
+        fold = np.empty(len(y), int)
+        for i, (_, te) in enumerate(splits):
+            fold[te] = i
+        cf = fold[cell_row]
+        cell_splits = [(np.flatnonzero(cf != i), np.flatnonzero(cf == i)) for i in range(len(splits))]
+        params = dict(backbones=["resnet18"], dropouts=[(0.5, 0.3, 0.1)], image_size=args.cnn_size,
+                      epochs=args.cnn_epochs, batch_size=32, target_per_class=args.cnn_per_class, patience=3,
+                      val_fraction=0.1, device="cpu", seed=args.seed)
+        t = time.perf_counter()
+        cell_p = cnn_out_of_fold_proba(lambda: CNNEnsemble(**params), images, y[cell_row], groups[cell_row],
+                                       classes, cell_splits)
+        t_cnn = time.perf_counter() - t
+        results["cnn"] = cell_to_well_proba(cell_p, pd.DataFrame({"r": cell_row}), pd.DataFrame({"r": np.arange(len(y))}))
+        stacked = stack_inputs({"gbm": gbm, "cnn": results["cnn"]}, classes)
+        results["stack"] = meta_out_of_fold_proba(stacked, y, classes, splits)
+    extra = dict(n_wells=len(wells), n_cells_measured=int(found.sum()), n_crops=len(found), n_features=len(feats),
+                 folds=args.folds, cv="StratifiedGroupKFold by compound (DMSO wells by plate)",
+                 feature_seconds=round(t_feat, 1), seconds=round(time.perf_counter() - t0, 1),
+                 peak_rss_mb=round(peak_rss_mb()))
+    if args.cnn:
+        extra.update(cnn=params | {"dropouts": None}, cnn_seconds=round(t_cnn, 1))
+    accs = {}
+    for name, p in results.items():
+        accs[name], n_t = _treatment_accuracy(y, p, classes, treatment, treated)
+    well_acc = {name: float(np.mean(classes[p.argmax(1)] == y)) for name, p in results.items()}
+    for name in results:
+        if name == "majority":
+            continue
+        emit(f"bbbc021_crops_{name}_treatment_moa_accuracy", round(accs[name], 4), "fraction",
+             round(accs["majority"], 4), baseline_kind="majority MoA of the training folds",
+             well_accuracy=round(well_acc[name], 4), n_treatments=n_t, **extra)
+    if "stack" in accs:
+        best = max(accs["xgboost"], accs["cnn"])
+        emit("bbbc021_crops_stack_gain_over_best_single", round(100 * (accs["stack"] - best), 2), "points", 5.0,
+             baseline_kind="target: >= 5 points", **extra)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=["ljosa", "crops", "all"], default="all")
+    ap.add_argument("--cnn", action=argparse.BooleanOptionalAction, default=True, help="train the CNN (crops part)")
+    ap.add_argument("--cnn-epochs", type=int, default=5)
+    ap.add_argument("--cnn-size", type=int, default=64)
+    ap.add_argument("--cnn-per-class", type=int, default=100)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=200, help="XGBoost rounds")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache", default="~/.cache/cellfusion/bbbc021_crop_features.parquet")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    try:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    except ImportError:
+        args.cnn = False
+    if args.part in ("ljosa", "all"):
+        ljosa(args)
+    if args.part in ("crops", "all"):
+        crops(args)
+
+
+if __name__ == "__main__":
+    main()
