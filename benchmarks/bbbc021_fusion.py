@@ -107,7 +107,7 @@ def ljosa(args) -> None:
     for i, c in enumerate(np.unique(comp)):
         te = comp == c
         tr = ~te
-        est = GBMClassifier(n_estimators=args.rounds, random_state=args.seed).fit(X[tr], y[tr])
+        est = GBMClassifier(n_estimators=args.rounds, learning_rate=args.lr, random_state=args.seed).fit(X[tr], y[tr])
         p = est.predict_proba(X[te])
         for j, k in enumerate(est.classes_):
             proba[te, np.searchsorted(classes, k)] = p[:, j]
@@ -118,7 +118,7 @@ def ljosa(args) -> None:
     acc, n_t = _treatment_accuracy(y, proba, classes, treatment, np.ones(len(y), bool))
     tb = pd.DataFrame({"t": treatment, "y": y, "b": base_pred}).groupby("t").first()
     base_acc = float(np.mean(tb["y"] == tb["b"]))
-    extra = dict(n_wells=len(wells), n_treatments=n_t, n_compounds=int(len(np.unique(comp))), n_moas=len(classes),
+    extra = dict(xgb_rounds=args.rounds, xgb_lr=args.lr, n_wells=len(wells), n_treatments=n_t, n_compounds=int(len(np.unique(comp))), n_moas=len(classes),
                  n_features=len(feats), cv="leave-one-compound-out", seconds=round(time.perf_counter() - t0, 1))
     emit("bbbc021_ljosa_xgb_loco_treatment_moa_accuracy", round(acc, 4), "fraction", round(base_acc, 4),
          baseline_kind="majority MoA", nsc_1nn=round(nsc.accuracy, 4), nsc_chance=round(nsc.chance, 4),
@@ -204,7 +204,7 @@ def crops(args) -> None:
     cv = StratifiedGroupKFold(n_splits=args.folds, shuffle=True, random_state=args.seed)
     splits = list(cv.split(np.zeros(len(y)), y, groups))
     X = wells[feats].astype(np.float32)
-    gbm = out_of_fold_proba(lambda: GBMClassifier(n_estimators=args.rounds, random_state=args.seed), X, y, groups,
+    gbm = out_of_fold_proba(lambda: GBMClassifier(n_estimators=args.rounds, learning_rate=args.lr, random_state=args.seed), X, y, groups,
                             classes, splits)
     treated = comp != "DMSO"
     results = {"xgboost": gbm}
@@ -238,12 +238,12 @@ def crops(args) -> None:
         results["cnn"] = cell_to_well_proba(cell_p, pd.DataFrame({"r": cell_row}), pd.DataFrame({"r": np.arange(len(y))}))
         stacked = stack_inputs({"gbm": gbm, "cnn": results["cnn"]}, classes)
         results["stack"] = meta_out_of_fold_proba(stacked, y, classes, splits)
-    extra = dict(n_wells=len(wells), n_cells_measured=int(found.sum()), n_crops=len(found), n_features=len(feats),
+    extra = dict(xgb_rounds=args.rounds, xgb_lr=args.lr, n_wells=len(wells), n_cells_measured=int(found.sum()), n_crops=len(found), n_features=len(feats),
                  folds=args.folds, cv="StratifiedGroupKFold by compound (DMSO wells by plate)",
                  feature_seconds=round(t_feat, 1), seconds=round(time.perf_counter() - t0, 1),
                  peak_rss_mb=round(peak_rss_mb()))
     if args.cnn:
-        extra.update(cnn=params | {"dropouts": None}, cnn_seconds=round(t_cnn, 1))
+        extra.update(cnn={k: v for k, v in params.items() if k != "dropouts"}, cnn_seconds=round(t_cnn, 1))
     accs = {}
     for name, p in results.items():
         accs[name], n_t = _treatment_accuracy(y, p, classes, treatment, treated)
@@ -269,6 +269,7 @@ def main(argv=None) -> None:
     ap.add_argument("--cnn-per-class", type=int, default=100)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=200, help="XGBoost rounds")
+    ap.add_argument("--lr", type=float, default=0.1, help="XGBoost learning rate")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", default="~/.cache/cellfusion/bbbc021_crop_features.parquet")

@@ -37,6 +37,9 @@ def predict_proba_table(model_dir: str | Path, profiles: pd.DataFrame,
                         embeddings: str | Path | pd.DataFrame | None = None) -> pd.DataFrame:
     """Metadata columns of ``profiles`` + ``Prediction`` + ``Probability_<class>`` per class."""
     model = load_gbm(model_dir)
+    if modelio.read_model_manifest(model_dir).get("final_model") == "stack":
+        log.warning("this model folder's final model is the XGBoost + CNN stack; predictions from profiles "
+                    "alone come from its XGBoost model (the CNN needs single-cell crops)")
     if embeddings is not None:
         profiles = join_embeddings(profiles, embeddings)
     feats = list(model.feature_names_in_)
@@ -76,7 +79,7 @@ def predict(model_dir: str | Path, profiles: str | Path, out: str | Path | None 
     if embeddings is not None:
         inputs["embeddings"] = Path(embeddings)
     io.write_manifest(out.parent, command="fusion predict", inputs=inputs,
-                      parameters={"model_dir": str(Path(model_dir).resolve())},
+                      parameters={"model_dir": str(Path(model_dir).resolve()), "model": "gbm"},
                       outputs={out.name: {"rows": len(pred)}})
     log.info("predictions for %d rows written to %s", len(pred), out)
     return out
