@@ -7,6 +7,7 @@ columns carry the compartment prefix (``Nuclei_AreaShape_Area``).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ import pandas as pd
 from profiler.measure import (  # noqa: F401
     areashape, correlation, granularity, intensity, location, neighbors, radial, texture,
 )
+from profiler.measure._util import LabelContext
 from profiler.measure.registry import FeatureDoc, families, get_family, register
 
 DEFAULT_FAMILIES = ("AreaShape", "Intensity", "RadialDistribution", "Texture", "Granularity", "Correlation",
@@ -64,9 +66,13 @@ def measure_objects(
     n = int(labels.max()) if n_objects is None else int(n_objects)
     params = params or {}
     columns: dict[str, np.ndarray] = {}
+    # intermediates shared by the families that accept a ``context`` (pixel lists, hulls, EDTs)
+    context = LabelContext(labels, n)
     for fam_name in families:
         fam = get_family(fam_name)
         kw = {**fam.defaults, **params.get(fam_name, {})}
+        if "context" in inspect.signature(fam.fn).parameters:
+            kw["context"] = context
         out = fam.fn(labels, images, n_objects=n, **kw)
         for key, values in out.items():
             values = np.asarray(values, dtype=np.float64)

@@ -26,3 +26,86 @@ def nan_where_empty(values: np.ndarray, count: np.ndarray) -> np.ndarray:
     out = np.asarray(values, dtype=np.float64).copy()
     out[count == 0] = np.nan
     return out
+
+
+class LabelContext:
+    """Intermediates of one label image shared by the families that need them.
+
+    Every quantity is computed on first use and kept: the int64 label image, the labelled pixels
+    (flat index, label, row, column), per-object pixel counts, the one-pass shape scan (area,
+    bounding box, perimeter, Euler number), the convex-hull features (Feret diameters, minimum
+    enclosing circle, convex area) and the label-wise distance transforms.
+    :func:`profiler.measure.measure_objects` builds one per label image and passes it to the
+    families that take a ``context`` keyword; a family called on its own builds its own
+    (:func:`label_context`), so each family stays a pure function of (labels, images, params).
+    """
+
+    def __init__(self, labels: np.ndarray, n_objects: int):
+        self.source = labels
+        self.labels = np.ascontiguousarray(labels, dtype=np.int64)
+        self.n = int(n_objects)
+        self._cache: dict = {}
+
+    def _get(self, key, make):
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def pixels(self) -> tuple[np.ndarray, np.ndarray]:
+        """(flat index, label) of the pixels with 0 < label ≤ n, in raster order."""
+        return self._get("pixels", lambda: object_pixels(self.labels, self.n))
+
+    def rows_cols(self) -> tuple[np.ndarray, np.ndarray]:
+        """Row and column (int) of each pixel of :meth:`pixels`."""
+        return self._get("rows_cols", lambda: np.divmod(self.pixels()[0], self.labels.shape[1]))
+
+    def rows_cols_float(self) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`rows_cols` as float64."""
+        return self._get("rows_cols_f", lambda: tuple(a.astype(np.float64) for a in self.rows_cols()))
+
+    def centroid(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean row and column of labels 0..n (length n + 1; NaN where a label has no pixels)."""
+        def make():
+            lab = self.pixels()[1]
+            ii, jj = self.rows_cols_float()
+            cnt = self.counts().astype(np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return (np.bincount(lab, ii, minlength=self.n + 1) / cnt,
+                        np.bincount(lab, jj, minlength=self.n + 1) / cnt)
+
+        return self._get("centroid", make)
+
+    def counts(self) -> np.ndarray:
+        """Pixel count of labels 0..n (int64, length n + 1; entry 0 is 0)."""
+        return self._get("counts", lambda: np.bincount(self.pixels()[1], minlength=self.n + 1))
+
+    def shape_scan(self):
+        """(area, bbox, perimeter, euler) from :func:`_kernels.pixel_scan`."""
+        from profiler.measure import _kernels as K
+
+        return self._get("scan", lambda: K.pixel_scan(self.labels, self.n))
+
+    def hull(self):
+        """(min_feret, max_feret, mec_i, mec_j, mec_r, convex_area) from :func:`_kernels.hull_features`."""
+        from profiler.measure import _kernels as K
+
+        def make():
+            ii, jj, starts = K.hull_candidates(self.labels, self.n)
+            return K.hull_features(ii, jj, starts, self.n, self.shape_scan()[1], True)
+
+        return self._get("hull", make)
+
+    def edt(self, border_is_background: bool) -> np.ndarray:
+        """Label-wise Euclidean distance transform (:func:`_kernels.label_edt`)."""
+        from profiler.measure import _kernels as K
+
+        b = bool(border_is_background)
+        return self._get(("edt", b), lambda: K.label_edt(self.labels, b))
+
+
+def label_context(labels: np.ndarray, n_objects: int, context: LabelContext | None = None) -> LabelContext:
+    """``context`` when it was built for this label image and object count, else a new one."""
+    if (context is not None and context.n == int(n_objects)
+            and (context.source is labels or context.labels is labels)):
+        return context
+    return LabelContext(labels, n_objects)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from profiler.measure import _kernels as K
+from profiler.measure._util import LabelContext, label_context
 from profiler.measure.registry import FeatureDoc, register
 
 ZERNIKE_INDEXES = K.zernike_indexes(9)
@@ -81,11 +82,11 @@ def _hu(nu: np.ndarray) -> np.ndarray:
     return hu
 
 
-def shape_geometry(labels: np.ndarray, n_objects: int) -> dict[str, np.ndarray]:
+def shape_geometry(labels: np.ndarray, n_objects: int, context: LabelContext | None = None) -> dict[str, np.ndarray]:
     """Per-object geometry shared by several families (rows 0..n, row 0 unused)."""
-    lab = np.ascontiguousarray(labels, dtype=np.int64)
-    area, bbox, perim, euler = K.pixel_scan(lab, n_objects)
-    return {"labels": lab, "area": area, "bbox": bbox, "perimeter": perim, "euler": euler}
+    ctx = label_context(labels, n_objects, context)
+    area, bbox, perim, euler = ctx.shape_scan()
+    return {"labels": ctx.labels, "area": area, "bbox": bbox, "perimeter": perim, "euler": euler}
 
 
 def zernike_shape(lab_img: np.ndarray, n: int, mec_i: np.ndarray, mec_j: np.ndarray,
@@ -104,9 +105,10 @@ def zernike_shape(lab_img: np.ndarray, n: int, mec_i: np.ndarray, mec_j: np.ndar
           "Feret, radii and the advanced moments)", features=_FEATURES,
           defaults={"zernike": True, "advanced": True})
 def areashape(labels: np.ndarray, images=None, *, n_objects: int, zernike: bool = True,
-              advanced: bool = True) -> dict[str, np.ndarray]:
+              advanced: bool = True, context: LabelContext | None = None) -> dict[str, np.ndarray]:
     n = int(n_objects)
-    geo = shape_geometry(labels, n)
+    ctx = label_context(labels, n, context)
+    geo = shape_geometry(labels, n, ctx)
     lab_img, area_i, bbox = geo["labels"], geo["area"], geo["bbox"]
     present = area_i > 0
     area = np.where(present, area_i, np.nan).astype(np.float64)
@@ -136,13 +138,10 @@ def areashape(labels: np.ndarray, images=None, *, n_objects: int, zernike: bool 
         cen_i = bbox[:, 0] + m[:, 1, 0] / m00
         cen_j = bbox[:, 1] + m[:, 0, 1] / m00
 
-        ii, jj, starts = K.hull_candidates(lab_img, n)
-        min_f, max_f, mec_i, mec_j, mec_r, conv = K.hull_features(ii, jj, starts, n, bbox, True)
+        min_f, max_f, mec_i, mec_j, mec_r, conv = ctx.hull()
 
-        edt = K.label_edt(lab_img, True)
-        flat = lab_img.ravel()
-        sel = (flat > 0) & (flat <= n)
-        dl, dv = flat[sel], edt.ravel()[sel]
+        pidx, dl = ctx.pixels()
+        dv = ctx.edt(True).ravel()[pidx]
         if dv.size and np.isfinite(dv).all() and dv.max() < 65535.0:
             d_sorted, d_starts = K.sort_distances_by_label(dl, dv), K.label_starts(dl, n)
         else:

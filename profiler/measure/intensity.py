@@ -24,6 +24,7 @@ import numba as nb
 import numpy as np
 
 from profiler.measure import _kernels as K
+from profiler.measure._util import LabelContext, label_context
 from profiler.measure.registry import FeatureDoc, register
 
 _U = "intensity (raw / dtype max)"
@@ -143,22 +144,17 @@ def _basic(lab: np.ndarray, v: np.ndarray, n: int):
 
 @register("Intensity", description="MeasureObjectIntensity: intensity statistics per object and channel",
           features=_FEATURES)
-def intensity(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objects: int) -> dict[str, np.ndarray]:
+def intensity(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objects: int,
+              context: LabelContext | None = None) -> dict[str, np.ndarray]:
     n = int(n_objects)
-    lab_img = np.ascontiguousarray(labels, dtype=np.int64)
-    h, w = lab_img.shape
-    flat = lab_img.ravel()
-    idx = np.flatnonzero((flat > 0) & (flat <= n))
-    lab = flat[idx]
-    ii, jj = np.divmod(idx, w)
-    ii = ii.astype(np.float64)
-    jj = jj.astype(np.float64)
+    ctx = label_context(labels, n, context)
+    lab_img = ctx.labels
+    idx, lab = ctx.pixels()
+    ii, jj = ctx.rows_cols_float()
     edge = _edge_mask(lab_img).ravel()[idx]
     elab = lab[edge]
-    cnt = np.bincount(lab, minlength=n + 1).astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ci = np.bincount(lab, ii, minlength=n + 1) / cnt
-        cj = np.bincount(lab, jj, minlength=n + 1) / cnt
+    cnt = ctx.counts().astype(np.float64)
+    ci, cj = ctx.centroid()
     starts = K.label_starts(lab, n)
     s = slice(1, n + 1)
     out: dict[str, np.ndarray] = {}

@@ -30,6 +30,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
+from profiler.measure._util import LabelContext, label_context
 from profiler.measure.registry import FeatureDoc, register
 
 _FEATURES = [
@@ -101,16 +102,13 @@ def _scan(lab, n, oi, oj, ti, tj):
     return perim, touch, codes[:nc]
 
 
-def _closest(labels: np.ndarray, n: int):
+def _closest(ctx: LabelContext, n: int):
     """Centroid-based first/second closest object numbers, distances and angle (rows 1..n)."""
-    flat = labels.ravel()
-    idx = np.flatnonzero((flat > 0) & (flat <= n))
-    lab = flat[idx]
-    ii, jj = np.divmod(idx, labels.shape[1])
-    cnt = np.bincount(lab, minlength=n + 1)[1:].astype(np.float64)
+    cnt = ctx.counts()[1:]
     present = np.flatnonzero(cnt > 0)
-    ci = np.bincount(lab, ii.astype(float), minlength=n + 1)[1:][present] / cnt[present]
-    cj = np.bincount(lab, jj.astype(float), minlength=n + 1)[1:][present] / cnt[present]
+    ci_all, cj_all = ctx.centroid()
+    ci = ci_all[1:][present]
+    cj = cj_all[1:][present]
     res = {k: np.full(n, np.nan) for k in ("n1", "d1", "n2", "d2", "angle")}
     m = present.size
     if m < 2:
@@ -157,12 +155,15 @@ def _scale_name(scale) -> tuple[str, float]:
 
 @register("Neighbors", description="MeasureObjectNeighbors: neighbour counts, touching fraction and "
           "nearest objects", features=_FEATURES, defaults={"scales": ("Adjacent",)})
-def neighbors(labels: np.ndarray, images=None, *, n_objects: int, scales=("Adjacent",)) -> dict[str, np.ndarray]:
+def neighbors(labels: np.ndarray, images=None, *, n_objects: int, scales=("Adjacent",),
+              context: LabelContext | None = None) -> dict[str, np.ndarray]:
     n = int(n_objects)
-    lab0 = np.ascontiguousarray(labels, dtype=np.int64)
-    lab0 = np.where(lab0 <= n, lab0, 0)
-    present = np.bincount(lab0.ravel(), minlength=n + 1)[1:n + 1] > 0
-    closest = _closest(lab0, n)
+    ctx = label_context(labels, n, context)
+    lab0 = ctx.labels
+    if lab0.size and int(lab0.max()) > n:
+        lab0 = np.where(lab0 <= n, lab0, 0)
+    present = ctx.counts()[1:n + 1] > 0
+    closest = _closest(ctx, n)
     out: dict[str, np.ndarray] = {}
     for scale in ([scales] if isinstance(scales, (str, int)) else list(scales)):
         name, d = _scale_name(scale)

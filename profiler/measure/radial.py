@@ -25,6 +25,7 @@ import numba as nb
 import numpy as np
 
 from profiler.measure import _kernels as K
+from profiler.measure._util import LabelContext, label_context
 from profiler.measure.registry import FeatureDoc, register
 
 _FEATURES = [
@@ -83,21 +84,24 @@ def _radial_cv(lab, bins, wedge, v, n, nbins):
     return cv
 
 
-def radial_geometry(labels: np.ndarray, n: int, bin_count: int) -> dict[str, np.ndarray]:
+def radial_geometry(labels: np.ndarray, n: int, bin_count: int,
+                    context: LabelContext | None = None) -> dict[str, np.ndarray]:
     """Per-pixel label, bin and wedge of every pixel reached from its object's centre."""
-    lab_img = np.ascontiguousarray(labels, dtype=np.int64)
-    d_edge = K.label_edt(lab_img, False)
+    ctx = label_context(labels, n, context)
+    lab_img = ctx.labels
+    d_edge = ctx.edt(False)
     ci, cj = _centers(lab_img, d_edge, n)
     d_center = K.geodesic_from_centers(lab_img, ci, cj, n)
-    flat = lab_img.ravel()
-    good = (flat > 0) & (flat <= n) & (d_center.ravel() >= 0)
-    idx = np.flatnonzero(good)
-    lab = flat[idx]
-    dc = d_center.ravel()[idx]
+    pidx, plab = ctx.pixels()
+    dc = d_center.ravel()[pidx]
+    good = dc >= 0
+    idx = pidx[good]
+    lab = plab[good]
+    dc = dc[good]
     de = d_edge.ravel()[idx]
     r = dc / (dc + de + 0.001)
     bins = np.minimum((r * bin_count).astype(np.int64), bin_count)
-    ii, jj = np.divmod(idx, lab_img.shape[1])
+    ii, jj = (a[good] for a in ctx.rows_cols())
     ic = ci[lab]
     jc = cj[lab]
     wedge = ((ii > ic).astype(np.int64) + 2 * (jj > jc) + 4 * (np.abs(ii - ic) > np.abs(jj - jc)))
@@ -108,7 +112,8 @@ def radial_geometry(labels: np.ndarray, n: int, bin_count: int) -> dict[str, np.
           "distribution (FracAtD, MeanFrac, RadialCV) and intensity Zernike magnitudes", features=_FEATURES,
           defaults={"bin_count": 4, "zernike_degree": 9})
 def radial_distribution(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objects: int,
-                        bin_count: int = 4, zernike_degree: int = 9) -> dict[str, np.ndarray]:
+                        bin_count: int = 4, zernike_degree: int = 9,
+                        context: LabelContext | None = None) -> dict[str, np.ndarray]:
     from profiler.errors import ConfigError
 
     if int(bin_count) < 1:
@@ -116,11 +121,11 @@ def radial_distribution(labels: np.ndarray, images: Mapping[str, np.ndarray], *,
                           hint="set features.params.RadialDistribution.bin_count to e.g. 4")
     n = int(n_objects)
     nb_ = int(bin_count)
-    geo = radial_geometry(labels, n, nb_)
+    ctx = label_context(labels, n, context)
+    geo = radial_geometry(labels, n, nb_, ctx)
     idx, lab, bins, wedge = geo["idx"], geo["lab"], geo["bins"], geo["wedge"]
-    lab_img = np.ascontiguousarray(labels, dtype=np.int64)
-    present = np.bincount(lab_img.ravel()[(lab_img.ravel() > 0) & (lab_img.ravel() <= n)],
-                          minlength=n + 1)[1:n + 1] > 0
+    lab_img = ctx.labels
+    present = ctx.counts()[1:n + 1] > 0
     key = lab * (nb_ + 1) + bins
     number = np.bincount(key, minlength=(n + 1) * (nb_ + 1)).reshape(n + 1, nb_ + 1)[1:, :nb_].astype(float)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -128,7 +133,7 @@ def radial_distribution(labels: np.ndarray, images: Mapping[str, np.ndarray], *,
     out: dict[str, np.ndarray] = {}
     chans = list(images)
     for ch in chans:
-        v = np.asarray(images[ch], dtype=np.float64).ravel()[idx]
+        v = np.asarray(images[ch]).ravel()[idx].astype(np.float64)
         hist = np.bincount(key, v, minlength=(n + 1) * (nb_ + 1)).reshape(n + 1, nb_ + 1)[1:, :nb_]
         with np.errstate(divide="ignore", invalid="ignore"):
             frac = hist / hist.sum(1, keepdims=True)
@@ -141,9 +146,8 @@ def radial_distribution(labels: np.ndarray, images: Mapping[str, np.ndarray], *,
             out[f"RadialDistribution_RadialCV_{sfx}"] = np.where(present, cv[:, b], np.nan)
     if int(zernike_degree) >= 0 and chans:
         zidx = K.zernike_indexes(int(zernike_degree))
-        area, bbox, _, _ = K.pixel_scan(lab_img, n)
-        ii, jj, starts = K.hull_candidates(lab_img, n)
-        _, _, mec_i, mec_j, mec_r, _ = K.hull_features(ii, jj, starts, n, bbox, False)
+        area = ctx.shape_scan()[0]
+        _, _, mec_i, mec_j, mec_r, _ = ctx.hull()
         ok = mec_r > 0  # single-pixel and absent objects: NaN below
         w = np.stack([np.asarray(images[ch]) for ch in chans])
         if w.dtype not in (np.float32, np.float64):
