@@ -49,12 +49,19 @@ def extract(
         help="Reuse complete per-site results of an earlier run into --out made with the same pipeline."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     overlays: bool = typer.Option(False, "--overlays", help="Write OUT/overlays/<site>.png with nucleus and cell outlines."),
+    crops: Optional[bool] = typer.Option(
+        None, "--crops/--no-crops",
+        help="Also write OUT/crops.tif (N,S,S,C) + crops.parquet: a window around each cell, all channels "
+             "(default: the pipeline's crops section, off)."),
+    crop_size: Optional[int] = typer.Option(None, "--crop-size", min=8,
+                                            help="Crop side S in pixels (default: the pipeline's, 64)."),
 ) -> None:
     """Segment, measure and profile a plate: writes single_cell.parquet, profiles.parquet, manifest.json."""
     from profiler.extract import extract as run
 
     out_dir = run(plate_dir, out, pipeline=pipeline, platemap=platemap, workers=workers,
-                  scheduler=scheduler, resume=resume, progress=progress, overlays=overlays)
+                  scheduler=scheduler, resume=resume, progress=progress, overlays=overlays,
+                  crops=crops, crop_size=crop_size)
     err_console.print(f"outputs written to {out_dir}")
 
 

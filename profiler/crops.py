@@ -112,3 +112,60 @@ def write_crops(crops: np.ndarray, table: pd.DataFrame, out_dir: str | Path, *,
                                                  "channels": list(channels) if channels else None}))
     tab = io.write_parquet(table.reset_index(drop=True), out_dir / CROPS_TABLE)
     return tif, tab
+
+
+# ---------------------------------------------------------------------------------------------
+# ``profiler extract --crops``: one crop per row of the per-cell table, per-site partitions.
+
+CROP_DEFAULTS = {"enabled": False, "size": 64, "mask_background": False}
+
+
+def crop_params(section: Mapping | None, *, enabled: bool | None = None, size: int | None = None) -> dict:
+    """The pipeline's ``crops:`` section over :data:`CROP_DEFAULTS`, with explicit overrides (CLI)."""
+    p = {**CROP_DEFAULTS, **dict(section or {})}
+    if enabled is not None:
+        p["enabled"] = bool(enabled)
+    if size is not None:
+        p["size"] = size
+    unknown = set(p) - set(CROP_DEFAULTS)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in the crops section: {', '.join(sorted(unknown))}",
+                          hint=f"allowed: {', '.join(CROP_DEFAULTS)}")
+    try:
+        p["size"] = int(p["size"])
+    except (TypeError, ValueError):
+        raise ConfigError(f"crops size must be an integer number of pixels, got {p['size']!r}") from None
+    if p["size"] < 8 or p["size"] > 1024:
+        raise ConfigError(f"crops size must lie between 8 and 1024 pixels, got {p['size']}")
+    return p
+
+
+def site_crops(labels: np.ndarray, images: Mapping[str, np.ndarray], channels: Sequence[str], n_objects: int,
+               size: int, mask_background: bool = False) -> np.ndarray:
+    """uint16 (n_objects, size, size, C): row i is object i + 1 (the per-cell table's row order).
+
+    An object number absent from ``labels`` gets an all-zero crop (it keeps its row)."""
+    crops, numbers = cut_crops(labels, images, size, channels=channels, n_objects=n_objects,
+                               mask_background=mask_background)
+    out = np.zeros((n_objects, size, size, len(channels)), np.uint16)
+    out[numbers - 1] = to_uint16(crops)
+    return out
+
+
+def save_site_crops(crops: np.ndarray, path: str | Path) -> Path:
+    """One site's crops as ``.npy`` (written atomically; no pickle)."""
+    path = Path(path)
+    with io.atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(crops), allow_pickle=False)
+    return path
+
+
+def load_site_crops(path: str | Path) -> np.ndarray:
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read this site's crop partition ({exc})", path=path,
+                         hint="delete it and rerun `profiler extract --crops` (the site is recomputed)") from exc
+    if arr.ndim != 4:
+        raise InputError(f"a crop partition must be (N, H, W, C), got {arr.shape}", path=path)
+    return arr

@@ -30,6 +30,7 @@ import pandas as pd
 
 from profiler import io
 from profiler.config import AssayConfig, load_pipeline
+from profiler.crops import crop_params, load_site_crops, save_site_crops, site_crops, write_crops
 from profiler.errors import CellfusionError, ConfigError, InputError
 from profiler.measure import DEFAULT_FAMILIES, measure_objects
 from profiler.names import OBJECT_NUMBER, PLATE, SITE, WELL
@@ -62,8 +63,11 @@ def measure_site(seg, images: Mapping[str, np.ndarray], features: Mapping[str, A
 
 def process_site(site: Site, config: AssayConfig, *,
                  illumination: Mapping[tuple[str, str], np.ndarray] | None = None,
-                 overlays_dir: str | Path | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Segment and measure one site. Returns (per-cell table, image/QC record).
+                 overlays_dir: str | Path | None = None, crop_size: int | None = None,
+                 crop_mask: bool = False) -> tuple:
+    """Segment and measure one site. Returns (per-cell table, image/QC record), and with
+    ``crop_size`` also the cells' crops: uint16 (n_cells, crop_size, crop_size, channels), row i
+    ↔ table row i, cut from the illumination-corrected images (:func:`profiler.crops.site_crops`).
 
     ``illumination`` maps (plate, channel) → illumination function (:mod:`profiler.illum`); a
     channel with a function is divided by it before segmentation and measurement. QC
@@ -93,6 +97,9 @@ def process_site(site: Site, config: AssayConfig, *,
     if overlays_dir is not None:
         write_overlay(overlay_rgb(images[nuc_ch], images[cell_ch], seg.nuclei, seg.cells),
                       Path(overlays_dir) / f"{site.key}.png")
+    if crop_size:
+        crops = site_crops(seg.cells, images, config.channel_names, seg.n_objects, int(crop_size), crop_mask)
+        return cells, record, crops
     return cells, record
 
 
@@ -204,7 +211,8 @@ def run_site(site: Site, config: AssayConfig, sites_dir: str | Path, phash: str,
     try:
         try:
             _check_file_names(site)
-            cells, record = process_site(site, config, **site_kwargs)
+            result = process_site(site, config, **site_kwargs)
+            cells, record = result[0], result[1]
         except ConfigError:
             raise  # the pipeline is wrong for every site: stop the run (see run_sites)
         except CellfusionError as exc:
@@ -216,6 +224,10 @@ def run_site(site: Site, config: AssayConfig, sites_dir: str | Path, phash: str,
             entry["status"] = "ok"
             entry["record"] = record
             entry["partition"] = {"file": part.name, "rows": int(len(cells)), "sha256": io.file_sha256(part)}
+            if len(result) > 2:  # --crops: the cells' crop stack, same rows
+                cpath = save_site_crops(result[2], sites_dir / f"{stem}.crops.npy")
+                entry["crops"] = {"file": cpath.name, "rows": int(len(result[2])), "size": int(result[2].shape[1]),
+                                  "sha256": io.file_sha256(cpath)}
         io.write_json(entry, sites_dir / f"{stem}.json")  # … then the record that vouches for it
     except ConfigError:
         raise
@@ -227,13 +239,15 @@ def run_site(site: Site, config: AssayConfig, sites_dir: str | Path, phash: str,
     return entry
 
 
-def load_done(site: Site, sites_dir: str | Path, phash: str) -> dict[str, Any] | None:
+def load_done(site: Site, sites_dir: str | Path, phash: str, crop_size: int | None = None) -> dict[str, Any] | None:
     """The site's entry from a previous run if it is complete and valid for ``phash``, else None.
 
     Complete means: the record exists and parses, was written with the same pipeline hash and
     the same input files, and (for a processed site) its partition exists with the recorded
     SHA-256 and row count. Anything else — a partition without record (killed mid-site), a
     truncated or edited partition, changed parameters — means the site is recomputed.
+    With ``crop_size`` the site's crop partition must also exist, be of that size and match its
+    recorded SHA-256 and row count.
     """
     sites_dir = Path(sites_dir)
     stem = site_stem(site)
@@ -264,7 +278,16 @@ def load_done(site: Site, sites_dir: str | Path, phash: str) -> dict[str, Any] |
         rows = pq.read_metadata(part_path).num_rows
     except Exception:  # noqa: BLE001 - any unreadable partition is simply recomputed
         return None
-    return entry if rows == part.get("rows") else None
+    if rows != part.get("rows"):
+        return None
+    if crop_size:
+        crop = entry.get("crops") or {}
+        crop_path = sites_dir / str(crop.get("file", ""))
+        if (crop.get("size") != int(crop_size) or crop.get("rows") != rows or not crop_path.is_file()
+                or io.file_sha256(crop_path) != crop.get("sha256")):
+            log.debug("site %s: no valid crops of %s px; recomputing", stem, crop_size)
+            return None
+    return entry
 
 
 def _progress(enabled: bool):
@@ -327,7 +350,7 @@ def run_sites(sites: Sequence[Site], config: AssayConfig, sites_dir: Path, phash
 def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path = "example",
             platemap: str | Path | None = None, workers: int | None = None,
             scheduler: str | None = None, resume: bool = True, progress: bool = True,
-            overlays: bool = False) -> Path:
+            overlays: bool = False, crops: bool | None = None, crop_size: int | None = None) -> Path:
     """Run the whole extraction on a plate folder; returns ``out_dir``.
 
     Parameters
@@ -344,6 +367,11 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
         Show a progress bar on stderr.
     overlays:
         Write ``OUT/overlays/<site>.png`` (nucleus and cell outlines) for the sites processed.
+    crops, crop_size:
+        Also write ``OUT/crops.tif`` (N, S, S, C) uint16 + ``OUT/crops.parquet`` (Metadata_* keys,
+        same rows as ``single_cell.parquet``): an S × S window around each cell, all channels,
+        after illumination correction. ``None``: the pipeline's ``crops:`` section (default off,
+        64 px). Sites keep their crops as ``OUT/sites/<site>.crops.npy``.
     """
     plate_dir, out_dir = Path(plate_dir).resolve(), Path(out_dir).resolve()
     config = load_pipeline(pipeline)
@@ -369,6 +397,11 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
         site_kwargs["illumination"] = functions
     if overlays:
         site_kwargs["overlays_dir"] = str(out_dir / "overlays")
+    crop_cfg = crop_params(config.section("crops"), enabled=crops, size=crop_size)
+    want_crops = bool(crop_cfg["enabled"])
+    if want_crops:
+        site_kwargs["crop_size"] = crop_cfg["size"]
+        site_kwargs["crop_mask"] = bool(crop_cfg["mask_background"])
 
     entries: dict[str, dict[str, Any]] = {}
     todo: list[Site] = []
@@ -385,7 +418,8 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
                       "hint: list only files under the plate folder in the layout CSV")
             entries[stem] = {"site": stem, "status": "error", "partition": None,
                              "record": _base_record(site, "error", reason)}
-        elif resume and (done := load_done(site, sites_dir, phash)) is not None:
+        elif resume and (done := load_done(site, sites_dir, phash,
+                                           crop_cfg["size"] if want_crops else None)) is not None:
             entries[stem] = done
             reused += 1
         else:
@@ -397,6 +431,7 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
 
     records: list[dict[str, Any]] = []
     tables: list[pd.DataFrame] = []
+    crop_parts: list[np.ndarray] = []
     for site in scan.sites:  # scan order (plate, well, site): deterministic rows
         entry = entries[site_stem(site)]
         records.append(entry["record"])
@@ -410,6 +445,8 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
             part = pd.read_parquet(sites_dir / entry["partition"]["file"])
             if len(part):
                 tables.append(part)
+                if want_crops:
+                    crop_parts.append(load_site_crops(sites_dir / entry["crops"]["file"]))
     qcp = qc_params(config.section("qc"))
     image_table = flag_outliers(pd.DataFrame(records), z=float(qcp["outlier_z"]), min_sites=int(qcp["min_sites"]))
     skipped = [r for r in records if r["Metadata_Status"] not in ("ok",)]
@@ -450,6 +487,17 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
     io.write_parquet(single_cell, out_dir / "single_cell.parquet")
     io.write_parquet(image_table, out_dir / "image.parquet")
     io.write_parquet(profiles, out_dir / "profiles.parquet")
+    crop_outputs: dict[str, Any] = {}
+    if want_crops:
+        stack = np.concatenate(crop_parts)
+        if len(stack) != len(single_cell):
+            raise InputError(f"{len(stack)} crops for {len(single_cell)} cells (duplicate wells in the platemap?)",
+                             path=platemap or out_dir, hint="list every well once in the platemap")
+        crop_table = single_cell[[c for c in single_cell.columns if c.startswith("Metadata_")]]
+        write_crops(stack, crop_table, out_dir, channels=config.channel_names)
+        crop_outputs = {"crops.tif": {"shape": list(stack.shape), "channels": config.channel_names,
+                                      "parameters": crop_cfg},
+                        "crops.parquet": {"rows": len(crop_table)}}
     io.write_manifest(
         out_dir, command="profiler extract", inputs=inputs,
         parameters={"pipeline": config.to_dict()},
@@ -457,6 +505,7 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
             "single_cell.parquet": {"rows": len(single_cell), "columns": single_cell.shape[1]},
             "image.parquet": {"rows": len(image_table)},
             "profiles.parquet": {"rows": len(profiles), "columns": profiles.shape[1]},
+            **crop_outputs,
         },
         extra=extra,
     )

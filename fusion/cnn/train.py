@@ -10,6 +10,12 @@
   epoch with the best mean of the two are restored at the end.
 * Seeded: model initialisation, resampling, shuffling and augmentation all derive from ``seed``;
   on CPU ``torch.use_deterministic_algorithms`` is on while training.
+* BatchNorm statistics are recalibrated before every evaluation ("precise BN"): the running
+  mean/variance are reset and re-estimated as the plain average over up to ``bn_samples`` training
+  crops (balanced, not augmented) forwarded with the current weights. The moving averages kept
+  during training lag the weights; with few steps or small batches (1×1 or 2×2 final feature maps
+  on small crops) that lag alone turned a network that was 100 % right in training mode into one
+  at chance level in evaluation mode.
 * Data parallel: when a process group is initialised (``torchrun``; gloo on CPU, nccl on GPU) the
   model is wrapped in DistributedDataParallel with synchronised BatchNorm and each rank reads its
   share of every global batch through a DistributedSampler; ``batch_size`` is the global batch.
@@ -65,6 +71,7 @@ class TrainConfig:
     channels_last: bool = True         # CUDA only
     pretrained_path: str | None = None
     eval_batch_size: int = 256
+    bn_samples: int = 1024             # training crops used to recalibrate BatchNorm statistics (0 = off)
 
     def __post_init__(self) -> None:
         self.dropouts = tuple(float(d) for d in self.dropouts)
@@ -204,6 +211,7 @@ def train_model(x: torch.Tensor, y: np.ndarray, n_classes: int, config: TrainCon
                 total += float(loss.detach()) * len(sel)
                 seen += len(sel)
             rec = {"epoch": epoch + 1, "train_loss": total / max(seen, 1)}
+            recalibrate_batchnorm(model, x, index, preprocessor, device, config)
             if x_val is not None and y_val is not None and len(y_val):
                 proba = predict_proba(model, x_val, preprocessor, device, config.eval_batch_size)
                 pred = proba.argmax(1)
@@ -236,6 +244,52 @@ def train_model(x: torch.Tensor, y: np.ndarray, n_classes: int, config: TrainCon
         model = plain.to(device)
     model.eval()
     return TrainResult(model=model, history=history, best_epoch=best_epoch, stopped_early=stopped)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, index: np.ndarray, pre: Preprocessor | None,
+                          device: torch.device, config: TrainConfig) -> None:
+    """Re-estimate every BatchNorm's running mean/variance with the current weights ("precise BN").
+
+    Forwards the first ``config.bn_samples`` crops of ``index`` (the balanced training index, in
+    its seeded order; no augmentation, dropout off) in global batches of ``config.batch_size`` and
+    sets the running statistics to the average of the batch statistics (momentum ``None``).
+    Under a process group each rank forwards its share of every global batch and the synchronised
+    BatchNorm sums the statistics, so N processes give the statistics of one.
+    """
+    if config.bn_samples <= 0 or len(index) == 0:
+        return
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return
+    rank, world = rank_world()
+    b = config.batch_size
+    n = min(len(index), config.bn_samples)
+    if world > 1:  # every rank needs the same number of equally sized batches
+        n = max(b, n // b * b)
+        cal = np.resize(index, n)
+    else:
+        cal = index[:n]
+    was = model.training
+    momenta = [m.momentum for m in bns]
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        for start in range(0, len(cal), b):
+            chunk = cal[start:start + b]
+            if world > 1:
+                lb = b // world
+                chunk = chunk[rank * lb:(rank + 1) * lb]
+            xb = _prepare(x[torch.from_numpy(np.ascontiguousarray(chunk))], pre, device, config)
+            with _autocast(device):
+                model(xb)
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        model.train(was)
 
 
 def _prepare(xb: torch.Tensor, pre: Preprocessor | None, device: torch.device, config: TrainConfig | None = None,
