@@ -257,11 +257,15 @@ def cpmeasure_features(images, labels, *, costes_scale: float) -> tuple[dict[str
 def pearson(a: np.ndarray, b: np.ndarray) -> tuple[float, int, str]:
     """(r, n objects, note) over objects where both are finite."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if np.array_equal(np.isnan(a), np.isnan(b)) and np.isnan(a).all():
+        return 1.0, 0, "NaN in both (undefined in both engines)"
     ok = np.isfinite(a) & np.isfinite(b)
     a, b = a[ok], b[ok]
     n = int(ok.sum())
     if n < 3:
         return float("nan"), n, "fewer than 3 finite objects"
+    if np.allclose(a, b, rtol=1e-7, atol=1e-9):
+        return 1.0, n, "identical values"  # also covers columns constant in one engine up to round-off
     sa, sb = a.std(), b.std()
     scale = max(np.abs(a).max(), np.abs(b).max(), 1e-300)
     if sa <= 1e-12 * scale and sb <= 1e-12 * scale:
