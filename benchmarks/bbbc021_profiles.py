@@ -1,10 +1,8 @@
 """BBBC021 (Ljosa 2013 per-well means): NSC / NSCB for every normalization + feature-selection recipe tried.
 
 Every recipe is printed (honest reporting). MoA labels are used only to score, never to choose:
-the preset `bbbc021_best` was fixed a priori (see docs/profiles.md): per-plate robustize to DMSO,
-drop position/numbering features, variance filter, then ZCA-cor whitening fit on all wells with a
-strong eigenvalue shrinkage (epsilon 10 on a correlation matrix, i.e. whitening only directions
-whose variance exceeds the per-feature unit variance by a lot).
+the preset `bbbc021_best` was fixed a priori (see docs/profiles.md): per-plate robustize to DMSO
+and drop position/numbering features (no thresholds to tune).
 
     python benchmarks/bbbc021_profiles.py [--map]
 """
@@ -42,7 +40,10 @@ RECIPES = {
     "plate_robustize+blocklist+spherize_all_eps1": {
         "normalize": "robustize", "blocklist": BL, "feature_select": ["blocklist", "drop_na_columns", "variance_threshold"],
         "whiten": {"samples": "all", "epsilon": 1.0}},
-    "bbbc021_best (plate_robustize+blocklist+spherize_all_eps10)": "bbbc021_best",
+    "plate_robustize+blocklist+spherize_all_eps10": {
+        "normalize": "robustize", "blocklist": BL, "feature_select": ["blocklist", "drop_na_columns", "variance_threshold"],
+        "whiten": {"samples": "all", "epsilon": 10.0}},
+    "preset bbbc021_best": "bbbc021_best",
     "plate_robustize+blocklist+spherize_all_eps100": {
         "normalize": "robustize", "blocklist": BL, "feature_select": ["blocklist", "drop_na_columns", "variance_threshold"],
         "whiten": {"samples": "all", "epsilon": 100.0}},

@@ -71,7 +71,7 @@ def aggregate_parquet(source: str | Path | Sequence[str | Path], *, strata: Sequ
     meta = [n for n in names if is_metadata(n) and n not in strata]
     con = duckdb.connect()
     try:
-        con.execute(f"SET memory_limit='{max(int(memory_mb * 1.5), 256)}MB'")
+        con.execute(f"SET memory_limit='{max(int(memory_mb * 2), 256)}MB'")
         con.execute("SET preserve_insertion_order=false")
         if threads:
             con.execute(f"SET threads={int(threads)}")
@@ -88,7 +88,8 @@ def aggregate_parquet(source: str | Path | Sequence[str | Path], *, strata: Sequ
                 out = out.drop(columns=[m])
             out = out.drop(columns=["n_" + m])
         # feature passes: at most memory_mb of buffered values per pass
-        per_feature_mb = max(n_rows * 8 / 1e6, 1e-3)
+        # a holistic aggregate (median) buffers each value, with ~3x overhead over 8-byte doubles
+        per_feature_mb = max(n_rows * 24 / 1e6, 1e-3)
         batch = max(1, min(len(feats), math.floor(memory_mb / per_feature_mb))) if feats else 1
         tmpl = _OPS[operation]
         for i in range(0, len(feats), batch):

@@ -94,6 +94,63 @@ def info(
         out.print(f"note: {note}")
 
 
+@app.command()
+def aggregate(
+    single_cell: Path = typer.Argument(..., help="Per-cell Parquet file or folder of Parquet files."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (profiles.parquet, manifest.json)."),
+    platemap: Optional[Path] = typer.Option(None, help="platemap.csv to annotate wells with."),
+    preset: str = typer.Option("default", help="Profile recipe preset (default, bbbc021_best)."),
+    operation: Optional[str] = typer.Option(None, help="median or mean (default: the preset's)."),
+    samples: Optional[str] = typer.Option(None, help="Control query for normalization, or 'all' for whole-plate."),
+    allow_unimaged_wells: bool = typer.Option(False, help="Platemap wells without cells are a warning, not an error."),
+    memory_mb: float = typer.Option(1500, help="Memory budget of the streaming aggregation."),
+) -> None:
+    """Per-cell Parquet → per-well profiles (streaming median/mean, normalize to controls, feature selection)."""
+    from profiler.profiles import aggregate_command
+
+    out_dir = aggregate_command(single_cell, out, platemap=platemap, recipe=preset, operation=operation,
+                                samples=samples, allow_unimaged_wells=allow_unimaged_wells, memory_mb=memory_mb)
+    err_console.print(f"profiles written to {out_dir}")
+
+
+@app.command()
+def ingest(
+    source: Path = typer.Argument(..., help="Folder of CellProfiler CSV exports, or an ExportToDatabase SQLite file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (single_cell.parquet, manifest.json)."),
+    platemap: Optional[Path] = typer.Option(None, help="platemap.csv to annotate cells with."),
+    allow_unimaged_wells: bool = typer.Option(False, help="Platemap wells without cells are a warning, not an error."),
+) -> None:
+    """CellProfiler output (CSV folder or SQLite) → our per-cell Parquet."""
+    from profiler.ingest import ingest as run
+
+    out_dir = run(source, out, platemap=platemap, allow_unimaged_wells=allow_unimaged_wells)
+    err_console.print(f"single-cell table written to {out_dir}")
+
+
+@app.command()
+def evaluate(
+    profiles: Path = typer.Argument(..., help="Per-well profiles (Parquet or CSV) with Metadata_Compound/Concentration/MoA[/Batch]."),
+    preset: Optional[str] = typer.Option(None, help="Apply a profile recipe preset first (e.g. bbbc021_best)."),
+    with_map: bool = typer.Option(True, "--map/--no-map", help="Also compute copairs mAP."),
+    control: str = typer.Option("DMSO", help="Negative-control compound name."),
+    seed: int = typer.Option(0, help="Seed of the mAP null distribution."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the scores as JSON here."),
+) -> None:
+    """NSC / NSCB (BBBC021 protocol) and copairs mAP, each beside its chance baseline."""
+    from profiler import io
+    from profiler.evaluate import evaluate as run, read_profiles
+    from profiler.profiles import apply_recipe
+
+    table = read_profiles(profiles)
+    if preset:
+        table = apply_recipe(table, preset)
+    ev = run(table, control_compound=control, with_map=with_map, seed=seed)
+    for line in ev.lines():
+        typer.echo(line)
+    if json_out is not None:
+        io.write_json(ev.to_dict(), json_out)
+
+
 def main() -> None:
     run_main(app)
 

@@ -482,6 +482,7 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
         aggregate_operation=profiles_cfg.get("aggregate", "median"),
         normalize_method=profiles_cfg.get("normalize", "mad_robustize"),
         feature_select_operations=profiles_cfg.get("feature_select", ["variance_threshold", "drop_na_columns"]),
+        recipe=profiles_cfg if "preset" in profiles_cfg else None,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     io.write_parquet(single_cell, out_dir / "single_cell.parquet")

@@ -22,6 +22,7 @@ import copy
 import logging
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,10 +49,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The default of `profiler extract`: pycytominer's usual per-plate recipe.
     "default": {"aggregate": "median", "normalize": "mad_robustize",
                 "feature_select": ["variance_threshold", "drop_na_columns"]},
-    # BBBC021 (per-well profiles): chosen a priori, see docs/profiles.md and benchmarks/bbbc021_profiles.py.
+    # BBBC021 (per-well profiles), fixed a priori (no MoA labels): per-plate robust z-score to the DMSO
+    # wells (median/IQR, insensitive to outlier wells) and drop features that describe position or
+    # object numbering rather than phenotype. See docs/profiles.md for every recipe tried.
     "bbbc021_best": {"aggregate": "median", "normalize": "robustize", "blocklist": list(POSITION_BLOCKLIST),
-                     "feature_select": ["blocklist", "drop_na_columns", "variance_threshold"],
-                     "whiten": {"samples": "all", "method": "ZCA-cor", "epsilon": 10.0}},
+                     "feature_select": ["blocklist", "drop_na_columns"]},
 }
 
 
@@ -331,3 +333,36 @@ def build_profiles(single_cell: pd.DataFrame, *, aggregate_operation: str = "med
     prof = aggregate(single_cell, operation=aggregate_operation)
     rec = {"normalize": normalize_method, "feature_select": list(feature_select_operations)}
     return apply_recipe(prof, rec, samples=samples)
+
+
+# --------------------------------------------------------------------------------------------
+# the command
+
+def aggregate_command(single_cell_path: str | Path, out_dir: str | Path, *, platemap: str | Path | None = None,
+                      recipe: str | Mapping[str, Any] | None = None, operation: str | None = None,
+                      samples: str | None = None, allow_unimaged_wells: bool = False,
+                      memory_mb: float = 1500) -> Path:
+    """``profiler aggregate``: per-cell Parquet (file or folder) → ``out_dir/profiles.parquet`` + manifest.
+
+    Aggregation streams the Parquet with DuckDB (memory bounded by ``memory_mb`` whatever the number
+    of cells); then platemap annotation and the recipe's normalize → feature_select → whiten steps.
+    """
+    from profiler import io
+    from profiler.aggregate_stream import aggregate_parquet
+    from profiler.plate import read_platemap
+
+    rec = resolve_recipe(recipe)
+    op = operation or rec.get("aggregate", "median")
+    prof = aggregate_parquet(single_cell_path, operation=op, memory_mb=memory_mb)
+    inputs: dict[str, Path] = {"single_cell": Path(single_cell_path)}
+    if platemap is not None:
+        prof = annotate(prof, read_platemap(platemap), allow_unimaged_wells=allow_unimaged_wells)
+        inputs["platemap"] = Path(platemap)
+    prof = apply_recipe(prof, rec, samples=samples)
+    out_dir = Path(out_dir)
+    io.write_parquet(prof, out_dir / "profiles.parquet")
+    io.write_manifest(out_dir, command="profiler aggregate", inputs=inputs,
+                      parameters={"recipe": rec, "aggregate": op, "samples": samples,
+                                  "allow_unimaged_wells": allow_unimaged_wells},
+                      outputs={"profiles.parquet": {"rows": len(prof), "columns": prof.shape[1]}})
+    return out_dir
