@@ -50,11 +50,7 @@ CNN_DIR = "cnn"
 ATTENTION_FILE = "cnn_attention.parquet"
 
 # CNNEnsemble settings by name: "cpu" fits a 2-core machine, "full" is the published recipe (GPU).
-CNN_PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": dict(backbones=["resnet18"], dropouts=[(0.5, 0.3, 0.1)], image_size=64, epochs=5, batch_size=32,
-                target_per_class=100, patience=3, val_fraction=0.1),
-    "full": {},
-}
+from fusion.cnn.presets import PRESETS as CNN_PRESETS  # noqa: E402  (torch-free module)
 PROBA_PREFIX = "Probability_"
 
 

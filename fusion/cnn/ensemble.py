@@ -24,6 +24,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from fusion.cnn.augment import Augment
 from fusion.cnn.preprocess import Preprocessor
+from fusion.cnn.presets import PRESETS  # CNNEnsemble settings by name (used by train_cnn)
 from fusion.cnn.train import TrainConfig, infer, load_model, resolve_device, save_model, train_model
 from profiler import io
 from profiler.errors import ConfigError, InputError, ModelFileError
@@ -295,15 +296,6 @@ def well_embeddings(embeddings: np.ndarray, meta: pd.DataFrame, operation: str =
 
 
 # ---------------------------------------------------------------------- file-level entry points
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # fits a loaded 2-core CPU in minutes per fold
-    "cpu": dict(backbones=["resnet18"], dropouts=[(0.5, 0.3, 0.1)], image_size=64, epochs=5, batch_size=32,
-                target_per_class=100, patience=3, val_fraction=0.1),
-    # the published recipe (a GPU job): 5 members, 224 px, bf16
-    "full": {},
-}
-
 
 def train_cnn(crops: str | Path, out: str | Path, *, label: str = "Metadata_MoA", group_by: str | None = None,
               table: str | Path | None = None, config: str = "full", backbones: Sequence[str] | None = None,
