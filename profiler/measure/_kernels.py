@@ -576,13 +576,18 @@ def geodesic_from_centers(labels: np.ndarray, ci: np.ndarray, cj: np.ndarray, n:
     buf = np.empty(3 * cap, np.int64)
     size = np.zeros(3, np.int64)
     sq2 = math.sqrt(2.0)
+    # queue entries are i << sh | j (shifts instead of divisions by w)
+    sh = 1
+    while (1 << sh) < w:
+        sh += 1
+    mask = (1 << sh) - 1
     # one object at a time: the wave front stays inside the object's bounding box (cache-friendly)
     for k in range(1, n + 1):
         if ci[k] < 0:
             continue
         dist[ci[k], cj[k]] = 0.0
         size[:] = 0
-        buf[0] = ci[k] * w + cj[k]
+        buf[0] = (ci[k] << sh) | cj[k]
         size[0] = 1
         pending = 1
         bucket = 0
@@ -594,8 +599,8 @@ def geodesic_from_centers(labels: np.ndarray, ci: np.ndarray, cj: np.ndarray, n:
                 idx = buf[ring * cap + t]
                 t += 1
                 pending -= 1
-                i = idx // w
-                j = idx - i * w
+                i = idx >> sh
+                j = idx & mask
                 if done[i, j]:
                     continue
                 done[i, j] = True
@@ -617,7 +622,7 @@ def geodesic_from_centers(labels: np.ndarray, ci: np.ndarray, cj: np.ndarray, n:
                             slot = int(nd) % 3
                             if size[slot] == cap:
                                 buf, cap = _grow_ring(buf, size, cap)
-                            buf[slot * cap + size[slot]] = a * w + b
+                            buf[slot * cap + size[slot]] = (a << sh) | b
                             size[slot] += 1
                             pending += 1
             size[ring] = 0

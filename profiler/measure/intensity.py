@@ -110,13 +110,22 @@ def _edge_mask(labels: np.ndarray) -> np.ndarray:
 
 
 @nb.njit(cache=True)
-def _basic(lab: np.ndarray, v: np.ndarray, n: int):
-    """count, sum, min, max, first raster position of the max, per label; std by two passes."""
+def _stats(lab, v, edge, ii, jj, n):
+    """One pass (plus one for the deviations) over the object pixels: count, sum, mean,
+    population std, min, max (and the first raster position of the max) of all pixels and of
+    the edge pixels, and the row/column-weighted intensity sums. Every sum runs
+    in pixel order, as ``np.bincount`` does, so the results equal the per-array version."""
     cnt = np.zeros(n + 1)
     s = np.zeros(n + 1)
     mn = np.full(n + 1, np.inf)
     mx = np.full(n + 1, -np.inf)
     argmx = np.full(n + 1, -1, np.int64)
+    ecnt = np.zeros(n + 1)
+    es = np.zeros(n + 1)
+    emn = np.full(n + 1, np.inf)
+    emx = np.full(n + 1, -np.inf)
+    wi = np.zeros(n + 1)
+    wj = np.zeros(n + 1)
     for p in range(lab.size):
         k = lab[p]
         x = v[p]
@@ -127,19 +136,39 @@ def _basic(lab: np.ndarray, v: np.ndarray, n: int):
         if x > mx[k]:
             mx[k] = x
             argmx[k] = p
+        wi[k] += ii[p] * x
+        wj[k] += jj[p] * x
+        if edge[p]:
+            ecnt[k] += 1
+            es[k] += x
+            if x < emn[k]:
+                emn[k] = x
+            if x > emx[k]:
+                emx[k] = x
     mean = np.full(n + 1, np.nan)
+    emean = np.full(n + 1, np.nan)
     for k in range(n + 1):
         if cnt[k] > 0:
             mean[k] = s[k] / cnt[k]
+        if ecnt[k] > 0:
+            emean[k] = es[k] / ecnt[k]
     ss = np.zeros(n + 1)
+    ess = np.zeros(n + 1)
     for p in range(lab.size):
-        d = v[p] - mean[lab[p]]
-        ss[lab[p]] += d * d
+        k = lab[p]
+        d = v[p] - mean[k]
+        ss[k] += d * d
+        if edge[p]:
+            d = v[p] - emean[k]
+            ess[k] += d * d
     std = np.full(n + 1, np.nan)
+    estd = np.full(n + 1, np.nan)
     for k in range(n + 1):
         if cnt[k] > 0:
             std[k] = np.sqrt(ss[k] / cnt[k])
-    return cnt, s, mean, std, mn, mx, argmx
+        if ecnt[k] > 0:
+            estd[k] = np.sqrt(ess[k] / ecnt[k])
+    return s, mean, std, mn, mx, argmx, ecnt, es, emean, estd, emn, emx, wi, wj
 
 
 @register("Intensity", description="MeasureObjectIntensity: intensity statistics per object and channel",
@@ -152,17 +181,17 @@ def intensity(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objects
     idx, lab = ctx.pixels()
     ii, jj = ctx.rows_cols_float()
     edge = _edge_mask(lab_img).ravel()[idx]
-    elab = lab[edge]
     cnt = ctx.counts().astype(np.float64)
     ci, cj = ctx.centroid()
     starts = K.label_starts(lab, n)
     s = slice(1, n + 1)
     out: dict[str, np.ndarray] = {}
+    absent = cnt == 0
     for ch, img in images.items():
         raw = np.asarray(img).ravel()[idx]
         v = raw.astype(np.float64)
-        _, tot, mean, std, mn, mx, argmx = _basic(lab, v, n)
-        absent = cnt == 0
+        (tot, mean, std, mn, mx, argmx, ecnt, etot, emean, estd, emn, emx,
+         wi, wj) = _stats(lab, v, edge, ii, jj, n)
         for arr in (tot, mn, mx):
             arr[absent] = np.nan
         out[f"Intensity_IntegratedIntensity_{ch}"] = tot[s]
@@ -170,7 +199,6 @@ def intensity(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objects
         out[f"Intensity_StdIntensity_{ch}"] = std[s]
         out[f"Intensity_MinIntensity_{ch}"] = mn[s]
         out[f"Intensity_MaxIntensity_{ch}"] = mx[s]
-        ecnt, etot, emean, estd, emn, emx, _ = _basic(elab, v[edge], n)
         eabsent = ecnt == 0
         # CellProfiler leaves 0 for objects with pixels but no edge pixels
         for arr in (etot, emean, estd, emn, emx):
@@ -182,8 +210,8 @@ def intensity(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objects
         out[f"Intensity_MinIntensityEdge_{ch}"] = emn[s]
         out[f"Intensity_MaxIntensityEdge_{ch}"] = emx[s]
         with np.errstate(divide="ignore", invalid="ignore"):
-            cmi_i = np.bincount(lab, ii * v, minlength=n + 1) / tot
-            cmi_j = np.bincount(lab, jj * v, minlength=n + 1) / tot
+            cmi_i = wi / tot
+            cmi_j = wj / tot
         out[f"Intensity_MassDisplacement_{ch}"] = np.sqrt((ci - cmi_i) ** 2 + (cj - cmi_j) ** 2)[s]
         v32 = raw.astype(np.float32, copy=False)
         if raw.dtype == np.float32 or np.array_equal(v32, v):

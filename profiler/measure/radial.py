@@ -84,6 +84,32 @@ def _radial_cv(lab, bins, wedge, v, n, nbins):
     return cv
 
 
+@nb.njit(cache=True)
+def _bins_wedges(pidx, plab, ii, jj, d_center, d_edge, ci, cj, bin_count):
+    """For the labelled pixels: reached from the centre (mask), radial bin ⌊r · bins⌋ with
+    r = d_c / (d_c + d_e + 0.001), and wedge (0..7) around the centre, of the reached ones."""
+    m = pidx.size
+    good = np.zeros(m, np.bool_)
+    bins = np.empty(m, np.int64)
+    wedge = np.empty(m, np.int64)
+    u = 0
+    for p in range(m):
+        dc = d_center[pidx[p]]
+        if dc < 0:
+            continue
+        good[p] = True
+        de = d_edge[pidx[p]]
+        r = dc / (dc + de + 0.001)
+        b = np.int64(r * bin_count)
+        bins[u] = b if b < bin_count else bin_count
+        k = plab[p]
+        di = ii[p] - ci[k]
+        dj = jj[p] - cj[k]
+        wedge[u] = (1 if di > 0 else 0) + (2 if dj > 0 else 0) + (4 if abs(di) > abs(dj) else 0)
+        u += 1
+    return good, bins[:u], wedge[:u]
+
+
 def radial_geometry(labels: np.ndarray, n: int, bin_count: int,
                     context: LabelContext | None = None) -> dict[str, np.ndarray]:
     """Per-pixel label, bin and wedge of every pixel reached from its object's centre."""
@@ -93,18 +119,10 @@ def radial_geometry(labels: np.ndarray, n: int, bin_count: int,
     ci, cj = _centers(lab_img, d_edge, n)
     d_center = K.geodesic_from_centers(lab_img, ci, cj, n)
     pidx, plab = ctx.pixels()
-    dc = d_center.ravel()[pidx]
-    good = dc >= 0
+    ii, jj = ctx.rows_cols()
+    good, bins, wedge = _bins_wedges(pidx, plab, ii, jj, d_center.ravel(), d_edge.ravel(), ci, cj, bin_count)
     idx = pidx[good]
     lab = plab[good]
-    dc = dc[good]
-    de = d_edge.ravel()[idx]
-    r = dc / (dc + de + 0.001)
-    bins = np.minimum((r * bin_count).astype(np.int64), bin_count)
-    ii, jj = (a[good] for a in ctx.rows_cols())
-    ic = ci[lab]
-    jc = cj[lab]
-    wedge = ((ii > ic).astype(np.int64) + 2 * (jj > jc) + 4 * (np.abs(ii - ic) > np.abs(jj - jc)))
     return {"idx": idx, "lab": lab, "bins": bins, "wedge": wedge}
 
 
