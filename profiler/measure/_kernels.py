@@ -708,50 +708,11 @@ def zernike_poly_coeffs(indexes: list[tuple[int, int]]) -> np.ndarray:
 
 
 @nb.njit(cache=True)
-def poly_moments(lab, x, y, weight, deg, n):
-    """Σ weight · x^a y^b per object for a + b ≤ deg: (n+1, n_weights, deg+1, deg+1)."""
-    nw = weight.shape[1]
-    acc = np.zeros((n + 1, deg + 1, deg + 1, nw))
-    xp = np.empty(deg + 1)
-    yp = np.empty(deg + 1)
-    for p in range(lab.size):
-        k = lab[p]
-        xp[0] = 1.0
-        yp[0] = 1.0
-        for a in range(1, deg + 1):
-            xp[a] = xp[a - 1] * x[p]
-            yp[a] = yp[a - 1] * y[p]
-        for a in range(deg + 1):
-            for b in range(deg + 1 - a):
-                v = xp[a] * yp[b]
-                for c in range(nw):
-                    acc[k, a, b, c] += v * weight[p, c]
-    out = np.empty((n + 1, nw, deg + 1, deg + 1))
-    for k in range(n + 1):
-        for c in range(nw):
-            for a in range(deg + 1):
-                for b in range(deg + 1):
-                    out[k, c, a, b] = acc[k, a, b, c]
-    return out
-
-
-def zernike_magnitude_sums(lab, x, y, weight, indexes, n):
-    """|Σ weight · Z_nm| per object via geometric moments: (n+1, n_weights, n_zernike)."""
-    coeffs = zernike_poly_coeffs(indexes)
-    d = coeffs.shape[1] - 1
-    mom = poly_moments(lab, x, y, weight, d, n)
-    z = np.einsum("kcab,tab->kct", mom, coeffs)
-    return np.abs(z)
-
-
-@nb.njit(cache=True)
 def run_poly_moments(labels, n, ci, cj, rad, weights, use_weights, deg):
     """Σ w · x^a y^b per object for a + b ≤ deg, with x = (j − cj[k]) / rad[k] and
     y = (i − ci[k]) / rad[k] over the pixels (i, j) of object k: (n+1, n_weights, deg+1, deg+1).
 
-    Same result as :func:`poly_moments` on the object's pixel list (up to the order of the
-    floating-point sums), but it walks the label image by horizontal runs: y is constant along
-    a run, so Σ_j w·x^a is accumulated per run (deg + 1 products per pixel) and multiplied by
+    It walks the label image by horizontal runs: y is constant along a run, so Σ_j w·x^a is accumulated per run (deg + 1 products per pixel) and multiplied by
     y^b once per run.  ``weights``: (n_weights, H, W) images, ignored (weight 1, one column)
     when ``use_weights`` is False.
     """
