@@ -131,11 +131,17 @@ def pipeline_hash(config: AssayConfig) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+#: modules of ``profiler`` that never run inside a site task (their edits keep partitions valid)
+_NOT_PER_SITE = {"cli.py", "_cli_util.py", "synthetic.py", "evaluate.py", "distributed.py", "profiles.py"}
+
+
 def _code_hash() -> str:
     """SHA-256 over the ``profiler`` package's source: edited code never reuses old partitions."""
     h = hashlib.sha256()
     root = Path(__file__).resolve().parent
     for p in sorted(root.rglob("*.py")):
+        if p.relative_to(root).as_posix() in _NOT_PER_SITE:
+            continue
         h.update(p.relative_to(root).as_posix().encode())
         h.update(p.read_bytes())
     return h.hexdigest()

@@ -24,7 +24,7 @@ from profiler.errors import CellfusionError
 from profiler.measure import families, measure_objects
 from profiler.plate import discover, normalize_well
 
-SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # --------------------------------------------------------------------------------------- layout
 
@@ -91,8 +91,14 @@ def test_imagexpress_names_parse_to_their_parts(plate, row, col, site, guid):
 FAMILIES = tuple(sorted(families()))
 #: features that are undefined by definition (skimage/CellProfiler give NaN): normalized moments of
 #: order < 2 and Costes' coefficient of an object with no pixel above Costes' thresholds.
-UNDEFINED = ("NormalizedMoment_0_0", "NormalizedMoment_0_1", "NormalizedMoment_1_0", "Correlation_Costes")
+UNDEFINED = ("NormalizedMoment_0_0", "NormalizedMoment_0_1", "NormalizedMoment_1_0", "Correlation_Costes",
+             "Neighbors_AngleBetweenNeighbors", "Neighbors_FirstClosest", "Neighbors_SecondClosest")
 POSITION = ("Location_", "Center_", "BoundingBox")
+#: values that are object numbers (the closest neighbour …) or depend on which of two equidistant
+#: neighbours is taken (the angle between the two closest): a renumbering renames them or breaks
+#: the tie differently (CellProfiler takes the lower number), so they are left out of the
+#: renumbering and shift tests.
+IDENTITIES = ("ObjectNumber", "AngleBetweenNeighbors")
 #: Granularity works on the whole image subsampled on a fixed grid (CellProfiler's definition),
 #: so a shift that is not a multiple of the grid changes it: it is left out of the shift test.
 NOT_SHIFT_INVARIANT = ("Granularity",)
@@ -166,7 +172,7 @@ def test_relabeling_permutes_the_rows(field, perm_seed):
     a = _measure(labels, images, n)
     b = _measure(lut[labels], images, n)
     b_in_old_order = b.iloc[perm - 1].reset_index(drop=True)
-    _assert_same(a, b_in_old_order, a.columns)
+    _assert_same(a, b_in_old_order, [c for c in a.columns if not any(i in c for i in IDENTITIES)])
 
 
 @SETTINGS
@@ -189,7 +195,7 @@ def test_translation_changes_only_positions(field, dy, dx):
         return _measure(lab, imgs, n)
 
     a, b = place(1, 1), place(1 + dy, 1 + dx)
-    same = [c for c in a.columns if not any(p in c for p in POSITION)
+    same = [c for c in a.columns if not any(p in c for p in POSITION + IDENTITIES)
             and not any(f"_{fam}_" in c for fam in NOT_SHIFT_INVARIANT)]
     _assert_same(a, b, same)
     for axis, d in (("X", dx), ("Y", dy)):
