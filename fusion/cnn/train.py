@@ -10,7 +10,7 @@
   epoch with the best mean of the two are restored at the end.
 * Seeded: model initialisation, resampling, shuffling and augmentation all derive from ``seed``;
   on CPU ``torch.use_deterministic_algorithms`` is on while training.
-* BatchNorm statistics are recalibrated before every evaluation ("precise BN"): the running
+* BatchNorm statistics are recalibrated before every validation and after the last epoch ("precise BN"): the running
   mean/variance are reset and re-estimated as the plain average over up to ``bn_samples`` training
   crops (balanced, not augmented) forwarded with the current weights. The moving averages kept
   during training lag the weights; with few steps or small batches (1×1 or 2×2 final feature maps
@@ -211,7 +211,9 @@ def train_model(x: torch.Tensor, y: np.ndarray, n_classes: int, config: TrainCon
                 total += float(loss.detach()) * len(sel)
                 seen += len(sel)
             rec = {"epoch": epoch + 1, "train_loss": total / max(seen, 1)}
-            recalibrate_batchnorm(model, x, index, preprocessor, device, config)
+            has_val = x_val is not None and y_val is not None and len(y_val) > 0
+            if has_val or epoch + 1 == config.epochs:  # before every evaluation, and for the final model
+                recalibrate_batchnorm(model, x, index, preprocessor, device, config)
             if x_val is not None and y_val is not None and len(y_val):
                 proba = predict_proba(model, x_val, preprocessor, device, config.eval_batch_size)
                 pred = proba.argmax(1)
