@@ -417,11 +417,13 @@ def _render_examples(sc_path: Path, crops: tuple[Path, Path], explained: dict[st
             if r["feature"] not in feats and not r["feature"].startswith(("Metadata_", "Embedding_")):
                 feats.append(r["feature"])
     feats = feats[:n_features]
-    sc = pd.read_parquet(sc_path, columns=None)
-    feats = [f for f in feats if f in sc.columns]
+    import pyarrow.parquet as pq
+
+    available = set(pq.read_schema(sc_path).names)
+    feats = [f for f in feats if f in available]
     if not feats:
         return None, "the top features are not per-cell measurements in single_cell.parquet."
-    sc = sc[[k for k in keys if k in sc.columns] + feats]
+    sc = pd.read_parquet(sc_path, columns=[k for k in keys if k in available] + feats)
     table = table[keys].reset_index().rename(columns={"index": "_crop"})
     merged = sc.merge(table, on=[k for k in keys if k in sc.columns], how="inner")
     if merged.empty:
