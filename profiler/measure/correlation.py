@@ -112,8 +112,8 @@ def _grid_build(x: np.ndarray, y: np.ndarray, table: np.ndarray, mx: float, my: 
     """
     n = x.shape[0]
     L = table.shape[0]
-    rx = np.empty(n, dtype=np.int64)
-    ry = np.empty(n, dtype=np.int64)
+    rx = np.empty(n, dtype=np.int32)
+    ry = np.empty(n, dtype=np.int32)
     cx = np.zeros(L + 1, dtype=np.int64)
     px = np.zeros((L + 1, 6))
     py = np.zeros((L + 1, 6))

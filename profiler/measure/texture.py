@@ -80,16 +80,23 @@ def _geometry_kernel(flat: np.ndarray, H: int, W: int, n: int, scale: int):  # p
         pix_starts[o + 1] = pix_starts[o] + counts[o + 1]
     N = pix_starts[n]
     idx = np.empty(N, dtype=np.int64)
-    pos = np.full(flat.shape[0], -1, dtype=np.int64)
+    rows = np.empty(N, dtype=np.int32)
+    cols = np.empty(N, dtype=np.int32)
+    pos = np.empty(flat.shape[0], dtype=np.int32)  # only read at object pixels, all written below
     fill = pix_starts[:n].copy()
-    for k in range(flat.shape[0]):
-        v = flat[k]
-        if v > 0 and v <= n:
-            idx[fill[v - 1]] = k
-            pos[k] = fill[v - 1]
-            fill[v - 1] += 1
-    a = np.empty((4, N), dtype=np.int64)
-    b = np.empty((4, N), dtype=np.int64)
+    for r in range(H):
+        for c in range(W):
+            k = r * W + c
+            v = flat[k]
+            if v > 0 and v <= n:
+                t = fill[v - 1]
+                idx[t] = k
+                rows[t] = r
+                cols[t] = c
+                pos[k] = t
+                fill[v - 1] = t + 1
+    a = np.empty((4, N), dtype=np.int32)
+    b = np.empty((4, N), dtype=np.int32)
     starts = np.zeros((4, n + 1), dtype=np.int64)
     for d in range(4):
         if d == 0:
@@ -100,16 +107,14 @@ def _geometry_kernel(flat: np.ndarray, H: int, W: int, n: int, scale: int):  # p
             dy, dx = scale, 0
         else:
             dy, dx = scale, -scale
+        off = dy * W + dx
         m = 0
         for o in range(n):
             for t in range(pix_starts[o], pix_starts[o + 1]):
-                p = idx[t]
-                r = p // W
-                c = p - r * W
-                rr = r + dy
-                cc = c + dx
+                rr = rows[t] + dy
+                cc = cols[t] + dx
                 if rr < H and cc >= 0 and cc < W:
-                    q = rr * W + cc
+                    q = idx[t] + off
                     if flat[q] == o + 1:
                         a[d, m] = t
                         b[d, m] = pos[q]
@@ -145,8 +150,9 @@ def _haralick_objects(q: np.ndarray, pix_starts: np.ndarray, a: np.ndarray, b: n
     """
     n = starts.shape[0] - 1
     cmat = np.zeros((256, 256), dtype=np.int64)
-    ti = np.empty(2 * (a.shape[0] + 1), dtype=np.int64)
-    tj = np.empty(2 * (a.shape[0] + 1), dtype=np.int64)
+    cap = min(2 * (a.shape[0] + 1), 256 * 256)  # distinct (i, j) cells of one object
+    ti = np.empty(cap, dtype=np.int32)
+    tj = np.empty(cap, dtype=np.int32)
     px = np.zeros(256)
     pplus = np.zeros(512)
     pminus = np.zeros(256)
