@@ -12,14 +12,17 @@ Printed (benchmarks/_common.emit, one JSON line each), beside the majority-class
                      over the treatment's cells)
 plus training throughput (images/s), wall time and peak memory (and GPU utilization on CUDA).
 
-Configurations:
-  --config cpu   ResNet18-CBAM, 64 px, one member, 3 folds, 5 epochs, 100 cells per MoA per epoch
-                 (under an hour on a 2-core CPU)
+Configurations (fusion.cnn.presets.PRESETS, plus the number of folds):
+  --config cpu   ResNet18-CBAM, 64 px, one member, 3 folds, 8 epochs of 150 cells per MoA, backbone
+                 and head LR 1e-3 (from scratch), no validation share (under an hour on a 2-core CPU)
   --config full  the published recipe: 5 members (ResNet34/50/101/50/34), 224 px, bf16, 5 folds,
                  20 epochs with early stopping (a GPU job: --device cuda)
+Every held-out cell is predicted unless --max-test caps the cells per fold (a quick check).
 
     nice -n 10 .venv/bin/python benchmarks/bbbc021_crops_cnn.py --config cpu --threads 1 \
-        | tee benchmarks/results/bbbc021_crops_cnn_cpu.jsonl
+        > benchmarks/results/bbbc021_crops_cnn_cpu.jsonl
+    # quick check that it learns (~10 min on a loaded machine):
+    ... --folds 2 --epochs 3 --target-per-class 80 --max-test 2500
 """
 
 from __future__ import annotations
@@ -36,13 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import emit, peak_rss_mb, require_shared  # noqa: E402
 
+from fusion.cnn.presets import PRESETS  # noqa: E402
+
 CONFIGS = {
-    "cpu": dict(backbones=["resnet18"], dropouts=[(0.5, 0.3, 0.1)], image_size=64, epochs=5, batch_size=32,
-                target_per_class=100, folds=3, patience=3, val_fraction=0.1, max_test=1500),
-    "full": dict(backbones=["resnet34", "resnet50", "resnet101", "resnet50", "resnet34"],
-                 dropouts=[(0.5, 0.3, 0.1), (0.5, 0.3, 0.1), (0.5, 0.3, 0.1), (0.4, 0.25, 0.1), (0.6, 0.4, 0.2)],
-                 image_size=224, epochs=20, batch_size=64, target_per_class=600, folds=5, patience=5,
-                 val_fraction=0.15, max_test=None),
+    "cpu": dict(PRESETS["cpu"], folds=3),
+    "full": dict(PRESETS["full"], target_per_class=600, folds=5),  # + the estimator's defaults (the recipe)
 }
 
 
@@ -60,6 +61,8 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--folds", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--target-per-class", type=int, default=None, help="training cells per MoA per epoch")
+    ap.add_argument("--max-test", type=int, default=None, help="predict at most this many held-out cells per fold")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a loaded machine)")
     ap.add_argument("--compile", action="store_true", help="torch.compile (GPU)")
     ap.add_argument("--seed", type=int, default=0)
@@ -81,7 +84,11 @@ def main(argv=None) -> None:
     cfg.pop("folds", None)
     if args.epochs:
         cfg["epochs"] = args.epochs
-    max_test = cfg.pop("max_test")
+    if args.target_per_class:
+        cfg["target_per_class"] = args.target_per_class
+    max_test = args.max_test
+    est_defaults = CNNEnsemble().get_params()
+    settings = {**est_defaults, **cfg}
     device = resolve_device(args.device)
     path = require_shared("bbbc021", "crops", "bbbc021_crops.tif")
     t0 = time.perf_counter()
@@ -104,7 +111,7 @@ def main(argv=None) -> None:
         t = time.perf_counter()
         est.fit(crops.images[tr], y[tr], groups=groups[tr])
         train_seconds += time.perf_counter() - t
-        n_train_images += sum(len(h["epochs"]) for h in est.histories_) * cfg["target_per_class"] * len(np.unique(y[tr]))
+        n_train_images += sum(len(h["epochs"]) for h in est.histories_) * settings["target_per_class"] * len(np.unique(y[tr]))
         proba = est.predict_proba(crops.images[te])
         majority = max(np.unique(y[tr]), key=lambda c: int((y[tr] == c).sum()))
         pred = est.classes_[proba.argmax(1)]
@@ -121,8 +128,11 @@ def main(argv=None) -> None:
     cell_b = metrics(np.concatenate(cell_true), np.concatenate(cell_base))
     trt = metrics(trt_true, trt_pred)
     trt_b = metrics(trt_true, trt_base)
-    extra = dict(config=args.config, backbones=cfg["backbones"], image_size=cfg["image_size"], epochs=cfg["epochs"],
-                 folds=folds, device=str(device), cv="StratifiedGroupKFold by compound (DMSO by plate)",
+    extra = dict(config=args.config, backbones=list(settings["backbones"]), image_size=settings["image_size"],
+                 epochs=settings["epochs"], target_per_class=settings["target_per_class"],
+                 lr_backbone=settings["lr_backbone"], val_fraction=settings["val_fraction"], folds=folds,
+                 max_test_per_fold=max_test, threads=torch.get_num_threads(), device=str(device),
+                 cv="StratifiedGroupKFold by compound (DMSO by plate)",
                  n_cells=int(sum(map(len, cell_true))), n_treatments=len(trt_true),
                  precision="bf16" if device.type == "cuda" else "fp32")
     for level, m, b in (("cell", cell, cell_b), ("treatment", trt, trt_b)):
