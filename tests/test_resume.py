@@ -68,7 +68,7 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_outputs(small_plate,
 
 def test_rerun_reuses_only_complete_and_intact_sites(small_plate, reference, tmp_path):
     out = tmp_path / "out"
-    shutil.copytree(reference, out)
+    extract(small_plate, out, workers=0, progress=False)
     extract(small_plate, out, workers=0, progress=False)
     n = sites_of(out)["found"]
     assert sites_of(out)["reused"] == n and sites_of(out)["processed"] == 0
