@@ -109,3 +109,15 @@ def test_broken_sites_do_not_kill_the_run(small_plate, serial_run, tmp_path, mon
     monkeypatch.setattr(ex, "process_site", real)
     extract(small_plate, out, workers=0, progress=False)
     assert_same_outputs(serial_run, out)
+
+
+def test_invalid_pipeline_parameter_stops_the_run(small_plate, tmp_path):
+    """A ConfigError is the pipeline's fault, not a site's: the run stops instead of failing every site."""
+    from profiler.config import load_pipeline
+
+    cfg = load_pipeline("example").to_dict()
+    cfg.setdefault("segmentation", {}).setdefault("cells", {})["no_such_option"] = 1
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="no_such_option"):
+        extract(small_plate, out, pipeline=cfg, workers=0, progress=False)
+    assert not (out / "single_cell.parquet").exists() and not (out / "image.parquet").exists()
