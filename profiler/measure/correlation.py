@@ -108,7 +108,7 @@ def _grid_build(x: np.ndarray, y: np.ndarray, table: np.ndarray, mx: float, my: 
 
     Returns ok (every pixel on the grid), the start position of each x level, the per-x-level
     and per-y-level prefix sums of (1, u, v, u², v², uv) (u = x − mx, v = y − my), and the pixels in x-level order
-    as rows (u, v, y level).
+    as (x, y, y level) arrays (x and y are float32 pixel values, stored exactly).
     """
     n = x.shape[0]
     L = table.shape[0]
@@ -121,7 +121,7 @@ def _grid_build(x: np.ndarray, y: np.ndarray, table: np.ndarray, mx: float, my: 
         a = int(x[k] * (L - 1) + 0.5)
         b = int(y[k] * (L - 1) + 0.5)
         if a < 0 or a >= L or b < 0 or b >= L or table[a] != x[k] or table[b] != y[k]:
-            return False, cx, px, py, np.zeros((0, 3))
+            return False, cx, px, py, np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32)
         rx[k] = a
         ry[k] = b
         cx[a + 1] += 1
@@ -144,24 +144,27 @@ def _grid_build(x: np.ndarray, y: np.ndarray, table: np.ndarray, mx: float, my: 
         for j in range(6):
             px[lv + 1, j] += px[lv, j]
             py[lv + 1, j] += py[lv, j]
-    sx = np.empty((n, 3))
+    sxv = np.empty(n, dtype=np.float32)  # x, y are float32 pixels: stored exactly
+    syv = np.empty(n, dtype=np.float32)
+    sly = np.empty(n, dtype=np.int32)
     fx = cx[:L].copy()
     for k in range(n):
         p = fx[rx[k]]
         fx[rx[k]] += 1
-        sx[p, 0] = x[k] - mx
-        sx[p, 1] = y[k] - my
-        sx[p, 2] = ry[k]
-    return True, cx, px, py, sx
+        sxv[p] = x[k]
+        syv[p] = y[k]
+        sly[p] = ry[k]
+    return True, cx, px, py, sxv, syv, sly
 
 
 @numba.njit(cache=True, nogil=True)
-def _scan(srt: np.ndarray, lo: int, hi: int, other_below: int, out: np.ndarray, sign: float) -> None:  # pragma: no cover
+def _scan(xs: np.ndarray, ys: np.ndarray, ly: np.ndarray, lo: int, hi: int, other_below: int, mx: float, my: float,
+          out: np.ndarray, sign: float) -> None:  # pragma: no cover
     """out += sign · sums over sorted pixels lo..hi whose other-channel level < other_below."""
     for k in range(lo, hi):
-        if srt[k, 2] < other_below:
-            u = srt[k, 0]
-            v = srt[k, 1]
+        if ly[k] < other_below:
+            u = xs[k] - mx
+            v = ys[k] - my
             out[0] += sign
             out[1] += sign * u
             out[2] += sign * v
@@ -179,7 +182,7 @@ class _GridSubsets(_Subsets):
 
     def __init__(self, x: np.ndarray, y: np.ndarray, built):
         super().__init__(x, y)
-        _, self.cx, self.px, self.py, self.sx = built
+        _, self.cx, self.px, self.py, self.sxv, self.syv, self.sly = built
         self.n = x.shape[0]
 
     @classmethod
@@ -197,10 +200,10 @@ class _GridSubsets(_Subsets):
         ax = int(self.cx[M])  # pixels with x < t1 come first in x order
         out = self.px[M].copy()
         if self.n - ax <= ax:  # {x<t1} + {x≥t1, y<t2}
-            _scan(self.sx, ax, self.n, K, out, 1.0)
+            _scan(self.sxv, self.syv, self.sly, ax, self.n, K, self.mx, self.my, out, 1.0)
         else:  # {x<t1} + {y<t2} − {x<t1, y<t2}
             out += self.py[K]
-            _scan(self.sx, 0, ax, K, out, -1.0)
+            _scan(self.sxv, self.syv, self.sly, 0, ax, K, self.mx, self.my, out, -1.0)
         return out
 
     def pearson(self, t1: float, t2: float) -> tuple[int, float]:
@@ -320,8 +323,10 @@ def _costes_cached(fp1: tuple, fp2: tuple, img1: np.ndarray, img2: np.ndarray, s
     if hit is None:
         s = _infer_scale(img1, img2) if scale in (None, "auto") else float(scale)
         x, y = np.asarray(img1).ravel(), np.asarray(img2).ravel()
-        ok = ~(np.isnan(x) | np.isnan(y))
-        hit = costes_thresholds(x[ok], y[ok], s, method) if ok.any() else (np.inf, np.inf)
+        if np.isnan(x.sum()) or np.isnan(y.sum()):  # CellProfiler drops NaN pixels (none in real images)
+            ok = ~(np.isnan(x) | np.isnan(y))
+            x, y = x[ok], y[ok]
+        hit = costes_thresholds(x, y, s, method) if x.size else (np.inf, np.inf)
         _COSTES_CACHE[key] = hit
         while len(_COSTES_CACHE) > 32:
             _COSTES_CACHE.popitem(last=False)
