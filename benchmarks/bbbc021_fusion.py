@@ -10,8 +10,8 @@ the majority-MoA baseline and the 1-NN NSC accuracy of :mod:`profiler.evaluate` 
 Part ``crops`` — the real BBBC021 single-cell crops (``bbbc021/crops``, 68×68, DNA/Tubulin/Actin):
 nucleus and cell segmented inside each crop with :func:`profiler.segment.segment_site`, the object at
 the crop's centre measured with :func:`profiler.measure.measure_objects` (AreaShape, Intensity,
-Texture, Correlation, RadialDistribution per compartment), medians per well, normalized per plate to
-DMSO; then, on the same folds (StratifiedGroupKFold over compounds; DMSO wells grouped by plate):
+Texture, Correlation, RadialDistribution per compartment), medians per well, normalized per batch
+(week; not every plate of the crop set keeps a DMSO well) to DMSO; then, on the same folds (StratifiedGroupKFold over compounds; DMSO wells grouped by plate):
 XGBoost on the well profiles, the CNN ensemble (:class:`fusion.cnn.ensemble.CNNEnsemble`, CPU-sized)
 on the crops with its cell probabilities averaged per well, and the stack (logistic regression on
 the two models' out-of-fold probabilities, itself evaluated out of fold). Treatment-level MoA accuracy
@@ -43,13 +43,14 @@ FAMILIES = ("AreaShape", "Intensity", "Texture", "Correlation", "RadialDistribut
 
 
 # --------------------------------------------------------------------------------------- shared
-def _normalize(wells: pd.DataFrame) -> pd.DataFrame:
+def _normalize(wells: pd.DataFrame, by: str = "Metadata_Plate") -> pd.DataFrame:
+    """mad_robustize to the DMSO wells of each ``by`` group (plate; batch where plates lack DMSO)."""
     from profiler.names import CONTROL, feature_columns
     from profiler.profiles import normalize
 
     wells = wells.copy()
     wells[CONTROL] = np.where(wells["Metadata_Compound"] == "DMSO", "negative", "")
-    out = normalize(wells, method="mad_robustize")
+    out = normalize(wells, method="mad_robustize", by=by)
     feats = feature_columns(out)
     x = out[feats].replace([np.inf, -np.inf], np.nan)
     keep = [f for f in feats if x[f].notna().mean() > 0.95 and x[f].std() > 0]
@@ -178,8 +179,12 @@ def crops(args) -> None:
     from fusion.data import load_crops
 
     cs = load_crops(path)
+    if args.max_cells_per_well:
+        # the first N crops of every well (a fixed, seed-free subset) to bound the measuring time
+        rank = cs.meta.groupby(["Metadata_Plate", "Metadata_Well"]).cumcount().to_numpy()
+        cs = cs.subset(np.flatnonzero(rank < args.max_cells_per_well))
     meta = cs.meta.reset_index(drop=True)
-    cache = Path(args.cache).expanduser()
+    cache = Path(args.cache.format(n=args.max_cells_per_well or "all")).expanduser()
     if cache.is_file():
         feats_df = pd.read_parquet(cache)
         log.info("crop features from cache %s", cache)
@@ -190,11 +195,14 @@ def crops(args) -> None:
 
         write_parquet(feats_df, cache)
     t_feat = time.perf_counter() - t0
+    feats_df = feats_df.replace([np.inf, -np.inf], np.nan)  # e.g. FormFactor of a zero-perimeter cytoplasm
     found = feats_df.notna().any(axis=1).to_numpy()
     keys = ["Metadata_Plate", "Metadata_Well", "Metadata_Compound", "Metadata_Concentration", "Metadata_MoA"]
     sc = pd.concat([meta[keys], feats_df], axis=1)[found].reset_index(drop=True)
     wells = aggregate(sc, operation="median")
-    wells = _normalize(wells).sort_values(["Metadata_Plate", "Metadata_Well"]).reset_index(drop=True)
+    # the crop set's wells: not every plate keeps a DMSO well, so normalize per batch (week)
+    wells["Metadata_Batch"] = wells["Metadata_Plate"].astype(str).str.split("_").str[0]
+    wells = _normalize(wells, by="Metadata_Batch").sort_values(["Metadata_Plate", "Metadata_Well"]).reset_index(drop=True)
     feats = [f for f in feature_columns(wells) if "Location" not in f]
     y = wells["Metadata_MoA"].astype(str).to_numpy()
     comp = wells["Metadata_Compound"].astype(str).to_numpy()
@@ -238,7 +246,8 @@ def crops(args) -> None:
         results["cnn"] = cell_to_well_proba(cell_p, pd.DataFrame({"r": cell_row}), pd.DataFrame({"r": np.arange(len(y))}))
         stacked = stack_inputs({"gbm": gbm, "cnn": results["cnn"]}, classes)
         results["stack"] = meta_out_of_fold_proba(stacked, y, classes, splits)
-    extra = dict(xgb_rounds=args.rounds, xgb_lr=args.lr, n_wells=len(wells), n_cells_measured=int(found.sum()), n_crops=len(found), n_features=len(feats),
+    extra = dict(max_cells_per_well=args.max_cells_per_well, xgb_rounds=args.rounds, xgb_lr=args.lr,
+                 n_wells=len(wells), n_cells_measured=int(found.sum()), n_crops=len(found), n_features=len(feats),
                  folds=args.folds, cv="StratifiedGroupKFold by compound (DMSO wells by plate)",
                  feature_seconds=round(t_feat, 1), seconds=round(time.perf_counter() - t0, 1),
                  peak_rss_mb=round(peak_rss_mb()))
@@ -272,7 +281,10 @@ def main(argv=None) -> None:
     ap.add_argument("--lr", type=float, default=0.1, help="XGBoost learning rate")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cache", default="~/.cache/cellfusion/bbbc021_crop_features.parquet")
+    ap.add_argument("--cache", default="~/.cache/cellfusion/bbbc021_crop_features_{n}.parquet",
+                    help="per-crop feature cache; {n} = --max-cells-per-well")
+    ap.add_argument("--max-cells-per-well", type=int, default=0,
+                    help="measure only the first N crops of each well (0 = all 9,889)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     try:
