@@ -108,3 +108,49 @@ def test_degenerate_objects_never_raise():
     assert out["AreaShape_MaxFeretDiameter"][1] == 5.0
     assert out["AreaShape_MaximumRadius"][0] == 1.0
     assert all(v.shape == (5,) for v in out.values())
+
+
+def _cp_zernike_shapes():
+    yy, xx = np.mgrid[0:40, 0:60]
+    lab = np.zeros((40, 60), np.int32)
+    lab[(yy - 12) ** 2 + (xx - 14) ** 2 <= 81] = 1                      # disk, lattice points on the circle
+    lab[((yy - 20) / 6.5) ** 2 + ((xx - 40) / 13.0) ** 2 <= 1] = 2        # ellipse
+    lab[30:37, 3:20] = 3                                                 # rectangle (corners on the circle)
+    lab[25:35, 24:30] = 4
+    lab[29:31, 24:34] = 4                                                # asymmetric cross
+    return lab
+
+
+# Computed by CellProfiler 5.0.0.dev784's own code (centriole.cpmorphology.minimum_enclosing_circle and
+# centriole.zernike.zernike) on _cp_zernike_shapes(), written as float.hex to keep every bit.
+_CP_MEC = [('0x1.8000000000000p+3', '0x1.c000000000000p+3', '0x1.2000000000000p+3'),
+           ('0x1.4000000000000p+4', '0x1.4000000000000p+5', '0x1.a000000000000p+3'),
+           ('0x1.0800000000000p+5', '0x1.6000000000000p+3', '0x1.11687a8ae14a3p+3'),
+           ('0x1.d800000000000p+4', '0x1.b638e38e38e39p+4', '0x1.6888b67e44248p+2')]
+_CP_IDX = [(0, 0), (6, 2), (8, 0), (9, 1), (9, 9)]
+_CP_Z = [['0x1.fd0b5825f79f0p-1', '0x1.526790747cc23p-57', '0x1.6185edf33198bp-8', '0x1.130d95641a9b7p-59',
+          '0x1.824f706dc3004p-60'],
+         ['0x1.017b0dc0728ffp-1', '0x1.8350e107fc478p-7', '0x1.0fece4b04de79p-6', '0x1.440547f50ebaep-60',
+          '0x1.29fe8295adfe8p-64'],
+         ['0x1.09abc83912df4p-1', '0x1.d9a9fc24752aap-7', '0x1.e76bbadf991e5p-10', '0x1.5ac8777221027p-58',
+          '0x1.3f7e5e90a5e2ap-61'],
+         ['0x1.5d37c3d41c143p-1', '0x1.2bb41679dd837p-5', '0x1.1ef6f6ffb481ep-5', '0x1.c68992a093697p-7',
+          '0x1.d8c251829c26ep-6']]
+
+
+def test_zernike_matches_cellprofiler_bit_for_bit_circle():
+    """Regression: CellProfiler zeroes the pixels whose normalised ρ² exceeds 1 by round-off (pixels on
+    the enclosing circle), so its Zernike values (degree ≥ 6 most visibly) depend on the circle's radius
+    to the last bit. We reproduce centrosome's circle algorithm and that rule exactly."""
+    from profiler.measure import _kernels as K
+
+    lab = _cp_zernike_shapes()
+    lab64 = lab.astype(np.int64)
+    _, bbox, _, _ = K.pixel_scan(lab64, 4)
+    ci, cj, r = K.cp_enclosing_circles(lab64, 4, bbox)
+    for k, (hi, hj, hr) in enumerate(_CP_MEC, start=1):
+        assert (ci[k], cj[k], r[k]) == (float.fromhex(hi), float.fromhex(hj), float.fromhex(hr))
+    out = areashape(lab, None, n_objects=4, advanced=False)
+    for k in range(4):
+        for (nn, mm), want in zip(_CP_IDX, _CP_Z[k]):
+            assert out[f"AreaShape_Zernike_{nn}_{mm}"][k] == pytest.approx(float.fromhex(want), rel=1e-9, abs=1e-12)

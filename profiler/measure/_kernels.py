@@ -731,9 +731,13 @@ def run_poly_moments(labels, n, ci, cj, rad, weights, use_weights, deg):
                 e += 1
             if k > 0 and k <= n:
                 r = rad[k]
+                y = (i - ci[k]) / r
+                y2 = y * y
                 sx[:, :] = 0.0
                 for c in range(j, e + 1):
                     x = (c - cj[k]) / r
+                    if x * x + y2 > 1.0:
+                        continue  # CellProfiler zeroes pixels with ρ² > 1 (round-off on the circle)
                     xp[0] = 1.0
                     for a in range(1, deg + 1):
                         xp[a] = xp[a - 1] * x
@@ -745,7 +749,6 @@ def run_poly_moments(labels, n, ci, cj, rad, weights, use_weights, deg):
                     else:
                         for a in range(deg + 1):
                             sx[0, a] += xp[a]
-                y = (i - ci[k]) / r
                 yp[0] = 1.0
                 for b in range(1, deg + 1):
                     yp[b] = yp[b - 1] * y
@@ -844,3 +847,153 @@ def label_starts(lab: np.ndarray, n: int) -> np.ndarray:
     starts = np.zeros(n + 2, np.int64)
     np.cumsum(np.bincount(lab, minlength=n + 1)[:n + 1], out=starts[1:])
     return starts
+
+
+@nb.njit(cache=True)
+def _cp_hull(lo, up, j0, j1, sentinel, hi, hj):
+    """centrosome's ``convex_hull_ijv`` for one object from its column extremes ``lo``/``up``
+    (min / max row of columns j0..j1; ``sentinel`` / -1 where a column is empty): the strict hull
+    in CellProfiler's order (lower envelope left→right, upper envelope right→left, then the upper
+    point of the first column).  Writes (i, j) into hi, hj; returns the number of points."""
+    need_last = lo[0] != up[0]
+    m = 0
+    for j in range(j0, j1 + 1):
+        v = lo[j - j0]
+        if v < sentinel:
+            while m >= 2 and not _cp_convex(hi[m - 2], hj[m - 2], hi[m - 1], hj[m - 1], v, j):
+                m -= 1
+            hi[m] = v
+            hj[m] = j
+            m += 1
+    for j in range(j1, j0, -1):
+        v = up[j - j0]
+        if v > -1:
+            while m >= 2 and not _cp_convex(hi[m - 2], hj[m - 2], hi[m - 1], hj[m - 1], v, j):
+                m -= 1
+            hi[m] = v
+            hj[m] = j
+            m += 1
+    v = up[0]
+    while m >= 2 and not _cp_convex(hi[m - 2], hj[m - 2], hi[m - 1], hj[m - 1], v, j0):
+        m -= 1
+    if need_last:
+        hi[m] = v
+        hj[m] = j0
+        m += 1
+    return m
+
+
+@nb.njit(cache=True)
+def _cp_convex(ai, aj, bi, bj, ci, cj):
+    cross = (bj - aj) * (ci - bi) - (cj - bj) * (bi - ai)
+    if cross > 0:
+        return True
+    if cross < 0:
+        return False
+    return bj > aj and bj > cj  # U-turn at the end of the points
+
+
+@nb.njit(cache=True)
+def _cp_mec(hi, hj, m):
+    """centrosome's ``minimum_enclosing_circle`` (Chrystal's algorithm) on one hull in
+    CellProfiler's order, with its floating-point formulas: (centre i, centre j, radius).
+
+    The radius must be bit-identical to CellProfiler's: its Zernike code drops the pixels whose
+    normalised ρ² exceeds 1 by round-off (about a third of the pixels lying on the circle)."""
+    if m == 0:
+        return np.nan, np.nan, 0.0
+    if m == 1:
+        return float(hi[0]), float(hj[0]), 0.0
+    if m == 2:
+        ci = (hi[0] + hi[1]) / 2
+        cj = (hj[0] + hj[1]) / 2
+        di = ci - hi[0]
+        dj = cj - hj[0]
+        return ci, cj, math.sqrt(di ** 2 + dj ** 2)
+    s0 = 0
+    s1 = 1
+    half = math.pi / 2
+    for _ in range(4 * m + 16):
+        s01i = float(hi[s0] - hi[s1])
+        s01j = float(hj[s0] - hj[s1])
+        n01 = s01i ** 2 + s01j ** 2
+        best = np.inf
+        bv = -1
+        b_a1 = 0.0
+        b_a0 = 0.0
+        for t in range(m):
+            if t == s0 or t == s1:
+                continue
+            vs0i = float(hi[t] - hi[s0])
+            vs0j = float(hj[t] - hj[s0])
+            vs1i = float(hi[t] - hi[s1])
+            vs1j = float(hj[t] - hj[s1])
+            a1 = abs(math.acos((s01i * vs1i + s01j * vs1j) / math.sqrt(n01 * (vs1i ** 2 + vs1j ** 2))))
+            a0 = abs(math.acos((-s01i * vs0i + -s01j * vs0j) / math.sqrt(n01 * (vs0i ** 2 + vs0j ** 2))))
+            a = math.pi - a1 - a0
+            if a < best:
+                best = a
+                bv = t
+                b_a1 = a1
+                b_a0 = a0
+        if bv < 0 or best >= half:
+            ci = (float(hi[s0]) + float(hi[s1])) / 2
+            cj = (float(hj[s0]) + float(hj[s1])) / 2
+            return ci, cj, math.sqrt(n01) / 2
+        if not (b_a1 > half or b_a0 > half or best > half):
+            y0 = float(hi[s0])
+            x0 = float(hj[s0])
+            y1 = float(hi[s1])
+            x1 = float(hj[s1])
+            yv = float(hi[bv])
+            xv = float(hj[bv])
+            d = 2 * (x0 * (y1 - yv) + x1 * (yv - y0) + xv * (y0 - y1))
+            q0 = y0 ** 2 + x0 ** 2
+            q1 = y1 ** 2 + x1 ** 2
+            qv = yv ** 2 + xv ** 2
+            cj = (q0 * (y1 - yv) + q1 * (yv - y0) + qv * (y0 - y1)) / d
+            ci = (q0 * (xv - x1) + q1 * (x0 - xv) + qv * (x1 - x0)) / d
+            return ci, cj, math.sqrt((y0 - ci) ** 2 + (x0 - cj) ** 2)
+        if b_a0 > half:
+            s0 = bv
+        else:
+            s1 = bv
+    return np.nan, np.nan, 0.0
+
+
+@nb.njit(cache=True)
+def cp_enclosing_circles(labels: np.ndarray, n: int, bbox: np.ndarray):
+    """Minimum enclosing circle of every object exactly as CellProfiler 5 computes it
+    (centrosome ``convex_hull`` + ``minimum_enclosing_circle``): (ci, cj, r), rows 0..n,
+    NaN centre and r = 0 for absent objects, r = 0 for one-pixel objects.
+
+    One raster pass collects each object's per-column min/max row (all that centrosome's hull
+    uses), then each object's hull and circle are built from those columns."""
+    h, w = labels.shape
+    off = np.zeros(n + 2, np.int64)
+    for k in range(1, n + 1):
+        width = bbox[k, 3] - bbox[k, 1] + 1 if bbox[k, 2] >= 0 else 0
+        off[k + 1] = off[k] + width
+    lo = np.full(off[n + 1], h + 1, np.int64)
+    up = np.full(off[n + 1], -1, np.int64)
+    for i in range(h):
+        for j in range(w):
+            k = labels[i, j]
+            if k <= 0 or k > n:
+                continue
+            p = off[k] + j - bbox[k, 1]
+            if lo[p] > i:
+                lo[p] = i
+            up[p] = i
+    ci = np.full(n + 1, np.nan)
+    cj = np.full(n + 1, np.nan)
+    r = np.zeros(n + 1)
+    for k in range(1, n + 1):
+        width = off[k + 1] - off[k]
+        if width == 0:
+            continue
+        hi = np.empty(2 * width + 2, np.int64)
+        hj = np.empty(2 * width + 2, np.int64)
+        m = _cp_hull(lo[off[k]:off[k + 1]], up[off[k]:off[k + 1]], bbox[k, 1], bbox[k, 3], h + 1, hi, hj)
+        ci[k], cj[k], r[k] = _cp_mec(hi, hj, m)
+    return ci, cj, r

@@ -91,7 +91,12 @@ class LabelContext:
 
         def make():
             ii, jj, starts = K.hull_candidates(self.labels, self.n)
-            return K.hull_features(ii, jj, starts, self.n, self.shape_scan()[1], True)
+            bbox = self.shape_scan()[1]
+            min_f, max_f, _, _, _, conv = K.hull_features(ii, jj, starts, self.n, bbox, True)
+            # the enclosing circle exactly as CellProfiler computes it (its Zernike features
+            # depend on the radius to the last bit, see cp_enclosing_circles)
+            mec_i, mec_j, mec_r = K.cp_enclosing_circles(self.labels, self.n, bbox)
+            return min_f, max_f, mec_i, mec_j, mec_r, conv
 
         return self._get("hull", make)
 
