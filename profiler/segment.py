@@ -163,6 +163,9 @@ def _threshold_image(image: np.ndarray, p: Mapping[str, Any]) -> tuple[np.ndarra
     t = threshold_value(image, method=p["threshold_method"], classes=p["threshold_classes"],
                         middle_class=p["middle_class"], correction=p["threshold_correction"],
                         bounds=p["threshold_bounds"])
+    if image.size and np.ptp(image) == 0:
+        # a constant field (all-zero, saturated) holds nothing to segment
+        return np.zeros(image.shape, bool), t
     return _smooth_for_threshold(image, p["threshold_smoothing_scale"]) >= t, t
 
 

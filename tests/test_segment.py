@@ -137,3 +137,13 @@ def test_real_bbbc021_site_relationships():
     assert (rel["Cells_Parent_Nuclei"] == np.arange(1, n + 1)).all()
     assert (rel["Nuclei_Children_Cells_Count"] == 1).all()
     assert set(np.unique(seg.cells)) == set(range(n + 1))
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, 0.3])
+def test_constant_field_has_no_objects(value):
+    """An all-zero or saturated field (every pixel equal) yields no nuclei and no cells."""
+    from profiler.segment import segment_site
+
+    img = np.full((96, 128), value, np.float32)
+    seg = segment_site({"DNA": img, "Actin": img}, nuclei_channel="DNA", cells_channel="Actin")
+    assert seg.nuclei.max() == 0 and seg.cells.max() == 0
