@@ -141,9 +141,13 @@ def test_real_bbbc021_site_relationships():
 
 @pytest.mark.parametrize("value", [0.0, 1.0, 0.3])
 def test_constant_field_has_no_objects(value):
-    """An all-zero or saturated field (every pixel equal) yields no nuclei and no cells."""
+    """An all-zero, saturated or flat field (every pixel equal) yields no nuclei and no cells.
+
+    With BBBC021's parameters a flat 512² field used to give 2 nuclei (declumping a whole-image mask).
+    """
     from profiler.segment import segment_site
 
-    img = np.full((96, 128), value, np.float32)
-    seg = segment_site({"DNA": img, "Actin": img}, nuclei_channel="DNA", cells_channel="Actin")
+    img = np.full((512, 512), value, np.float32)
+    seg = segment_site({"DAPI": img, "Actin": img}, nuclei_channel="DAPI", cells_channel="Actin",
+                       params=load_pipeline("bbbc021").section("segmentation"))
     assert seg.nuclei.max() == 0 and seg.cells.max() == 0
