@@ -67,6 +67,11 @@ REASONS_CP: list[tuple[str, str]] = [
      "(parity note 6), moves the bins of tied objects"),
     (r"^Intensity_(LowerQuartile|UpperQuartile|Median|MAD)Intensity",
      "definitional: CellProfiler's quartile convention on few-pixel objects (parity note 8)"),
+    (r"^Neighbors_",
+     "definitional: CellProfiler's MeasureObjectNeighbors ('Consider objects discarded for touching image "
+     "border? Yes') also counts the objects discarded for touching the border, which are not in the saved "
+     "label image we are given; on the kept objects alone CellProfiler's own measure_object_neighbors gives "
+     "exactly our values (checked); only objects next to a discarded one differ"),
     (r"^Correlation_Costes_",
      "definitional: Costes threshold pair is a step function of the bisection; objects near the "
      "threshold flip (found once per image, as CellProfiler)"),

@@ -115,6 +115,10 @@ def areashape(labels: np.ndarray, images=None, *, n_objects: int, zernike: bool 
     perim = np.where(present, geo["perimeter"], np.nan)
 
     m, mu = K.moments(lab_img, n, bbox, area_i)
+    # first-order central moments are 0 by definition (what is summed is round-off of order 1e-8
+    # on large objects; CellProfiler's is of order 1e-10): write the exact value
+    mu[:, 0, 1] = 0.0
+    mu[:, 1, 0] = 0.0
     with np.errstate(divide="ignore", invalid="ignore"):
         m00 = np.where(present, mu[:, 0, 0], np.nan)
         # inertia tensor (scikit-image): [[mu02, -mu11], [-mu11, mu20]] / mu00
