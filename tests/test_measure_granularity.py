@@ -78,6 +78,19 @@ def test_reconstruction_equals_skimage():
                                       skimage.morphology.reconstruction(seed, mask, footprint=cross))
 
 
+def test_reconstruction_with_plateaus_equals_skimage():
+    """Few grey levels: large ties (plateaus) in the max-tree, thin shapes, one-row/one-column images."""
+    rng = np.random.default_rng(5)
+    cross = skimage.morphology.disk(1).astype(bool)
+    for t in range(60):
+        h, w = (1, 17) if t == 0 else (13, 1) if t == 1 else rng.integers(2, 30, 2)
+        mask = rng.integers(0, rng.integers(1, 5), (h, w)).astype(float)
+        seed = (np.minimum(mask, rng.integers(0, 5, (h, w)).astype(float)) if t % 2
+                else skimage.morphology.erosion(mask, cross))
+        np.testing.assert_array_equal(_reconstruct_by_dilation(seed, mask),
+                                      skimage.morphology.reconstruction(seed, mask, footprint=cross))
+
+
 def test_constant_and_empty_images():
     lab = np.zeros((64, 64), np.int32)
     lab[10:30, 10:30] = 1

@@ -79,6 +79,18 @@ class LabelContext:
         """Pixel count of labels 0..n (int64, length n + 1; entry 0 is 0)."""
         return self._get("counts", lambda: np.bincount(self.pixels()[1], minlength=self.n + 1))
 
+    def grouped(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(flat index, label) of :meth:`pixels` ordered by label (raster order within each object)
+        and the start of each object in them (int64, length n + 1)."""
+        def make():
+            idx, lab = self.pixels()
+            order = np.argsort(lab, kind="stable")
+            starts = np.zeros(self.n + 1, dtype=np.int64)
+            np.cumsum(self.counts()[1:], out=starts[1:])
+            return idx[order], lab[order], starts
+
+        return self._get("grouped", make)
+
     def shape_scan(self):
         """(area, bbox, perimeter, euler) from :func:`_kernels.pixel_scan`."""
         from profiler.measure import _kernels as K
