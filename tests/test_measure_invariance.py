@@ -47,6 +47,11 @@ def test_translation_invariance(scene):
         img2[k] = w
     out = measure_objects(lab2, img2, compartment="X", families=FAMILIES)
     for col in base.columns:
+        if any(f"RadialDistribution_{f}_" in col for f in ("FracAtD", "MeanFrac", "RadialCV")):
+            # the centre of an object with several pixels farthest from its edge is chosen as CellProfiler
+            # chooses it (NumPy 1.26's unstable argsort of the whole image), which depends on where the
+            # tied pixels are in the image: not translation invariant, in CellProfiler either
+            continue
         a, b = base[col].to_numpy(), out[col].to_numpy()
         if col.endswith("_X") or "_X_" in col:
             b = b - dx if "Location" in col or "Center" in col or "BoundingBox" in col else b

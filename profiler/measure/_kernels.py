@@ -997,3 +997,122 @@ def cp_enclosing_circles(labels: np.ndarray, n: int, bbox: np.ndarray):
         m = _cp_hull(lo[off[k]:off[k + 1]], up[off[k]:off[k + 1]], bbox[k, 1], bbox[k, 3], h + 1, hi, hj)
         ci[k], cj[k], r[k] = _cp_mec(hi, hj, m)
     return ci, cj, r
+
+
+@nb.njit(cache=True)
+def _msb(n):  # npy_get_msb
+    d = 0
+    while n > 1:
+        n >>= 1
+        d += 1
+    return d
+
+@nb.njit(cache=True)
+def _aheapsort(v, a0, lo, n):
+    # a[1..n] = a0[lo .. lo+n-1]
+    for l in range(n >> 1, 0, -1):
+        tmp = a0[lo + l - 1]
+        i = l
+        j = l << 1
+        while j <= n:
+            if j < n and v[a0[lo + j - 1]] < v[a0[lo + j]]:
+                j += 1
+            if v[tmp] < v[a0[lo + j - 1]]:
+                a0[lo + i - 1] = a0[lo + j - 1]
+                i = j
+                j += j
+            else:
+                break
+        a0[lo + i - 1] = tmp
+    while n > 1:
+        tmp = a0[lo + n - 1]
+        a0[lo + n - 1] = a0[lo]
+        n -= 1
+        i = 1
+        j = 2
+        while j <= n:
+            if j < n and v[a0[lo + j - 1]] < v[a0[lo + j]]:
+                j += 1
+            if v[tmp] < v[a0[lo + j - 1]]:
+                a0[lo + i - 1] = a0[lo + j - 1]
+                i = j
+                j += j
+            else:
+                break
+        a0[lo + i - 1] = tmp
+
+@nb.njit(cache=True)
+def numpy1_argsort(v):
+    """``np.argsort(v)`` exactly as NumPy 1.26 (CellProfiler 5's) orders it without AVX-512: its
+    introsort (median-of-3 quicksort, insertion sort below 16 elements, heapsort past 2·log2 n
+    levels). The order of equal values is what decides CellProfiler's tie-breaks."""
+    num = v.size
+    t = np.arange(num)
+    if num < 2:
+        return t
+    stack = np.empty(256, np.int64)
+    depth = np.empty(128, np.int64)
+    sp = 0
+    dp = 0
+    pl = 0
+    pr = num - 1
+    cdepth = _msb(num) * 2
+    while True:
+        if cdepth < 0:
+            _aheapsort(v, t, pl, pr - pl + 1)
+        else:
+            while pr - pl > 15:
+                pm = pl + ((pr - pl) >> 1)
+                if v[t[pm]] < v[t[pl]]:
+                    t[pm], t[pl] = t[pl], t[pm]
+                if v[t[pr]] < v[t[pm]]:
+                    t[pr], t[pm] = t[pm], t[pr]
+                if v[t[pm]] < v[t[pl]]:
+                    t[pm], t[pl] = t[pl], t[pm]
+                vp = v[t[pm]]
+                pi = pl
+                pj = pr - 1
+                t[pm], t[pj] = t[pj], t[pm]
+                while True:
+                    pi += 1
+                    while v[t[pi]] < vp:
+                        pi += 1
+                    pj -= 1
+                    while vp < v[t[pj]]:
+                        pj -= 1
+                    if pi >= pj:
+                        break
+                    t[pi], t[pj] = t[pj], t[pi]
+                pk = pr - 1
+                t[pi], t[pk] = t[pk], t[pi]
+                if pi - pl < pr - pi:
+                    stack[sp] = pi + 1
+                    stack[sp + 1] = pr
+                    sp += 2
+                    pr = pi - 1
+                else:
+                    stack[sp] = pl
+                    stack[sp + 1] = pi - 1
+                    sp += 2
+                    pl = pi + 1
+                cdepth -= 1
+                depth[dp] = cdepth
+                dp += 1
+            for pi in range(pl + 1, pr + 1):
+                vi = t[pi]
+                vp = v[vi]
+                pj = pi
+                pk = pi - 1
+                while pj > pl and vp < v[t[pk]]:
+                    t[pj] = t[pk]
+                    pj -= 1
+                    pk -= 1
+                t[pj] = vi
+        if sp == 0:
+            break
+        sp -= 2
+        pl = stack[sp]
+        pr = stack[sp + 1]
+        dp -= 1
+        cdepth = depth[dp]
+    return t

@@ -2,8 +2,8 @@
 own point farthest from its edge, scaled bins).
 
 Per object: the centre is the pixel with the largest distance to the edge (distance to the nearest
-pixel of another label inside the image; ties → first in raster order, CellProfiler breaks ties by
-an unstable sort); every pixel gets its geodesic distance d_c from the centre inside the object
+pixel of another label inside the image; ties broken exactly as CellProfiler 5 does: the last of
+the tied pixels in NumPy 1.26's unstable argsort of the whole distance image); every pixel gets its geodesic distance d_c from the centre inside the object
 (8-connected steps 1 and √2, as CellProfiler's ``propagate``) and its distance d_e to the edge;
 normalised radius r = d_c / (d_c + d_e + 0.001); bin = ⌊r · bins⌋.
 
@@ -37,21 +37,27 @@ _FEATURES = [
 
 
 @nb.njit(cache=True)
-def _centers(labels: np.ndarray, dist: np.ndarray, n: int):
-    h, w = labels.shape
-    best = np.full(n + 1, -1.0)
+def _centers_from_order(labels: np.ndarray, order: np.ndarray, n: int):
+    """CellProfiler's ``scipy.ndimage.maximum_position(distance, labels, indexes)``: the image is
+    argsorted by distance and, per label, the last pixel in that order wins."""
+    w = labels.shape[1]
+    flat = labels.ravel()
     ci = np.full(n + 1, -1, np.int64)
     cj = np.full(n + 1, -1, np.int64)
-    for i in range(h):
-        for j in range(w):
-            k = labels[i, j]
-            if k <= 0 or k > n:
-                continue
-            if dist[i, j] > best[k]:
-                best[k] = dist[i, j]
-                ci[k] = i
-                cj[k] = j
+    for p in order:
+        k = flat[p]
+        if k <= 0 or k > n:
+            continue
+        ci[k] = p // w
+        cj[k] = p % w
     return ci, cj
+
+
+def _centers(labels: np.ndarray, dist: np.ndarray, n: int):
+    """Each object's point farthest from its edge, ties broken as CellProfiler 5 breaks them (the
+    order NumPy 1.26's unstable argsort gives equal distances over the whole image)."""
+    order = K.numpy1_argsort(np.ascontiguousarray(dist, np.float64).ravel())
+    return _centers_from_order(labels, order, n)
 
 
 @nb.njit(cache=True)
