@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from profiler.errors import ConfigError, InputError
-from profiler.names import CELL_COUNT, PLATE, WELL, is_metadata
+from profiler.names import CELL_COUNT, PLATE, WELL, is_metadata, is_profile_feature
 
 _OPS = {"median": "quantile_cont({x}, 0.5)", "mean": "avg({x})"}
 
@@ -43,7 +43,10 @@ def _q(name: str) -> str:
 def aggregate_parquet(source: str | Path | Sequence[str | Path], *, strata: Sequence[str] = (PLATE, WELL),
                       operation: str = "median", memory_mb: float = 1500, threads: int | None = None,
                       features: Sequence[str] | None = None) -> pd.DataFrame:
-    """Per-well ``operation`` of every feature of per-cell Parquet file(s) (a file, folder or list).
+    """Per-well ``operation`` of every profile feature of per-cell Parquet file(s) (a file, folder or list).
+
+    ``features`` default: the columns :func:`profiler.names.is_profile_feature` accepts (position and
+    numbering columns stay in the per-cell table but are not aggregated).
 
     Returns one row per stratum: strata, metadata constant within each stratum,
     ``Metadata_Object_Count`` and the features (float64), sorted by strata.
@@ -62,7 +65,8 @@ def aggregate_parquet(source: str | Path | Sequence[str | Path], *, strata: Sequ
         raise InputError(f"the per-cell table lacks the grouping columns {missing}", path=files[0])
     import pyarrow as pa
 
-    feats = list(features) if features is not None else [n for n in names if not is_metadata(n)]
+    # position/numbering columns (Location_*, AreaShape_Center_*, Parent_* …) are not phenotypes
+    feats = list(features) if features is not None else [n for n in names if is_profile_feature(n)]
     bad = [f for f in feats if not (pa.types.is_floating(schema.field(f).type) or pa.types.is_integer(schema.field(f).type)
                                     or pa.types.is_boolean(schema.field(f).type))]
     if bad:

@@ -223,6 +223,29 @@ def map_scores(profiles: pd.DataFrame, *, features: Sequence[str] | None = None,
     return out
 
 
+def replicate_map(profiles: pd.DataFrame, *, features: Sequence[str] | None = None,
+                  treatment: Sequence[str] = TREATMENT, control_compound: str = "DMSO") -> float:
+    """Label-free replicate reproducibility: copairs mAP (cosine) of retrieving a well's replicate
+    wells (same compound and concentration) among all other wells (controls and other treatments),
+    averaged per treatment over non-control treatments. Uses no MoA labels, so it may choose recipes.
+    """
+    from copairs.map import average_precision
+
+    feats = _features(profiles, features)
+    _check_columns(profiles, treatment, "replicate mAP")
+    df = profiles.reset_index(drop=True)
+    x = df[feats].to_numpy(dtype=np.float64)
+    if not np.isfinite(x).all():
+        raise InputError("profiles contain NaN/inf values", hint="drop NaN columns before scoring")
+    meta = pd.DataFrame({"treatment": df[list(treatment)].astype(str).agg("|".join, axis=1)})
+    ap = average_precision(meta, x, pos_sameby=["treatment"], pos_diffby=[], neg_sameby=[],
+                           neg_diffby=["treatment"], progress_bar=False)
+    ap = ap[~is_control(df, control_compound).to_numpy() & (ap["n_pos_pairs"] > 0).to_numpy()]
+    if ap.empty:
+        raise InputError("no treatment has two or more replicate wells: replicate mAP is undefined")
+    return float(ap.groupby("treatment")["average_precision"].mean().mean())
+
+
 def evaluate(profiles: pd.DataFrame, *, features: Sequence[str] | None = None,
              control_compound: str = "DMSO", with_map: bool = True, null_size: int = 10000,
              seed: int = 0) -> Evaluation:

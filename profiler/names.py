@@ -66,6 +66,10 @@ _NON_PHENOTYPE = re.compile(
 )
 
 
+#: The same rule as a regular expression (for pattern blocklists, e.g. profiler.profiles.POSITION_BLOCKLIST).
+NON_PHENOTYPE_PATTERN = _NON_PHENOTYPE.pattern
+
+
 def is_profile_feature(column: str) -> bool:
     """True for feature columns that describe a phenotype (not metadata, position or relations)."""
     return not is_metadata(column) and not _NON_PHENOTYPE.match(column)

@@ -30,7 +30,17 @@ import pandas as pd
 import pycytominer
 
 from profiler.errors import ConfigError, InputError
-from profiler.names import CELL_COUNT, CONTROL, OBJECT_NUMBER, PLATE, WELL, feature_columns, metadata_columns
+from profiler.names import (
+    CELL_COUNT,
+    CONTROL,
+    NON_PHENOTYPE_PATTERN,
+    OBJECT_NUMBER,
+    PLATE,
+    WELL,
+    feature_columns,
+    metadata_columns,
+    profile_feature_columns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +50,9 @@ NORMALIZE_METHODS = ("standardize", "robustize", "mad_robustize", "spherize")
 FEATURE_SELECT_OPERATIONS = ("variance_threshold", "correlation_threshold", "drop_na_columns",
                              "blocklist", "drop_outliers", "noise_removal")
 
-#: Features that describe where a cell is or how it is numbered, not what it looks like.
-POSITION_BLOCKLIST = (r"_Location_", r"_Number_Object_Number$", r"_Parent_", r"_Children_",
-                      r"_AreaShape_Center_[XYZ]$", r"_Neighbors_(First|Second)ClosestObjectNumber")
+#: Features that describe where a cell is or how it is numbered, not what it looks like: the one
+#: definition in :mod:`profiler.names` (``is_profile_feature``) as a blocklist pattern.
+POSITION_BLOCKLIST = (NON_PHENOTYPE_PATTERN,)
 
 #: Named recipes. Keys are :func:`apply_recipe` arguments.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -140,16 +150,19 @@ def annotate(table: pd.DataFrame, platemap: pd.DataFrame, *, on: Sequence[str] =
 # aggregate
 
 def aggregate(single_cell: pd.DataFrame, *, strata: Sequence[str] = DEFAULT_STRATA,
-              operation: str = "median") -> pd.DataFrame:
-    """One row per well: ``operation`` (median or mean) of every feature over the well's cells.
+              operation: str = "median", features: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per well: ``operation`` (median or mean) of every profile feature over the well's cells.
 
-    Metadata columns that are constant within a well are carried over; the number of cells per
-    well is ``Metadata_Object_Count`` (pycytominer's name). NaN values are skipped per feature.
+    ``features`` default: :func:`profiler.names.profile_feature_columns` — position and numbering
+    columns (``Location_*``, ``AreaShape_Center_*``, ``Parent_*`` …) stay in the per-cell table but
+    are not aggregated. Metadata columns that are constant within a well are carried over; the number
+    of cells per well is ``Metadata_Object_Count`` (pycytominer's name). NaN values are skipped.
     """
     if operation not in ("median", "mean"):
         raise ConfigError(f"unknown aggregate operation {operation!r}", hint="use 'median' or 'mean'")
     _check_strata(single_cell, strata)
-    feats = check_features(single_cell, what="single-cell table")
+    feats = check_features(single_cell, features if features is not None else profile_feature_columns(single_cell),
+                           what="single-cell table")
     has_obj = OBJECT_NUMBER in single_cell.columns
     agg = pycytominer.aggregate(single_cell, strata=list(strata), features=feats, operation=operation,
                                 compute_object_count=has_obj, object_feature=OBJECT_NUMBER, output_type=None)
@@ -221,6 +234,77 @@ def whiten(profiles: pd.DataFrame, *, samples: str = "all", method: str = "ZCA-c
                      by=by, spherize_method=method, spherize_epsilon=epsilon)
 
 
+TVN_METHODS = ("ledoit_wolf", "pca")
+
+
+def typical_variation_normalize(profiles: pd.DataFrame, *, samples: str = NEGATIVE_CONTROL_QUERY,
+                                method: str = "ledoit_wolf", epsilon: float = 1.0, by: str | None = None,
+                                clip: float | None = None) -> pd.DataFrame:
+    """Typical variation normalization: whiten with the covariance of the control wells.
+
+    What pycytominer's spherize does not offer (its only regularization is an additive epsilon,
+    which with fewer control wells than features either amplifies noise or barely whitens):
+
+    * ``method="ledoit_wolf"`` — ZCA whitening with the Ledoit–Wolf shrunk covariance of the
+      ``samples`` wells (shrinkage chosen analytically from the data, no parameter); centred on the
+      control mean, feature names kept. ``epsilon`` is not used.
+    * ``method="pca"`` — TVN (Ando et al. 2017): PCA of the control wells, components with zero
+      control variance (rank deficiency: at most one per control well) dropped, each component
+      divided by ``sqrt(eigenvalue + epsilon * mean eigenvalue)``; columns ``TVN_0001`` …
+
+    Fit on the whole table or per ``by`` group (e.g. ``Metadata_Batch``). ``clip`` bounds the result
+    to ±clip (a few extreme wells otherwise dominate cosine similarities). Needs finite features.
+    """
+    if method not in TVN_METHODS:
+        raise ConfigError(f"unknown typical-variation method {method!r}", hint=f"use one of {TVN_METHODS}")
+    from sklearn.covariance import LedoitWolf
+
+    feats = check_features(profiles, what="profile table", allow_nan=False)
+    meta = metadata_columns(profiles)
+    if by is not None and by not in profiles.columns:
+        raise InputError(f"cannot fit typical variation per {by!r}: the table has no such column")
+    parts = []
+    for key, grp in (profiles.groupby(by, sort=False) if by else [(None, profiles)]):
+        where = f"group {key!r}" if by else "the table"
+        try:
+            ref = grp.query(samples) if samples != "all" else grp
+        except Exception as exc:  # noqa: BLE001 - pandas raises many kinds for a bad query
+            raise ConfigError(f"cannot evaluate the control query {samples!r} ({exc})") from exc
+        if len(ref) < 3:
+            raise InputError(f"{where} has {len(ref)} wells matching {samples!r}; typical variation needs >= 3",
+                             hint="fit on the whole table (by: null) or on all wells (samples: all)")
+        x = grp[feats].to_numpy(dtype=np.float64)
+        r = ref[feats].to_numpy(dtype=np.float64)
+        if method == "ledoit_wolf":
+            est = LedoitWolf().fit(r)
+            vals, vecs = np.linalg.eigh(est.covariance_)
+            y = (x - est.location_) @ (vecs / np.sqrt(np.maximum(vals, 1e-12))) @ vecs.T
+            cols = feats
+        else:
+            mu = r.mean(axis=0)
+            _, sv, vt = np.linalg.svd(r - mu, full_matrices=False)
+            ev = sv ** 2 / (len(r) - 1)
+            keep = ev > 1e-6 * ev[0]
+            ev, vt = ev[keep], vt[keep]
+            y = (x - mu) @ (vt.T / np.sqrt(ev + epsilon * ev.mean()))
+            cols = [f"TVN_{i + 1:04d}" for i in range(y.shape[1])]
+        if clip is not None:
+            y = np.clip(y, -clip, clip)
+        parts.append(pd.concat([grp[meta].reset_index(drop=True), pd.DataFrame(y, columns=cols)], axis=1))
+    if len({tuple(p.columns) for p in parts}) > 1:
+        raise InputError(f"the groups of {by!r} kept different numbers of components",
+                         hint="use method 'ledoit_wolf' per group, or fit 'pca' on the whole table")
+    return pd.concat(parts, ignore_index=True)
+
+
+def clip_features(profiles: pd.DataFrame, bound: float) -> pd.DataFrame:
+    """Bound every feature to ±``bound`` (after normalization to controls: robust z-scores)."""
+    feats = check_features(profiles, what="profile table")
+    out = profiles.copy()
+    out[feats] = out[feats].clip(-bound, bound)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # feature selection and consensus
 
@@ -248,6 +332,8 @@ def feature_select(profiles: pd.DataFrame, *, operations: Sequence[str] = ("vari
     feats = check_features(profiles, what="profile table")
     if not ops:
         return profiles
+    if "variance_threshold" in ops:
+        _check_variance(profiles, feats)
     kw = dict(kwargs)
     if "blocklist" in ops and blocklist is not None:
         kw["blocklist"] = expand_blocklist(feats, blocklist)
@@ -257,6 +343,21 @@ def feature_select(profiles: pd.DataFrame, *, operations: Sequence[str] = ("vari
         raise InputError(f"feature selection {ops} removed every feature",
                          hint="loosen the thresholds (e.g. corr_threshold, na_cutoff)")
     return out
+
+
+def _check_variance(profiles: pd.DataFrame, feats: Sequence[str]) -> None:
+    """A clear error instead of scikit-learn's when no feature varies (e.g. a single-well plate)."""
+    x = profiles[list(feats)].to_numpy(dtype=np.float64, na_value=np.nan)
+    with np.errstate(all="ignore"):
+        varies = (np.nanmax(x, axis=0) > np.nanmin(x, axis=0)) if len(x) else np.zeros(len(feats), bool)
+    if len(x) >= 2 and np.any(varies):
+        return
+    plates = sorted(map(str, profiles[PLATE].unique())) if PLATE in profiles else []
+    where = f"plate(s) {', '.join(plates[:5])}" if plates else "the table"
+    raise InputError(f"variance feature selection needs at least two wells that differ, but {where} "
+                     f"gave {len(x)} well(s) and no feature varies across them",
+                     hint="profile more wells (or several plates together), or drop 'variance_threshold' "
+                          "from the feature selection (profiles: feature_select: [drop_na_columns])")
 
 
 def consensus(profiles: pd.DataFrame, *, replicate_columns: Sequence[str], operation: str = "median",
@@ -286,7 +387,7 @@ def resolve_recipe(recipe: str | Mapping[str, Any] | None) -> dict[str, Any]:
         base.update(rec)
         rec = base
     allowed = {"aggregate", "normalize", "samples", "feature_select", "blocklist", "feature_select_params",
-               "whiten", "normalize_params"}
+               "whiten", "normalize_params", "clip", "typical_variation"}
     unknown = set(rec) - allowed
     if unknown:
         raise ConfigError(f"unknown keys in the profiles recipe: {sorted(unknown)}", hint=f"allowed: {sorted(allowed)}")
@@ -299,7 +400,10 @@ def apply_recipe(profiles: pd.DataFrame, recipe: str | Mapping[str, Any] | None 
 
     Recipe keys: ``normalize`` (method or None), ``samples`` (control query, ``"all"``),
     ``normalize_params``, ``feature_select`` (operations), ``blocklist`` (patterns),
-    ``feature_select_params``, ``whiten`` (None or ``{samples, method, epsilon, by}``).
+    ``feature_select_params``, ``clip`` (bound after feature selection), ``whiten`` (None or
+    ``{samples, method, epsilon, by}``: pycytominer spherize), ``typical_variation`` (None or
+    ``{samples, method, epsilon, by, clip}``: :func:`typical_variation_normalize`). ``samples:
+    controls`` in ``whiten``/``typical_variation`` means the recipe's control query.
     """
     rec = resolve_recipe(recipe)
     samples = samples if samples is not None else rec.get("samples", NEGATIVE_CONTROL_QUERY)
@@ -309,12 +413,20 @@ def apply_recipe(profiles: pd.DataFrame, recipe: str | Mapping[str, Any] | None 
     if rec.get("feature_select"):
         prof = feature_select(prof, operations=rec["feature_select"], blocklist=rec.get("blocklist"),
                               **rec.get("feature_select_params", {}))
+    if rec.get("clip") is not None:
+        prof = clip_features(prof, float(rec["clip"]))
     w = rec.get("whiten")
     if w:
         w = dict(w)
         if w.get("samples") == "controls":
             w["samples"] = samples
         prof = whiten(prof, **w)
+    tv = rec.get("typical_variation")
+    if tv:
+        tv = dict(tv)
+        if tv.get("samples", "controls") == "controls":
+            tv["samples"] = samples
+        prof = typical_variation_normalize(prof, **tv)
     return prof
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from profiler.aggregate_stream import aggregate_parquet
 from profiler.errors import ConfigError, InputError
-from profiler.profiles import (PRESETS, aggregate, annotate, apply_recipe, build_profiles, consensus,
-                               expand_blocklist, feature_select, normalize)
+from profiler.profiles import (POSITION_BLOCKLIST, PRESETS, aggregate, annotate, apply_recipe, build_profiles,
+                               consensus, expand_blocklist, feature_select, normalize, typical_variation_normalize)
 
 
 def cells(seed=0, n=600, plates=("P1", "P2"), wells=("A01", "A02", "B01", "B02")):
@@ -32,8 +32,9 @@ def platemap():
 
 def test_aggregate_equals_pycytominer_median_and_mean():
     df = cells()
-    feats = [c for c in df if not c.startswith("Metadata_")]
+    feats = [c for c in df if c.startswith("Cells_")]
     for op in ("median", "mean"):
+        assert "Nuclei_Location_Center_X" not in aggregate(df, operation=op)  # position: not a phenotype
         ours = aggregate(df, operation=op).sort_values(["Metadata_Plate", "Metadata_Well"]).reset_index(drop=True)
         ref = pycytominer.aggregate(df, strata=["Metadata_Plate", "Metadata_Well"], features=feats, operation=op,
                                     output_type=None).sort_values(["Metadata_Plate", "Metadata_Well"]).reset_index(drop=True)
@@ -53,6 +54,9 @@ def test_streaming_aggregate_equals_pycytominer(tmp_path, op):
     assert list(ours["Metadata_Well"]) == list(ref["Metadata_Well"])
     np.testing.assert_allclose(ours[feats].to_numpy(float), ref[feats].to_numpy(float), rtol=1e-6)
     assert list(ours["Metadata_Object_Count"]) == list(ref["Metadata_Object_Count"])
+    assert "Nuclei_Location_Center_X" not in ours
+    every = aggregate_parquet(tmp_path, operation=op, features=["Nuclei_Location_Center_X"])
+    assert list(every.columns)[-1] == "Nuclei_Location_Center_X"
 
 
 def test_streaming_aggregate_rejects_text_features(tmp_path):
@@ -105,12 +109,67 @@ def test_bad_features():
 
 
 def test_feature_select_blocklist_patterns_and_ops():
-    prof = annotate(aggregate(cells()), platemap())
+    df = cells()
+    prof = annotate(aggregate(df, features=[c for c in df if not c.startswith("Metadata_")]), platemap())
     assert expand_blocklist(prof.columns, [r"_Location_"]) == ["Nuclei_Location_Center_X"]
     out = feature_select(prof, operations=["blocklist"], blocklist=[r"_Location_"])
     assert "Nuclei_Location_Center_X" not in out and "Cells_AreaShape_F0" in out
     with pytest.raises(ConfigError, match="unknown feature selection"):
         feature_select(prof, operations=["magic"])
+
+
+def test_position_blocklist_is_names_definition():
+    cols = ["Cells_Location_Center_X", "Nuclei_AreaShape_Center_Y", "Cells_Number_Object_Number",
+            "Cytoplasm_Parent_Cells", "Nuclei_Children_Cells_Count", "Cells_Neighbors_FirstClosestObjectNumber_10",
+            "Cells_AreaShape_BoundingBoxMaximum_X", "Cells_AreaShape_Area", "Nuclei_Neighbors_NumberOfNeighbors_10",
+            "Cells_Intensity_MeanIntensity_DNA"]
+    assert expand_blocklist(cols, POSITION_BLOCKLIST) == cols[:7]
+
+
+def test_single_well_plate_is_a_clear_error():
+    df = cells(n=60, plates=("P1",), wells=("A01",))
+    pm = platemap().iloc[:1]
+    with pytest.raises(InputError, match="plate\\(s\\) P1 gave 1 well"):
+        build_profiles(annotate(df, pm))
+
+
+def test_typical_variation_normalize():
+    rng = np.random.default_rng(3)
+    n, f = 80, 5
+    mix = rng.normal(size=(f, f))
+    x = rng.normal(size=(n, f)) @ mix + 5
+    prof = pd.DataFrame(x, columns=[f"Cells_AreaShape_F{i}" for i in range(f)])
+    prof.insert(0, "Metadata_Control", np.where(np.arange(n) < 60, "negative", ""))
+    prof.insert(0, "Metadata_Batch", np.where(np.arange(n) % 2, "B1", "B2"))
+    feats = [c for c in prof if not c.startswith("Metadata_")]
+    lw = typical_variation_normalize(prof, method="ledoit_wolf")
+    ctrl = lw[lw["Metadata_Control"] == "negative"][feats].to_numpy()
+    np.testing.assert_allclose(ctrl.mean(0), 0, atol=1e-9)
+    from sklearn.covariance import LedoitWolf  # ZCA: x = y @ Σ_LW^(1/2) + control mean
+
+    est = LedoitWolf().fit(x[:60])
+    vals, vecs = np.linalg.eigh(est.covariance_)
+    back = lw[feats].to_numpy() @ (vecs * np.sqrt(vals)) @ vecs.T + est.location_
+    np.testing.assert_allclose(back, x, atol=1e-8)
+    pca = typical_variation_normalize(prof, method="pca", epsilon=0.0)
+    pcs = [c for c in pca if c.startswith("TVN_")]
+    assert len(pcs) == f
+    np.testing.assert_allclose(np.cov(pca.loc[pca["Metadata_Control"] == "negative", pcs].to_numpy().T),
+                               np.eye(f), atol=1e-8)
+    clipped = typical_variation_normalize(prof, method="pca", epsilon=1.0, clip=0.5)
+    assert clipped[[c for c in clipped if c.startswith("TVN_")]].abs().max().max() <= 0.5
+    per_batch = typical_variation_normalize(prof, method="ledoit_wolf", by="Metadata_Batch")
+    assert len(per_batch) == n and list(per_batch.columns) == list(lw.columns)
+    with pytest.raises(ConfigError, match="unknown typical-variation"):
+        typical_variation_normalize(prof, method="magic")
+    few = prof.copy()
+    few["Metadata_Control"] = ""
+    few.loc[0, "Metadata_Control"] = "negative"
+    with pytest.raises(InputError, match="needs >= 3"):
+        typical_variation_normalize(few)
+    out = apply_recipe(prof, {"normalize": None, "feature_select": [], "clip": 1.0,
+                              "typical_variation": {"method": "ledoit_wolf", "clip": 2.0}})
+    assert out[feats].abs().max().max() <= 2.0
 
 
 def test_build_profiles_default_and_preset():
