@@ -78,5 +78,7 @@ def measure_objects(
             values = np.asarray(values, dtype=np.float64)
             if values.shape != (n,):
                 raise RuntimeError(f"family {fam_name} returned {key} with shape {values.shape}, expected ({n},)")
-            columns[f"{compartment}_{key}"] = values
+            # undefined values (e.g. FormFactor of an object with zero perimeter) are NaN, never ±inf,
+            # so that every downstream table holds finite numbers or NaN
+            columns[f"{compartment}_{key}"] = np.where(np.isinf(values), np.nan, values)
     return pd.DataFrame(columns, index=pd.RangeIndex(n))
