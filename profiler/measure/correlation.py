@@ -34,7 +34,7 @@ from collections.abc import Mapping
 import numba
 import numpy as np
 
-from profiler.measure._util import object_pixels
+from profiler.measure._util import LabelContext, label_context
 from profiler.measure.granularity import fingerprint
 from profiler.measure.registry import FeatureDoc, register
 
@@ -103,68 +103,91 @@ _GRID = np.arange(_GRID_LEVELS, dtype=np.float32) / np.float32(_GRID_LEVELS - 1)
 
 
 @numba.njit(cache=True, nogil=True)
-def _grid_build(x: np.ndarray, y: np.ndarray, table: np.ndarray, mx: float, my: float):  # pragma: no cover
-    """Sort the pixel pairs by x level (counting sort on the 16-bit grid).
-
-    Returns ok (every pixel on the grid), the start position of each x level, the per-x-level
-    and per-y-level prefix sums of (1, u, v, u², v², uv) (u = x − mx, v = y − my), and the pixels in x-level order
-    as (x, y, y level) arrays (x and y are float32 pixel values, stored exactly).
-    """
+def _levels_build(x: np.ndarray, table: np.ndarray):  # pragma: no cover - numba
+    """16-bit level of every pixel of ``x`` (float32 on the raw / 65535 grid) and the pixels sorted
+    by level (counting sort). Returns ok (every pixel on the grid), levels, order, and the number of
+    pixels below each level (length L + 1)."""
     n = x.shape[0]
     L = table.shape[0]
-    rx = np.empty(n, dtype=np.int32)
-    ry = np.empty(n, dtype=np.int32)
-    cx = np.zeros(L + 1, dtype=np.int64)
-    px = np.zeros((L + 1, 6))
-    py = np.zeros((L + 1, 6))
+    lv = np.empty(n, dtype=np.uint16)
+    cnt = np.zeros(L + 1, dtype=np.int64)
     for k in range(n):
         a = int(x[k] * (L - 1) + 0.5)
-        b = int(y[k] * (L - 1) + 0.5)
-        if a < 0 or a >= L or b < 0 or b >= L or table[a] != x[k] or table[b] != y[k]:
-            return False, cx, px, py, np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32)
-        rx[k] = a
-        ry[k] = b
-        cx[a + 1] += 1
-        u = x[k] - mx
-        v = y[k] - my
-        px[a + 1, 0] += 1.0
-        px[a + 1, 1] += u
-        px[a + 1, 2] += v
-        px[a + 1, 3] += u * u
-        px[a + 1, 4] += v * v
-        px[a + 1, 5] += u * v
-        py[b + 1, 0] += 1.0
-        py[b + 1, 1] += u
-        py[b + 1, 2] += v
-        py[b + 1, 3] += u * u
-        py[b + 1, 4] += v * v
-        py[b + 1, 5] += u * v
-    for lv in range(L):
-        cx[lv + 1] += cx[lv]
-        for j in range(6):
-            px[lv + 1, j] += px[lv, j]
-            py[lv + 1, j] += py[lv, j]
-    sxv = np.empty(n, dtype=np.float32)  # x, y are float32 pixels: stored exactly
-    syv = np.empty(n, dtype=np.float32)
-    sly = np.empty(n, dtype=np.int32)
-    fx = cx[:L].copy()
+        if a < 0 or a >= L or table[a] != x[k]:
+            return False, lv[:0], np.empty(0, dtype=np.int32), cnt
+        lv[k] = a
+        cnt[a + 1] += 1
+    for v in range(L):
+        cnt[v + 1] += cnt[v]
+    order = np.empty(n, dtype=np.int32)
+    fill = cnt[:L].copy()
     for k in range(n):
-        p = fx[rx[k]]
-        fx[rx[k]] += 1
-        sxv[p] = x[k]
-        syv[p] = y[k]
-        sly[p] = ry[k]
-    return True, cx, px, py, sxv, syv, sly
+        p = fill[lv[k]]
+        fill[lv[k]] += 1
+        order[p] = k
+    return True, lv, order, cnt
+
+
+class _Levels:
+    """A channel on the 16-bit grid: per-pixel levels, the pixels sorted by level, level counts."""
+
+    def __init__(self, lv: np.ndarray, order: np.ndarray, below: np.ndarray):
+        self.lv, self.order, self.below = lv, order, below
+        self.sorted_lv = lv[order]
+        n = max(int(below[-1]), 1)
+        self.mean = float(np.dot(np.diff(below).astype(np.float64), _GRID.astype(np.float64)) / n)
+
+    @classmethod
+    def build(cls, img: np.ndarray) -> _Levels | None:
+        x = np.ascontiguousarray(img, dtype=np.float32).ravel()
+        ok, lv, order, below = _levels_build(x, _GRID.astype(np.float64))
+        return cls(lv, order, below) if ok else None
+
+
+_LEVELS_CACHE: OrderedDict[tuple, _Levels | None] = OrderedDict()
+
+
+def _levels_cached(fp: tuple, img: np.ndarray) -> _Levels | None:
+    if fp not in _LEVELS_CACHE:
+        _LEVELS_CACHE[fp] = _Levels.build(img) if np.asarray(img).dtype == np.float32 else None
+        while len(_LEVELS_CACHE) > 12:
+            _LEVELS_CACHE.popitem(last=False)
+    else:
+        _LEVELS_CACHE.move_to_end(fp)
+    return _LEVELS_CACHE[fp]
 
 
 @numba.njit(cache=True, nogil=True)
-def _scan(xs: np.ndarray, ys: np.ndarray, ly: np.ndarray, lo: int, hi: int, other_below: int, mx: float, my: float,
-          out: np.ndarray, sign: float) -> None:  # pragma: no cover
-    """out += sign · sums over sorted pixels lo..hi whose other-channel level < other_below."""
+def _level_prefix(lx: np.ndarray, ly: np.ndarray, below: np.ndarray, grid: np.ndarray, mx: float,
+                  my: float) -> np.ndarray:  # pragma: no cover
+    """P[l] = (n, Σu, Σv, Σu², Σv², Σuv) (u = x − mx, v = y − my; x = grid[lx], y = grid[ly]) over the
+    pixels whose sort level is < l; pixels given in sort-level order, ``below`` = pixels below each level."""
+    L = below.shape[0] - 1
+    P = np.zeros((L + 1, 6))
+    s = np.zeros(6)
+    for lev in range(L):
+        for k in range(below[lev], below[lev + 1]):
+            u = grid[lx[k]] - mx
+            v = grid[ly[k]] - my
+            s[0] += 1.0
+            s[1] += u
+            s[2] += v
+            s[3] += u * u
+            s[4] += v * v
+            s[5] += u * v
+        for j in range(6):
+            P[lev + 1, j] = s[j]
+    return P
+
+
+@numba.njit(cache=True, nogil=True)
+def _level_scan(lx: np.ndarray, ly: np.ndarray, cond: np.ndarray, lo: int, hi: int, bound: int,
+                grid: np.ndarray, mx: float, my: float, out: np.ndarray, sign: float) -> None:  # pragma: no cover
+    """out += sign · (n, Σu, Σv, Σu², Σv², Σuv) over positions lo..hi with cond < bound."""
     for k in range(lo, hi):
-        if ly[k] < other_below:
-            u = xs[k] - mx
-            v = ys[k] - my
+        if cond[k] < bound:
+            u = grid[lx[k]] - mx
+            v = grid[ly[k]] - my
             out[0] += sign
             out[1] += sign * u
             out[2] += sign * v
@@ -173,41 +196,55 @@ def _scan(xs: np.ndarray, ys: np.ndarray, ly: np.ndarray, lo: int, hi: int, othe
             out[5] += sign * u * v
 
 
-class _GridSubsets(_Subsets):
-    """Same subsets as :class:`_Subsets` for data on the 16-bit grid, without a full pass per candidate.
+class _LevelSubsets:
+    """Pearson r of the pixels with x < t1 or y < t2 for data on the 16-bit grid, without a pass over
+    all pixels per candidate.
 
-    With the pixels sorted by x level, the sums over {x < t1} are prefix sums; only the pixels on
-    the shorter side of t1 are scanned for the y condition.
+    With the pixels sorted by x level (and, separately, by y level), the sums over {x < t1} and
+    {y < t2} are prefix sums over levels; of the four ways to complete them, the one that scans the
+    fewest pixels is used. The level order of each channel is computed once per image and shared by
+    its channel pairs.
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, built):
-        super().__init__(x, y)
-        _, self.cx, self.px, self.py, self.sxv, self.syv, self.sly = built
-        self.n = x.shape[0]
+    _G = _GRID.astype(np.float64)
 
-    @classmethod
-    def build(cls, x: np.ndarray, y: np.ndarray):
-        mx, my = float(x.mean()), float(y.mean())
-        built = _grid_build(x, y, _GRID.astype(np.float64), mx, my)
-        return cls(x, y, built) if built[0] else None
+    def __init__(self, X: _Levels, Y: _Levels):
+        self.n = X.lv.shape[0]
+        self.X, self.Y = X, Y
+        self.mx, self.my = X.mean, Y.mean
+        self.x_ly = Y.lv[X.order]  # y levels of the pixels in x order
+        self.y_lx = X.lv[Y.order]  # x levels of the pixels in y order
+        self.Px = _level_prefix(X.sorted_lv, self.x_ly, X.below, self._G, self.mx, self.my)
+        self.Py = _level_prefix(self.y_lx, Y.sorted_lv, Y.below, self._G, self.mx, self.my)
 
-    def _sums(self, t1: float, t2: float) -> np.ndarray:
-        M = int(np.searchsorted(_GRID, np.float32(_f32(t1)), side="left"))  # levels with x < t1
-        if np.isnan(t2):
-            K = 0
-        else:
-            K = int(np.searchsorted(_GRID, np.float32(_f32(t2)), side="left"))  # levels with y < t2
-        ax = int(self.cx[M])  # pixels with x < t1 come first in x order
-        out = self.px[M].copy()
-        if self.n - ax <= ax:  # {x<t1} + {x≥t1, y<t2}
-            _scan(self.sxv, self.syv, self.sly, ax, self.n, K, self.mx, self.my, out, 1.0)
-        else:  # {x<t1} + {y<t2} − {x<t1, y<t2}
-            out += self.py[K]
-            _scan(self.sxv, self.syv, self.sly, 0, ax, K, self.mx, self.my, out, -1.0)
+    @staticmethod
+    def _level(t: float) -> int:
+        """Number of grid levels whose float32 value is < t (CellProfiler compares in float32)."""
+        if np.isnan(t):
+            return 0
+        return int(np.searchsorted(_GRID, np.float32(_f32(t)), side="left"))
+
+    def sums(self, t1: float, t2: float) -> np.ndarray:
+        M, K = self._level(t1), self._level(t2)
+        X, Y, n, g, mx, my = self.X, self.Y, self.n, self._G, self.mx, self.my
+        ax, ay = int(X.below[M]), int(Y.below[K])  # pixels with x < t1, with y < t2
+        best = min(n - ax, ax, n - ay, ay)
+        if best == n - ax:  # {x<t1} + {x≥t1, y<t2}
+            out = self.Px[M].copy()
+            _level_scan(X.sorted_lv, self.x_ly, self.x_ly, ax, n, K, g, mx, my, out, 1.0)
+        elif best == ax:  # {x<t1} + {y<t2} − {x<t1, y<t2}
+            out = self.Px[M] + self.Py[K]
+            _level_scan(X.sorted_lv, self.x_ly, self.x_ly, 0, ax, K, g, mx, my, out, -1.0)
+        elif best == n - ay:  # {y<t2} + {y≥t2, x<t1}
+            out = self.Py[K].copy()
+            _level_scan(self.y_lx, Y.sorted_lv, self.y_lx, ay, n, M, g, mx, my, out, 1.0)
+        else:  # {y<t2} + {x<t1} − {x<t1, y<t2}
+            out = self.Py[K] + self.Px[M]
+            _level_scan(self.y_lx, Y.sorted_lv, self.y_lx, 0, ay, M, g, mx, my, out, -1.0)
         return out
 
     def pearson(self, t1: float, t2: float) -> tuple[int, float]:
-        s = self._sums(t1, t2)
+        s = self.sums(t1, t2)
         n = int(round(s[0]))
         if n < 2:
             return n, float("nan")
@@ -225,7 +262,10 @@ def _regression(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     Variances and means are taken on the float32 pixels (as CellProfiler), the rest in float64.
     """
     nz = (x > 0) | (y > 0)
-    xs, ys = x[nz].astype(np.float32), y[nz].astype(np.float32)
+    if nz.all():  # no copy (the usual case: no pixel is 0 in both channels)
+        xs, ys = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.float32)
+    else:
+        xs, ys = np.asarray(x[nz], dtype=np.float32), np.asarray(y[nz], dtype=np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
         xvar = float(np.var(xs, ddof=1))
         yvar = float(np.var(ys, ddof=1))
@@ -245,11 +285,25 @@ def _f32(t: float) -> float:
 
 def costes_thresholds(x: np.ndarray, y: np.ndarray, scale: float = 255.0, method: str = "faster") -> tuple[float, float]:
     """Costes' automatic threshold pair over the pixels ``x``, ``y`` (CellProfiler 5's algorithms)."""
+    X = Y = None
+    if np.asarray(x).dtype == np.float32 and np.asarray(y).dtype == np.float32:
+        X = _Levels.build(x)
+        Y = _Levels.build(y) if X is not None else None
+    return _costes(x, y, float(scale), method, X, Y)
+
+
+def _costes(x: np.ndarray, y: np.ndarray, scale: float, method: str, X: _Levels | None,
+            Y: _Levels | None) -> tuple[float, float]:
+    """:func:`costes_thresholds` given the channels' 16-bit levels (None: off the grid, float path)."""
     a, b = _regression(np.ravel(x), np.ravel(y))
-    x = np.ascontiguousarray(x, dtype=np.float64).ravel()
-    y = np.ascontiguousarray(y, dtype=np.float64).ravel()
-    scale = float(scale)
-    sub = _GridSubsets.build(x, y) or _Subsets(x, y)
+    if X is not None and Y is not None and X.lv.size:
+        sub = _LevelSubsets(X, Y)
+        x_max, y_max = float(_GRID[X.sorted_lv[-1]]), float(_GRID[Y.sorted_lv[-1]])
+    else:
+        x = np.ascontiguousarray(x, dtype=np.float64).ravel()
+        y = np.ascontiguousarray(y, dtype=np.float64).ravel()
+        sub = _Subsets(x, y)
+        x_max, y_max = float(x.max()), float(y.max())
     if method == "faster":
         left, right = 1.0, scale
         mid = ((right - left) // (6 / 5)) + left
@@ -273,9 +327,9 @@ def costes_thresholds(x: np.ndarray, y: np.ndarray, scale: float = 255.0, method
         return _f32(t1), _f32(a * t1 + b)
     # linear search ("fast" skips candidates while r is far above 0, "accurate" tests them all)
     step = 1 / scale
-    img_max = max(x.max(), y.max())
+    img_max = max(x_max, y_max)
     i = step * ((img_max // step) + 1)
-    fi_max, si_max = x.max(), y.max()
+    fi_max, si_max = x_max, y_max
     t1, t2 = i, a * i + b
     while i > fi_max and (a * i) + b > si_max:
         i -= step
@@ -322,11 +376,15 @@ def _costes_cached(fp1: tuple, fp2: tuple, img1: np.ndarray, img2: np.ndarray, s
     hit = _COSTES_CACHE.get(key)
     if hit is None:
         s = _infer_scale(img1, img2) if scale in (None, "auto") else float(scale)
+        X, Y = _levels_cached(fp1, img1), _levels_cached(fp2, img2)
         x, y = np.asarray(img1).ravel(), np.asarray(img2).ravel()
-        if np.isnan(x.sum()) or np.isnan(y.sum()):  # CellProfiler drops NaN pixels (none in real images)
-            ok = ~(np.isnan(x) | np.isnan(y))
-            x, y = x[ok], y[ok]
-        hit = costes_thresholds(x, y, s, method) if x.size else (np.inf, np.inf)
+        if X is not None and Y is not None:  # on the 16-bit grid: no NaN
+            hit = _costes(x, y, s, method, X, Y) if x.size else (np.inf, np.inf)
+        else:
+            if np.isnan(x.sum()) or np.isnan(y.sum()):  # CellProfiler drops NaN pixels (none in real images)
+                ok = ~(np.isnan(x) | np.isnan(y))
+                x, y = x[ok], y[ok]
+            hit = _costes(x, y, s, method, None, None) if x.size else (np.inf, np.inf)
         _COSTES_CACHE[key] = hit
         while len(_COSTES_CACHE) > 32:
             _COSTES_CACHE.popitem(last=False)
@@ -349,12 +407,44 @@ def _dense_rank(v: np.ndarray) -> np.ndarray:
     return np.unique(v, return_inverse=True)[1].reshape(-1)
 
 
-def _group_sum(values: np.ndarray, starts: np.ndarray, nonempty: np.ndarray, n: int) -> np.ndarray:
-    """Per-object sums of ``values`` laid out object by object (``starts`` = first index of each object)."""
-    out = np.zeros(n)
-    if values.size:
-        out[nonempty] = np.add.reduceat(values, starts[:-1][nonempty])
-    return out
+def _object_ranks(img: np.ndarray, v: np.ndarray, idx: np.ndarray, levels: _Levels | None) -> np.ndarray:
+    """Dense ranks of the object pixels ``v`` (= img at ``idx``) over all of them (:func:`_dense_rank`),
+    from the channel's 16-bit levels when it has them."""
+    if levels is None or v.size == 0:
+        return _dense_rank(v)
+    lv = levels.lv[idx]
+    present = np.zeros(_GRID_LEVELS, dtype=np.int64)
+    present[lv] = 1
+    return (np.cumsum(present) - 1)[lv]
+
+
+@numba.njit(cache=True, nogil=True)
+def _channel_pass(img: np.ndarray, idx: np.ndarray, starts: np.ndarray, frac: np.float32):  # pragma: no cover
+    """Object pixels of one channel (object by object): float64 values, "above 15 % of the object's
+    max" (max and product in float32, as CellProfiler) and the per-object sum over those pixels."""
+    n = starts.shape[0] - 1
+    v = np.empty(idx.shape[0])
+    above = np.zeros(idx.shape[0], dtype=np.bool_)
+    thr_sum = np.zeros(n)
+    for o in range(n):
+        s0 = starts[o]
+        s1 = starts[o + 1]
+        if s1 == s0:
+            continue
+        mx = img[idx[s0]]
+        for k in range(s0, s1):
+            x = img[idx[k]]
+            v[k] = x
+            if x > mx:
+                mx = x
+        t = np.float32(frac * mx)
+        s = 0.0
+        for k in range(s0, s1):
+            if img[idx[k]] >= t:
+                above[k] = True
+                s += v[k]
+        thr_sum[o] = s
+    return v, above, thr_sum
 
 
 @numba.njit(cache=True, nogil=True)
@@ -411,7 +501,8 @@ def _pair_sums(x: np.ndarray, y: np.ndarray, starts: np.ndarray, above_x: np.nda
           defaults={"threshold_percentage": 15.0, "costes_method": "faster", "costes_scale": "auto"})
 def correlation(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objects: int,
                 threshold_percentage: float = 15.0, costes_method: str = "faster",
-                costes_scale: float | str | None = "auto") -> dict[str, np.ndarray]:
+                costes_scale: float | str | None = "auto",
+                context: LabelContext | None = None) -> dict[str, np.ndarray]:
     """Colocalization features of every object for every channel pair (see the module docstring)."""
     method = str(costes_method).lower()
     if method not in _COSTES_METHODS:
@@ -422,30 +513,20 @@ def correlation(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objec
     labels = np.asarray(labels)
     names = list(images)
     n = n_objects
-    idx, lab = object_pixels(labels, n)
-    order = np.argsort(lab, kind="stable")
-    idx, lab = idx[order], lab[order]
-    counts = np.bincount(lab, minlength=n + 1)[1:]
-    starts = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(counts, out=starts[1:])
-    nonempty = counts > 0
+    idx, lab, starts = label_context(labels, n, context).grouped()
+    nonempty = np.diff(starts) > 0
     empty = ~nonempty
-    obj = lab - 1
-    frac = float(threshold_percentage) / 100.0
+    frac = np.float32(float(threshold_percentage) / 100.0)
 
     # per channel: pixels, above-threshold mask, thresholded sum, dense ranks
     per: dict[str, dict[str, np.ndarray]] = {}
-    fps = {ch: fingerprint(images[ch]) for ch in names}
+    fps = {ch: fingerprint(images[ch], context) for ch in names}
     for ch in names:
-        v = np.asarray(images[ch], dtype=np.float32).ravel()[idx]
-        v64 = v.astype(np.float64)
-        mx = np.zeros(n, dtype=np.float32)
-        if v.size:
-            mx[nonempty] = np.maximum.reduceat(v, starts[:-1][nonempty])
-        # threshold in float32 arithmetic, as CellProfiler (NumPy 1: python float × float32 array)
-        above = v >= (np.float32(frac) * mx)[obj]
-        per[ch] = {"v": v64, "above": np.ascontiguousarray(above), "thr_sum": _group_sum(np.where(above, v64, 0.0), starts, nonempty, n),
-                   "rank": _dense_rank(v)}
+        img = np.ascontiguousarray(images[ch], dtype=np.float32).ravel()
+        v64, above, thr_sum = _channel_pass(img, idx, starts, frac)
+        levels = _levels_cached(fps[ch], images[ch])
+        per[ch] = {"v": v64, "above": above, "thr_sum": thr_sum,
+                   "rank": _object_ranks(img, img[idx], idx, levels)}
 
     out: dict[str, np.ndarray] = {}
     for i1 in range(len(names) - 1):

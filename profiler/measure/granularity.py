@@ -280,21 +280,32 @@ def _upsample_weights(rows: np.ndarray, cols: np.ndarray, starts: np.ndarray, h:
 
 # --------------------------------------------------------------------------- whole-image spectrum (cached)
 
-def fingerprint(img: np.ndarray) -> tuple:
-    """Content key of an image for the per-image caches (SHA-1 of the pixels, shape and dtype)."""
+def fingerprint(img: np.ndarray, context: LabelContext | None = None) -> tuple:
+    """Content key of an image for the per-image caches (SHA-1 of the pixels, shape and dtype).
+
+    With a ``context`` (one :func:`profiler.measure.measure_objects` call, during which the images
+    do not change) the key of each image object is computed once and shared by the families.
+    """
+    if context is not None:
+        hit = context._cache.get(("fingerprint", id(img)))
+        if hit is not None and hit[0] is img:
+            return hit[1]
     a = np.ascontiguousarray(img)
-    return (hashlib.sha1(a.view(np.uint8).ravel()).digest(), a.shape, str(a.dtype))
+    fp = (hashlib.sha1(a.view(np.uint8).ravel()).digest(), a.shape, str(a.dtype))
+    if context is not None:
+        context._cache[("fingerprint", id(img))] = (img, fp)
+    return fp
 
 
 _CACHE: OrderedDict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray, tuple]] = OrderedDict()
 _CACHE_SIZE = 12
 
 
-def _spectrum_images(img: np.ndarray, subsample_size: float, image_sample_size: float, element_size: int,
-                     spectrum_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
+def _spectrum_images(img: np.ndarray, fp: tuple, subsample_size: float, image_sample_size: float,
+                     element_size: int, spectrum_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
     """(h·w, spectrum_length) reconstructions on the subsampled grid (row pos[p] holds pixel p), pos,
     that grid's float shape and (h, w)."""
-    key = (fingerprint(img), float(subsample_size), float(image_sample_size), int(element_size),
+    key = (fp, float(subsample_size), float(image_sample_size), int(element_size),
            int(spectrum_length))
     hit = _CACHE.get(key)
     if hit is not None:
@@ -357,9 +368,10 @@ def granularity(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objec
     out: dict[str, np.ndarray] = {}
     op = None
     for ch, img in images.items():
+        fp = fingerprint(img, context)
         img = np.asarray(img)
-        recs, pos, new_shape, (h, w) = _spectrum_images(img, subsample_size, image_sample_size, element_size,
-                                                   spectrum_length)
+        recs, pos, new_shape, (h, w) = _spectrum_images(img, fp, subsample_size, image_sample_size,
+                                                        element_size, spectrum_length)
         if op is None:
             if subsample_size < 1:
                 fr = float(new_shape[0] - 1) / float(H - 1) if H > 1 else 0.0
