@@ -62,9 +62,6 @@ DATASETS = {
 # Documented definitional differences (docs/parity.md): regex on the feature name → reason.
 # Anything below the threshold and not matched here is reported as UNEXPLAINED (a bug to fix).
 REASONS_CP: list[tuple[str, str]] = [
-    (r"^RadialDistribution_(FracAtD|MeanFrac|RadialCV)_",
-     "definitional: object centre = a point farthest from the edge; ties broken differently "
-     "(parity note 6), moves the bins of tied objects"),
     (r"^Intensity_(LowerQuartile|UpperQuartile|Median|MAD)Intensity",
      "definitional: CellProfiler's quartile convention on few-pixel objects (parity note 8)"),
     (r"^Neighbors_",
@@ -82,7 +79,8 @@ REASONS_CPMEASURE: list[tuple[str, str]] = [
     (r"^Correlation_RWC_", "cp-measure ranks intensities within each object; CellProfiler (and we) rank "
      "across all objects (parity note 5)"),
     (r"^RadialDistribution_(FracAtD|MeanFrac|RadialCV)_",
-     "definitional: centre tie-breaking differs between the engines (parity note 6)"),
+     "definitional: cp-measure breaks ties of the object centre (point farthest from the edge) "
+     "differently; we break them as CellProfiler does (parity note 6)"),
     (r"^Intensity_(LowerQuartile|UpperQuartile|Median|MAD)Intensity",
      "definitional: quartile convention (cp-measure's default numpy percentile, parity note 8)"),
     (r"^Granularity_", "cp-measure computes granularity on per-object crops; CellProfiler (and we) on the "
