@@ -10,6 +10,11 @@ Our code adapts and orchestrates; the operations themselves are pycytominer's
   and handed to pycytominer's ``blocklist`` operation;
 * a dataset-level ``whiten`` step (pycytominer's spherize, ZCA-cor, fit on the controls or on all
   wells) after per-plate normalization;
+* ``clip`` (bound normalized features) and :func:`typical_variation_normalize` (Ledoit–Wolf
+  shrinkage whitening or TVN PCA whitening fit on the control wells) — regularized whitening that
+  pycytominer's spherize does not offer;
+* aggregation of :func:`profiler.names.profile_feature_columns` only (position and numbering
+  columns stay per cell);
 * named recipes (:data:`PRESETS`), so a pipeline YAML can say ``profiles: {preset: bbbc021_best}``.
 
 Streaming aggregation of per-cell Parquet that does not fit in memory is in
@@ -59,11 +64,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The default of `profiler extract`: pycytominer's usual per-plate recipe.
     "default": {"aggregate": "median", "normalize": "mad_robustize",
                 "feature_select": ["variance_threshold", "drop_na_columns"]},
-    # BBBC021 (per-well profiles), fixed a priori (no MoA labels): per-plate robust z-score to the DMSO
-    # wells (median/IQR, insensitive to outlier wells) and drop features that describe position or
-    # object numbering rather than phenotype. See docs/profiles.md for every recipe tried.
+    # BBBC021 (per-well profiles). Chosen WITHOUT MoA labels, by the highest replicate mAP
+    # (profiler.evaluate.replicate_map) among the recipes of benchmarks/bbbc021_profiles.py: per-plate
+    # robust z-score to the DMSO wells (median/IQR), position/numbering features dropped, clip ±3,
+    # then TVN (PCA whitening fit on the DMSO wells, eigenvalues + 1 × their mean). docs/profiles.md.
     "bbbc021_best": {"aggregate": "median", "normalize": "robustize", "blocklist": list(POSITION_BLOCKLIST),
-                     "feature_select": ["blocklist", "drop_na_columns"]},
+                     "feature_select": ["blocklist", "drop_na_columns"], "clip": 3,
+                     "typical_variation": {"method": "pca", "epsilon": 1.0}},
 }
 
 

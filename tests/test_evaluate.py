@@ -73,3 +73,23 @@ def test_bbbc021_naive_zscore_reference():
     assert ev.nscb.n_queries == 92 and ev.nsc.n_queries == 103
     assert ev.nsc.accuracy == pytest.approx(0.77, abs=0.02)
     assert ev.nscb.accuracy == pytest.approx(0.69, abs=0.02)
+
+
+def test_replicate_map_is_label_free_and_rewards_reproducible_replicates():
+    from profiler.evaluate import replicate_map
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for c in range(6):
+        centre = rng.normal(size=8)
+        for r in range(3):
+            rows.append({"Metadata_Compound": f"C{c}", "Metadata_Concentration": 1.0, "centre": centre})
+    for r in range(6):
+        rows.append({"Metadata_Compound": "DMSO", "Metadata_Concentration": 0.0, "centre": np.zeros(8)})
+    meta = pd.DataFrame(rows)
+    noise = rng.normal(size=(len(meta), 8))
+    centres = np.stack(meta.pop("centre"))
+    tight = pd.concat([meta, pd.DataFrame(centres + 0.05 * noise, columns=[f"Cells_F{i}" for i in range(8)])], axis=1)
+    loose = pd.concat([meta, pd.DataFrame(centres + 3.0 * noise, columns=[f"Cells_F{i}" for i in range(8)])], axis=1)
+    assert "Metadata_MoA" not in tight
+    assert replicate_map(tight) > 0.95 > replicate_map(loose)
