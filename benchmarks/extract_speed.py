@@ -6,8 +6,9 @@ CellProfiler's own Nuclei/Cells/Cytoplasm label images (from the cached run of
 
 * ours: every registered family, 3 compartments × 3 channels, one ``measure_objects`` call per
   compartment as ``profiler extract`` makes it, one core (OMP/MKL/OpenBLAS/NUMBA threads = 1),
-  per-image caches cleared before every timed site, after one warm-up site (numba's compiled kernels are loaded from its on-disk cache
-  once per process; that one-time cost is printed separately);
+  per-image caches cleared before every timed site, after one warm-up site (numba's compiled
+  kernels are loaded from its on-disk cache once per process; that one-time cost is printed
+  separately);
 * cp-measure 0.3: its core measurements per compartment and channel plus its colocalization
   functions per channel pair, on the same masks, in the same process;
 * CellProfiler 5: the wall time of the whole ``measure_bbbc021.cppipe`` run (start-up and
