@@ -158,7 +158,9 @@ def areashape(labels: np.ndarray, images=None, *, n_objects: int, zernike: bool 
         "AreaShape_Perimeter": perim[s],
     }
     with np.errstate(divide="ignore", invalid="ignore"):
-        out["AreaShape_FormFactor"] = (4 * np.pi * area / perim ** 2)[s]
+        # an object with zero perimeter (CellProfiler's convention for some 1-pixel shapes) has no
+        # defined FormFactor: NaN, not inf
+        out["AreaShape_FormFactor"] = np.where(perim > 0, 4 * np.pi * area / perim ** 2, np.nan)[s]
         out["AreaShape_Compactness"] = (perim ** 2 / np.maximum(4 * np.pi * area, 1))[s]
         out["AreaShape_Solidity"] = (area / conv)[s]
         out["AreaShape_Extent"] = (area / bb_area)[s]
