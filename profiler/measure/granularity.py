@@ -56,8 +56,9 @@ def _downsample(pixels: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarr
 def _restore(scaled: np.ndarray, scaled_shape: np.ndarray, orig_shape) -> np.ndarray:
     """CellProfiler's ``restore_scale``: bilinear back to ``orig_shape``."""
     i, j = np.mgrid[0:orig_shape[0], 0:orig_shape[1]].astype(float)
-    i *= float(scaled_shape[0] - 1) / float(orig_shape[0] - 1)
-    j *= float(scaled_shape[1] - 1) / float(orig_shape[1] - 1)
+    # a dimension of one pixel (tiny images, heavy subsampling) maps every coordinate to 0
+    i *= float(scaled_shape[0] - 1) / float(orig_shape[0] - 1) if orig_shape[0] > 1 else 0.0
+    j *= float(scaled_shape[1] - 1) / float(orig_shape[1] - 1) if orig_shape[1] > 1 else 0.0
     return ndi.map_coordinates(scaled, (i, j), order=1).astype(float)
 
 
