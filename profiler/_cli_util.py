@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import typer
 from rich.console import Console
@@ -16,6 +17,14 @@ err_console = Console(stderr=True)
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=err_console, show_path=False)], force=True)
+    # the libraries' own INFO chatter (Dask's cluster start-up, numba, matplotlib) only with --verbose
+    # distributed sets its loggers from Dask's config when it is imported (workers too): tell it there
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "debug" if verbose else "warning")
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+NOISY_LOGGERS = ("distributed", "dask", "numba", "matplotlib", "PIL", "fsspec", "asyncio", "tornado", "shap")
 
 
 def run_main(app: typer.Typer) -> None:

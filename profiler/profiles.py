@@ -415,6 +415,11 @@ def apply_recipe(profiles: pd.DataFrame, recipe: str | Mapping[str, Any] | None 
     rec = resolve_recipe(recipe)
     samples = samples if samples is not None else rec.get("samples", NEGATIVE_CONTROL_QUERY)
     prof = profiles
+    empty = [c for c in feature_columns(prof) if prof[c].isna().all()]
+    if empty:
+        # undefined for every well of this table (e.g. a texture direction no object has): no information
+        log.info("%d feature(s) are NaN in every well and are left out, e.g. %s", len(empty), ", ".join(empty[:3]))
+        prof = prof.drop(columns=empty)
     if rec.get("normalize"):
         prof = normalize(prof, method=rec["normalize"], samples=samples, **rec.get("normalize_params", {}))
     if rec.get("feature_select"):
