@@ -106,6 +106,10 @@ IDENTITIES = ("ObjectNumber", "AngleBetweenNeighbors")
 #: image, docs/parity.md): where the tied pixels lie in the image decides, in CellProfiler too.
 NOT_SHIFT_INVARIANT = ("Granularity", "RadialDistribution_FracAtD", "RadialDistribution_MeanFrac",
                        "RadialDistribution_RadialCV")
+#: Zernike moments keep a pixel on the minimum enclosing circle only when CellProfiler's ρ² ≤ 1 holds
+#: in floating point, computed in image coordinates (docs/parity.md): a shift can flip such a pixel.
+#: Their values are checked exactly against CellProfiler instead; here only where they are defined.
+ROUND_OFF_IN_IMAGE_COORDINATES = ("Zernike",)
 
 
 MIN_SIZE = 16
@@ -199,9 +203,11 @@ def test_translation_changes_only_positions(field, dy, dx):
         return _measure(lab, imgs, n)
 
     a, b = place(1, 1), place(1 + dy, 1 + dx)
-    same = [c for c in a.columns if not any(p in c for p in POSITION + IDENTITIES)
+    same = [c for c in a.columns if not any(p in c for p in POSITION + IDENTITIES + ROUND_OFF_IN_IMAGE_COORDINATES)
             and not any(f"_{fam}_" in c for fam in NOT_SHIFT_INVARIANT)]
     _assert_same(a, b, same)
+    zernike = [c for c in a.columns if any(p in c for p in ROUND_OFF_IN_IMAGE_COORDINATES)]
+    assert zernike and (a[zernike].isna().to_numpy() == b[zernike].isna().to_numpy()).all()
     for axis, d in (("X", dx), ("Y", dy)):
         col = f"Cells_AreaShape_Center_{axis}"
         if col in a:
