@@ -36,6 +36,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import emit, peak_rss_mb, require_shared  # noqa: E402
+from fusion.cnn.presets import PRESETS  # noqa: E402
 
 log = logging.getLogger("bbbc021_fusion")
 CHANNELS = ("DNA", "Tubulin", "Actin")
@@ -236,9 +237,11 @@ def crops(args) -> None:
             fold[te] = i
         cf = fold[cell_row]
         cell_splits = [(np.flatnonzero(cf != i), np.flatnonzero(cf == i)) for i in range(len(splits))]
-        params = dict(backbones=["resnet18"], dropouts=[(0.5, 0.3, 0.1)], image_size=args.cnn_size,
-                      epochs=args.cnn_epochs, batch_size=32, target_per_class=args.cnn_per_class, patience=3,
-                      val_fraction=0.1, device="cpu", seed=args.seed)
+        # the same CPU configuration as fusion train-cnn --config cpu and bbbc021_crops_cnn.py;
+        # options given on the command line override it
+        overrides = {"image_size": args.cnn_size, "epochs": args.cnn_epochs, "target_per_class": args.cnn_per_class}
+        params = {**PRESETS["cpu"], **{k: v for k, v in overrides.items() if v is not None},
+                  "device": "cpu", "seed": args.seed}
         t = time.perf_counter()
         cell_p = cnn_out_of_fold_proba(lambda: CNNEnsemble(**params), images, y[cell_row], groups[cell_row],
                                        classes, cell_splits)
@@ -273,9 +276,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=["ljosa", "crops", "all"], default="all")
     ap.add_argument("--cnn", action=argparse.BooleanOptionalAction, default=True, help="train the CNN (crops part)")
-    ap.add_argument("--cnn-epochs", type=int, default=5)
-    ap.add_argument("--cnn-size", type=int, default=64)
-    ap.add_argument("--cnn-per-class", type=int, default=100)
+    ap.add_argument("--cnn-epochs", type=int, default=None, help="default: the cpu preset's")
+    ap.add_argument("--cnn-size", type=int, default=None, help="default: the cpu preset's")
+    ap.add_argument("--cnn-per-class", type=int, default=None, help="default: the cpu preset's")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=200, help="XGBoost rounds")
     ap.add_argument("--lr", type=float, default=0.1, help="XGBoost learning rate")
