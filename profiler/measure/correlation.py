@@ -75,6 +75,19 @@ def _subset_sums(x: np.ndarray, y: np.ndarray, t1: float, t2: float, mx: float, 
             out[5] += u * v
 
 
+def _pearson_from_sums(s: np.ndarray) -> tuple[int, float]:
+    """(count, r) from the sums (n, Σx, Σy, Σx², Σy², Σxy); r NaN when n < 2 or an input is constant."""
+    n = int(round(s[0]))
+    if n < 2:
+        return n, float("nan")
+    cov = s[5] - s[1] * s[2] / n
+    vx = s[3] - s[1] * s[1] / n
+    vy = s[4] - s[2] * s[2] / n
+    if vx <= 0 or vy <= 0:
+        return n, float("nan")
+    return n, cov / np.sqrt(vx * vy)
+
+
 class _Subsets:
     """Pearson r of the pixels with x < t1 or y < t2 (one numba pass per candidate threshold pair)."""
 
@@ -87,15 +100,7 @@ class _Subsets:
         """(count, r), r NaN for a constant input (as scipy.stats.pearsonr)."""
         s = self.base.copy()
         _subset_sums(self.x, self.y, _f32(t1), _f32(t2), self.mx, self.my, s)
-        n = int(s[0])
-        if n < 2:
-            return n, float("nan")
-        cov = s[5] - s[1] * s[2] / n
-        vx = s[3] - s[1] * s[1] / n
-        vy = s[4] - s[2] * s[2] / n
-        if vx <= 0 or vy <= 0:
-            return n, float("nan")
-        return n, cov / np.sqrt(vx * vy)
+        return _pearson_from_sums(s)
 
 
 _GRID_LEVELS = 65536
@@ -244,16 +249,7 @@ class _LevelSubsets:
         return out
 
     def pearson(self, t1: float, t2: float) -> tuple[int, float]:
-        s = self.sums(t1, t2)
-        n = int(round(s[0]))
-        if n < 2:
-            return n, float("nan")
-        cov = s[5] - s[1] * s[2] / n
-        vx = s[3] - s[1] * s[1] / n
-        vy = s[4] - s[2] * s[2] / n
-        if vx <= 0 or vy <= 0:
-            return n, float("nan")
-        return n, cov / np.sqrt(vx * vy)
+        return _pearson_from_sums(self.sums(t1, t2))
 
 
 def _regression(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
