@@ -251,88 +251,17 @@ def _unique_sorted(px, py):
 
 
 @nb.njit(cache=True)
-def _circle2(ax, ay, bx, by):
-    cx = (ax + bx) / 2.0
-    cy = (ay + by) / 2.0
-    return cx, cy, math.hypot(ax - cx, ay - cy)
-
-
-@nb.njit(cache=True)
-def _circle3(ax, ay, bx, by, cx, cy):
-    d = 2.0 * (ax * (by - cy) + bx * (cy - ay) + cx * (ay - by))
-    if d == 0.0:
-        # collinear: the circle on the farthest pair
-        r1 = _circle2(ax, ay, bx, by)
-        r2 = _circle2(ax, ay, cx, cy)
-        r3 = _circle2(bx, by, cx, cy)
-        best = r1
-        if r2[2] > best[2]:
-            best = r2
-        if r3[2] > best[2]:
-            best = r3
-        return best
-    a2 = ax * ax + ay * ay
-    b2 = bx * bx + by * by
-    c2 = cx * cx + cy * cy
-    ux = (a2 * (by - cy) + b2 * (cy - ay) + c2 * (ay - by)) / d
-    uy = (a2 * (cx - bx) + b2 * (ax - cx) + c2 * (bx - ax)) / d
-    return ux, uy, math.hypot(ax - ux, ay - uy)
-
-
-@nb.njit(cache=True)
-def _inside(cx, cy, r, x, y):
-    return math.hypot(x - cx, y - cy) <= r * (1.0 + 1e-12) + 1e-12
-
-
-@nb.njit(cache=True)
-def _mec(hx, hy, m):
-    """Minimum enclosing circle of m points (incremental Welzl, deterministic order)."""
-    if m == 1:
-        return hx[0], hy[0], 0.0
-    # a fixed stride permutation to avoid the worst case of hull order
-    perm = np.empty(m, np.int64)
-    stride = 1
-    for s in (7919, 104729, 1299709, 15485863):
-        if m % s != 0:
-            stride = s
-            break
-    for t in range(m):
-        perm[t] = (t * stride) % m
-    x = np.empty(m)
-    y = np.empty(m)
-    for t in range(m):
-        x[t] = hx[perm[t]]
-        y[t] = hy[perm[t]]
-    cx, cy, r = _circle2(x[0], y[0], x[1], y[1])
-    for a in range(2, m):
-        if _inside(cx, cy, r, x[a], y[a]):
-            continue
-        cx, cy, r = _circle2(x[0], y[0], x[a], y[a])
-        for b in range(1, a):
-            if _inside(cx, cy, r, x[b], y[b]):
-                continue
-            cx, cy, r = _circle2(x[a], y[a], x[b], y[b])
-            for c in range(b):
-                if _inside(cx, cy, r, x[c], y[c]):
-                    continue
-                cx, cy, r = _circle3(x[a], y[a], x[b], y[b], x[c], y[c])
-    return cx, cy, r
-
-
-@nb.njit(cache=True)
 def hull_features(ii, jj, starts, n, bbox, want_convex_area):
-    """Per object from run-end pixels: Feret diameters, minimum enclosing circle, convex area.
+    """Per object from run-end pixels: Feret diameters and convex area.
 
-    Returns (min_feret, max_feret, mec_i, mec_j, mec_r, convex_area); objects without pixels NaN.
+    Returns (min_feret, max_feret, convex_area); objects without pixels NaN. (The minimum enclosing
+    circle is CellProfiler's own, :func:`cp_enclosing_circles`.)
     ``bbox``: (n+1, 4) int array of (min_i, min_j, max_i, max_j) inclusive.
     Convex area follows scikit-image's ``convex_hull_image``: pixels whose centres lie inside or
     on the hull of the pixels' edge midpoints.
     """
     min_f = np.full(n + 1, np.nan)
     max_f = np.full(n + 1, np.nan)
-    mi = np.full(n + 1, np.nan)
-    mj = np.full(n + 1, np.nan)
-    mr = np.full(n + 1, np.nan)
     carea = np.full(n + 1, np.nan)
     for k in range(1, n + 1):
         a, b = starts[k], starts[k + 1]
@@ -369,10 +298,6 @@ def hull_features(ii, jj, starts, n, bbox, want_convex_area):
                 if far < best:
                     best = far
             min_f[k] = best
-        cx, cy, r = _mec(hx, hy, h)
-        mi[k] = cy
-        mj[k] = cx
-        mr[k] = r
         if want_convex_area:
             # hull of the edge midpoints of the hull pixels
             qx = np.empty(4 * h)
@@ -419,7 +344,7 @@ def hull_features(ii, jj, starts, n, bbox, want_convex_area):
                 if jr >= jl:
                     cnt += jr - jl + 1
             carea[k] = cnt
-    return min_f, max_f, mi, mj, mr, carea
+    return min_f, max_f, carea
 
 
 @nb.njit(cache=True)

@@ -98,13 +98,14 @@ class LabelContext:
         return self._get("scan", lambda: K.pixel_scan(self.labels, self.n))
 
     def hull(self):
-        """(min_feret, max_feret, mec_i, mec_j, mec_r, convex_area) from :func:`_kernels.hull_features`."""
+        """(min_feret, max_feret, mec_i, mec_j, mec_r, convex_area): Feret and convex area from
+        :func:`_kernels.hull_features`, the circle from :func:`_kernels.cp_enclosing_circles`."""
         from profiler.measure import _kernels as K
 
         def make():
             ii, jj, starts = K.hull_candidates(self.labels, self.n)
             bbox = self.shape_scan()[1]
-            min_f, max_f, _, _, _, conv = K.hull_features(ii, jj, starts, self.n, bbox, True)
+            min_f, max_f, conv = K.hull_features(ii, jj, starts, self.n, bbox, True)
             # the enclosing circle exactly as CellProfiler computes it (its Zernike features
             # depend on the radius to the last bit, see cp_enclosing_circles)
             mec_i, mec_j, mec_r = K.cp_enclosing_circles(self.labels, self.n, bbox)
