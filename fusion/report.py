@@ -144,20 +144,25 @@ def fig_curves(y: np.ndarray, proba: np.ndarray, classes: list[str], kind: str, 
     return _save(fig, path), aucs
 
 
-def fig_shap_bar(importance: pd.DataFrame, path: Path, top: int = 15) -> Path:
+def _stacked_barh(table: pd.DataFrame, path: Path, xlabel: str, title: str) -> Path:
+    """Horizontal bars, one per row of ``table`` (bottom to top), stacked over its columns (classes)."""
     plt = _plt()
-    tot = importance.sum(axis=1).sort_values(ascending=True).tail(top)
-    imp = importance.loc[tot.index]
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(imp) + 1.2))
-    left = np.zeros(len(imp))
-    for c in imp.columns:
-        ax.barh(range(len(imp)), imp[c].to_numpy(), left=left, label=c)
-        left += imp[c].to_numpy()
-    ax.set_yticks(range(len(imp)), imp.index, fontsize=8)
-    ax.set_xlabel("mean |SHAP value| (log-odds), stacked by class")
-    ax.set_title(f"Top {len(imp)} features by SHAP")
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(table) + 1.2))
+    left = np.zeros(len(table))
+    for c in table.columns:
+        ax.barh(range(len(table)), table[c].to_numpy(), left=left, label=c)
+        left += table[c].to_numpy()
+    ax.set_yticks(range(len(table)), table.index, fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
     ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path)
+
+
+def fig_shap_bar(importance: pd.DataFrame, path: Path, top: int = 15) -> Path:
+    tot = importance.sum(axis=1).sort_values(ascending=True).tail(top)
+    imp = importance.loc[tot.index]
+    return _stacked_barh(imp, path, "mean |SHAP value| (log-odds), stacked by class", f"Top {len(imp)} features by SHAP")
 
 
 def fig_beeswarm(shap_vals: np.ndarray, X: pd.DataFrame, importance: pd.DataFrame, classes: list[str],
@@ -191,18 +196,8 @@ def fig_beeswarm(shap_vals: np.ndarray, X: pd.DataFrame, importance: pd.DataFram
 
 
 def fig_groups(groups: pd.DataFrame, path: Path, top: int = 15) -> Path:
-    plt = _plt()
-    g = groups.head(top).iloc[::-1]
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(g) + 1.2))
-    left = np.zeros(len(g))
-    for c in g.columns:
-        ax.barh(range(len(g)), g[c].to_numpy(), left=left, label=c)
-        left += g[c].to_numpy()
-    ax.set_yticks(range(len(g)), g.index, fontsize=8)
-    ax.set_xlabel("summed mean |SHAP value|, stacked by class")
-    ax.set_title("Attribution by feature group (compartment · category · channel)")
-    ax.legend(fontsize=7, loc="lower right")
-    return _save(fig, path)
+    return _stacked_barh(groups.head(top).iloc[::-1], path, "summed mean |SHAP value|, stacked by class",
+                         "Attribution by feature group (compartment · category · channel)")
 
 
 # -- HTML ------------------------------------------------------------------------------------
