@@ -14,7 +14,9 @@ Texture, Correlation, RadialDistribution per compartment), medians per well, nor
 (week; not every plate of the crop set keeps a DMSO well) to DMSO; then, on the same folds (StratifiedGroupKFold over compounds; DMSO wells grouped by plate):
 XGBoost on the well profiles, the CNN ensemble (:class:`fusion.cnn.ensemble.CNNEnsemble`, CPU-sized)
 on the crops with its cell probabilities averaged per well, and the stack (logistic regression on
-the two models' out-of-fold probabilities, itself evaluated out of fold). Treatment-level MoA accuracy
+the two models' out-of-fold log-probabilities, itself evaluated out of fold): ``stack`` is
+:mod:`fusion.stack`'s default, one weight per base model shared by all classes; ``stack_full`` the
+multinomial model with a weight per input and class plus class intercepts, printed for comparison. Treatment-level MoA accuracy
 over the non-control treatments, beside the majority baseline.
 
     nice -n 10 .venv/bin/python benchmarks/bbbc021_fusion.py --part all | tee benchmarks/results/bbbc021_fusion.jsonl
@@ -248,7 +250,17 @@ def crops(args) -> None:
         t_cnn = time.perf_counter() - t
         results["cnn"] = cell_to_well_proba(cell_p, pd.DataFrame({"r": cell_row}), pd.DataFrame({"r": np.arange(len(y))}))
         stacked = stack_inputs({"gbm": gbm, "cnn": results["cnn"]}, classes)
-        results["stack"] = meta_out_of_fold_proba(stacked, y, classes, splits)
+        # the default meta-learner (one weight per base model) and, for comparison, the full multinomial one
+        results["stack"] = meta_out_of_fold_proba(stacked, y, classes, splits, coupling="shared")
+        results["stack_full"] = meta_out_of_fold_proba(stacked, y, classes, splits, coupling="full")
+        if args.save_oof:
+            # the base models' out-of-fold probabilities, to study meta-learners without retraining
+            fold = np.empty(len(y), int)
+            for i, (_, te) in enumerate(splits):
+                fold[te] = i
+            np.savez_compressed(Path(args.save_oof).expanduser(), y=y.astype(str), classes=classes.astype(str),
+                                treatment=treatment.astype(str), compound=comp.astype(str), fold=fold,
+                                gbm=gbm, cnn=results["cnn"])
     extra = dict(max_cells_per_well=args.max_cells_per_well, xgb_rounds=args.rounds, xgb_lr=args.lr,
                  n_wells=len(wells), n_cells_measured=int(found.sum()), n_crops=len(found), n_features=len(feats),
                  folds=args.folds, cv="StratifiedGroupKFold by compound (DMSO wells by plate)",
@@ -288,6 +300,8 @@ def main(argv=None) -> None:
                     help="per-crop feature cache; {n} = --max-cells-per-well")
     ap.add_argument("--max-cells-per-well", type=int, default=0,
                     help="measure only the first N crops of each well (0 = all 9,889)")
+    ap.add_argument("--save-oof", default=None, metavar="NPZ",
+                    help="also write the base models' out-of-fold probabilities and the folds to this .npz")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     try:

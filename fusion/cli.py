@@ -38,13 +38,16 @@ def train(
                                               "or a crop TIFF with its table): adds the CNN and the stacked model."),
     cnn: bool = typer.Option(True, "--cnn/--no-cnn", help="--no-cnn: profile path only, even when --crops is given."),
     cnn_config: str = typer.Option("cpu", "--cnn-config", help="CNN preset: cpu (small, 2-core friendly) or full (GPU)."),
+    stack_coupling: str = typer.Option("shared", "--stack-coupling",
+                                       help="Meta-learner: shared (one weight per base model, all classes) or full "
+                                            "(a weight per input and class, with class intercepts)."),
 ) -> None:
     """Train XGBoost (+ CNN + stack with --crops) with grouped cross-validation; write the model folder."""
     from fusion.train import train as _train
 
     path = _train(profiles, out, label=label, group_by=group_by or None, embeddings=embeddings,
                   n_splits=n_splits, seed=seed, include_cell_count=cell_count, n_jobs=n_jobs,
-                  crops=crops, cnn=cnn, cnn_config=cnn_config)
+                  crops=crops, cnn=cnn, cnn_config=cnn_config, stack_coupling=stack_coupling)
     err_console.print(f"model written to {path}")
 
 

@@ -3,8 +3,22 @@
 The base models are XGBoost on well profiles (:mod:`fusion.gbm`) and the CNN ensemble's soft vote on
 single-cell crops (:mod:`fusion.cnn.ensemble`), whose cell probabilities are averaged per well so
 that both speak about the same rows. Out-of-fold probabilities come from folds grouped by compound,
-so no compound is both trained on and predicted; the meta-learner learns how far to trust each base
-model per class.
+so no compound is both trained on and predicted.
+
+Two couplings of the softmax meta-learner over the log-probabilities ``log p_m(c)``:
+
+* ``"shared"`` (default) — one weight per base model, the same for every class:
+  ``z_c = Σ_m w_m log p_m(c) (+ b_c)``, a weighted geometric mean of the base models, i.e. a
+  conditional-logit multinomial model. It has as many parameters as base models, so it cannot learn
+  the training folds' class mix: with folds grouped by compound the held-out compounds come with a
+  different MoA mix, and on BBBC021 crops the full model fell below both of its inputs
+  (``benchmarks/bbbc021_fusion.py``). Per-class intercepts are off unless ``fit_intercept=True``.
+* ``"full"`` — scikit-learn's multinomial :class:`~sklearn.linear_model.LogisticRegression` on all
+  ``"<base>:<class>"`` columns (a weight for every input × class pair plus per-class intercepts):
+  it can learn cross-class patterns, and the training folds' priors with them.
+
+Both are stored as the same coefficient matrix (classes × inputs; the shared model's is
+block-diagonal), so prediction and the JSON file are the same for both.
 
 :class:`StackedClassifier` has the scikit-learn API on the stacked probability table (columns
 ``"<base>:<class>"``) and is saved as JSON (coefficients, intercepts, classes, input order): loading
@@ -52,18 +66,28 @@ class StackedClassifier(ClassifierMixin, BaseEstimator):
     Parameters
     ----------
     C:
-        Inverse L2 regularization strength of the logistic regression.
+        Inverse L2 regularization strength (scikit-learn's convention: the penalty is
+        ``||θ||² / (2C)`` beside the summed log-loss).
     log_inputs:
         Use log-probabilities (clipped at ``1e-6``) as inputs — the natural scale for a softmax
         meta-learner; ``False`` uses raw probabilities.
     max_iter:
         Solver iterations.
+    coupling:
+        ``"shared"``: one weight per base model for all classes (the default; see the module
+        docstring); ``"full"``: a weight per input column and class.
+    fit_intercept:
+        Per-class intercepts for ``coupling="shared"`` (``"full"`` always has them). Off by default:
+        intercepts learn the training folds' class frequencies.
     """
 
-    def __init__(self, C: float = 1.0, log_inputs: bool = True, max_iter: int = 2000):
+    def __init__(self, C: float = 1.0, log_inputs: bool = True, max_iter: int = 2000, coupling: str = "shared",
+                 fit_intercept: bool = False):
         self.C = C
         self.log_inputs = log_inputs
         self.max_iter = max_iter
+        self.coupling = coupling
+        self.fit_intercept = fit_intercept
 
     def _transform(self, X) -> np.ndarray:
         if isinstance(X, pd.DataFrame) and hasattr(self, "inputs_"):
@@ -77,9 +101,13 @@ class StackedClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X, y):
         """Fit on the stacked out-of-fold probability table ``X`` and labels ``y``."""
         y = np.asarray(y).astype(str)
+        if self.coupling not in ("shared", "full"):
+            raise InputError(f"unknown stack coupling {self.coupling!r}", hint="use 'shared' or 'full'")
         self.inputs_ = [str(c) for c in X.columns] if isinstance(X, pd.DataFrame) else \
             [f"x{i}" for i in range(np.shape(X)[1])]
         self.n_features_in_ = len(self.inputs_)
+        if self.coupling == "shared":
+            return self._fit_shared(self._transform(X), y)
         lr = LogisticRegression(C=self.C, max_iter=self.max_iter)
         lr.fit(self._transform(X), y)
         self.classes_ = lr.classes_
@@ -88,6 +116,49 @@ class StackedClassifier(ClassifierMixin, BaseEstimator):
             coef = np.vstack([-coef[0] / 2, coef[0] / 2])
             intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
         self.coef_, self.intercept_ = coef, intercept
+        return self
+
+    def _fit_shared(self, Z: np.ndarray, y: np.ndarray) -> StackedClassifier:
+        """Conditional logit: ``z_c = Σ_m w_m Z[:, (m, c)] + b_c``, fitted by L-BFGS on the penalized log-loss."""
+        from scipy.optimize import minimize
+
+        parsed = [name.split(":", 1) for name in self.inputs_]
+        if any(len(p) != 2 for p in parsed):
+            raise InputError("the shared stack needs input columns named '<base>:<class>' (see stack_inputs)")
+        bases = list(dict.fromkeys(b for b, _ in parsed))
+        classes = list(dict.fromkeys(c for _, c in parsed))
+        col = {(b, c): j for j, (b, c) in enumerate(parsed)}
+        missing = [f"{b}:{c}" for b in bases for c in classes if (b, c) not in col]
+        if missing:
+            raise InputError(f"stacked inputs missing: {', '.join(missing[:5])}")
+        unknown = sorted(set(y) - set(classes))
+        if unknown:
+            raise InputError(f"labels {unknown[:5]} have no base-model probability columns")
+        blocks = np.stack([Z[:, [col[(b, c)] for c in classes]] for b in bases])  # (M, n, K)
+        M, n, K = blocks.shape
+        onehot = (y[:, None] == np.asarray(classes)[None, :]).astype(float)
+        n_b = K if self.fit_intercept else 0
+
+        def loss(theta):
+            w, b = theta[:M], theta[M:]
+            z = np.tensordot(w, blocks, axes=1) + (b if n_b else 0.0)
+            z = z - z.max(axis=1, keepdims=True)
+            logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+            g = np.exp(logp) - onehot  # d loss / d z
+            value = -(onehot * logp).sum() + theta @ theta / (2 * self.C)
+            grad = np.concatenate([np.einsum("mnk,nk->m", blocks, g), g.sum(axis=0)[:n_b]]) + theta / self.C
+            return value, grad
+
+        res = minimize(loss, np.concatenate([np.full(M, 1.0 / M), np.zeros(n_b)]), jac=True, method="L-BFGS-B",
+                       options={"maxiter": self.max_iter})
+        w, b = res.x[:M], res.x[M:]
+        self.classes_ = np.asarray(classes, dtype=object)
+        coef = np.zeros((K, len(self.inputs_)))
+        for m, base in enumerate(bases):
+            for k, c in enumerate(classes):
+                coef[k, col[(base, c)]] = w[m]
+        self.coef_ = coef
+        self.intercept_ = b if n_b else np.zeros(K)
         return self
 
     def decision_function(self, X) -> np.ndarray:
@@ -171,14 +242,18 @@ def cnn_out_of_fold_proba(make_cnn: Callable[[], Any], images: np.ndarray, cell_
 
 
 def meta_out_of_fold_proba(stacked: pd.DataFrame, y: np.ndarray, classes: np.ndarray,
-                           splits: Sequence[tuple[np.ndarray, np.ndarray]], C: float = 1.0) -> np.ndarray:
-    """The stack's own out-of-fold probabilities: meta-learner fit on the other folds' OOF rows."""
+                           splits: Sequence[tuple[np.ndarray, np.ndarray]], C: float = 1.0,
+                           **params: Any) -> np.ndarray:
+    """The stack's own out-of-fold probabilities: meta-learner fit on the other folds' OOF rows.
+
+    ``params`` go to :class:`StackedClassifier` (``coupling``, ``fit_intercept``, …).
+    """
     proba = np.zeros((len(y), len(classes)))
     col = {c: i for i, c in enumerate(classes)}
     for tr, te in splits:
         if len(np.unique(y[tr])) < 2:
             continue
-        m = StackedClassifier(C=C).fit(stacked.iloc[tr], y[tr])
+        m = StackedClassifier(C=C, **params).fit(stacked.iloc[tr], y[tr])
         p = m.predict_proba(stacked.iloc[te])
         for j, c in enumerate(m.classes_):
             proba[te, col[str(c)]] = p[:, j]

@@ -146,7 +146,8 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
           n_splits: int = 5, seed: int = 0, include_cell_count: bool = True,
           gbm_params: Mapping[str, Any] | None = None, n_jobs: int = 1,
           crops: str | Path | None = None, cnn: bool = True, cnn_config: str = "cpu",
-          cnn_params: Mapping[str, Any] | None = None, stack_C: float = 1.0) -> Path:
+          cnn_params: Mapping[str, Any] | None = None, stack_C: float = 1.0,
+          stack_coupling: str = "shared") -> Path:
     """Train and cross-validate XGBoost on a profile table; write the model folder ``out_dir``.
 
     Parameters
@@ -175,11 +176,14 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
     cnn_config, cnn_params:
         :data:`CNN_PRESETS` name (``"cpu"``: one small ResNet18-CBAM, 64 px; ``"full"``: the
         published 5-member recipe, for a GPU) and overrides of :class:`fusion.cnn.ensemble.CNNEnsemble`.
-    stack_C:
-        Inverse regularization of the meta-learner.
+    stack_C, stack_coupling:
+        Inverse regularization and coupling (``"shared"``: one weight per base model for every class;
+        ``"full"``: a weight per input and class) of the meta-learner, see :mod:`fusion.stack`.
     """
     from rich.progress import Progress
 
+    if stack_coupling not in ("shared", "full"):  # checked before hours of CNN training, not after
+        raise ConfigError(f"unknown stack coupling {stack_coupling!r}", hint="use 'shared' or 'full'")
     out_dir = Path(out_dir)
     profiles_path = None
     if not isinstance(profiles, pd.DataFrame):
@@ -224,7 +228,7 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
     cnn_model = stack_model = None
     if cnn and crops is not None:
         cnn_model, stack_model, base_oof, oof = _train_cnn_and_stack(
-            crops, profiles, y, groups, classes, splits, oof, seed, cnn_config, cnn_params, stack_C)
+            crops, profiles, y, groups, classes, splits, oof, seed, cnn_config, cnn_params, stack_C, stack_coupling)
     pred = classes[np.argmax(oof, axis=1)]
     summary = metrics.classification_summary(y, pred, oof, classes, seed=seed)
     base_summaries = {b: metrics.classification_summary(y, classes[np.argmax(p, axis=1)], p, classes, seed=seed)
@@ -285,7 +289,8 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
                       "seed": seed, "include_cell_count": include_cell_count, "gbm": final.get_params(),
                       "gbm_rounds": final.n_rounds_, "cnn": cnn_model is not None,
                       "cnn_config": cnn_config if cnn_model is not None else None,
-                      "cnn_params": dict(cnn_params or {}) if cnn_model is not None else None, "stack_C": stack_C}
+                      "cnn_params": dict(cnn_params or {}) if cnn_model is not None else None, "stack_C": stack_C,
+                      "stack_coupling": stack_coupling}
     io.write_manifest(
         out_dir, command="fusion train", inputs=_manifest_inputs(profiles_path, embeddings, crops if cnn_model is not None else None),
         parameters=modelio_params,
@@ -306,7 +311,7 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
 
 def _train_cnn_and_stack(crops, profiles: pd.DataFrame, y: np.ndarray, groups: np.ndarray, classes: np.ndarray,
                          splits, gbm_oof: np.ndarray, seed: int, cnn_config: str,
-                         cnn_params: Mapping[str, Any] | None, stack_C: float):
+                         cnn_params: Mapping[str, Any] | None, stack_C: float, stack_coupling: str):
     """CNN out-of-fold on the same well folds, the stack's OOF, and both final models."""
     from rich.progress import Progress
 
@@ -349,8 +354,8 @@ def _train_cnn_and_stack(crops, profiles: pd.DataFrame, y: np.ndarray, groups: n
     cnn_oof = cell_to_well_proba(cell_oof, cell_keys, pd.DataFrame({"row": np.arange(len(y))}))
     base = {"gbm": gbm_oof, "cnn": cnn_oof}
     stacked = stack_inputs(base, classes)
-    stack_oof = meta_out_of_fold_proba(stacked, y, classes, splits, C=stack_C)
-    final_stack = StackedClassifier(C=stack_C).fit(stacked, y)
+    stack_oof = meta_out_of_fold_proba(stacked, y, classes, splits, C=stack_C, coupling=stack_coupling)
+    final_stack = StackedClassifier(C=stack_C, coupling=stack_coupling).fit(stacked, y)
     # example cells for the report: up to 3 per class, with the CNN's CBAM spatial attention
     rng = np.random.default_rng(seed)
     pick = np.concatenate([rng.choice(np.flatnonzero(cell_y == c), min(3, int((cell_y == c).sum())), replace=False)

@@ -31,7 +31,7 @@ def test_json_roundtrip_matches_sklearn_and_weights_favour_the_informative_model
     y, probas = _base_probas()
     X = stack_inputs(probas, CLASSES)
     assert list(X.columns) == ["gbm:a", "gbm:b", "gbm:c", "cnn:a", "cnn:b", "cnn:c"]
-    est = StackedClassifier(C=1.0).fit(X, y)
+    est = StackedClassifier(C=1.0, coupling="full").fit(X, y)
     ref = LogisticRegression(C=1.0, max_iter=2000).fit(np.log(np.clip(X.to_numpy(), 1e-6, 1)), y)
     np.testing.assert_allclose(est.predict_proba(X), ref.predict_proba(np.log(np.clip(X.to_numpy(), 1e-6, 1))),
                                atol=1e-8)
@@ -48,9 +48,57 @@ def test_binary_stack():
     y = np.array(["x", "y"] * 20)
     p = np.where((y == "y")[:, None], [0.2, 0.8], [0.8, 0.2]) + rng.normal(0, 0.05, (40, 2))
     X = stack_inputs({"gbm": np.clip(p, 0.01, 0.99)}, np.array(["x", "y"]))
-    est = StackedClassifier().fit(X, y)
+    est = StackedClassifier(coupling="full").fit(X, y)
     ref = LogisticRegression(max_iter=2000).fit(np.log(X.to_numpy()), y)
     np.testing.assert_allclose(est.predict_proba(X), ref.predict_proba(np.log(X.to_numpy())), atol=1e-8)
+
+
+def test_shared_stack_is_a_weighted_geometric_mean_with_an_optimal_weight():
+    y, probas = _base_probas()
+    X = stack_inputs(probas, CLASSES)
+    est = StackedClassifier().fit(X, y)
+    assert est.get_params()["coupling"] == "shared"
+    coef = est.coef_
+    w_gbm, w_cnn = coef[0, 0], coef[0, 3]
+    # block-diagonal: every class has the same weight per base model and none on other classes' columns
+    np.testing.assert_allclose(coef[:, :3], w_gbm * np.eye(3))
+    np.testing.assert_allclose(coef[:, 3:], w_cnn * np.eye(3))
+    np.testing.assert_allclose(est.intercept_, 0)
+    assert w_gbm > 1.0 and abs(w_cnn) < 0.5 * w_gbm
+    logs = {b: np.log(np.clip(p, 1e-6, 1)) for b, p in probas.items()}
+    geo = np.exp(w_gbm * logs["gbm"] + w_cnn * logs["cnn"])
+    np.testing.assert_allclose(est.predict_proba(X), geo / geo.sum(1, keepdims=True), atol=1e-10)
+
+    def nll(wg, wc):
+        z = wg * logs["gbm"] + wc * logs["cnn"]
+        z -= z.max(1, keepdims=True)
+        lp = z - np.log(np.exp(z).sum(1, keepdims=True))
+        return -lp[np.arange(len(y)), np.searchsorted(CLASSES, y)].sum() + (wg ** 2 + wc ** 2) / 2
+
+    best = nll(w_gbm, w_cnn)
+    for dg, dc in [(0.05, 0), (-0.05, 0), (0, 0.05), (0, -0.05)]:
+        assert nll(w_gbm + dg, w_cnn + dc) > best  # a minimum of the penalized log-loss
+    back = StackedClassifier.from_json(json.loads(json.dumps(est.to_json())))
+    np.testing.assert_allclose(back.predict_proba(X), est.predict_proba(X))
+    assert back.coupling == "shared"
+
+
+def test_shared_stack_ignores_the_training_class_mix():
+    """A held-out set whose classes are missing from training: the shared stack still calls them from the
+    base models, the full model cannot (it only knows the training classes and their priors)."""
+    y, probas = _base_probas(n=300, seed=3)
+    X = stack_inputs(probas, CLASSES)
+    train = y != "c"
+    shared = StackedClassifier().fit(X[train], y[train])
+    assert list(shared.classes_) == list(CLASSES)
+    test = ~train
+    assert np.mean(shared.predict(X[test]) == "c") > 0.7
+    full = StackedClassifier(coupling="full").fit(X[train], y[train])
+    assert "c" not in set(full.predict(X[test]))
+    with pytest.raises(InputError, match="coupling"):
+        StackedClassifier(coupling="other").fit(X, y)
+    with pytest.raises(InputError, match="no base-model"):
+        StackedClassifier().fit(X, np.where(y == "a", "z", y))
 
 
 def test_malformed_stack_json_is_refused():
@@ -128,3 +176,13 @@ def test_train_with_crops_stacks_gbm_and_cnn(tmp_path):
     # --no-cnn: the profile path only
     out2 = train(profiles, tmp_path / "model2", crops=crops, cnn=False, n_splits=2, gbm_params={"n_estimators": 10})
     assert json.loads((out2 / "manifest.json").read_text())["final_model"] == "gbm"
+    assert json.loads((out / "manifest.json").read_text())["parameters"]["stack_coupling"] == "shared"
+
+
+def test_unknown_stack_coupling_fails_before_training(tmp_path):
+    from fusion.train import train
+    from profiler.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="stack coupling"):
+        train(make_profiles(n_per_class=3), tmp_path / "model", stack_coupling="geometric")
+    assert not (tmp_path / "model").exists()
