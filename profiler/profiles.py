@@ -10,6 +10,8 @@ Our code adapts and orchestrates; the operations themselves are pycytominer's
   and handed to pycytominer's ``blocklist`` operation;
 * a dataset-level ``whiten`` step (pycytominer's spherize, ZCA-cor, fit on the controls or on all
   wells) after per-plate normalization;
+* :func:`asinh_features` (soft bound), :func:`select_reproducible` (features that replicate wells
+  reproduce, by treatment identity only) and :func:`factor_analysis` (scikit-learn, fit on controls);
 * ``clip`` (bound normalized features) and :func:`typical_variation_normalize` (Ledoit–Wolf
   shrinkage whitening or TVN PCA whitening fit on the control wells) — regularized whitening that
   pycytominer's spherize does not offer;
@@ -37,6 +39,8 @@ import pycytominer
 from profiler.errors import ConfigError, InputError
 from profiler.names import (
     CELL_COUNT,
+    COMPOUND,
+    CONCENTRATION,
     CONTROL,
     NON_PHENOTYPE_PATTERN,
     OBJECT_NUMBER,
@@ -312,6 +316,78 @@ def clip_features(profiles: pd.DataFrame, bound: float) -> pd.DataFrame:
     return out
 
 
+def asinh_features(profiles: pd.DataFrame, scale: float = 1.0) -> pd.DataFrame:
+    """Soft bound: ``scale * arcsinh(x / scale)`` on every feature (after normalization to controls).
+
+    Linear for ``|x| << scale``, logarithmic beyond, sign kept: large robust z-scores are compressed
+    instead of cut off at a hard bound (:func:`clip_features`), so strong phenotypes keep their order.
+    """
+    if not np.isfinite(scale) or scale <= 0:
+        raise ConfigError(f"asinh scale must be a positive number, got {scale!r}")
+    feats = check_features(profiles, what="profile table")
+    out = profiles.copy()
+    out[feats] = scale * np.arcsinh(out[feats].to_numpy(dtype=np.float64) / scale)
+    return out
+
+
+def select_reproducible(profiles: pd.DataFrame, *, replicate_columns: Sequence[str] = (COMPOUND, CONCENTRATION),
+                        min_eta2: float = 0.6, exclude: str | None = NEGATIVE_CONTROL_QUERY) -> pd.DataFrame:
+    """Keep features whose variance across the non-control wells is mostly *between* treatments.
+
+    For each feature, eta² = 1 − within-treatment sum of squares / total sum of squares over the
+    wells not matching ``exclude`` (treatment = ``replicate_columns``, e.g. compound + concentration;
+    no MoA or other annotation is used). Features with eta² < ``min_eta2`` — those that replicate
+    wells of the same treatment do not reproduce — are dropped. Needs finite features.
+    """
+    _check_strata(profiles, replicate_columns)
+    feats = check_features(profiles, what="profile table", allow_nan=False)
+    if not 0.0 <= min_eta2 < 1.0:
+        raise ConfigError(f"min_eta2 must be in [0, 1), got {min_eta2!r}")
+    try:
+        ref = profiles.drop(index=profiles.query(exclude).index) if exclude else profiles
+    except Exception as exc:  # noqa: BLE001 - pandas raises many kinds for a bad query
+        raise ConfigError(f"cannot evaluate the control query {exclude!r} ({exc})") from exc
+    x = ref[feats].astype(np.float64)
+    groups = ref[list(replicate_columns)].astype(str).agg("|".join, axis=1)
+    if groups.value_counts().max() < 2:
+        raise InputError("no treatment has two or more wells: feature reproducibility is undefined",
+                         hint=f"check the replicate columns {list(replicate_columns)}")
+    within = ((x - x.groupby(groups).transform("mean")) ** 2).sum().to_numpy()
+    total = ((x - x.mean()) ** 2).sum().to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        eta2 = np.where(total > 0, 1.0 - within / total, 0.0)
+    keep = [f for f, e in zip(feats, eta2) if e >= min_eta2]
+    if not keep:
+        raise InputError(f"no feature reaches eta² >= {min_eta2} across replicate wells",
+                         hint="lower min_eta2")
+    log.info("reproducibility filter kept %d of %d features (eta² >= %g)", len(keep), len(feats), min_eta2)
+    return profiles[metadata_columns(profiles) + keep]
+
+
+def factor_analysis(profiles: pd.DataFrame, *, n_factors: int = 50, samples: str = NEGATIVE_CONTROL_QUERY,
+                    seed: int = 0) -> pd.DataFrame:
+    """Factor scores (scikit-learn ``FactorAnalysis``, as Ljosa et al. 2013) fit on the ``samples`` wells.
+
+    Columns ``FA_0001`` …; the model is fit on the wells matching ``samples`` (``"all"``: every well)
+    and every well is projected. Needs finite features.
+    """
+    from sklearn.decomposition import FactorAnalysis
+
+    feats = check_features(profiles, what="profile table", allow_nan=False)
+    try:
+        ref = profiles.query(samples) if samples != "all" else profiles
+    except Exception as exc:  # noqa: BLE001 - pandas raises many kinds for a bad query
+        raise ConfigError(f"cannot evaluate the control query {samples!r} ({exc})") from exc
+    if not 1 <= n_factors <= min(len(ref), len(feats)):
+        raise ConfigError(f"n_factors must be between 1 and min(wells, features) = {min(len(ref), len(feats))}, "
+                          f"got {n_factors}", hint="fewer factors, or fit on all wells (samples: all)")
+    fa = FactorAnalysis(n_components=n_factors, random_state=seed).fit(ref[feats].to_numpy(dtype=np.float64))
+    z = fa.transform(profiles[feats].to_numpy(dtype=np.float64))
+    cols = [f"FA_{i + 1:04d}" for i in range(z.shape[1])]
+    return pd.concat([profiles[metadata_columns(profiles)].reset_index(drop=True),
+                      pd.DataFrame(z, columns=cols)], axis=1)
+
+
 # --------------------------------------------------------------------------------------------
 # feature selection and consensus
 
@@ -394,7 +470,8 @@ def resolve_recipe(recipe: str | Mapping[str, Any] | None) -> dict[str, Any]:
         base.update(rec)
         rec = base
     allowed = {"aggregate", "normalize", "samples", "feature_select", "blocklist", "feature_select_params",
-               "whiten", "normalize_params", "clip", "typical_variation"}
+               "whiten", "normalize_params", "clip", "asinh", "reproducible", "typical_variation",
+               "factor_analysis"}
     unknown = set(rec) - allowed
     if unknown:
         raise ConfigError(f"unknown keys in the profiles recipe: {sorted(unknown)}", hint=f"allowed: {sorted(allowed)}")
@@ -407,10 +484,14 @@ def apply_recipe(profiles: pd.DataFrame, recipe: str | Mapping[str, Any] | None 
 
     Recipe keys: ``normalize`` (method or None), ``samples`` (control query, ``"all"``),
     ``normalize_params``, ``feature_select`` (operations), ``blocklist`` (patterns),
-    ``feature_select_params``, ``clip`` (bound after feature selection), ``whiten`` (None or
+    ``feature_select_params``, ``clip`` (bound after feature selection), ``asinh`` (scale of the
+    soft bound :func:`asinh_features`), ``reproducible`` (None or ``{replicate_columns, min_eta2}``:
+    :func:`select_reproducible`, controls excluded), ``whiten`` (None or
     ``{samples, method, epsilon, by}``: pycytominer spherize), ``typical_variation`` (None or
-    ``{samples, method, epsilon, by, clip}``: :func:`typical_variation_normalize`). ``samples:
-    controls`` in ``whiten``/``typical_variation`` means the recipe's control query.
+    ``{samples, method, epsilon, by, clip}``: :func:`typical_variation_normalize`),
+    ``factor_analysis`` (None or ``{n_factors, samples, seed}``: :func:`factor_analysis`, last).
+    ``samples: controls`` in ``whiten``/``typical_variation``/``factor_analysis`` means the recipe's
+    control query.
     """
     rec = resolve_recipe(recipe)
     samples = samples if samples is not None else rec.get("samples", NEGATIVE_CONTROL_QUERY)
@@ -427,6 +508,10 @@ def apply_recipe(profiles: pd.DataFrame, recipe: str | Mapping[str, Any] | None 
                               **rec.get("feature_select_params", {}))
     if rec.get("clip") is not None:
         prof = clip_features(prof, float(rec["clip"]))
+    if rec.get("asinh") is not None:
+        prof = asinh_features(prof, float(rec["asinh"]))
+    if rec.get("reproducible"):
+        prof = select_reproducible(prof, **{"exclude": samples, **dict(rec["reproducible"])})
     w = rec.get("whiten")
     if w:
         w = dict(w)
@@ -439,6 +524,12 @@ def apply_recipe(profiles: pd.DataFrame, recipe: str | Mapping[str, Any] | None 
         if tv.get("samples", "controls") == "controls":
             tv["samples"] = samples
         prof = typical_variation_normalize(prof, **tv)
+    fa = rec.get("factor_analysis")
+    if fa:
+        fa = dict(fa)
+        if fa.get("samples", "controls") == "controls":
+            fa["samples"] = samples
+        prof = factor_analysis(prof, **fa)
     return prof
 
 

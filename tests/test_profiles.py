@@ -9,8 +9,9 @@ import pytest
 
 from profiler.aggregate_stream import aggregate_parquet
 from profiler.errors import ConfigError, InputError
-from profiler.profiles import (POSITION_BLOCKLIST, PRESETS, aggregate, annotate, apply_recipe, build_profiles,
-                               consensus, expand_blocklist, feature_select, normalize, typical_variation_normalize)
+from profiler.profiles import (POSITION_BLOCKLIST, PRESETS, aggregate, annotate, apply_recipe, asinh_features,
+                               build_profiles, consensus, expand_blocklist, factor_analysis, feature_select, normalize,
+                               select_reproducible, typical_variation_normalize)
 
 
 def cells(seed=0, n=600, plates=("P1", "P2"), wells=("A01", "A02", "B01", "B02")):
@@ -170,6 +171,89 @@ def test_typical_variation_normalize():
     out = apply_recipe(prof, {"normalize": None, "feature_select": [], "clip": 1.0,
                               "typical_variation": {"method": "ledoit_wolf", "clip": 2.0}})
     assert out[feats].abs().max().max() <= 2.0
+
+
+def treatment_wells(seed=5, reps=4):
+    """Wells of 6 treatments (+ DMSO): F0 carries the treatment, F1 is replicate noise, F2 half/half."""
+    rng = np.random.default_rng(seed)
+    comp = np.repeat(["DMSO", "A", "A", "B", "B", "C", "C"], reps)
+    conc = np.repeat([0.0, 1.0, 3.0, 1.0, 3.0, 1.0, 3.0], reps)
+    effect = rng.normal(0, 5, size=7)[np.repeat(np.arange(7), reps)]
+    n = len(comp)
+    prof = pd.DataFrame({"Metadata_Compound": comp, "Metadata_Concentration": conc,
+                         "Metadata_Control": np.where(comp == "DMSO", "negative", ""),
+                         "Cells_AreaShape_F0": effect + rng.normal(0, 0.1, n),
+                         "Cells_AreaShape_F1": rng.normal(0, 3, n),
+                         "Cells_AreaShape_F2": effect + rng.normal(0, 5, n)})
+    return prof
+
+
+def test_asinh_features_soft_bound():
+    prof = treatment_wells()
+    feats = [c for c in prof if not c.startswith("Metadata_")]
+    out = asinh_features(prof, scale=2.0)
+    x, y = prof[feats].to_numpy(), out[feats].to_numpy()
+    np.testing.assert_allclose(y, 2.0 * np.arcsinh(x / 2.0))
+    assert (np.sign(y) == np.sign(x)).all() and (np.abs(y) <= np.abs(x) + 1e-12).all()
+    np.testing.assert_allclose(asinh_features(prof.assign(Cells_AreaShape_F0=1e-4), 1.0)["Cells_AreaShape_F0"],
+                               1e-4, rtol=1e-8)  # linear near zero
+    order = np.argsort(x[:, 0])
+    assert (np.diff(y[order, 0]) >= 0).all()  # order kept (a hard clip ties the extremes)
+    assert list(out.columns) == list(prof.columns)
+    with pytest.raises(ConfigError, match="positive"):
+        asinh_features(prof, 0.0)
+    rec = apply_recipe(prof, {"normalize": None, "feature_select": [], "asinh": 2.0})
+    np.testing.assert_allclose(rec[feats].to_numpy(), y)
+
+
+def test_select_reproducible_keeps_features_replicates_agree_on():
+    prof = treatment_wells()
+    out = select_reproducible(prof, min_eta2=0.6)
+    assert [c for c in out if not c.startswith("Metadata_")] == ["Cells_AreaShape_F0"]
+    # eta² by hand for F2 over the non-DMSO wells
+    nd = prof[prof["Metadata_Compound"] != "DMSO"]
+    g = nd.groupby(["Metadata_Compound", "Metadata_Concentration"])["Cells_AreaShape_F2"]
+    eta2 = 1 - ((nd["Cells_AreaShape_F2"] - g.transform("mean")) ** 2).sum() / \
+        ((nd["Cells_AreaShape_F2"] - nd["Cells_AreaShape_F2"].mean()) ** 2).sum()
+    kept = [c for c in select_reproducible(prof, min_eta2=eta2 - 1e-9) if not c.startswith("Metadata_")]
+    assert "Cells_AreaShape_F2" in kept and "Cells_AreaShape_F1" not in kept
+    assert "Cells_AreaShape_F2" not in select_reproducible(prof, min_eta2=eta2 + 1e-9)
+    # controls are excluded: DMSO wells that disagree wildly do not change the choice
+    noisy = prof.copy()
+    noisy.loc[noisy["Metadata_Compound"] == "DMSO", "Cells_AreaShape_F1"] = [100, -100, 50, -50]
+    assert list(select_reproducible(noisy, min_eta2=0.6).columns) == list(out.columns)
+    rec = apply_recipe(prof, {"normalize": None, "feature_select": [], "reproducible": {"min_eta2": 0.6}})
+    assert list(rec.columns) == list(out.columns)
+    with pytest.raises(InputError, match="no feature reaches"):
+        select_reproducible(prof.drop(columns=["Cells_AreaShape_F0", "Cells_AreaShape_F2"]), min_eta2=0.9)
+    with pytest.raises(InputError, match="two or more wells"):
+        select_reproducible(prof.drop_duplicates(["Metadata_Compound", "Metadata_Concentration"]))
+    with pytest.raises(InputError, match="grouping columns"):
+        select_reproducible(prof.drop(columns=["Metadata_Concentration"]))
+
+
+def test_factor_analysis_fit_on_controls():
+    rng = np.random.default_rng(7)
+    n, f = 120, 6
+    load = rng.normal(size=(2, f))
+    x = rng.normal(size=(n, 2)) @ load + rng.normal(0, 0.1, size=(n, f))
+    prof = pd.DataFrame(x, columns=[f"Cells_AreaShape_F{i}" for i in range(f)])
+    prof.insert(0, "Metadata_Control", np.where(np.arange(n) < 80, "negative", ""))
+    out = factor_analysis(prof, n_factors=2)
+    assert [c for c in out if not c.startswith("Metadata_")] == ["FA_0001", "FA_0002"]
+    from sklearn.decomposition import FactorAnalysis
+
+    ref = FactorAnalysis(n_components=2, random_state=0).fit(x[:80])
+    np.testing.assert_allclose(out[["FA_0001", "FA_0002"]].to_numpy(), ref.transform(x), atol=1e-10)
+    # two latent factors: the factor scores explain the data (reconstruction error ~ the noise)
+    recon = out[["FA_0001", "FA_0002"]].to_numpy() @ ref.components_ + ref.mean_
+    assert np.abs(recon - x).mean() < 0.2
+    fit_all = factor_analysis(prof, n_factors=2, samples="all")
+    assert not np.allclose(fit_all["FA_0001"], out["FA_0001"])
+    with pytest.raises(ConfigError, match="n_factors"):
+        factor_analysis(prof, n_factors=7)
+    rec = apply_recipe(prof, {"normalize": None, "feature_select": [], "factor_analysis": {"n_factors": 2}})
+    np.testing.assert_allclose(rec[["FA_0001", "FA_0002"]].to_numpy(), out[["FA_0001", "FA_0002"]].to_numpy())
 
 
 def test_build_profiles_default_and_preset():
