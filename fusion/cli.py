@@ -98,6 +98,8 @@ def train_cnn(
     denoise_sigma: float = typer.Option(0.0, "--denoise-sigma", help="Gaussian denoising sigma (0 = off)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile (GPU)."),
+    precision: str = typer.Option("auto", "--precision",
+                                  help="auto (bf16 autocast on GPU, fp32 on CPU), bf16 or fp32."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
     seed: int = typer.Option(0, help="Random seed (member i uses seed + i)."),
 ) -> None:
@@ -108,7 +110,7 @@ def train_cnn(
 
     if threads:
         torch.set_num_threads(threads)
-    extra = {"balance": balance, "clahe": clahe, "denoise_sigma": denoise_sigma}
+    extra = {"balance": balance, "clahe": clahe, "denoise_sigma": denoise_sigma, "precision": precision}
     if target_per_class is not None:
         extra["target_per_class"] = target_per_class
     path = _train_cnn(crops, out, label=label, group_by=group_by, table=table, config=config, backbones=backbone,

@@ -52,6 +52,7 @@ class CNNEnsemble(ClassifierMixin, BaseEstimator):
     val_fraction: share of the training crops (whole groups when ``groups`` is given) held out
         for early stopping; 0 trains every epoch on everything.
     device: "auto", "cpu" or "cuda". compile: torch.compile on GPU.
+    precision: "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "fp32", for training and inference.
     pretrained_paths: optional local timm safetensors per backbone name.
     seed: member i is seeded with seed + i.
     """
@@ -64,7 +65,7 @@ class CNNEnsemble(ClassifierMixin, BaseEstimator):
                  augment: bool | dict = True, normalize: str = "dataset", low: float = 1.0, high: float = 99.8,
                  clahe: bool = False, denoise_sigma: float = 0.0, val_fraction: float = 0.15,
                  device: str = "auto", compile: bool = False, pretrained_paths: dict[str, str] | None = None,
-                 seed: int = 0):
+                 seed: int = 0, precision: str = "auto"):
         self.backbones = backbones
         self.dropouts = dropouts
         self.image_size = image_size
@@ -89,6 +90,7 @@ class CNNEnsemble(ClassifierMixin, BaseEstimator):
         self.compile = compile
         self.pretrained_paths = pretrained_paths
         self.seed = seed
+        self.precision = precision
 
     # ------------------------------------------------------------------ configuration
     def member_configs(self) -> list[TrainConfig]:
@@ -109,7 +111,7 @@ class CNNEnsemble(ClassifierMixin, BaseEstimator):
                 batch_size=self.batch_size, lr_backbone=self.lr_backbone, lr_head=self.lr_head,
                 weight_decay=self.weight_decay, pct_start=self.pct_start, label_smoothing=self.label_smoothing,
                 patience=self.patience, balance=self.balance, target_per_class=self.target_per_class,
-                augment=aug, seed=self.seed + i, device=self.device, compile=self.compile,
+                augment=aug, seed=self.seed + i, device=self.device, compile=self.compile, precision=self.precision,
                 pretrained_path=(self.pretrained_paths or {}).get(name)))
         return out
 
@@ -156,7 +158,7 @@ class CNNEnsemble(ClassifierMixin, BaseEstimator):
         device = resolve_device(self.device)
         probs, embs = [], []
         for model in self.members_:
-            p, e = infer(model, xt, self.preprocessor_, device, batch_size)
+            p, e = infer(model, xt, self.preprocessor_, device, batch_size, precision=self.precision)
             probs.append(p)
             embs.append(e)
             model.cpu()

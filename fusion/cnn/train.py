@@ -4,7 +4,9 @@
   The CBAM modules are new, randomly initialised layers and train at the **head** rate.
 * OneCycleLR over all steps with ``pct_start=0.3`` (30 % warm-up), one max LR per group.
 * Cross-entropy with label smoothing 0.1 (optionally class-weighted: ``balance="weights"``).
-* bf16 autocast on CUDA, fp32 on CPU; channels_last and optional ``torch.compile`` on CUDA.
+* Precision ``auto``: bf16 autocast on CUDA, fp32 on CPU; ``bf16`` forces bf16 autocast on either
+  device (CPUs with bf16 support; also how the GPU precision path is tested on CPU), ``fp32`` turns
+  it off. channels_last and optional ``torch.compile`` on CUDA.
 * Early stopping: after each epoch the validation accuracy and weighted F1 are computed; an epoch
   that improves neither by more than ``min_delta`` counts against ``patience``; the weights of the
   epoch with the best mean of the two are restored at the end.
@@ -68,6 +70,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     compile: bool = False              # torch.compile (CUDA only)
+    precision: str = "auto"            # "auto" (bf16 on CUDA, fp32 on CPU), "bf16" or "fp32"
     channels_last: bool = True         # CUDA only
     pretrained_path: str | None = None
     eval_batch_size: int = 256
@@ -80,6 +83,8 @@ class TrainConfig:
             raise ConfigError(f"balance must be 'sample', 'weights' or 'none', got {self.balance!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError(f"epochs and batch_size must be positive, got {self.epochs}, {self.batch_size}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
         if not 0 < self.pct_start < 1:
             raise ConfigError(f"pct_start must lie in (0, 1), got {self.pct_start}")
         resolve_device(self.device)
@@ -130,9 +135,10 @@ def build_model(config: TrainConfig, in_chans: int, n_classes: int) -> CBAMNet:
                    pretrained_path=config.pretrained_path)
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def _autocast(device: torch.device, precision: str = "auto"):
+    """bf16 autocast for ``precision="bf16"``, or ``"auto"`` on CUDA; otherwise fp32."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -202,7 +208,7 @@ def train_model(x: torch.Tensor, y: np.ndarray, n_classes: int, config: TrainCon
                 if aug is not None:
                     xb = aug(xb, gen)
                 yb = y_t[sel].to(device)
-                with _autocast(device):
+                with _autocast(device, config.precision):
                     loss = loss_fn(fwd(xb).float(), yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -215,7 +221,7 @@ def train_model(x: torch.Tensor, y: np.ndarray, n_classes: int, config: TrainCon
             if has_val or epoch + 1 == config.epochs:  # before every evaluation, and for the final model
                 recalibrate_batchnorm(model, x, index, preprocessor, device, config)
             if x_val is not None and y_val is not None and len(y_val):
-                proba = predict_proba(model, x_val, preprocessor, device, config.eval_batch_size)
+                proba = predict_proba(model, x_val, preprocessor, device, config.eval_batch_size, config.precision)
                 pred = proba.argmax(1)
                 acc = float(accuracy_score(y_val, pred))
                 f1 = float(f1_score(y_val, pred, average="weighted", zero_division=0))
@@ -286,7 +292,7 @@ def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, index: np.ndarray, 
                 lb = b // world
                 chunk = chunk[rank * lb:(rank + 1) * lb]
             xb = _prepare(x[torch.from_numpy(np.ascontiguousarray(chunk))], pre, device, config)
-            with _autocast(device):
+            with _autocast(device, config.precision):
                 model(xb)
     finally:
         for m, mom in zip(bns, momenta):
@@ -306,7 +312,7 @@ def _prepare(xb: torch.Tensor, pre: Preprocessor | None, device: torch.device, c
 
 @torch.no_grad()
 def infer(model: CBAMNet, x: torch.Tensor, pre: Preprocessor | None, device: torch.device | str = "cpu",
-          batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+          batch_size: int = 256, precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """(probabilities (N, K), penultimate embeddings (N, 512)) in eval mode, float32."""
     device = resolve_device(device)
     was = model.training
@@ -315,7 +321,7 @@ def infer(model: CBAMNet, x: torch.Tensor, pre: Preprocessor | None, device: tor
     probs, embs = [], []
     for start in range(0, len(x), batch_size):
         xb = _prepare(x[start:start + batch_size], pre, device, channels_last=True)
-        with _autocast(device):
+        with _autocast(device, precision):
             emb = model.features(xb)
             logits = model.classifier(emb)
         probs.append(torch.softmax(logits.float(), 1).cpu())
@@ -328,8 +334,8 @@ def infer(model: CBAMNet, x: torch.Tensor, pre: Preprocessor | None, device: tor
 
 
 def predict_proba(model: CBAMNet, x: torch.Tensor, pre: Preprocessor | None, device: torch.device | str = "cpu",
-                  batch_size: int = 256) -> np.ndarray:
-    return infer(model, x, pre, device, batch_size)[0]
+                  batch_size: int = 256, precision: str = "auto") -> np.ndarray:
+    return infer(model, x, pre, device, batch_size, precision)[0]
 
 
 # ---------------------------------------------------------------- safetensors checkpoints
