@@ -70,11 +70,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "feature_select": ["variance_threshold", "drop_na_columns"]},
     # BBBC021 (per-well profiles). Chosen WITHOUT MoA labels, by the highest replicate mAP
     # (profiler.evaluate.replicate_map) among the recipes of benchmarks/bbbc021_profiles.py: per-plate
-    # robust z-score to the DMSO wells (median/IQR), position/numbering features dropped, clip ±3,
-    # then TVN (PCA whitening fit on the DMSO wells, eigenvalues + 1 × their mean). docs/profiles.md.
+    # robust z-score to the DMSO wells (median/IQR), position/numbering features dropped, clip ±2,
+    # then TVN (PCA whitening fit on the DMSO wells, eigenvalues + 0.1 × their mean). docs/profiles.md.
     "bbbc021_best": {"aggregate": "median", "normalize": "robustize", "blocklist": list(POSITION_BLOCKLIST),
-                     "feature_select": ["blocklist", "drop_na_columns"], "clip": 3,
-                     "typical_variation": {"method": "pca", "epsilon": 1.0}},
+                     "feature_select": ["blocklist", "drop_na_columns"], "clip": 2,
+                     "typical_variation": {"method": "pca", "epsilon": 0.1}},
 }
 
 
