@@ -215,8 +215,15 @@ def crops(args) -> None:
     cv = StratifiedGroupKFold(n_splits=args.folds, shuffle=True, random_state=args.seed)
     splits = list(cv.split(np.zeros(len(y)), y, groups))
     X = wells[feats].astype(np.float32)
-    gbm = out_of_fold_proba(lambda: GBMClassifier(n_estimators=args.rounds, learning_rate=args.lr, random_state=args.seed), X, y, groups,
-                            classes, splits)
+    fold = np.empty(len(y), int)
+    for i, (_, te) in enumerate(splits):
+        fold[te] = i
+    saved = _load_base_oof(args.base_oof, y, classes, treatment, fold) if args.base_oof else None
+    if saved is not None:
+        gbm = saved["gbm"]
+    else:
+        gbm = out_of_fold_proba(lambda: GBMClassifier(n_estimators=args.rounds, learning_rate=args.lr,
+                                                      random_state=args.seed), X, y, groups, classes, splits)
     treated = comp != "DMSO"
     results = {"xgboost": gbm}
     base_pred = np.empty(len(y), dtype=object)
@@ -234,9 +241,6 @@ def crops(args) -> None:
         cell_row = np.array([row_of.get(k, -1) for k in ck])
         keep = cell_row >= 0
         images, cell_row = cs.images[keep], cell_row[keep]
-        fold = np.empty(len(y), int)
-        for i, (_, te) in enumerate(splits):
-            fold[te] = i
         cf = fold[cell_row]
         cell_splits = [(np.flatnonzero(cf != i), np.flatnonzero(cf == i)) for i in range(len(splits))]
         # the same CPU configuration as fusion train-cnn --config cpu and bbbc021_crops_cnn.py;
@@ -245,19 +249,20 @@ def crops(args) -> None:
         params = {**PRESETS["cpu"], **{k: v for k, v in overrides.items() if v is not None},
                   "device": "cpu", "seed": args.seed}
         t = time.perf_counter()
-        cell_p = cnn_out_of_fold_proba(lambda: CNNEnsemble(**params), images, y[cell_row], groups[cell_row],
-                                       classes, cell_splits)
+        if saved is not None:
+            results["cnn"] = saved["cnn"]
+        else:
+            cell_p = cnn_out_of_fold_proba(lambda: CNNEnsemble(**params), images, y[cell_row], groups[cell_row],
+                                           classes, cell_splits)
+            results["cnn"] = cell_to_well_proba(cell_p, pd.DataFrame({"r": cell_row}),
+                                                pd.DataFrame({"r": np.arange(len(y))}))
         t_cnn = time.perf_counter() - t
-        results["cnn"] = cell_to_well_proba(cell_p, pd.DataFrame({"r": cell_row}), pd.DataFrame({"r": np.arange(len(y))}))
         stacked = stack_inputs({"gbm": gbm, "cnn": results["cnn"]}, classes)
         # the default meta-learner (one weight per base model) and, for comparison, the full multinomial one
         results["stack"] = meta_out_of_fold_proba(stacked, y, classes, splits, coupling="shared")
         results["stack_full"] = meta_out_of_fold_proba(stacked, y, classes, splits, coupling="full")
         if args.save_oof:
             # the base models' out-of-fold probabilities, to study meta-learners without retraining
-            fold = np.empty(len(y), int)
-            for i, (_, te) in enumerate(splits):
-                fold[te] = i
             np.savez_compressed(Path(args.save_oof).expanduser(), y=y.astype(str), classes=classes.astype(str),
                                 treatment=treatment.astype(str), compound=comp.astype(str), fold=fold,
                                 gbm=gbm, cnn=results["cnn"])
@@ -267,7 +272,8 @@ def crops(args) -> None:
                  feature_seconds=round(t_feat, 1), seconds=round(time.perf_counter() - t0, 1),
                  peak_rss_mb=round(peak_rss_mb()))
     if args.cnn:
-        extra.update(cnn={k: v for k, v in params.items() if k != "dropouts"}, cnn_seconds=round(t_cnn, 1))
+        extra.update(cnn={k: v for k, v in params.items() if k != "dropouts"}, cnn_seconds=round(t_cnn, 1),
+                     base_oof_from=str(args.base_oof) if saved is not None else None)
     accs = {}
     for name, p in results.items():
         accs[name], n_t = _treatment_accuracy(y, p, classes, treatment, treated)
@@ -282,6 +288,34 @@ def crops(args) -> None:
         best = max(accs["xgboost"], accs["cnn"])
         emit("bbbc021_crops_stack_gain_over_best_single", round(100 * (accs["stack"] - best), 2), "points", 5.0,
              baseline_kind="target: >= 5 points", **extra)
+        # diagnostic, not a model: the best treatment accuracy any class-shared weighting
+        # z_c = a log p_gbm(c) + b log p_cnn(c) reaches when (a, b) are chosen on the evaluated labels
+        # themselves — an upper bound for the default stack with these two base models
+        bound = max((_treatment_accuracy(y, _pool(gbm, results["cnn"], a, b), classes, treatment, treated)[0], a, b)
+                    for a in np.linspace(0, 1.5, 31) for b in np.linspace(0.05, 1.5, 30))
+        emit("bbbc021_crops_shared_weighting_upper_bound", round(bound[0], 4), "fraction", round(best, 4),
+             baseline_kind="better single model; weights chosen on the test labels (not a model)",
+             weights={"gbm": round(float(bound[1]), 3), "cnn": round(float(bound[2]), 3)}, **extra)
+
+
+def _pool(p1: np.ndarray, p2: np.ndarray, a: float, b: float) -> np.ndarray:
+    """Weighted geometric pooling of two probability tables, renormalized per row."""
+    z = a * np.log(np.clip(p1, 1e-6, 1)) + b * np.log(np.clip(p2, 1e-6, 1))
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _load_base_oof(path: str, y: np.ndarray, classes: np.ndarray, treatment: np.ndarray,
+                   fold: np.ndarray) -> dict[str, np.ndarray]:
+    """Base-model OOF probabilities written by ``--save-oof``, checked against this run's rows and folds."""
+    d = np.load(Path(path).expanduser())
+    for key, ours in (("y", y.astype(str)), ("classes", classes.astype(str)), ("treatment", treatment.astype(str)),
+                      ("fold", fold)):
+        if d[key].shape != ours.shape or not np.array_equal(d[key], ours):
+            raise SystemExit(f"{path}: its {key!r} differs from this run's (other data, folds or seed); "
+                             "rerun without --base-oof")
+    log.info("base-model out-of-fold probabilities from %s (XGBoost and CNN not retrained)", path)
+    return {"gbm": d["gbm"], "cnn": d["cnn"]}
 
 
 def main(argv=None) -> None:
@@ -300,6 +334,9 @@ def main(argv=None) -> None:
                     help="per-crop feature cache; {n} = --max-cells-per-well")
     ap.add_argument("--max-cells-per-well", type=int, default=0,
                     help="measure only the first N crops of each well (0 = all 9,889)")
+    ap.add_argument("--base-oof", default=None, metavar="NPZ",
+                    help="reuse the base models' out-of-fold probabilities from a --save-oof file of the same "
+                         "data, folds and seed (rows and folds are checked) instead of retraining them")
     ap.add_argument("--save-oof", default=None, metavar="NPZ",
                     help="also write the base models' out-of-fold probabilities and the folds to this .npz")
     args = ap.parse_args(argv)
