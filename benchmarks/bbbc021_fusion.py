@@ -15,8 +15,9 @@ Texture, Correlation, RadialDistribution per compartment), medians per well, nor
 XGBoost on the well profiles, the CNN ensemble (:class:`fusion.cnn.ensemble.CNNEnsemble`, CPU-sized)
 on the crops with its cell probabilities averaged per well, and the stack (logistic regression on
 the two models' out-of-fold log-probabilities, itself evaluated out of fold): ``stack`` is
-:mod:`fusion.stack`'s default, one weight per base model shared by all classes; ``stack_full`` the
-multinomial model with a weight per input and class plus class intercepts, printed for comparison. Treatment-level MoA accuracy
+:mod:`fusion.stack`'s default, a weight per base model and class with class-balanced rows; printed
+for comparison: ``stack_shared`` (one weight per base model) and ``stack_full_unweighted`` (a weight
+per input and class plus class intercepts, rows unweighted — the first version of the stack). Treatment-level MoA accuracy
 over the non-control treatments, beside the majority baseline.
 
     nice -n 10 .venv/bin/python benchmarks/bbbc021_fusion.py --part all | tee benchmarks/results/bbbc021_fusion.jsonl
@@ -258,9 +259,12 @@ def crops(args) -> None:
                                                 pd.DataFrame({"r": np.arange(len(y))}))
         t_cnn = time.perf_counter() - t
         stacked = stack_inputs({"gbm": gbm, "cnn": results["cnn"]}, classes)
-        # the default meta-learner (one weight per base model) and, for comparison, the full multinomial one
-        results["stack"] = meta_out_of_fold_proba(stacked, y, classes, splits, coupling="shared")
-        results["stack_full"] = meta_out_of_fold_proba(stacked, y, classes, splits, coupling="full")
+        # the default meta-learner (a weight per base model and class, class-balanced) and, for comparison,
+        # one weight per base model, and the full multinomial model without class weights
+        results["stack"] = meta_out_of_fold_proba(stacked, y, classes, splits)
+        results["stack_shared"] = meta_out_of_fold_proba(stacked, y, classes, splits, coupling="shared")
+        results["stack_full_unweighted"] = meta_out_of_fold_proba(stacked, y, classes, splits, coupling="full",
+                                                                  class_weight=None)
         if args.save_oof:
             # the base models' out-of-fold probabilities, to study meta-learners without retraining
             np.savez_compressed(Path(args.save_oof).expanduser(), y=y.astype(str), classes=classes.astype(str),

@@ -38,9 +38,10 @@ def train(
                                               "or a crop TIFF with its table): adds the CNN and the stacked model."),
     cnn: bool = typer.Option(True, "--cnn/--no-cnn", help="--no-cnn: profile path only, even when --crops is given."),
     cnn_config: str = typer.Option("cpu", "--cnn-config", help="CNN preset: cpu (small, 2-core friendly) or full (GPU)."),
-    stack_coupling: str = typer.Option("shared", "--stack-coupling",
-                                       help="Meta-learner: shared (one weight per base model, all classes) or full "
-                                            "(a weight per input and class, with class intercepts)."),
+    stack_coupling: str = typer.Option("per_class", "--stack-coupling",
+                                       help="Meta-learner: per_class (a weight per base model and class), shared (one "
+                                            "weight per base model) or full (a weight per input and class, with "
+                                            "class intercepts)."),
 ) -> None:
     """Train XGBoost (+ CNN + stack with --crops) with grouped cross-validation; write the model folder."""
     from fusion.train import train as _train

@@ -5,20 +5,26 @@ single-cell crops (:mod:`fusion.cnn.ensemble`), whose cell probabilities are ave
 that both speak about the same rows. Out-of-fold probabilities come from folds grouped by compound,
 so no compound is both trained on and predicted.
 
-Two couplings of the softmax meta-learner over the log-probabilities ``log p_m(c)``:
+Three couplings of the softmax meta-learner over the log-probabilities ``log p_m(c)`` of the base
+models ``m``:
 
-* ``"shared"`` (default) — one weight per base model, the same for every class:
-  ``z_c = Σ_m w_m log p_m(c) (+ b_c)``, a weighted geometric mean of the base models, i.e. a
-  conditional-logit multinomial model. It has as many parameters as base models, so it cannot learn
-  the training folds' class mix: with folds grouped by compound the held-out compounds come with a
-  different MoA mix, and on BBBC021 crops the full model fell below both of its inputs
-  (``benchmarks/bbbc021_fusion.py``). Per-class intercepts are off unless ``fit_intercept=True``.
+* ``"per_class"`` (default) — a weight per base model *and class*, no cross-class terms:
+  ``z_c = Σ_m W[m, c] log p_m(c)``. It learns how far to trust each base model for each class
+  (e.g. the CNN for one mechanism, XGBoost for another), with the class weights pulled towards each
+  base model's mean weight by the L2 penalty.
+* ``"shared"`` — one weight per base model for all classes, ``z_c = Σ_m w_m log p_m(c)``: a
+  weighted geometric mean of the base models.
 * ``"full"`` — scikit-learn's multinomial :class:`~sklearn.linear_model.LogisticRegression` on all
-  ``"<base>:<class>"`` columns (a weight for every input × class pair plus per-class intercepts):
-  it can learn cross-class patterns, and the training folds' priors with them.
+  ``"<base>:<class>"`` columns (a weight for every input × class pair plus class intercepts). It
+  can learn cross-class patterns, and the training folds' class mix with them.
 
-Both are stored as the same coefficient matrix (classes × inputs; the shared model's is
-block-diagonal), so prediction and the JSON file are the same for both.
+``class_weight="balanced"`` (default) weighs every class equally in the log-loss, so that a
+dominant class (the DMSO wells of a plate) does not set the weights for the treatments.
+On BBBC021 crops (``benchmarks/bbbc021_fusion.py``, folds grouped by compound) the full model
+without class weights fell below both of its inputs; the per-class balanced one is the default.
+
+All three are stored as the same coefficient matrix (classes × inputs; block-diagonal for
+``per_class``/``shared``) plus intercepts, so prediction and the JSON file are the same for all.
 
 :class:`StackedClassifier` has the scikit-learn API on the stacked probability table (columns
 ``"<base>:<class>"``) and is saved as JSON (coefficients, intercepts, classes, input order): loading
@@ -41,6 +47,7 @@ __all__ = ["StackedClassifier", "stack_inputs", "cell_to_well_proba", "cnn_out_o
            "meta_out_of_fold_proba", "FORMAT"]
 
 FORMAT = "cellfusion-stack/1"
+COUPLINGS = ("per_class", "shared", "full")
 
 
 def stack_inputs(probas: Mapping[str, np.ndarray], classes: Sequence) -> pd.DataFrame:
@@ -67,26 +74,29 @@ class StackedClassifier(ClassifierMixin, BaseEstimator):
     ----------
     C:
         Inverse L2 regularization strength (scikit-learn's convention: the penalty is
-        ``||θ||² / (2C)`` beside the summed log-loss).
+        ``||θ||² / (2C)`` beside the summed, class-weighted log-loss). For ``per_class`` the penalty
+        is on each class weight's deviation from its base model's mean weight (plus the means).
     log_inputs:
         Use log-probabilities (clipped at ``1e-6``) as inputs — the natural scale for a softmax
         meta-learner; ``False`` uses raw probabilities.
     max_iter:
         Solver iterations.
     coupling:
-        ``"shared"``: one weight per base model for all classes (the default; see the module
-        docstring); ``"full"``: a weight per input column and class.
+        ``"per_class"`` (default), ``"shared"`` or ``"full"`` — see the module docstring.
+    class_weight:
+        ``"balanced"`` (default): rows weighted by ``n / (n_classes · n_class)``; ``None``: equal rows.
     fit_intercept:
-        Per-class intercepts for ``coupling="shared"`` (``"full"`` always has them). Off by default:
-        intercepts learn the training folds' class frequencies.
+        Per-class intercepts for ``per_class``/``shared`` (``"full"`` always has them). Off by
+        default: intercepts learn the training folds' class frequencies.
     """
 
-    def __init__(self, C: float = 1.0, log_inputs: bool = True, max_iter: int = 2000, coupling: str = "shared",
-                 fit_intercept: bool = False):
+    def __init__(self, C: float = 1.0, log_inputs: bool = True, max_iter: int = 2000, coupling: str = "per_class",
+                 class_weight: str | None = "balanced", fit_intercept: bool = False):
         self.C = C
         self.log_inputs = log_inputs
         self.max_iter = max_iter
         self.coupling = coupling
+        self.class_weight = class_weight
         self.fit_intercept = fit_intercept
 
     def _transform(self, X) -> np.ndarray:
@@ -101,14 +111,16 @@ class StackedClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X, y):
         """Fit on the stacked out-of-fold probability table ``X`` and labels ``y``."""
         y = np.asarray(y).astype(str)
-        if self.coupling not in ("shared", "full"):
-            raise InputError(f"unknown stack coupling {self.coupling!r}", hint="use 'shared' or 'full'")
+        if self.coupling not in COUPLINGS:
+            raise InputError(f"unknown stack coupling {self.coupling!r}", hint=f"use one of {', '.join(COUPLINGS)}")
+        if self.class_weight not in (None, "balanced"):
+            raise InputError(f"unknown stack class_weight {self.class_weight!r}", hint="use 'balanced' or None")
         self.inputs_ = [str(c) for c in X.columns] if isinstance(X, pd.DataFrame) else \
             [f"x{i}" for i in range(np.shape(X)[1])]
         self.n_features_in_ = len(self.inputs_)
-        if self.coupling == "shared":
-            return self._fit_shared(self._transform(X), y)
-        lr = LogisticRegression(C=self.C, max_iter=self.max_iter)
+        if self.coupling != "full":
+            return self._fit_pooled(self._transform(X), y)
+        lr = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=self.class_weight)
         lr.fit(self._transform(X), y)
         self.classes_ = lr.classes_
         coef, intercept = lr.coef_, lr.intercept_
@@ -118,13 +130,13 @@ class StackedClassifier(ClassifierMixin, BaseEstimator):
         self.coef_, self.intercept_ = coef, intercept
         return self
 
-    def _fit_shared(self, Z: np.ndarray, y: np.ndarray) -> StackedClassifier:
-        """Conditional logit: ``z_c = Σ_m w_m Z[:, (m, c)] + b_c``, fitted by L-BFGS on the penalized log-loss."""
+    def _fit_pooled(self, Z: np.ndarray, y: np.ndarray) -> StackedClassifier:
+        """``z_c = Σ_m W[m, c] Z[:, (m, c)] (+ b_c)`` with ``W`` per class or shared, by L-BFGS."""
         from scipy.optimize import minimize
 
         parsed = [name.split(":", 1) for name in self.inputs_]
         if any(len(p) != 2 for p in parsed):
-            raise InputError("the shared stack needs input columns named '<base>:<class>' (see stack_inputs)")
+            raise InputError(f"the {self.coupling!r} stack needs input columns named '<base>:<class>' (see stack_inputs)")
         bases = list(dict.fromkeys(b for b, _ in parsed))
         classes = list(dict.fromkeys(c for _, c in parsed))
         col = {(b, c): j for j, (b, c) in enumerate(parsed)}
@@ -137,26 +149,41 @@ class StackedClassifier(ClassifierMixin, BaseEstimator):
         blocks = np.stack([Z[:, [col[(b, c)] for c in classes]] for b in bases])  # (M, n, K)
         M, n, K = blocks.shape
         onehot = (y[:, None] == np.asarray(classes)[None, :]).astype(float)
+        if self.class_weight == "balanced":
+            counts = onehot.sum(axis=0)
+            present = counts > 0
+            onehot = onehot * np.where(present, n / (present.sum() * np.maximum(counts, 1)), 0.0)
+        per_class = self.coupling == "per_class"
+        n_w = M * K if per_class else M
         n_b = K if self.fit_intercept else 0
 
         def loss(theta):
-            w, b = theta[:M], theta[M:]
-            z = np.tensordot(w, blocks, axes=1) + (b if n_b else 0.0)
+            w, b = theta[:n_w], theta[n_w:]
+            W = w.reshape(M, K) if per_class else np.repeat(w[:, None], K, axis=1)
+            z = np.einsum("mk,mnk->nk", W, blocks) + (b if n_b else 0.0)
             z = z - z.max(axis=1, keepdims=True)
             logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-            g = np.exp(logp) - onehot  # d loss / d z
-            value = -(onehot * logp).sum() + theta @ theta / (2 * self.C)
-            grad = np.concatenate([np.einsum("mnk,nk->m", blocks, g), g.sum(axis=0)[:n_b]]) + theta / self.C
-            return value, grad
+            g = np.exp(logp) * onehot.sum(axis=1, keepdims=True) - onehot  # d loss / d z (weighted rows)
+            gW = np.einsum("mnk,nk->mk", blocks, g)
+            if per_class:  # penalty on the deviation from each base model's mean weight, and on the means
+                mean = W.mean(axis=1, keepdims=True)
+                pen = ((W - mean) ** 2).sum() + (mean ** 2).sum()
+                gw = (gW + ((W - mean) + mean / K) * 2 / (2 * self.C)).ravel()
+            else:
+                pen = (w ** 2).sum()
+                gw = gW.sum(axis=1) + w / self.C
+            value = -(onehot * logp).sum() + (pen + (b ** 2).sum()) / (2 * self.C)
+            return value, np.concatenate([gw, g.sum(axis=0)[:n_b] + b / self.C])
 
-        res = minimize(loss, np.concatenate([np.full(M, 1.0 / M), np.zeros(n_b)]), jac=True, method="L-BFGS-B",
-                       options={"maxiter": self.max_iter})
-        w, b = res.x[:M], res.x[M:]
+        start = np.concatenate([np.full(n_w, 1.0 / M), np.zeros(n_b)])
+        res = minimize(loss, start, jac=True, method="L-BFGS-B", options={"maxiter": self.max_iter})
+        w, b = res.x[:n_w], res.x[n_w:]
+        W = w.reshape(M, K) if per_class else np.repeat(w[:, None], K, axis=1)
         self.classes_ = np.asarray(classes, dtype=object)
         coef = np.zeros((K, len(self.inputs_)))
         for m, base in enumerate(bases):
             for k, c in enumerate(classes):
-                coef[k, col[(base, c)]] = w[m]
+                coef[k, col[(base, c)]] = W[m, k]
         self.coef_ = coef
         self.intercept_ = b if n_b else np.zeros(K)
         return self

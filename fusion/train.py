@@ -147,7 +147,7 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
           gbm_params: Mapping[str, Any] | None = None, n_jobs: int = 1,
           crops: str | Path | None = None, cnn: bool = True, cnn_config: str = "cpu",
           cnn_params: Mapping[str, Any] | None = None, stack_C: float = 1.0,
-          stack_coupling: str = "shared") -> Path:
+          stack_coupling: str = "per_class") -> Path:
     """Train and cross-validate XGBoost on a profile table; write the model folder ``out_dir``.
 
     Parameters
@@ -177,13 +177,16 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
         :data:`CNN_PRESETS` name (``"cpu"``: one small ResNet18-CBAM, 64 px; ``"full"``: the
         published 5-member recipe, for a GPU) and overrides of :class:`fusion.cnn.ensemble.CNNEnsemble`.
     stack_C, stack_coupling:
-        Inverse regularization and coupling (``"shared"``: one weight per base model for every class;
-        ``"full"``: a weight per input and class) of the meta-learner, see :mod:`fusion.stack`.
+        Inverse regularization and coupling of the meta-learner (``"per_class"``: a weight per base
+        model and class; ``"shared"``: one weight per base model; ``"full"``: a weight per input and
+        class plus intercepts), rows class-balanced; see :mod:`fusion.stack`.
     """
     from rich.progress import Progress
 
-    if stack_coupling not in ("shared", "full"):  # checked before hours of CNN training, not after
-        raise ConfigError(f"unknown stack coupling {stack_coupling!r}", hint="use 'shared' or 'full'")
+    from fusion.stack import COUPLINGS
+
+    if stack_coupling not in COUPLINGS:  # checked before hours of CNN training, not after
+        raise ConfigError(f"unknown stack coupling {stack_coupling!r}", hint=f"use one of {', '.join(COUPLINGS)}")
     out_dir = Path(out_dir)
     profiles_path = None
     if not isinstance(profiles, pd.DataFrame):

@@ -31,7 +31,7 @@ def test_json_roundtrip_matches_sklearn_and_weights_favour_the_informative_model
     y, probas = _base_probas()
     X = stack_inputs(probas, CLASSES)
     assert list(X.columns) == ["gbm:a", "gbm:b", "gbm:c", "cnn:a", "cnn:b", "cnn:c"]
-    est = StackedClassifier(C=1.0, coupling="full").fit(X, y)
+    est = StackedClassifier(C=1.0, coupling="full", class_weight=None).fit(X, y)
     ref = LogisticRegression(C=1.0, max_iter=2000).fit(np.log(np.clip(X.to_numpy(), 1e-6, 1)), y)
     np.testing.assert_allclose(est.predict_proba(X), ref.predict_proba(np.log(np.clip(X.to_numpy(), 1e-6, 1))),
                                atol=1e-8)
@@ -48,7 +48,7 @@ def test_binary_stack():
     y = np.array(["x", "y"] * 20)
     p = np.where((y == "y")[:, None], [0.2, 0.8], [0.8, 0.2]) + rng.normal(0, 0.05, (40, 2))
     X = stack_inputs({"gbm": np.clip(p, 0.01, 0.99)}, np.array(["x", "y"]))
-    est = StackedClassifier(coupling="full").fit(X, y)
+    est = StackedClassifier(coupling="full", class_weight=None).fit(X, y)
     ref = LogisticRegression(max_iter=2000).fit(np.log(X.to_numpy()), y)
     np.testing.assert_allclose(est.predict_proba(X), ref.predict_proba(np.log(X.to_numpy())), atol=1e-8)
 
@@ -56,8 +56,7 @@ def test_binary_stack():
 def test_shared_stack_is_a_weighted_geometric_mean_with_an_optimal_weight():
     y, probas = _base_probas()
     X = stack_inputs(probas, CLASSES)
-    est = StackedClassifier().fit(X, y)
-    assert est.get_params()["coupling"] == "shared"
+    est = StackedClassifier(coupling="shared", class_weight=None).fit(X, y)
     coef = est.coef_
     w_gbm, w_cnn = coef[0, 0], coef[0, 3]
     # block-diagonal: every class has the same weight per base model and none on other classes' columns
@@ -89,7 +88,7 @@ def test_shared_stack_ignores_the_training_class_mix():
     y, probas = _base_probas(n=300, seed=3)
     X = stack_inputs(probas, CLASSES)
     train = y != "c"
-    shared = StackedClassifier().fit(X[train], y[train])
+    shared = StackedClassifier(coupling="shared").fit(X[train], y[train])
     assert list(shared.classes_) == list(CLASSES)
     test = ~train
     assert np.mean(shared.predict(X[test]) == "c") > 0.7
@@ -99,6 +98,75 @@ def test_shared_stack_ignores_the_training_class_mix():
         StackedClassifier(coupling="other").fit(X, y)
     with pytest.raises(InputError, match="no base-model"):
         StackedClassifier().fit(X, np.where(y == "a", "z", y))
+    with pytest.raises(InputError, match="class_weight"):
+        StackedClassifier(class_weight="inverse").fit(X, y)
+
+
+def _specialists(n=400, seed=5):
+    """Base model 'gbm' knows class a (and is noise otherwise), 'cnn' knows b and c; class a is dominant."""
+    rng = np.random.default_rng(seed)
+    y = CLASSES[rng.choice(3, n, p=[0.6, 0.2, 0.2])]
+    k = np.searchsorted(CLASSES, y)
+
+    def model(knows):
+        p = rng.dirichlet(np.ones(3), n)
+        hit = np.isin(y, knows) & (rng.random(n) < 0.85)
+        sharp = np.full((n, 3), 0.05)
+        sharp[np.arange(n), k] = 0.9
+        return np.where(hit[:, None], sharp, p)
+
+    return y, {"gbm": model(["a"]), "cnn": model(["b", "c"])}
+
+
+def test_per_class_stack_trusts_each_base_model_where_it_knows():
+    y, probas = _specialists()
+    X = stack_inputs(probas, CLASSES)
+    est = StackedClassifier().fit(X, y)
+    assert est.get_params()["coupling"] == "per_class" and est.class_weight == "balanced"
+    W = {b: np.array([est.coef_[k, list(X.columns).index(f"{b}:{c}")] for k, c in enumerate(CLASSES)])
+         for b in ("gbm", "cnn")}
+    assert W["gbm"][0] > W["cnn"][0]  # class a: the gbm specialist
+    assert (W["cnn"][1:] > W["gbm"][1:]).all()  # classes b, c: the cnn specialist
+    # no weight on another class's columns (block-diagonal), no intercepts
+    for k, c in enumerate(CLASSES):
+        for j, name in enumerate(X.columns):
+            if not name.endswith(f":{c}"):
+                assert est.coef_[k, j] == 0
+    np.testing.assert_allclose(est.intercept_, 0)
+    y2, probas2 = _specialists(seed=6)  # fresh rows: per-class weights beat one weight per model
+    X2 = stack_inputs(probas2, CLASSES)
+    shared = StackedClassifier(coupling="shared").fit(X, y)
+
+    def balanced_acc(m):
+        pred = m.predict(X2)
+        return np.mean([np.mean(pred[y2 == c] == c) for c in CLASSES])
+
+    assert balanced_acc(est) > balanced_acc(shared) + 0.03
+    back = StackedClassifier.from_json(json.loads(json.dumps(est.to_json())))
+    np.testing.assert_allclose(back.predict_proba(X2), est.predict_proba(X2))
+    full = StackedClassifier(coupling="full").fit(X, y)  # balanced rows reach sklearn's class_weight
+    ref = LogisticRegression(max_iter=2000, class_weight="balanced").fit(np.log(np.clip(X.to_numpy(), 1e-6, 1)), y)
+    np.testing.assert_allclose(full.predict_proba(X2), ref.predict_proba(np.log(np.clip(X2.to_numpy(), 1e-6, 1))),
+                               atol=1e-8)
+
+    # the fit is a minimum of the class-balanced, penalized log-loss
+    logs = {b: np.log(np.clip(p, 1e-6, 1)) for b, p in probas.items()}
+    onehot = (y[:, None] == CLASSES[None, :]).astype(float)
+    onehot *= len(y) / (3 * onehot.sum(0))
+
+    def loss(Wg, Wc):
+        z = Wg * logs["gbm"] + Wc * logs["cnn"]
+        z -= z.max(1, keepdims=True)
+        lp = z - np.log(np.exp(z).sum(1, keepdims=True))
+        pen = sum(((w - w.mean()) ** 2).sum() + w.mean() ** 2 for w in (Wg, Wc))
+        return -(onehot * lp).sum() + pen / 2
+
+    best = loss(W["gbm"], W["cnn"])
+    for k in range(3):
+        for d in (0.05, -0.05):
+            e = np.zeros(3)
+            e[k] = d
+            assert loss(W["gbm"] + e, W["cnn"]) > best and loss(W["gbm"], W["cnn"] + e) > best
 
 
 def test_malformed_stack_json_is_refused():
@@ -176,7 +244,7 @@ def test_train_with_crops_stacks_gbm_and_cnn(tmp_path):
     # --no-cnn: the profile path only
     out2 = train(profiles, tmp_path / "model2", crops=crops, cnn=False, n_splits=2, gbm_params={"n_estimators": 10})
     assert json.loads((out2 / "manifest.json").read_text())["final_model"] == "gbm"
-    assert json.loads((out / "manifest.json").read_text())["parameters"]["stack_coupling"] == "shared"
+    assert json.loads((out / "manifest.json").read_text())["parameters"]["stack_coupling"] == "per_class"
 
 
 def test_unknown_stack_coupling_fails_before_training(tmp_path):
