@@ -17,8 +17,8 @@ on the crops with its cell probabilities averaged per well, and the stack (logis
 the two models' out-of-fold log-probabilities, itself evaluated out of fold): ``stack`` is
 :mod:`fusion.stack`'s default, a weight per base model and class with class-balanced rows; printed
 for comparison: ``stack_shared`` (one weight per base model) and ``stack_full_unweighted`` (a weight
-per input and class plus class intercepts, rows unweighted — the first version of the stack). Treatment-level MoA accuracy
-over the non-control treatments, beside the majority baseline.
+per input and class plus class intercepts, rows unweighted — the first version of the stack).
+Treatment-level MoA accuracy over the non-control treatments, beside the majority baseline.
 
     nice -n 10 .venv/bin/python benchmarks/bbbc021_fusion.py --part all | tee benchmarks/results/bbbc021_fusion.jsonl
 

@@ -136,7 +136,8 @@ class StackedClassifier(ClassifierMixin, BaseEstimator):
 
         parsed = [name.split(":", 1) for name in self.inputs_]
         if any(len(p) != 2 for p in parsed):
-            raise InputError(f"the {self.coupling!r} stack needs input columns named '<base>:<class>' (see stack_inputs)")
+            raise InputError(f"the {self.coupling!r} stack needs input columns named '<base>:<class>' "
+                             "(see stack_inputs)")
         bases = list(dict.fromkeys(b for b, _ in parsed))
         classes = list(dict.fromkeys(c for _, c in parsed))
         col = {(b, c): j for j, (b, c) in enumerate(parsed)}
@@ -157,9 +158,12 @@ class StackedClassifier(ClassifierMixin, BaseEstimator):
         n_w = M * K if per_class else M
         n_b = K if self.fit_intercept else 0
 
+        def weights(w):  # (M, K): a column per class
+            return w.reshape(M, K) if per_class else np.repeat(w[:, None], K, axis=1)
+
         def loss(theta):
             w, b = theta[:n_w], theta[n_w:]
-            W = w.reshape(M, K) if per_class else np.repeat(w[:, None], K, axis=1)
+            W = weights(w)
             z = np.einsum("mk,mnk->nk", W, blocks) + (b if n_b else 0.0)
             z = z - z.max(axis=1, keepdims=True)
             logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
@@ -168,7 +172,7 @@ class StackedClassifier(ClassifierMixin, BaseEstimator):
             if per_class:  # penalty on the deviation from each base model's mean weight, and on the means
                 mean = W.mean(axis=1, keepdims=True)
                 pen = ((W - mean) ** 2).sum() + (mean ** 2).sum()
-                gw = (gW + ((W - mean) + mean / K) * 2 / (2 * self.C)).ravel()
+                gw = (gW + ((W - mean) + mean / K) / self.C).ravel()
             else:
                 pen = (w ** 2).sum()
                 gw = gW.sum(axis=1) + w / self.C
@@ -177,8 +181,7 @@ class StackedClassifier(ClassifierMixin, BaseEstimator):
 
         start = np.concatenate([np.full(n_w, 1.0 / M), np.zeros(n_b)])
         res = minimize(loss, start, jac=True, method="L-BFGS-B", options={"maxiter": self.max_iter})
-        w, b = res.x[:n_w], res.x[n_w:]
-        W = w.reshape(M, K) if per_class else np.repeat(w[:, None], K, axis=1)
+        W, b = weights(res.x[:n_w]), res.x[n_w:]
         self.classes_ = np.asarray(classes, dtype=object)
         coef = np.zeros((K, len(self.inputs_)))
         for m, base in enumerate(bases):

@@ -217,11 +217,7 @@ def normalize(profiles: pd.DataFrame, *, method: str = "mad_robustize",
     groups = profiles.groupby(by, sort=False) if by else [(None, profiles)]
     for key, plate in groups:
         if samples != "all":
-            try:
-                n_ref = len(plate.query(samples))
-            except Exception as exc:  # noqa: BLE001 - pandas raises many kinds for a bad query
-                raise ConfigError(f"cannot evaluate the control query {samples!r} ({exc})") from exc
-            if n_ref == 0:
+            if len(_query(plate, samples)) == 0:
                 where = f"plate {key!r}" if by else "the table"
                 raise InputError(f"{where} has no control wells matching {samples!r}",
                                  hint="mark negative-control wells (control = negative in the platemap), "
@@ -243,6 +239,14 @@ def whiten(profiles: pd.DataFrame, *, samples: str = "all", method: str = "ZCA-c
     feats = check_features(profiles, what="profile table", allow_nan=False)
     return normalize(profiles[metadata_columns(profiles) + feats], method="spherize", samples=samples,
                      by=by, spherize_method=method, spherize_epsilon=epsilon)
+
+
+def _query(table: pd.DataFrame, query: str) -> pd.DataFrame:
+    """``table.query(query)``, a malformed control query reported as a :class:`ConfigError`."""
+    try:
+        return table.query(query)
+    except Exception as exc:  # noqa: BLE001 - pandas raises many kinds for a bad query
+        raise ConfigError(f"cannot evaluate the control query {query!r} ({exc})") from exc
 
 
 TVN_METHODS = ("ledoit_wolf", "pca")
@@ -277,10 +281,7 @@ def typical_variation_normalize(profiles: pd.DataFrame, *, samples: str = NEGATI
     parts = []
     for key, grp in (profiles.groupby(by, sort=False) if by else [(None, profiles)]):
         where = f"group {key!r}" if by else "the table"
-        try:
-            ref = grp.query(samples) if samples != "all" else grp
-        except Exception as exc:  # noqa: BLE001 - pandas raises many kinds for a bad query
-            raise ConfigError(f"cannot evaluate the control query {samples!r} ({exc})") from exc
+        ref = _query(grp, samples) if samples != "all" else grp
         if len(ref) < 3:
             raise InputError(f"{where} has {len(ref)} wells matching {samples!r}; typical variation needs >= 3",
                              hint="fit on the whole table (by: null) or on all wells (samples: all)")
@@ -343,10 +344,7 @@ def select_reproducible(profiles: pd.DataFrame, *, replicate_columns: Sequence[s
     feats = check_features(profiles, what="profile table", allow_nan=False)
     if not 0.0 <= min_eta2 < 1.0:
         raise ConfigError(f"min_eta2 must be in [0, 1), got {min_eta2!r}")
-    try:
-        ref = profiles.drop(index=profiles.query(exclude).index) if exclude else profiles
-    except Exception as exc:  # noqa: BLE001 - pandas raises many kinds for a bad query
-        raise ConfigError(f"cannot evaluate the control query {exclude!r} ({exc})") from exc
+    ref = profiles.drop(index=_query(profiles, exclude).index) if exclude else profiles
     x = ref[feats].astype(np.float64)
     groups = ref[list(replicate_columns)].astype(str).agg("|".join, axis=1)
     if groups.value_counts().max() < 2:
@@ -374,10 +372,7 @@ def factor_analysis(profiles: pd.DataFrame, *, n_factors: int = 50, samples: str
     from sklearn.decomposition import FactorAnalysis
 
     feats = check_features(profiles, what="profile table", allow_nan=False)
-    try:
-        ref = profiles.query(samples) if samples != "all" else profiles
-    except Exception as exc:  # noqa: BLE001 - pandas raises many kinds for a bad query
-        raise ConfigError(f"cannot evaluate the control query {samples!r} ({exc})") from exc
+    ref = _query(profiles, samples) if samples != "all" else profiles
     if not 1 <= n_factors <= min(len(ref), len(feats)):
         raise ConfigError(f"n_factors must be between 1 and min(wells, features) = {min(len(ref), len(feats))}, "
                           f"got {n_factors}", hint="fewer factors, or fit on all wells (samples: all)")
@@ -512,24 +507,15 @@ def apply_recipe(profiles: pd.DataFrame, recipe: str | Mapping[str, Any] | None 
         prof = asinh_features(prof, float(rec["asinh"]))
     if rec.get("reproducible"):
         prof = select_reproducible(prof, **{"exclude": samples, **dict(rec["reproducible"])})
-    w = rec.get("whiten")
-    if w:
-        w = dict(w)
-        if w.get("samples") == "controls":
-            w["samples"] = samples
-        prof = whiten(prof, **w)
-    tv = rec.get("typical_variation")
-    if tv:
-        tv = dict(tv)
-        if tv.get("samples", "controls") == "controls":
-            tv["samples"] = samples
-        prof = typical_variation_normalize(prof, **tv)
-    fa = rec.get("factor_analysis")
-    if fa:
-        fa = dict(fa)
-        if fa.get("samples", "controls") == "controls":
-            fa["samples"] = samples
-        prof = factor_analysis(prof, **fa)
+    # whiten fits on all wells unless told "controls"; the other two fit on the controls by default
+    for key, step, default in (("whiten", whiten, None), ("typical_variation", typical_variation_normalize, "controls"),
+                               ("factor_analysis", factor_analysis, "controls")):
+        params = rec.get(key)
+        if params:
+            params = dict(params)
+            if params.get("samples", default) == "controls":
+                params["samples"] = samples
+            prof = step(prof, **params)
     return prof
 
 

@@ -933,38 +933,31 @@ def _msb(n):  # npy_get_msb
     return d
 
 @nb.njit(cache=True)
+def _sift_down(v, a0, lo, tmp, i, n):
+    # place tmp at heap position i (1-based) of a[1..n] = a0[lo .. lo+n-1], moving larger children up
+    j = i << 1
+    while j <= n:
+        if j < n and v[a0[lo + j - 1]] < v[a0[lo + j]]:
+            j += 1
+        if v[tmp] < v[a0[lo + j - 1]]:
+            a0[lo + i - 1] = a0[lo + j - 1]
+            i = j
+            j += j
+        else:
+            break
+    a0[lo + i - 1] = tmp
+
+
+@nb.njit(cache=True)
 def _aheapsort(v, a0, lo, n):
-    # a[1..n] = a0[lo .. lo+n-1]
+    # NumPy 1.26's aheapsort on a[1..n] = a0[lo .. lo+n-1]: build the heap, then pop the maximum
     for l in range(n >> 1, 0, -1):
-        tmp = a0[lo + l - 1]
-        i = l
-        j = l << 1
-        while j <= n:
-            if j < n and v[a0[lo + j - 1]] < v[a0[lo + j]]:
-                j += 1
-            if v[tmp] < v[a0[lo + j - 1]]:
-                a0[lo + i - 1] = a0[lo + j - 1]
-                i = j
-                j += j
-            else:
-                break
-        a0[lo + i - 1] = tmp
+        _sift_down(v, a0, lo, a0[lo + l - 1], l, n)
     while n > 1:
         tmp = a0[lo + n - 1]
         a0[lo + n - 1] = a0[lo]
         n -= 1
-        i = 1
-        j = 2
-        while j <= n:
-            if j < n and v[a0[lo + j - 1]] < v[a0[lo + j]]:
-                j += 1
-            if v[tmp] < v[a0[lo + j - 1]]:
-                a0[lo + i - 1] = a0[lo + j - 1]
-                i = j
-                j += j
-            else:
-                break
-        a0[lo + i - 1] = tmp
+        _sift_down(v, a0, lo, tmp, 1, n)
 
 @nb.njit(cache=True)
 def numpy1_argsort(v):

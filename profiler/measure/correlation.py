@@ -57,6 +57,17 @@ _DOCS = [
 
 # --------------------------------------------------------------------------- Costes thresholds (whole image)
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _add_moments(out: np.ndarray, u: float, v: float, w: float) -> None:  # pragma: no cover - numba
+    """out += w · (1, u, v, u², v², uv): the running sums behind a Pearson r (w = ±1)."""
+    out[0] += w
+    out[1] += w * u
+    out[2] += w * v
+    out[3] += w * u * u
+    out[4] += w * v * v
+    out[5] += w * u * v
+
+
 @numba.njit(cache=True, nogil=True)
 def _subset_sums(x: np.ndarray, y: np.ndarray, t1: float, t2: float, mx: float, my: float,
                  out: np.ndarray) -> None:  # pragma: no cover - numba
@@ -65,14 +76,7 @@ def _subset_sums(x: np.ndarray, y: np.ndarray, t1: float, t2: float, mx: float, 
         xv = x[k]
         yv = y[k]
         if xv < t1 or yv < t2:
-            u = xv - mx
-            v = yv - my
-            out[0] += 1.0
-            out[1] += u
-            out[2] += v
-            out[3] += u * u
-            out[4] += v * v
-            out[5] += u * v
+            _add_moments(out, xv - mx, yv - my, 1.0)
 
 
 def _pearson_from_sums(s: np.ndarray) -> tuple[int, float]:
@@ -172,14 +176,7 @@ def _level_prefix(lx: np.ndarray, ly: np.ndarray, below: np.ndarray, grid: np.nd
     s = np.zeros(6)
     for lev in range(L):
         for k in range(below[lev], below[lev + 1]):
-            u = grid[lx[k]] - mx
-            v = grid[ly[k]] - my
-            s[0] += 1.0
-            s[1] += u
-            s[2] += v
-            s[3] += u * u
-            s[4] += v * v
-            s[5] += u * v
+            _add_moments(s, grid[lx[k]] - mx, grid[ly[k]] - my, 1.0)
         for j in range(6):
             P[lev + 1, j] = s[j]
     return P
@@ -191,14 +188,7 @@ def _level_scan(lx: np.ndarray, ly: np.ndarray, cond: np.ndarray, lo: int, hi: i
     """out += sign · (n, Σu, Σv, Σu², Σv², Σuv) over positions lo..hi with cond < bound."""
     for k in range(lo, hi):
         if cond[k] < bound:
-            u = grid[lx[k]] - mx
-            v = grid[ly[k]] - my
-            out[0] += sign
-            out[1] += sign * u
-            out[2] += sign * v
-            out[3] += sign * u * u
-            out[4] += sign * v * v
-            out[5] += sign * u * v
+            _add_moments(out, grid[lx[k]] - mx, grid[ly[k]] - my, sign)
 
 
 class _LevelSubsets:
