@@ -46,7 +46,7 @@ import tifffile
 
 from profiler.config import AssayConfig
 from profiler.errors import ConfigError, InputError
-from profiler.names import COMPOUND, CONCENTRATION, CONTROL, WELL
+from profiler.names import BATCH, COMPOUND, CONCENTRATION, CONTROL, WELL
 
 log = logging.getLogger(__name__)
 
@@ -368,7 +368,7 @@ def read_site(site: Site) -> dict[str, np.ndarray]:
 
 
 def read_platemap(path: str | Path) -> pd.DataFrame:
-    """Read ``platemap.csv`` (well, compound, concentration, control) into Metadata_* columns."""
+    """Read ``platemap.csv`` (well, compound, optional concentration, control, batch) into Metadata_* columns."""
     path = Path(path)
     try:
         pm = pd.read_csv(path, dtype={"well": str, "compound": str, "control": str})
@@ -386,6 +386,8 @@ def read_platemap(path: str | Path) -> pd.DataFrame:
     if "concentration" in pm:
         out[CONCENTRATION] = pd.to_numeric(pm["concentration"], errors="coerce")
     out[CONTROL] = pm["control"].fillna("").astype(str) if "control" in pm else ""
+    if "batch" in pm:   # optional: plates imaged together (pooled control spread, NSCB)
+        out[BATCH] = pm["batch"].astype(str)
     return out
 
 

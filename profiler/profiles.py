@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ import pycytominer
 
 from profiler.errors import ConfigError, InputError
 from profiler.names import (
+    BATCH,
     CELL_COUNT,
     COMPOUND,
     CONCENTRATION,
@@ -68,13 +70,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The default of `profiler extract`: pycytominer's usual per-plate recipe.
     "default": {"aggregate": "median", "normalize": "mad_robustize",
                 "feature_select": ["variance_threshold", "drop_na_columns"]},
-    # BBBC021 (per-well profiles). Chosen WITHOUT MoA labels, by the highest replicate mAP
-    # (profiler.evaluate.replicate_map) among the recipes of benchmarks/bbbc021_profiles.py: per-plate
-    # robust z-score to the DMSO wells (median/IQR), position/numbering features dropped, clip ±2,
-    # then TVN (PCA whitening fit on the DMSO wells, eigenvalues + 0.1 × their mean). docs/profiles.md.
-    "bbbc021_best": {"aggregate": "median", "normalize": "robustize", "blocklist": list(POSITION_BLOCKLIST),
-                     "feature_select": ["blocklist", "drop_na_columns"], "clip": 2,
-                     "typical_variation": {"method": "pca", "epsilon": 0.1}},
+    # BBBC021 (per-well profiles), benchmarks/bbbc021_profiles.py and docs/profiles.md. No MoA label and
+    # no score chose it: each plate is centred on its DMSO median, the spread (IQR) is pooled over the
+    # DMSO wells of the plate's batch (control_variation_levels: DMSO spread varies between batches,
+    # not between the plates of a batch), position/numbering features are dropped, and instead of
+    # picking one bound and whitening strength, bound_ensemble averages over clip {2..8, none} × TVN
+    # epsilon {0.1, 1, 10}. Needs a Metadata_Batch column when the table has several plates.
+    "bbbc021_best": {"aggregate": "median", "normalize": "robustize", "normalize_params": {"scale_by": BATCH},
+                     "blocklist": list(POSITION_BLOCKLIST), "feature_select": ["blocklist", "drop_na_columns"],
+                     "bound_ensemble": {"clip": [2, 3, 4, 5, 6, 8, None], "epsilon": [0.1, 1.0, 10.0]}},
 }
 
 
@@ -200,12 +204,17 @@ def _carry_metadata(source: pd.DataFrame, agg: pd.DataFrame, strata: Sequence[st
 
 def normalize(profiles: pd.DataFrame, *, method: str = "mad_robustize",
               samples: str = NEGATIVE_CONTROL_QUERY, by: str | None = PLATE,
-              **kwargs: Any) -> pd.DataFrame:
+              scale_by: str | None = None, **kwargs: Any) -> pd.DataFrame:
     """Normalize each plate (``by``) to the wells selected by ``samples`` (a pycytominer query).
 
     ``samples="all"`` normalizes to the whole plate. A plate without any well matching
     ``samples`` is an error naming the plate. Extra keyword arguments go to
     ``pycytominer.normalize`` (e.g. ``spherize_epsilon``).
+
+    ``scale_by`` (e.g. ``Metadata_Batch``, or ``"all"``) separates the two halves of the
+    normalization: each plate is still *centred* on its own controls, but the *spread* that divides
+    the features is that of the plate-centred controls pooled over every plate of the ``scale_by``
+    group — see :func:`_centre_then_scale`. Default ``None``: pycytominer's per-plate normalization.
     """
     if method not in NORMALIZE_METHODS:
         raise ConfigError(f"unknown normalization {method!r}", hint=f"use one of {NORMALIZE_METHODS}")
@@ -213,7 +222,6 @@ def normalize(profiles: pd.DataFrame, *, method: str = "mad_robustize",
     if by is not None and by not in profiles.columns:
         raise InputError(f"cannot normalize per {by!r}: the table has no such column",
                          hint="normalize the whole table with by=None")
-    parts = []
     groups = profiles.groupby(by, sort=False) if by else [(None, profiles)]
     for key, plate in groups:
         if samples != "all":
@@ -222,11 +230,145 @@ def normalize(profiles: pd.DataFrame, *, method: str = "mad_robustize",
                 raise InputError(f"{where} has no control wells matching {samples!r}",
                                  hint="mark negative-control wells (control = negative in the platemap), "
                                       "or normalize to the whole plate with samples='all' (--samples all)")
-        out = pycytominer.normalize(plate, features=feats, meta_features=metadata_columns(plate),
-                                    samples=samples, method=method, output_type=None, **kwargs)
-        parts.append(out)
-    out = pd.concat(parts, ignore_index=True)
+    if scale_by is not None:
+        out = _centre_then_scale(profiles, feats, method=method, samples=samples, by=by, scale_by=scale_by, **kwargs)
+    else:
+        out = pd.concat([pycytominer.normalize(plate, features=feats, meta_features=metadata_columns(plate),
+                                               samples=samples, method=method, output_type=None, **kwargs)
+                         for _, plate in groups], ignore_index=True)
     return out[metadata_columns(out) + feature_columns(out)]
+
+
+def _centre_then_scale(profiles: pd.DataFrame, feats: Sequence[str], *, method: str, samples: str,
+                       by: str | None, scale_by: str, mad_robustize_epsilon: float = 1e-18) -> pd.DataFrame:
+    """Centre each ``by`` group on its controls; divide by the pooled spread of each ``scale_by`` group.
+
+    Same statistics as pycytominer's methods: ``standardize`` mean / standard deviation (ddof 0),
+    ``robustize`` median / interquartile range, ``mad_robustize`` median / 1.4826 × MAD (+ epsilon);
+    a zero spread divides by 1, as scikit-learn's scalers do. The spread is computed from the
+    plate-centred control wells of all plates in the group, so a group of one plate gives exactly
+    pycytominer's per-plate result. Why: with few controls per plate (6 DMSO wells per BBBC021 plate)
+    a per-plate spread is mostly sampling noise, while plate-to-plate shifts in location are real;
+    :func:`control_variation_levels` measures both for a table.
+    """
+    if method == "spherize":
+        raise ConfigError("scale_by does not apply to spherize", hint="use standardize, robustize or mad_robustize")
+    if by is None:
+        raise ConfigError("scale_by needs per-plate normalization (by: a plate column)")
+    if scale_by != "all" and scale_by not in profiles.columns:
+        if profiles[by].nunique() > 1:
+            raise InputError(f"cannot pool the control spread per {scale_by!r}: the table has no such column "
+                             f"({profiles[by].nunique()} plates)",
+                             hint=f"add a batch column to the platemap (it becomes {scale_by}), or set "
+                                  "scale_by: null for a per-plate spread")
+        scale_by = "all"   # one plate is one group whatever its batch: pooling over it is the plate
+    x = profiles[list(feats)].to_numpy(dtype=np.float64, copy=True)
+    ctrl = np.ones(len(profiles), bool) if samples == "all" else profiles.index.isin(_query(profiles, samples).index)
+    centre = np.nanmean if method == "standardize" else np.nanmedian
+    for idx in profiles.groupby(by, sort=False).indices.values():
+        sel = idx[ctrl[idx]]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)   # an all-NaN feature stays NaN
+            x[idx] -= centre(x[sel], axis=0)
+    pools = [np.arange(len(profiles))] if scale_by == "all" else profiles.groupby(scale_by, sort=False).indices.values()
+    for idx in pools:
+        c = x[idx[ctrl[idx]]]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            if method == "standardize":
+                spread = np.nanstd(c, axis=0)
+            elif method == "robustize":
+                q1, q3 = np.nanpercentile(c, [25, 75], axis=0)
+                spread = q3 - q1
+            else:
+                spread = 1.4826 * np.nanmedian(np.abs(c - np.nanmedian(c, axis=0)), axis=0) + mad_robustize_epsilon
+        if method != "mad_robustize":
+            spread = np.where(spread == 0, 1.0, spread)
+        x[idx] /= spread
+    out = profiles.copy()
+    out[list(feats)] = x
+    return out
+
+
+def control_variation_levels(profiles: pd.DataFrame, *, samples: str = NEGATIVE_CONTROL_QUERY,
+                             plate: str = PLATE, batch: str = BATCH, n_permutations: int = 50,
+                             seed: int = 0) -> dict[str, dict[str, float]]:
+    """At which level do the control wells' location and spread really vary? (label-free)
+
+    Three per-feature variance ratios, observed / mean over ``n_permutations`` label permutations
+    (1 ≈ what sampling noise alone gives; well above 1 = a real effect at that level):
+
+    * ``location_plates_within_batch`` — variance of the plates' control medians (after removing
+      each batch's median), against plate labels permuted among the controls of the same batch;
+    * ``spread_plates_within_batch`` — variance of log IQR of the plate-centred controls of each
+      plate around its batch's mean, same permutation;
+    * ``spread_between_batches`` — variance of log IQR of the plate-centred controls of each batch,
+      against batch labels permuted over all controls.
+
+    Each entry: ``median_ratio`` over features and ``fraction_above_2``. Uses the control wells and
+    the plate/batch columns only. Choose the normalization levels from it: centre per plate when
+    plate locations vary, pool the spread per batch (``scale_by``) when spreads vary between
+    batches but not between the plates of a batch.
+    """
+    for col in (plate, batch):
+        if col not in profiles.columns:
+            raise InputError(f"control variation levels need a {col!r} column", hint="annotate plates and batches")
+    ctrl = _query(profiles, samples) if samples != "all" else profiles
+    feats = check_features(ctrl, what="control wells", allow_nan=False)
+    if ctrl[batch].nunique() < 2 or (ctrl.groupby(batch)[plate].nunique() < 2).all():
+        raise InputError("control variation levels need at least two batches and a batch with two plates",
+                         hint=f"the table has {ctrl[batch].nunique()} batch(es)")
+    x = ctrl[feats].to_numpy(dtype=np.float64)
+    plates = ctrl[plate].astype(str).to_numpy()
+    batches = ctrl[batch].astype(str).to_numpy()
+    rng = np.random.default_rng(seed)
+
+    def centred(v: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        v = v.copy()
+        for lab in np.unique(labels):
+            v[labels == lab] -= np.median(v[labels == lab], axis=0)
+        return v
+
+    def log_iqr(v: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        labs = np.unique(labels)
+        q = np.array([np.subtract(*np.percentile(v[labels == lab], [75, 25], axis=0)) for lab in labs])
+        return np.log(np.maximum(q, 1e-12)), labs
+
+    def within_batch_var(vals: np.ndarray, labs: np.ndarray, pl: np.ndarray) -> np.ndarray:
+        owner = np.array([batches[np.flatnonzero(pl == lab)[0]] for lab in labs])
+        return centred(vals, owner).var(axis=0)
+
+    def location(pl: np.ndarray) -> np.ndarray:
+        xb = centred(x, batches)
+        labs = np.unique(pl)
+        return within_batch_var(np.array([np.median(xb[pl == lab], axis=0) for lab in labs]), labs, pl)
+
+    def spread_plates(pl: np.ndarray) -> np.ndarray:
+        return within_batch_var(*log_iqr(centred(x, pl), pl), pl)
+
+    xp = centred(x, plates)
+
+    def spread_batches(bt: np.ndarray) -> np.ndarray:
+        return log_iqr(xp, bt)[0].var(axis=0)
+
+    def permute_within_batch() -> np.ndarray:
+        pl = plates.copy()
+        for b in np.unique(batches):
+            idx = np.flatnonzero(batches == b)
+            pl[idx] = pl[rng.permutation(idx)]
+        return pl
+
+    out = {}
+    for name, stat, labels, shuffle in (
+            ("location_plates_within_batch", location, plates, permute_within_batch),
+            ("spread_plates_within_batch", spread_plates, plates, permute_within_batch),
+            ("spread_between_batches", spread_batches, batches, lambda: rng.permutation(batches))):
+        obs = stat(labels)
+        null = np.mean([stat(shuffle()) for _ in range(n_permutations)], axis=0)
+        ok = null > 0
+        ratio = obs[ok] / null[ok]
+        out[name] = {"median_ratio": float(np.median(ratio)), "fraction_above_2": float(np.mean(ratio > 2))}
+    return out
 
 
 def whiten(profiles: pd.DataFrame, *, samples: str = "all", method: str = "ZCA-cor",
@@ -307,6 +449,42 @@ def typical_variation_normalize(profiles: pd.DataFrame, *, samples: str = NEGATI
         raise InputError(f"the groups of {by!r} kept different numbers of components",
                          hint="use method 'ledoit_wolf' per group, or fit 'pca' on the whole table")
     return pd.concat(parts, ignore_index=True)
+
+
+def bound_ensemble(profiles: pd.DataFrame, *, clip: Sequence[float | None] = (2, 3, 4, 5, 6, 8, None),
+                   epsilon: Sequence[float] = (0.1, 1.0, 10.0),
+                   samples: str = NEGATIVE_CONTROL_QUERY) -> pd.DataFrame:
+    """Bound and whiten over a whole grid of settings instead of choosing one.
+
+    For every ``clip`` bound (``None``: unbounded) and every TVN ``epsilon``, the normalized
+    profiles are clipped (:func:`clip_features`) and whitened on the control wells
+    (:func:`typical_variation_normalize`, ``method="pca"``); each resulting block is scaled to unit
+    length per well and the blocks are concatenated (columns ``B01_TVN_0001`` …, block order =
+    ``clip`` outer, ``epsilon`` inner). The cosine similarity of two wells on the concatenation is
+    then the mean of their cosine similarities over the settings, so no bound or whitening strength
+    has to be picked — with per-well profiles there is no way to pick them without labels that
+    would not also reward a transform for what it does to replicates alone (docs/profiles.md).
+    """
+    clips, epss = list(clip), list(epsilon)
+    if not clips or not epss:
+        raise ConfigError("bound_ensemble needs at least one clip bound and one epsilon")
+    for c in clips:
+        if c is not None and (not np.isfinite(c) or c <= 0):
+            raise ConfigError(f"bound_ensemble clip bounds must be positive numbers or null, got {c!r}")
+    meta = profiles[metadata_columns(profiles)].reset_index(drop=True)
+    blocks = []
+    for c in clips:
+        bounded = clip_features(profiles, float(c)) if c is not None else profiles
+        for e in epss:
+            t = typical_variation_normalize(bounded, samples=samples, method="pca", epsilon=float(e))
+            cols = feature_columns(t)
+            x = t[cols].to_numpy(dtype=np.float64, copy=True)
+            norm = np.linalg.norm(x, axis=1, keepdims=True)
+            x = np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+            k = len(blocks) + 1
+            log.info("bound_ensemble block B%02d: clip %s, TVN epsilon %g", k, c, e)
+            blocks.append(pd.DataFrame(x, columns=[f"B{k:02d}_{col}" for col in cols]))
+    return pd.concat([meta, *blocks], axis=1)
 
 
 def clip_features(profiles: pd.DataFrame, bound: float) -> pd.DataFrame:
@@ -466,7 +644,7 @@ def resolve_recipe(recipe: str | Mapping[str, Any] | None) -> dict[str, Any]:
         rec = base
     allowed = {"aggregate", "normalize", "samples", "feature_select", "blocklist", "feature_select_params",
                "whiten", "normalize_params", "clip", "asinh", "reproducible", "typical_variation",
-               "factor_analysis"}
+               "factor_analysis", "bound_ensemble"}
     unknown = set(rec) - allowed
     if unknown:
         raise ConfigError(f"unknown keys in the profiles recipe: {sorted(unknown)}", hint=f"allowed: {sorted(allowed)}")
@@ -507,6 +685,15 @@ def apply_recipe(profiles: pd.DataFrame, recipe: str | Mapping[str, Any] | None 
         prof = asinh_features(prof, float(rec["asinh"]))
     if rec.get("reproducible"):
         prof = select_reproducible(prof, **{"exclude": samples, **dict(rec["reproducible"])})
+    if rec.get("bound_ensemble"):
+        clash = [k for k in ("clip", "asinh", "whiten", "typical_variation", "factor_analysis") if rec.get(k)]
+        if clash:
+            raise ConfigError(f"bound_ensemble replaces {clash} (it bounds and whitens over a grid itself)",
+                              hint=f"remove {clash} from the recipe, or drop bound_ensemble")
+        params = dict(rec["bound_ensemble"])
+        if params.get("samples", "controls") == "controls":
+            params["samples"] = samples
+        return bound_ensemble(prof, **params)
     # whiten fits on all wells unless told "controls"; the other two fit on the controls by default
     for key, step, default in (("whiten", whiten, None), ("typical_variation", typical_variation_normalize, "controls"),
                                ("factor_analysis", factor_analysis, "controls")):

@@ -118,6 +118,9 @@ def test_platemap_checks(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         extra = check_platemap(pm, {"B02", "B03"}, pm_path)
     assert extra == ["B04"] and "B04" in caplog.text and "platemap.csv" in caplog.text
+    assert "Metadata_Batch" not in pm
+    pm_path.write_text("well,compound,control,batch\nB02,DMSO,negative,Week1\nB03,taxol,,Week1\n")
+    assert read_platemap(pm_path)["Metadata_Batch"].tolist() == ["Week1", "Week1"]
 
 
 def test_real_field_incomplete_site_and_info():

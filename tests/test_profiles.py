@@ -260,8 +260,12 @@ def test_build_profiles_default_and_preset():
     sc = annotate(cells(), platemap())
     out = build_profiles(sc)
     assert len(out) == 8 and "Metadata_Compound" in out
+    with pytest.raises(InputError, match="Metadata_Batch.*2 plates"):   # the preset pools the spread per batch
+        build_profiles(sc, recipe="bbbc021_best")
+    sc["Metadata_Batch"] = "Week1"
     best = build_profiles(sc, recipe="bbbc021_best")
     assert "Nuclei_Location_Center_X" not in best and len(best) == 8
+    assert sum(c.endswith("_TVN_0001") for c in best) == 21   # 7 bounds × 3 whitening strengths
     assert np.isfinite(best[[c for c in best if not c.startswith("Metadata_")]].to_numpy()).all()
     with pytest.raises(ConfigError, match="unknown profile preset"):
         apply_recipe(out, "nope")
@@ -272,3 +276,106 @@ def test_consensus_per_treatment():
     prof = normalize(annotate(aggregate(cells()), platemap()), method="standardize")
     cons = consensus(prof, replicate_columns=["Metadata_Compound"])
     assert sorted(cons["Metadata_Compound"]) == ["DMSO", "X", "Y"]
+
+
+def well_table(seed=0, plates_per_batch=3, batches=("W1", "W2", "W3"), n_ctrl=8, n_trt=6, f=6,
+               plate_shift=0.0, batch_scale=(1.0, 1.0, 1.0)):
+    """Per-well table: per plate n_ctrl DMSO + n_trt treated wells; optional plate location shifts
+    and batch spread factors."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for b, s in zip(batches, batch_scale):
+        for p in range(plates_per_batch):
+            shift = rng.normal(0, plate_shift, f)
+            for i in range(n_ctrl + n_trt):
+                ctrl = i < n_ctrl
+                rows.append({"Metadata_Batch": b, "Metadata_Plate": f"{b}_P{p}", "Metadata_Well": f"W{i:02d}",
+                             "Metadata_Compound": "DMSO" if ctrl else f"C{i % 3}", "Metadata_Concentration": 1.0,
+                             "Metadata_Control": "negative" if ctrl else "",
+                             **{f"Cells_AreaShape_F{j}": shift[j] + s * rng.normal() + (0 if ctrl else 2 * (i % 3 == j))
+                                for j in range(f)}})
+    return pd.DataFrame(rows)
+
+
+def test_normalize_scale_by_plate_equals_pycytominer_and_pools_the_spread():
+    prof = well_table()
+    feats = [c for c in prof if c.startswith("Cells_")]
+    for method in ("standardize", "robustize", "mad_robustize"):
+        ref = normalize(prof, method=method)
+        ours = normalize(prof, method=method, scale_by="Metadata_Plate")
+        np.testing.assert_allclose(ours[feats].to_numpy(), ref[feats].to_numpy(), rtol=1e-9, atol=1e-9)
+    # by hand: centre on each plate's control median, divide by the IQR of the batch's centred controls
+    x = prof[feats].to_numpy(float).copy()
+    ctrl = (prof["Metadata_Control"] == "negative").to_numpy()
+    for p in prof["Metadata_Plate"].unique():
+        m = (prof["Metadata_Plate"] == p).to_numpy()
+        x[m] -= np.median(x[m & ctrl], axis=0)
+    for b in prof["Metadata_Batch"].unique():
+        m = (prof["Metadata_Batch"] == b).to_numpy()
+        q1, q3 = np.percentile(x[m & ctrl], [25, 75], axis=0)
+        x[m] /= q3 - q1
+    ours = normalize(prof, method="robustize", scale_by="Metadata_Batch")
+    np.testing.assert_allclose(ours[feats].to_numpy(), x, rtol=1e-12)
+    assert not np.allclose(ours[feats].to_numpy(), normalize(prof, method="robustize")[feats].to_numpy())
+    whole = normalize(prof, method="standardize", scale_by="all")
+    centred = whole.loc[whole["Metadata_Control"] == "negative", feats]
+    np.testing.assert_allclose(centred.std(ddof=0).to_numpy(), 1.0, rtol=1e-12)
+    # recipe route
+    rec = apply_recipe(prof, {"normalize": "robustize", "normalize_params": {"scale_by": "Metadata_Batch"},
+                              "feature_select": []})
+    np.testing.assert_allclose(rec[feats].to_numpy(), x, rtol=1e-12)
+
+
+def test_normalize_scale_by_missing_column():
+    prof = well_table().drop(columns="Metadata_Batch")
+    with pytest.raises(InputError, match="no such column.*9 plates"):
+        normalize(prof, method="robustize", scale_by="Metadata_Batch")
+    one = prof[prof["Metadata_Plate"] == "W1_P0"]
+    feats = [c for c in prof if c.startswith("Cells_")]
+    np.testing.assert_allclose(normalize(one, method="robustize", scale_by="Metadata_Batch")[feats].to_numpy(),
+                               normalize(one, method="robustize")[feats].to_numpy(), rtol=1e-12)
+    with pytest.raises(ConfigError, match="spherize"):
+        normalize(well_table(), method="spherize", scale_by="Metadata_Batch")
+
+
+def test_control_variation_levels_finds_the_planted_levels():
+    from profiler.profiles import control_variation_levels
+
+    planted = control_variation_levels(well_table(seed=1, plate_shift=3.0, batch_scale=(0.5, 1.0, 2.5)),
+                                       n_permutations=30)
+    assert planted["location_plates_within_batch"]["median_ratio"] > 3
+    assert planted["spread_between_batches"]["median_ratio"] > 3
+    assert planted["spread_plates_within_batch"]["median_ratio"] < 2
+    null = control_variation_levels(well_table(seed=2), n_permutations=30)
+    assert all(v["median_ratio"] < 2 for v in null.values())
+    with pytest.raises(InputError, match="two batches"):
+        control_variation_levels(well_table(batches=("W1",), batch_scale=(1.0,)))
+
+
+def test_bound_ensemble_averages_cosines_over_the_grid():
+    from profiler.profiles import bound_ensemble, clip_features
+
+    prof = normalize(well_table(seed=4, n_ctrl=12), method="robustize")
+    ens = bound_ensemble(prof, clip=(1.0, None), epsilon=(0.1, 1.0))
+    blocks = sorted({c.split("_")[0] for c in ens if c.startswith("B")})
+    assert blocks == ["B01", "B02", "B03", "B04"]
+    x = ens[[c for c in ens if c.startswith("B")]].to_numpy()
+    cos = x @ x.T
+    per_block = []
+    for b in blocks:
+        y = ens[[c for c in ens if c.startswith(b + "_")]].to_numpy()
+        np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1.0, rtol=1e-12)
+        per_block.append(y @ y.T)
+    np.testing.assert_allclose(cos / len(blocks), np.mean(per_block, axis=0), atol=1e-12)
+    # block 2 = clip 1 then TVN eps 1, unit length per well
+    ref = typical_variation_normalize(clip_features(prof, 1.0), method="pca", epsilon=1.0)
+    r = ref[[c for c in ref if c.startswith("TVN_")]].to_numpy()
+    np.testing.assert_allclose(ens[[c for c in ens if c.startswith("B02_")]].to_numpy(),
+                               r / np.linalg.norm(r, axis=1, keepdims=True), rtol=1e-10)
+    via = apply_recipe(well_table(seed=4, n_ctrl=12), {"normalize": "robustize", "feature_select": [],
+                                                       "bound_ensemble": {"clip": [1.0, None], "epsilon": [0.1, 1.0]}})
+    np.testing.assert_allclose(via[list(ens.columns[-x.shape[1]:])].to_numpy(), x, rtol=1e-12)
+    with pytest.raises(ConfigError, match="replaces"):
+        apply_recipe(prof, {"normalize": None, "clip": 3, "bound_ensemble": {"clip": [2]}})
+    with pytest.raises(ConfigError, match="positive"):
+        bound_ensemble(prof, clip=(0,))
