@@ -262,6 +262,7 @@ def _centre_then_scale(profiles: pd.DataFrame, feats: Sequence[str], *, method: 
                              hint=f"add a batch column to the platemap (it becomes {scale_by}), or set "
                                   "scale_by: null for a per-plate spread")
         scale_by = "all"   # one plate is one group whatever its batch: pooling over it is the plate
+    profiles = profiles.reset_index(drop=True)   # positions = labels, so the control mask is exact
     x = profiles[list(feats)].to_numpy(dtype=np.float64, copy=True)
     ctrl = np.ones(len(profiles), bool) if samples == "all" else profiles.index.isin(_query(profiles, samples).index)
     centre = np.nanmean if method == "standardize" else np.nanmedian
