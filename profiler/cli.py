@@ -135,13 +135,32 @@ def evaluate(
     control: str = typer.Option("DMSO", help="Negative-control compound name."),
     seed: int = typer.Option(0, help="Seed of the mAP null distribution."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the scores as JSON here."),
+    levels: bool = typer.Option(False, "--levels", help="First print at which level (plate, batch) the control "
+                                "wells' location and spread vary (label-free; guides normalize scale_by)."),
 ) -> None:
     """NSC / NSCB (BBBC021 protocol) and copairs mAP, each beside its chance baseline."""
+    import numpy as np
+
     from profiler import io
+    from profiler.errors import InputError
     from profiler.evaluate import evaluate as run, read_profiles
-    from profiler.profiles import apply_recipe
+    from profiler.names import COMPOUND, feature_columns
+    from profiler.profiles import apply_recipe, control_variation_levels
 
     table = read_profiles(profiles)
+    if levels:
+        query = f"{COMPOUND} == {control!r}"
+        ctrl = table.query(query) if COMPOUND in table else table.iloc[:0]
+        if ctrl.empty:
+            raise InputError(f"no control wells ({query}) for --levels", path=profiles,
+                             hint="name the negative-control compound with --control")
+        finite = [c for c in feature_columns(table) if np.isfinite(ctrl[c].to_numpy(dtype=float)).all()]
+        lv = control_variation_levels(table[[c for c in table if c not in feature_columns(table)] + finite],
+                                      samples=query, seed=seed)
+        typer.echo(f"control variation levels over {len(finite)} features finite in every control well "
+                   "(observed / permuted variance; 1 = sampling noise):")
+        for name, v in lv.items():
+            typer.echo(f"  {name:30s} median ratio {v['median_ratio']:.2f}, {v['fraction_above_2']:.0%} of features > 2")
     if preset:
         table = apply_recipe(table, preset)
     ev = run(table, control_compound=control, with_map=with_map, seed=seed)

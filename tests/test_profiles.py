@@ -379,3 +379,28 @@ def test_bound_ensemble_averages_cosines_over_the_grid():
         apply_recipe(prof, {"normalize": None, "clip": 3, "bound_ensemble": {"clip": [2]}})
     with pytest.raises(ConfigError, match="positive"):
         bound_ensemble(prof, clip=(0,))
+
+
+def test_cli_evaluate_levels(tmp_path):
+    from typer.testing import CliRunner
+
+    from profiler.cli import app
+
+    prof = well_table(seed=1, plate_shift=3.0, batch_scale=(0.5, 1.0, 2.5))
+    prof["Metadata_MoA"] = prof["Metadata_Compound"].map(lambda c: "control" if c == "DMSO" else f"M{c}")
+    path = tmp_path / "profiles.parquet"
+    prof.to_parquet(path)
+    res = CliRunner().invoke(app, ["evaluate", str(path), "--levels", "--no-map", "--preset", "default"])
+    assert res.exit_code == 0, res.output
+    assert "over 6 features" in res.output
+    ratio = {line.split()[0]: float(line.split("median ratio ")[1].split(",")[0])
+             for line in res.output.splitlines() if "median ratio" in line}
+    assert ratio["location_plates_within_batch"] > 3 and ratio["spread_between_batches"] > 3
+    assert ratio["spread_plates_within_batch"] < 2 and "NSC" in res.output
+    res = CliRunner().invoke(app, ["evaluate", str(path), "--levels", "--control", "PBS"])
+    assert isinstance(res.exception, InputError) and "no control wells" in str(res.exception)
+    prof.loc[0, "Cells_AreaShape_F0"] = np.nan      # not finite in every control: left out of the levels
+    prof.to_parquet(path)                           # (the evaluation itself then refuses the NaN)
+    res = CliRunner().invoke(app, ["evaluate", str(path), "--levels", "--no-map"])
+    assert "over 5 features" in res.output
+    assert isinstance(res.exception, InputError) and "NaN" in str(res.exception)
