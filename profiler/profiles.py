@@ -70,9 +70,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The default of `profiler extract`: pycytominer's usual per-plate recipe.
     "default": {"aggregate": "median", "normalize": "mad_robustize",
                 "feature_select": ["variance_threshold", "drop_na_columns"]},
-    # BBBC021 (per-well profiles), benchmarks/bbbc021_profiles.py and docs/profiles.md. No MoA label and
-    # no score chose it: each plate is centred on its DMSO median, the spread (IQR) is pooled over the
-    # DMSO wells of the plate's batch (control_variation_levels: DMSO spread varies between batches,
+    # BBBC021 (per-well profiles), benchmarks/bbbc021_profiles.py and docs/profiles.md (which also says
+    # how it was found). No parameter is tuned on MoA labels: each plate is centred on its DMSO median,
+    # the spread (IQR) is pooled over the DMSO wells of the plate's batch (control_variation_levels: DMSO spread varies between batches,
     # not between the plates of a batch), position/numbering features are dropped, and instead of
     # picking one bound and whitening strength, bound_ensemble averages over clip {2..8, none} × TVN
     # epsilon {0.1, 1, 10}. Needs a Metadata_Batch column when the table has several plates.
@@ -215,6 +215,7 @@ def normalize(profiles: pd.DataFrame, *, method: str = "mad_robustize",
     normalization: each plate is still *centred* on its own controls, but the *spread* that divides
     the features is that of the plate-centred controls pooled over every plate of the ``scale_by``
     group — see :func:`_centre_then_scale`. Default ``None``: pycytominer's per-plate normalization.
+    With ``scale_by`` the only extra keyword argument is ``mad_robustize_epsilon``.
     """
     if method not in NORMALIZE_METHODS:
         raise ConfigError(f"unknown normalization {method!r}", hint=f"use one of {NORMALIZE_METHODS}")
@@ -463,8 +464,7 @@ def bound_ensemble(profiles: pd.DataFrame, *, clip: Sequence[float | None] = (2,
     length per well and the blocks are concatenated (columns ``B01_TVN_0001`` …, block order =
     ``clip`` outer, ``epsilon`` inner). The cosine similarity of two wells on the concatenation is
     then the mean of their cosine similarities over the settings, so no bound or whitening strength
-    has to be picked — with per-well profiles there is no way to pick them without labels that
-    would not also reward a transform for what it does to replicates alone (docs/profiles.md).
+    has to be picked (on BBBC021 no label-free score picked them well; docs/profiles.md).
     """
     clips, epss = list(clip), list(epsilon)
     if not clips or not epss:
@@ -663,11 +663,17 @@ def apply_recipe(profiles: pd.DataFrame, recipe: str | Mapping[str, Any] | None 
     :func:`select_reproducible`, controls excluded), ``whiten`` (None or
     ``{samples, method, epsilon, by}``: pycytominer spherize), ``typical_variation`` (None or
     ``{samples, method, epsilon, by, clip}``: :func:`typical_variation_normalize`),
-    ``factor_analysis`` (None or ``{n_factors, samples, seed}``: :func:`factor_analysis`, last).
-    ``samples: controls`` in ``whiten``/``typical_variation``/``factor_analysis`` means the recipe's
-    control query.
+    ``factor_analysis`` (None or ``{n_factors, samples, seed}``: :func:`factor_analysis`, last),
+    ``bound_ensemble`` (None or ``{clip, epsilon, samples}``: :func:`bound_ensemble`, instead of
+    ``clip``/``asinh`` and the whitening steps). ``samples: controls`` in these steps means the
+    recipe's control query.
     """
     rec = resolve_recipe(recipe)
+    if rec.get("bound_ensemble"):
+        clash = [k for k in ("clip", "asinh", "whiten", "typical_variation", "factor_analysis") if rec.get(k)]
+        if clash:
+            raise ConfigError(f"bound_ensemble replaces {clash} (it bounds and whitens over a grid itself)",
+                              hint=f"remove {clash} from the recipe, or drop bound_ensemble")
     samples = samples if samples is not None else rec.get("samples", NEGATIVE_CONTROL_QUERY)
     prof = profiles
     empty = [c for c in feature_columns(prof) if prof[c].isna().all()]
@@ -686,18 +692,10 @@ def apply_recipe(profiles: pd.DataFrame, recipe: str | Mapping[str, Any] | None 
         prof = asinh_features(prof, float(rec["asinh"]))
     if rec.get("reproducible"):
         prof = select_reproducible(prof, **{"exclude": samples, **dict(rec["reproducible"])})
-    if rec.get("bound_ensemble"):
-        clash = [k for k in ("clip", "asinh", "whiten", "typical_variation", "factor_analysis") if rec.get(k)]
-        if clash:
-            raise ConfigError(f"bound_ensemble replaces {clash} (it bounds and whitens over a grid itself)",
-                              hint=f"remove {clash} from the recipe, or drop bound_ensemble")
-        params = dict(rec["bound_ensemble"])
-        if params.get("samples", "controls") == "controls":
-            params["samples"] = samples
-        return bound_ensemble(prof, **params)
-    # whiten fits on all wells unless told "controls"; the other two fit on the controls by default
+    # whiten fits on all wells unless told "controls"; the others fit on the controls by default
     for key, step, default in (("whiten", whiten, None), ("typical_variation", typical_variation_normalize, "controls"),
-                               ("factor_analysis", factor_analysis, "controls")):
+                               ("factor_analysis", factor_analysis, "controls"),
+                               ("bound_ensemble", bound_ensemble, "controls")):
         params = rec.get(key)
         if params:
             params = dict(params)
