@@ -173,8 +173,8 @@ def crops(args) -> None:
     from sklearn.model_selection import StratifiedGroupKFold
 
     from fusion.gbm import GBMClassifier
-    from fusion.stack import cell_to_well_proba, cnn_out_of_fold_proba, meta_out_of_fold_proba, stack_inputs
-    from fusion.train import out_of_fold_proba
+    from fusion.oof import out_of_fold_proba
+    from fusion.stack import cell_to_well_proba, meta_out_of_fold_proba, stack_inputs
     from profiler.names import feature_columns
     from profiler.profiles import aggregate
 
@@ -253,8 +253,8 @@ def crops(args) -> None:
         if saved is not None:
             results["cnn"] = saved["cnn"]
         else:
-            cell_p = cnn_out_of_fold_proba(lambda: CNNEnsemble(**params), images, y[cell_row], groups[cell_row],
-                                           classes, cell_splits)
+            cell_p = out_of_fold_proba(lambda: CNNEnsemble(**params), images, y[cell_row], groups[cell_row],
+                                       classes, cell_splits)
             results["cnn"] = cell_to_well_proba(cell_p, pd.DataFrame({"r": cell_row}),
                                                 pd.DataFrame({"r": np.arange(len(y))}))
         t_cnn = time.perf_counter() - t

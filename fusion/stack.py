@@ -33,7 +33,7 @@ it is arithmetic on numbers from a JSON file, never unpickling.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,8 +43,7 @@ from sklearn.linear_model import LogisticRegression
 
 from profiler.errors import InputError, ModelFileError
 
-__all__ = ["StackedClassifier", "stack_inputs", "cell_to_well_proba", "cnn_out_of_fold_proba",
-           "meta_out_of_fold_proba", "FORMAT"]
+__all__ = ["StackedClassifier", "stack_inputs", "cell_to_well_proba", "meta_out_of_fold_proba", "FORMAT"]
 
 FORMAT = "cellfusion-stack/1"
 COUPLINGS = ("per_class", "shared", "full")
@@ -251,40 +250,14 @@ def cell_to_well_proba(cell_proba: np.ndarray, cell_keys: pd.DataFrame, well_key
     return out.to_numpy()
 
 
-def cnn_out_of_fold_proba(make_cnn: Callable[[], Any], images: np.ndarray, cell_y: np.ndarray,
-                          cell_groups: np.ndarray, classes: np.ndarray,
-                          splits: Sequence[tuple[np.ndarray, np.ndarray]], progress=None) -> np.ndarray:
-    """Out-of-fold cell probabilities of a fresh CNN per fold; ``splits`` index the cells.
-
-    Classes absent from a training fold get probability 0 in that fold's test cells.
-    """
-    proba = np.zeros((len(cell_y), len(classes)))
-    col = {c: i for i, c in enumerate(classes)}
-    for tr, te in splits:
-        est = make_cnn()
-        est.fit(images[tr], cell_y[tr], groups=cell_groups[tr])
-        p = est.predict_proba(images[te])
-        for j, c in enumerate(est.classes_):
-            proba[te, col[str(c)]] = p[:, j]
-        if progress is not None:
-            progress()
-    return proba
-
-
 def meta_out_of_fold_proba(stacked: pd.DataFrame, y: np.ndarray, classes: np.ndarray,
                            splits: Sequence[tuple[np.ndarray, np.ndarray]], C: float = 1.0,
                            **params: Any) -> np.ndarray:
     """The stack's own out-of-fold probabilities: meta-learner fit on the other folds' OOF rows.
 
-    ``params`` go to :class:`StackedClassifier` (``coupling``, ``fit_intercept``, …).
+    ``params`` go to :class:`StackedClassifier` (``coupling``, ``fit_intercept``, …). Folds are
+    handled by :func:`fusion.oof.out_of_fold_proba` (a training fold with one class predicts it).
     """
-    proba = np.zeros((len(y), len(classes)))
-    col = {c: i for i, c in enumerate(classes)}
-    for tr, te in splits:
-        if len(np.unique(y[tr])) < 2:
-            continue
-        m = StackedClassifier(C=C, **params).fit(stacked.iloc[tr], y[tr])
-        p = m.predict_proba(stacked.iloc[te])
-        for j, c in enumerate(m.classes_):
-            proba[te, col[str(c)]] = p[:, j]
-    return proba
+    from fusion.oof import out_of_fold_proba
+
+    return out_of_fold_proba(lambda: StackedClassifier(C=C, **params), stacked, y, None, classes, splits)

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
 from fusion import explain, metrics, modelio
+from fusion.oof import cross_val_proba, expand_folds, fold_index, grouped_folds
 from fusion.gbm import GBMClassifier, join_embeddings
 from profiler import io
 from profiler.errors import ConfigError, InputError
@@ -37,7 +37,7 @@ from profiler.names import CELL_COUNT, COMPOUND, CONTROL, PLATE, WELL, feature_c
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "read_profiles", "model_features", "make_groups", "cv_splits", "out_of_fold_proba",
+__all__ = ["train", "read_profiles", "model_features", "make_groups",
            "GBM_FILE", "GBM_CONFIG", "STACK_FILE", "OOF_FILE", "TRAIN_FILE", "SHAP_FILE"]
 
 GBM_FILE = "gbm.ubj"
@@ -94,40 +94,6 @@ def make_groups(profiles: pd.DataFrame, group_by: str | Sequence[str] | None = N
                          "missing from the profile table",
                          hint="pass --group-by with a column that exists (e.g. Metadata_Compound)")
     return profiles[cols].astype(str).agg("/".join, axis=1).to_numpy()
-
-
-def cv_splits(y: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Grouped folds (stratified when each class spans enough groups); no group in train and test."""
-    n_groups = len(np.unique(groups))
-    k = min(n_splits, n_groups)
-    if k < 2:
-        raise InputError(f"cross-validation needs at least 2 groups, found {n_groups}",
-                         hint="give more wells, or group by a column with more values")
-    per_class_groups = pd.Series(groups).groupby(y).nunique()
-    if per_class_groups.min() >= k:
-        cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    else:
-        cv = GroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    return [(tr, te) for tr, te in cv.split(np.zeros(len(y)), y, groups)]
-
-
-def out_of_fold_proba(make_estimator, X: pd.DataFrame, y: np.ndarray, groups: np.ndarray, classes: np.ndarray,
-                      splits: Sequence[tuple[np.ndarray, np.ndarray]], progress=None) -> np.ndarray:
-    """Out-of-fold class probabilities (columns = ``classes``) of a fresh estimator per fold.
-
-    A class absent from a training fold gets probability 0 in that fold's test rows.
-    """
-    proba = np.zeros((len(y), len(classes)))
-    col = {c: i for i, c in enumerate(classes)}
-    for tr, te in splits:
-        est = make_estimator()
-        est.fit(X.iloc[tr], y[tr], groups=groups[tr])
-        p = est.predict_proba(X.iloc[te])
-        for j, c in enumerate(est.classes_):
-            proba[te, col[c]] = p[:, j]
-        if progress is not None:
-            progress()
-    return proba
 
 
 def _manifest_inputs(profiles_path: Path | None, embeddings: Any, crops: Any = None) -> dict[str, Path]:
@@ -217,16 +183,13 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
     params.setdefault("n_jobs", n_jobs)
     params.setdefault("random_state", seed)
 
-    splits = cv_splits(y, groups, n_splits, seed)
-    fold = np.empty(len(y), dtype=np.int64)
-    for i, (_, te) in enumerate(splits):
-        fold[te] = i
+    splits = grouped_folds(y, groups, n_splits, seed)
+    fold = fold_index(splits, len(y))
     with Progress(transient=True) as bar:
-        task = bar.add_task("cross-validating XGBoost", total=len(splits) + 1)
-        oof = out_of_fold_proba(lambda: GBMClassifier(**params), X, y, groups, classes, splits,
-                                progress=lambda: bar.advance(task))
+        task = bar.add_task("cross-validating XGBoost", total=None)
+        oof = cross_val_proba(GBMClassifier(**params), X, y, classes, splits, groups=groups)
+        bar.update(task, description="fitting XGBoost on every row")
         final = GBMClassifier(**params).fit(X, y, groups=groups)
-        bar.advance(task)
     base_oof = {"gbm": oof}
     cnn_model = stack_model = None
     if cnn and crops is not None:
@@ -320,8 +283,8 @@ def _train_cnn_and_stack(crops, profiles: pd.DataFrame, y: np.ndarray, groups: n
 
     from fusion.cnn.ensemble import CNNEnsemble
     from fusion.data import load_crops
-    from fusion.stack import StackedClassifier, cell_to_well_proba, cnn_out_of_fold_proba, meta_out_of_fold_proba, \
-        stack_inputs
+    from fusion.oof import out_of_fold_proba
+    from fusion.stack import StackedClassifier, cell_to_well_proba, meta_out_of_fold_proba, stack_inputs
 
     if cnn_config not in CNN_PRESETS:
         raise ConfigError(f"unknown CNN configuration {cnn_config!r}", hint=f"choose one of {', '.join(CNN_PRESETS)}")
@@ -342,15 +305,11 @@ def _train_cnn_and_stack(crops, profiles: pd.DataFrame, y: np.ndarray, groups: n
         log.warning("%d crop(s) from wells not in the profiles ignored", int((~keep).sum()))
     images, cell_row = crop_set.images[keep], cell_row[keep]
     cell_y, cell_groups = y[cell_row], groups[cell_row]
-    fold_of_row = np.empty(len(y), dtype=np.int64)
-    for i, (_, te) in enumerate(splits):
-        fold_of_row[te] = i
-    cell_fold = fold_of_row[cell_row]
-    cell_splits = [(np.flatnonzero(cell_fold != i), np.flatnonzero(cell_fold == i)) for i in range(len(splits))]
+    cell_splits = expand_folds(splits, cell_row)
     with Progress(transient=True) as bar:
         task = bar.add_task("cross-validating the CNN", total=len(splits) + 1)
-        cell_oof = cnn_out_of_fold_proba(lambda: CNNEnsemble(**params), images, cell_y, cell_groups, classes,
-                                         cell_splits, progress=lambda: bar.advance(task))
+        cell_oof = out_of_fold_proba(lambda: CNNEnsemble(**params), images, cell_y, cell_groups, classes,
+                                     cell_splits, progress=lambda: bar.advance(task))
         final_cnn = CNNEnsemble(**params).fit(images, cell_y, groups=cell_groups)
         bar.advance(task)
     cell_keys = pd.DataFrame({"row": cell_row})
