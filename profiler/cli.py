@@ -169,6 +169,43 @@ def evaluate(
         io.write_json(ev.to_dict(), json_out)
 
 
+@app.command()
+def cluster(
+    profiles: Path = typer.Argument(..., help="Per-well profiles (Parquet or CSV): compound, ordering column, features."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (clusters.parquet, distances.parquet, "
+                                                     "clusters.png, scores.json, manifest.json)."),
+    by: str = typer.Option("Metadata_Concentration", "--by", help="Numeric column that orders each compound's "
+                                                                  "trajectory (a concentration or a time)."),
+    label: Optional[str] = typer.Option(None, "--label", help="Score the clusters and neighbours against this "
+                                                              "column (e.g. Metadata_MoA), beside label permutations."),
+    compound: str = typer.Option("Metadata_Compound", "--compound", help="Compound column (one trajectory each)."),
+    control: str = typer.Option("DMSO", "--control", help="Negative-control compound (left out)."),
+    distance: str = typer.Option("dtw", "--distance", help="dtw, or euclidean (trajectories resampled to a common length)."),
+    dtw_normalize: str = typer.Option("path", "--dtw-normalize", help="path: mean step cost along the warping "
+                                                                      "path (lengths comparable); none: the raw sum."),
+    n_clusters: Optional[int] = typer.Option(None, "--clusters", min=1, help="Number of clusters (default: the "
+                                                                              "cut with the best silhouette)."),
+    linkage: str = typer.Option("average", "--linkage", help="average, complete, single or weighted."),
+    neighbours: int = typer.Option(3, "--neighbours", min=1, help="Nearest compounds listed per compound."),
+    unit_norm: bool = typer.Option(True, "--unit-norm/--no-unit-norm", help="Scale each step to unit length "
+                                                                            "(cosine geometry, as NSC and mAP)."),
+    permutations: int = typer.Option(1000, "--permutations", min=1, help="Label permutations of the baseline."),
+    seed: int = typer.Option(0, help="Seed of the label permutations."),
+) -> None:
+    """Cluster compounds by their dose (or time) trajectories with DTW; score against a label when given."""
+    from profiler.cluster import cluster_command
+    from profiler.evaluate import is_control, read_profiles
+
+    table = read_profiles(profiles)
+    res = cluster_command(profiles, out, by=by, compound=compound, control=is_control(table, control),
+                          table=table, label=label, distance=distance, dtw_normalize=dtw_normalize,
+                          n_clusters=n_clusters, linkage=linkage, n_neighbours=neighbours, unit_norm=unit_norm,
+                          n_permutations=permutations, seed=seed)
+    for line in res.lines():
+        typer.echo(line)
+    err_console.print(f"clusters written to {out}")
+
+
 def main() -> None:
     run_main(app)
 
