@@ -6,6 +6,9 @@ and beside two baselines computed on the same rows:
 * **majority** — always predict the most frequent class of the labels;
 * **chance** — the expected score of guessing at random with the label frequencies
   (uniform guessing for balanced accuracy and top-3 accuracy).
+
+A two-class label also gets ``roc_auc`` (of the second class's probability, classes sorted): both
+baselines score 0.5, since a constant or random score ranks no row above another.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 from sklearn.metrics import precision_recall_fscore_support
 
 __all__ = ["classification_summary", "top_k_accuracy", "bootstrap_ci", "SCORES", "beats_baseline",
-           "treatment_level"]
+           "treatment_level", "roc_auc_summary"]
 
 SCORES = ("accuracy", "balanced_accuracy", "f1_weighted", "top3_accuracy")
 
@@ -119,6 +122,8 @@ def classification_summary(y_true: Sequence, y_pred: Sequence, proba: np.ndarray
             "majority_ci95": bootstrap_ci(y, maj_pred, maj_proba, classes, name, n_boot, seed),
             "chance": _chance(name, y, classes),
         }
+    if len(classes) == 2 and proba is not None and len(vals) == 2:
+        scores["roc_auc"] = roc_auc_summary(y == classes[1], proba[:, 1], n_boot=n_boot, seed=seed)
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=classes, zero_division=0)
     _, _, fm, _ = precision_recall_fscore_support(y, maj_pred, labels=classes, zero_division=0)
     per_class = {str(c): {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
@@ -128,6 +133,31 @@ def classification_summary(y_true: Sequence, y_pred: Sequence, proba: np.ndarray
     return {"n": int(len(y)), "classes": [str(c) for c in classes], "majority_class": majority,
             "scores": scores, "per_class": per_class,
             "predicted_class_fractions": {str(c): float(n / len(pred)) for c, n in zip(pc, pcount)}}
+
+
+def roc_auc_summary(positive: np.ndarray, score: np.ndarray, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """ROC AUC of ``score`` for the boolean ``positive`` rows, its bootstrap 95 % CI (resamples with
+    one class only are skipped) and the baselines: a constant (majority) or random score has AUC 0.5."""
+    from scipy.stats import rankdata
+
+    def auc(pos: np.ndarray, sc: np.ndarray) -> float:  # Mann–Whitney U / (n_pos n_neg), ties count half
+        n_pos = int(pos.sum())
+        return float((rankdata(sc)[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(pos) - n_pos)))
+
+    positive = np.asarray(positive, dtype=bool)
+    score = np.asarray(score, dtype=np.float64)
+    if positive.all() or not positive.any():
+        raise ValueError("ROC AUC needs rows of both classes")
+    rng = np.random.default_rng(seed)
+    n = len(positive)
+    vals = []
+    for _ in range(n_boot):
+        i = rng.integers(0, n, n)
+        if positive[i].any() and not positive[i].all():
+            vals.append(auc(positive[i], score[i]))
+    lo, hi = np.percentile(vals, [2.5, 97.5]) if vals else (float("nan"), float("nan"))
+    return {"value": auc(positive, score), "ci95": (float(lo), float(hi)),
+            "majority": 0.5, "majority_ci95": (0.5, 0.5), "chance": 0.5}
 
 
 def beats_baseline(summary: dict[str, Any], score: str = "accuracy") -> bool:
