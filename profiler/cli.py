@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from profiler._cli_util import err_console, run_main, setup_logging
+from profiler._cli_util import COLUMN_OPTION_HELP, err_console, run_main, setup_logging
 
 app = typer.Typer(help="Images → cells → CellProfiler-style features → per-well profiles.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -99,16 +99,30 @@ def aggregate(
     single_cell: Path = typer.Argument(..., help="Per-cell Parquet file or folder of Parquet files."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (profiles.parquet, manifest.json)."),
     platemap: Optional[Path] = typer.Option(None, help="platemap.csv to annotate wells with."),
-    preset: str = typer.Option("default", help="Profile recipe preset (default, bbbc021_best)."),
+    preset: Optional[str] = typer.Option(None, help="Profile recipe preset (default, bbbc021_best); default: "
+                                                     "the pipeline's recipe with --pipeline, else 'default'."),
+    pipeline: Optional[str] = typer.Option(None, "--pipeline", "-p",
+                                           help="Use this pipeline's profiles: recipe (built-in name or YAML), "
+                                                "e.g. to rebuild the profiles of a `profiler extract` folder."),
     operation: Optional[str] = typer.Option(None, help="median or mean (default: the preset's)."),
     samples: Optional[str] = typer.Option(None, help="Control query for normalization, or 'all' for whole-plate."),
     allow_unimaged_wells: bool = typer.Option(False, help="Platemap wells without cells are a warning, not an error."),
     memory_mb: float = typer.Option(1500, help="Memory budget of the streaming aggregation."),
 ) -> None:
     """Per-cell Parquet → per-well profiles (streaming median/mean, normalize to controls, feature selection)."""
+    from profiler.errors import InputError
     from profiler.profiles import aggregate_command
 
-    out_dir = aggregate_command(single_cell, out, platemap=platemap, recipe=preset, operation=operation,
+    recipe: object = preset
+    if pipeline is not None:
+        if preset is not None:
+            raise InputError("give either --preset or --pipeline, not both",
+                             hint="--pipeline uses the recipe in that pipeline's profiles: section")
+        from profiler.config import load_pipeline
+        from profiler.extract import profile_recipe
+
+        recipe = profile_recipe(load_pipeline(pipeline))
+    out_dir = aggregate_command(single_cell, out, platemap=platemap, recipe=recipe, operation=operation,
                                 samples=samples, allow_unimaged_wells=allow_unimaged_wells, memory_mb=memory_mb)
     err_console.print(f"profiles written to {out_dir}")
 
@@ -129,10 +143,15 @@ def ingest(
 
 @app.command()
 def evaluate(
-    profiles: Path = typer.Argument(..., help="Per-well profiles (Parquet or CSV) with Metadata_Compound/Concentration/MoA[/Batch]."),
+    profiles: Path = typer.Argument(..., help="Per-well profiles (Parquet or CSV) with compound, concentration, MoA "
+                                              "(and optionally batch) columns — ours or named with the options below."),
     preset: Optional[str] = typer.Option(None, help="Apply a profile recipe preset first (e.g. bbbc021_best)."),
     with_map: bool = typer.Option(True, "--map/--no-map", help="Also compute copairs mAP."),
-    control: str = typer.Option("DMSO", help="Negative-control compound name."),
+    compound: Optional[str] = typer.Option(None, "--compound", help=COLUMN_OPTION_HELP["compound"]),
+    concentration: Optional[str] = typer.Option(None, "--concentration", help=COLUMN_OPTION_HELP["concentration"]),
+    moa: Optional[str] = typer.Option(None, "--moa", help=COLUMN_OPTION_HELP["moa"]),
+    batch: Optional[str] = typer.Option(None, "--batch", help=COLUMN_OPTION_HELP["batch"]),
+    control: Optional[str] = typer.Option(None, "--control", help=COLUMN_OPTION_HELP["control"]),
     seed: int = typer.Option(0, help="Seed of the mAP null distribution."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the scores as JSON here."),
     levels: bool = typer.Option(False, "--levels", help="First print at which level (plate, batch) the control "
@@ -142,27 +161,34 @@ def evaluate(
     import numpy as np
 
     from profiler import io
+    from profiler.columns import NEGATIVE_CONTROL_QUERY, mark_controls, resolve_columns
     from profiler.errors import InputError
     from profiler.evaluate import evaluate as run, read_profiles
-    from profiler.names import COMPOUND, feature_columns, metadata_columns
+    from profiler.names import feature_columns, metadata_columns
     from profiler.profiles import apply_recipe, control_variation_levels
 
     table = read_profiles(profiles)
+    spec = resolve_columns(table, compound=compound, concentration=concentration, moa=moa, batch=batch,
+                           control=control, path=profiles)
+    spec.require("compound", "moa", what="profiler evaluate", path=profiles)
+    typer.echo(f"columns: {spec.describe()}")
+    if levels or preset:
+        table = mark_controls(table, spec)  # the recipes' control query then selects these rows
     if levels:
-        query = f"{COMPOUND} == {control!r}"
-        ctrl = table.query(query) if COMPOUND in table else table.iloc[:0]
+        ctrl = table.query(NEGATIVE_CONTROL_QUERY)
         if ctrl.empty:
-            raise InputError(f"no control wells ({query}) for --levels", path=profiles,
-                             hint="name the negative-control compound with --control")
+            raise InputError("no control wells for --levels", path=profiles,
+                             hint="name the negative controls with --control (a compound value or a query)")
         finite = [c for c in feature_columns(table) if np.isfinite(ctrl[c].to_numpy(dtype=float)).all()]
-        lv = control_variation_levels(table[metadata_columns(table) + finite], samples=query, seed=seed)
+        lv = control_variation_levels(table[metadata_columns(table) + finite], samples=NEGATIVE_CONTROL_QUERY,
+                                      seed=seed)
         typer.echo(f"control variation levels over {len(finite)} features finite in every control well "
                    "(observed / permuted variance; 1 = sampling noise):")
         for name, v in lv.items():
             typer.echo(f"  {name:30s} median ratio {v['median_ratio']:.2f}, {v['fraction_above_2']:.0%} of features > 2")
     if preset:
         table = apply_recipe(table, preset)
-    ev = run(table, control_compound=control, with_map=with_map, seed=seed)
+    ev = run(table, columns=spec, with_map=with_map, seed=seed)
     for line in ev.lines():
         typer.echo(line)
     if json_out is not None:

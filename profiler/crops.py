@@ -8,7 +8,7 @@ outside the image are zero. :func:`write_crops` stores a stack as ``crops.tif`` 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 import json
 from pathlib import Path
 
@@ -112,6 +112,39 @@ def write_crops(crops: np.ndarray, table: pd.DataFrame, out_dir: str | Path, *,
                                                  "channels": list(channels) if channels else None}))
     tab = io.write_parquet(table.reset_index(drop=True), out_dir / CROPS_TABLE)
     return tif, tab
+
+
+def write_crop_stack(pages: Iterable[np.ndarray], shape: tuple[int, int, int, int], path: str | Path, *,
+                     channels: Sequence[str] | None = None) -> Path:
+    """Write ``crops.tif`` page by page: ``pages`` yields ``shape[0]`` uint16 (H, W, C) crops.
+
+    Memory holds one page at a time, whatever the number of cells; the file is the one
+    :func:`write_crops` writes (same description, BigTIFF past 2 GB) and appears only when complete.
+    """
+    import tifffile
+
+    n, h, w, c = (int(v) for v in shape)
+    big = n * h * w * c * 2 > 2**31 - 2**25
+    desc = json.dumps({"shape": [n, h, w, c], "channels": list(channels) if channels else None})
+
+    def checked() -> Iterator[np.ndarray]:
+        count = 0
+        for page in pages:
+            if page.shape != (h, w, c):
+                raise InputError(f"crop {count} has shape {page.shape}, expected {(h, w, c)}", path=path)
+            count += 1
+            yield to_uint16(np.asarray(page))
+        if count != n:
+            raise InputError(f"{count} crops written, {n} expected", path=path)
+
+    with io.atomic_path(path) as tmp:
+        if n == 0:
+            tifffile.imwrite(tmp, np.zeros((0, h, w, c), np.uint16), photometric="minisblack",
+                             planarconfig="contig", description=desc)
+        else:
+            tifffile.imwrite(tmp, checked(), shape=(n, h, w, c), dtype=np.uint16, photometric="minisblack",
+                             planarconfig="contig", description=desc, bigtiff=big)
+    return Path(path)
 
 
 # ---------------------------------------------------------------------------------------------

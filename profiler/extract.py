@@ -1,27 +1,35 @@
-"""``profiler extract``: plate folder → per-cell table → per-well profiles.
+"""``profiler extract``: plate folder → per-cell table → per-well profiles, at plate scale.
 
-The unit of work is one site (:func:`process_site`); :func:`extract` discovers the sites, runs
-them as Dask tasks (:func:`run_sites`; or in this process with ``workers=0``), each task writing
-its cells to ``OUT/sites/<site>.parquet`` and then its record to ``OUT/sites/<site>.json``;
-then it merges the partitions in plate order, annotates the cells with the platemap, builds the
-per-well profiles with pycytominer and writes ``single_cell.parquet``, ``image.parquet`` (one
-row per site, with QC and skipped sites and why), ``profiles.parquet`` and ``manifest.json``.
+Three jobs, three modules:
 
-A rerun into the same folder reuses every site whose record and partition agree (row count and
-SHA-256) and were made with the same pipeline, code and input files (:func:`load_done`), so a
-run that was killed continues where it stopped and gives the same outputs.
+* :mod:`profiler.site` — one site's compute (images in, one row per cell out);
+* :mod:`profiler.partitions` — each site's partition under ``OUT/sites/`` and when it can be reused;
+* this module — the plate: lock the output folder, validate everything that can be known before any
+  image is read (pipeline, platemap, control wells for the profile recipe), run the sites as Dask
+  tasks (:func:`run_sites`; or in this process with ``workers=0``), then stream the partitions, in
+  plate order and one site at a time, into the outputs:
+
+``OUT/single_cell.parquet``  one row per cell (Parquet row groups written site by site; never held in memory)
+``OUT/image.parquet``        one row per site, with QC and skipped sites and why
+``OUT/crops.tif``/``crops.parquet``  with ``--crops``: one crop per cell, written page by page
+``OUT/profiles.parquet``     per-well profiles from the streaming aggregation (:mod:`profiler.aggregate_stream`)
+                             and the pipeline's recipe (:mod:`profiler.profiles`)
+``OUT/manifest.json``        inputs, parameters, outputs, every skipped site
+
+Peak memory is bounded by a site (and one well in the aggregation), not by the plate. A run that
+was killed continues where it stopped and gives the same outputs; a profile stage that fails late
+keeps the per-cell and image tables and the manifest and says how to rebuild the profiles alone.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
+import errno
 import logging
 import os
 import traceback
 import uuid
-from collections.abc import Mapping, Sequence
-from importlib import metadata
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,158 +38,78 @@ import pandas as pd
 
 from profiler import io
 from profiler.config import AssayConfig, load_pipeline
-from profiler.crops import crop_params, load_site_crops, save_site_crops, site_crops, write_crops
+from profiler.crops import CROPS_TABLE, CROPS_TIF, crop_params, load_site_crops, write_crop_stack
 from profiler.errors import CellfusionError, ConfigError, InputError
-from profiler.measure import DEFAULT_FAMILIES, measure_objects
-from profiler.names import OBJECT_NUMBER, PLATE, SITE, WELL
-from profiler.illum import apply_illumination, config_params as illum_params, illumination_path
+from profiler.illum import config_params as illum_params, illumination_path
 from profiler.illum import plate_illumination, save_illumination
-from profiler.overlays import overlay_rgb, write_overlay
-from profiler.plate import Site, check_platemap, discover, read_platemap, read_site
-from profiler.qc import flag_outliers, image_quality, qc_params
-from profiler.profiles import build_profiles
-from profiler.segment import segment_site
+from profiler.names import CELL_COUNT, PLATE, SITE, WELL, is_metadata
+from profiler.partitions import SITES_DIR, base_record, load_done, pipeline_hash, printable, run_site, site_stem
+from profiler.plate import PlateScan, Site, check_platemap, discover, read_platemap
+from profiler.qc import flag_outliers, qc_params
+from profiler.site import measure_site, process_site  # noqa: F401  (public: the per-site compute)
 
 log = logging.getLogger(__name__)
 
-COMPARTMENTS = ("Nuclei", "Cells", "Cytoplasm")
-
-
-def measure_site(seg, images: Mapping[str, np.ndarray], features: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per cell: every compartment's features side by side, keyed by ObjectNumber."""
-    families = features.get("families", list(DEFAULT_FAMILIES))
-    params = {k: v for k, v in features.items() if k != "families"}
-    n = seg.n_objects
-    tables = []
-    for comp, labels in (("Nuclei", seg.nuclei), ("Cells", seg.cells), ("Cytoplasm", seg.cytoplasm)):
-        tables.append(measure_objects(labels, images, compartment=comp, families=families,
-                                      params=params, n_objects=n))
-    out = pd.concat(tables, axis=1)
-    out.insert(0, OBJECT_NUMBER, np.arange(1, n + 1))
-    return out
-
-
-def process_site(site: Site, config: AssayConfig, *,
-                 illumination: Mapping[tuple[str, str], np.ndarray] | None = None,
-                 overlays_dir: str | Path | None = None, crop_size: int | None = None,
-                 crop_mask: bool = False) -> tuple:
-    """Segment and measure one site. Returns (per-cell table, image/QC record), and with
-    ``crop_size`` also the cells' crops: uint16 (n_cells, crop_size, crop_size, channels), row i
-    ↔ table row i, cut from the illumination-corrected images (:func:`profiler.crops.site_crops`).
-
-    ``illumination`` maps (plate, channel) → illumination function (:mod:`profiler.illum`); a
-    channel with a function is divided by it before segmentation and measurement. QC
-    (:func:`profiler.qc.image_quality`) is measured on the uncorrected images. With
-    ``overlays_dir`` an outline PNG is written there as ``<site>.png``.
-    """
-    record: dict[str, Any] = {PLATE: site.plate, WELL: site.well, SITE: site.site,
-                              "Metadata_Status": "ok", "Metadata_Reason": ""}
-    images = read_site(site)
-    record.update(image_quality(images))
-    if illumination:
-        images = {ch: apply_illumination(im, illumination[(site.plate, ch)])
-                  if (site.plate, ch) in illumination else im for ch, im in images.items()}
-    nuc_ch, cell_ch = config.channel_for_role("nuclei"), config.channel_for_role("cells")
-    seg = segment_site(images, nuclei_channel=nuc_ch, cells_channel=cell_ch,
-                       params=config.section("segmentation"))
-    cells = measure_site(seg, images, config.section("features"))
-    for col, values in seg.relationships().items():  # CellProfiler's parent/child columns
-        cells[col] = values
-    cells.insert(0, SITE, site.site)
-    cells.insert(0, WELL, site.well)
-    cells.insert(0, PLATE, site.plate)
-    record["Count_Nuclei"] = seg.n_objects
-    record["Count_Cells"] = seg.n_objects
-    for comp, t in seg.thresholds.items():
-        record[f"Threshold_FinalThreshold_{comp}"] = t
-    if overlays_dir is not None:
-        write_overlay(overlay_rgb(images[nuc_ch], images[cell_ch], seg.nuclei, seg.cells),
-                      Path(overlays_dir) / f"{site.key}.png")
-    if crop_size:
-        crops = site_crops(seg.cells, images, config.channel_names, seg.n_objects, int(crop_size), crop_mask)
-        return cells, record, crops
-    return cells, record
+SINGLE_CELL = "single_cell.parquet"
+IMAGE = "image.parquet"
+PROFILES = "profiles.parquet"
+LOCK = ".extract.lock"
+#: rows buffered before a row group of single_cell.parquet is written (bounded memory, few row groups)
+ROW_GROUP_ROWS = 50_000
 
 
 # ---------------------------------------------------------------------------------------------
-# Orchestration: sites as Dask tasks, per-site partitions, resume, merge.
-#
-# OUT/sites/<site>.parquet  the site's cells (written first, atomically)
-# OUT/sites/<site>.json     the site's record: image/QC row, pipeline hash, input files, and the
-#                           partition's row count and SHA-256 (written after the partition; its
-#                           presence and agreement with the partition is what "done" means)
-# ---------------------------------------------------------------------------------------------
+# the output folder
 
-SITES_DIR = "sites"
-RECORD_VERSION = 1
+@contextlib.contextmanager
+def output_lock(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out_dir`` for the whole run.
 
-
-def pipeline_hash(config: AssayConfig) -> str:
-    """SHA-256 of everything that decides a site's cells: the pipeline, the package version and
-    the package's source code.
-
-    Partitions written under another hash are recomputed, never reused.
+    A second ``profiler extract`` into the same folder is refused at once. The lock is an
+    advisory ``flock`` on ``OUT/.extract.lock``: the operating system releases it when the process
+    ends, however it ends, so a killed run never leaves the folder locked.
     """
+    import fcntl
+
+    check_output_dir(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / LOCK
     try:
-        version = metadata.version("cellfusion")
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-        version = "unknown"
-    blob = json.dumps({"pipeline": config.to_dict(), "cellfusion": version, "record": RECORD_VERSION,
-                       "code": _code_hash()}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-#: modules of ``profiler`` that never run inside a site task (their edits keep partitions valid)
-_NOT_PER_SITE = {"cli.py", "_cli_util.py", "synthetic.py", "evaluate.py", "distributed.py", "profiles.py"}
-
-
-def _code_hash() -> str:
-    """SHA-256 over the ``profiler`` package's source: edited code never reuses old partitions."""
-    h = hashlib.sha256()
-    root = Path(__file__).resolve().parent
-    for p in sorted(root.rglob("*.py")):
-        if p.relative_to(root).as_posix() in _NOT_PER_SITE:
-            continue
-        h.update(p.relative_to(root).as_posix().encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()
-
-
-def _printable(text: str) -> str:
-    """``text`` with undecodable file-name bytes shown as ``\\xNN`` (always encodable as UTF-8)."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def site_stem(site: Site) -> str:
-    """File stem of a site's partition and record under ``OUT/sites/``."""
-    return _printable(site.key).replace("/", "_")
-
-
-def _input_signature(site: Site) -> dict[str, list]:
-    """channel → [file name, size, mtime_ns]: a rerun recomputes a site whose files changed."""
-    sig: dict[str, list] = {}
-    for ch, p in sorted(site.files.items()):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise InputError(f"cannot create a lock file in the output folder ({exc.strerror})", path=out_dir,
+                         hint="choose an output folder you can write to") from exc
+    try:
         try:
-            st = os.stat(p)
-            sig[ch] = [_printable(Path(p).name), st.st_size, st.st_mtime_ns]
-        except OSError:
-            sig[ch] = [_printable(Path(p).name), None, None]
-    return sig
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            try:
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            except OSError:
+                holder = ""
+            who = f" (process {holder})" if holder else ""
+            raise InputError(f"another `profiler extract` is writing to this folder{who}", path=out_dir,
+                             hint="wait for it to finish, or choose another output folder with -o") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
-def _base_record(site: Site, status: str, reason: str) -> dict[str, Any]:
-    return {PLATE: _printable(site.plate), WELL: _printable(site.well), SITE: site.site,
-            "Metadata_Status": status, "Metadata_Reason": reason, "Count_Cells": 0}
-
-
-def _check_file_names(site: Site) -> None:
-    for p in site.files.values():
-        try:
-            os.fsdecode(p).encode("utf-8")
-        except UnicodeEncodeError:
-            raise InputError("file name is not valid UTF-8", path=_printable(os.fsdecode(p)),
-                             hint="rename the file with UTF-8 characters only "
-                                  "(e.g. `convmv -f latin1 -t utf8 --notest FILE`)") from None
+def check_output_dir(out_dir: Path) -> None:
+    """The output folder can be created and written: refuse a file in its place or a read-only folder."""
+    for p in (out_dir, *out_dir.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise InputError("the output path exists and is not a folder", path=p,
+                                 hint="choose another output folder with -o, or remove that file")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise InputError("the output folder is not writable", path=p,
+                                 hint="choose an output folder you can write to (-o), or fix its permissions")
+            break
 
 
 def _outside(site: Site, plate_dir: Path) -> list[str]:
@@ -194,107 +122,89 @@ def _outside(site: Site, plate_dir: Path) -> list[str]:
     for p in site.files.values():
         full = os.path.normpath(os.path.abspath(p))
         if os.path.commonpath([root, full]) != root:
-            out.append(_printable(os.fsdecode(p)))
+            out.append(printable(os.fsdecode(p)))
     return out
 
 
-def run_site(site: Site, config: AssayConfig, sites_dir: str | Path, phash: str,
-             **site_kwargs: Any) -> dict[str, Any]:
-    """Process one site and write its partition and record; the task each Dask worker runs.
+# ---------------------------------------------------------------------------------------------
+# validation before any image is read
 
-    Returns the site's entry (what ``OUT/sites/<site>.json`` holds). A :class:`CellfusionError`
-    (a broken file, an unreadable image …) becomes a record with ``Metadata_Status="error"``
-    and the message as ``Metadata_Reason``; its record is written
-    for inspection, and a rerun tries the site again (errors are usually found in the first
-    milliseconds, when the files are read). Any other exception is returned as
-    ``status="failed"`` with its traceback and is not written. A :class:`ConfigError` (the
-    pipeline's parameters are wrong, so every site would fail) is raised and stops the run.
+def profile_recipe(config: AssayConfig) -> dict[str, Any]:
+    """The pipeline's ``profiles:`` section as a full recipe (:func:`profiler.profiles.resolve_recipe`)."""
+    from profiler.profiles import PRESETS, resolve_recipe
+
+    section = dict(config.section("profiles"))
+    if "preset" in section:
+        return resolve_recipe(section)
+    return resolve_recipe({**PRESETS["default"], **section})
+
+
+def rehearse_recipe(recipe: Mapping[str, Any], wells: pd.DataFrame, *, n_features: int = 64,
+                    seed: int = 0) -> None:
+    """Run the profile recipe on stand-in profiles of the plate's wells; raise what the real run would.
+
+    ``wells`` holds one row per imaged well with its metadata (plate, well, the platemap's
+    columns). Features are random (their values never decide whether a recipe *can* run: which
+    wells are controls, how many there are per plate or batch, which columns exist does). So a
+    platemap without control wells, too few controls for whitening, a missing batch column … are
+    found in a second, before hours of segmentation.
     """
-    sites_dir = Path(sites_dir)
-    stem = site_stem(site)
-    entry: dict[str, Any] = {"site": stem, "pipeline_hash": phash, "inputs": _input_signature(site),
-                             "partition": None}
+    from profiler.profiles import NEGATIVE_CONTROL_QUERY, apply_recipe
+
+    n_feat = max(n_features, int((recipe.get("factor_analysis") or {}).get("n_factors", 0)) + 1)
+    rng = np.random.default_rng(seed)
+    feats = pd.DataFrame(rng.normal(size=(len(wells), n_feat)),
+                         columns=[f"Cells_Rehearsal_Feature{i:03d}" for i in range(n_feat)])
+    table = pd.concat([wells.reset_index(drop=True), feats], axis=1)
+    table[CELL_COUNT] = 100
+    apply_recipe(table, recipe, samples=recipe.get("samples", NEGATIVE_CONTROL_QUERY))
+
+
+def imaged_wells(scan: PlateScan, platemap: pd.DataFrame | None) -> pd.DataFrame:
+    """One row per (plate, well) with a complete site, annotated with the platemap when given."""
+    wells = (pd.DataFrame([(s.plate, s.well) for s in scan.complete_sites], columns=[PLATE, WELL])
+             .drop_duplicates().reset_index(drop=True))
+    if platemap is not None:
+        wells = wells.merge(platemap, on=WELL, how="left")
+    return wells
+
+
+def plan_profiles(config: AssayConfig, scan: PlateScan, platemap: pd.DataFrame | None,
+                  platemap_path: str | Path | None) -> dict[str, Any]:
+    """Decide, before any image is read, what the profile stage will do.
+
+    Returns ``{"recipe", "normalize": bool, "note"}``. With a platemap the recipe must be able to
+    run on the imaged wells (control wells present, enough for every step), else an
+    :class:`InputError` now. Without a platemap a recipe that needs control wells cannot run:
+    the profiles will be the raw per-well aggregates, and ``note`` says so.
+    """
+    recipe = profile_recipe(config)
+    wells = imaged_wells(scan, platemap)
+    if not len(wells):
+        return {"recipe": recipe, "normalize": False, "note": "no complete site"}
     try:
-        try:
-            _check_file_names(site)
-            result = process_site(site, config, **site_kwargs)
-            cells, record = result[0], result[1]
-        except ConfigError:
-            raise  # the pipeline is wrong for every site: stop the run (see run_sites)
-        except CellfusionError as exc:
-            entry["status"] = "error"
-            entry["record"] = _base_record(site, "error", str(exc).replace("\n  hint:", "; hint:"))
-        else:
-            part = sites_dir / f"{stem}.parquet"
-            io.write_parquet(cells, part)  # first the partition …
-            entry["status"] = "ok"
-            entry["record"] = record
-            entry["partition"] = {"file": part.name, "rows": int(len(cells)), "sha256": io.file_sha256(part)}
-            if len(result) > 2:  # --crops: the cells' crop stack, same rows
-                cpath = save_site_crops(result[2], sites_dir / f"{stem}.crops.npy")
-                entry["crops"] = {"file": cpath.name, "rows": int(len(result[2])), "size": int(result[2].shape[1]),
-                                  "sha256": io.file_sha256(cpath)}
-        io.write_json(entry, sites_dir / f"{stem}.json")  # … then the record that vouches for it
+        rehearse_recipe(recipe, wells)
     except ConfigError:
         raise
-    except Exception as exc:  # a bug or a full disk, not the user's input: report it with the site named
-        entry["status"] = "failed"
-        entry["partition"] = None
-        entry["record"] = _base_record(site, "failed", f"unexpected {type(exc).__name__}: {exc}")
-        entry["traceback"] = traceback.format_exc()
-    return entry
+    except CellfusionError as exc:
+        if platemap is None:
+            return {"recipe": recipe, "normalize": False,
+                    "note": f"no platemap, so the recipe cannot run ({exc.message if hasattr(exc, 'message') else exc}); "
+                            "profiles.parquet holds the raw per-well aggregates. Normalization needs a platemap "
+                            "that marks the control wells (Metadata_Control = negative)"}
+        raise InputError(f"the pipeline's profile recipe cannot run on this platemap's imaged wells: {_one_line(exc)}",
+                         path=platemap_path,
+                         hint="mark enough negative-control wells (control = negative) in the platemap, or "
+                              "change the pipeline's profiles: section (e.g. samples: all)") from None
+    return {"recipe": recipe, "normalize": True, "note": ""}
 
 
-def load_done(site: Site, sites_dir: str | Path, phash: str, crop_size: int | None = None) -> dict[str, Any] | None:
-    """The site's entry from a previous run if it is complete and valid for ``phash``, else None.
+def _one_line(exc: BaseException) -> str:
+    return str(exc).replace("\n  hint:", "; hint:").replace("\n", " ")
 
-    Complete means: the record exists and parses, was written with the same pipeline hash and
-    the same input files, and (for a processed site) its partition exists with the recorded
-    SHA-256 and row count. Anything else — a partition without record (killed mid-site), a
-    truncated or edited partition, changed parameters — means the site is recomputed.
-    With ``crop_size`` the site's crop partition must also exist, be of that size and match its
-    recorded SHA-256 and row count.
-    """
-    sites_dir = Path(sites_dir)
-    stem = site_stem(site)
-    rec_path = sites_dir / f"{stem}.json"
-    if not rec_path.is_file():
-        return None
-    try:
-        entry = json.loads(rec_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        log.warning("site %s: record %s is unreadable; recomputing", stem, rec_path)
-        return None
-    if not isinstance(entry, dict) or entry.get("pipeline_hash") != phash:
-        log.debug("site %s: written with other parameters; recomputing", stem)
-        return None
-    if entry.get("inputs") != _input_signature(site):
-        log.info("site %s: input files changed since the last run; recomputing", stem)
-        return None
-    part = entry.get("partition") or {}
-    part_path = sites_dir / str(part.get("file", ""))
-    if entry.get("status") != "ok" or not part or not part_path.is_file():
-        return None
-    if io.file_sha256(part_path) != part.get("sha256"):
-        log.warning("site %s: partition %s does not match its record (SHA-256); recomputing", stem, part_path)
-        return None
-    import pyarrow.parquet as pq
 
-    try:
-        rows = pq.read_metadata(part_path).num_rows
-    except Exception:  # noqa: BLE001 - any unreadable partition is simply recomputed
-        return None
-    if rows != part.get("rows"):
-        return None
-    if crop_size:
-        crop = entry.get("crops") or {}
-        crop_path = sites_dir / str(crop.get("file", ""))
-        if (crop.get("size") != int(crop_size) or crop.get("rows") != rows or not crop_path.is_file()
-                or io.file_sha256(crop_path) != crop.get("sha256")):
-            log.debug("site %s: no valid crops of %s px; recomputing", stem, crop_size)
-            return None
-    return entry
-
+# ---------------------------------------------------------------------------------------------
+# running the sites
 
 def _progress(enabled: bool):
     from rich.console import Console
@@ -307,11 +217,11 @@ def _progress(enabled: bool):
 def run_sites(sites: Sequence[Site], config: AssayConfig, sites_dir: Path, phash: str, *,
               workers: int | None = None, scheduler: str | None = None, progress: bool = True,
               site_kwargs: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """Run :func:`run_site` on every site; returns site stem → entry.
+    """Run :func:`profiler.partitions.run_site` on every site; returns site stem → entry.
 
     ``workers=0`` (and no ``scheduler``) runs the sites one after the other in this process;
     otherwise they are Dask tasks (see :func:`profiler.distributed.dask_client`). ``site_kwargs``
-    are plate-level inputs forwarded to :func:`process_site` (sent to each worker once).
+    are plate-level inputs forwarded to :func:`profiler.site.process_site` (sent to each worker once).
     """
     site_kwargs = dict(site_kwargs or {})
     results: dict[str, dict[str, Any]] = {}
@@ -346,12 +256,102 @@ def run_sites(sites: Sequence[Site], config: AssayConfig, sites_dir: Path, phash
                 except Exception as exc:  # the worker died (out of memory, segfault …)
                     results[site_stem(site)] = {
                         "site": site_stem(site), "status": "failed", "partition": None,
-                        "record": _base_record(site, "failed", f"worker lost ({type(exc).__name__}: {exc})"),
+                        "record": base_record(site, "failed", f"worker lost ({type(exc).__name__}: {exc})"),
                         "traceback": "".join(traceback.format_exception(exc)),
                     }
                 bar.advance(task)
     return results
 
+
+# ---------------------------------------------------------------------------------------------
+# the streaming merge
+
+def _annotated(part: pd.DataFrame, platemap: pd.DataFrame | None, path: Path) -> pd.DataFrame:
+    if platemap is not None:
+        n = len(part)
+        part = part.merge(platemap, on=WELL, how="left")
+        if len(part) != n:
+            raise InputError(f"the platemap lists well {part[WELL].iloc[0]} more than once", path=path,
+                             hint="list every well once in the platemap")
+    meta = [c for c in part.columns if is_metadata(c)]
+    return part[meta + [c for c in part.columns if c not in meta]]
+
+
+def merged_schema(partitions: Sequence[Path], platemap: pd.DataFrame | None):
+    """The Arrow schema of ``single_cell.parquet``: every partition's columns (types promoted where
+    sites differ, e.g. int and float) plus the platemap's, metadata first."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schemas = [pq.read_schema(p).remove_metadata() for p in partitions]
+    if platemap is not None:
+        pm = pa.Schema.from_pandas(platemap, preserve_index=False).remove_metadata()
+        schemas.append(pa.schema([f for f in pm if f.name != WELL]))
+    schema = pa.unify_schemas(schemas, promote_options="permissive")
+    fields = list(schema)
+    meta = [f for f in fields if is_metadata(f.name)]
+    return pa.schema(meta + [f for f in fields if not is_metadata(f.name)])
+
+
+def stream_single_cell(partitions: Sequence[Path], out_dir: Path, platemap: pd.DataFrame | None,
+                       platemap_path: Path | None, *, crops: Sequence[Path] | None = None,
+                       channels: Sequence[str] | None = None) -> dict[str, Any]:
+    """Write ``single_cell.parquet`` (and with ``crops`` the crop stack and its table) from the
+    site partitions, in the order given, one site in memory at a time.
+
+    Returns the outputs' facts for the manifest. Files appear only when complete (atomic rename).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = merged_schema(partitions, platemap)
+    meta_schema = pa.schema([f for f in schema if is_metadata(f.name)])
+    rows = 0
+    buffer: list[pa.Table] = []
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(io.atomic_path(out_dir / SINGLE_CELL))
+        writer = stack.enter_context(pq.ParquetWriter(tmp, schema, compression="zstd"))
+        crop_writer = None
+        if crops is not None:
+            crop_tmp = stack.enter_context(io.atomic_path(out_dir / CROPS_TABLE))
+            crop_writer = stack.enter_context(pq.ParquetWriter(crop_tmp, meta_schema, compression="zstd"))
+        for part_path in partitions:
+            part = _annotated(pd.read_parquet(part_path), platemap, platemap_path or part_path)
+            table = pa.Table.from_pandas(part, schema=schema, preserve_index=False)
+            buffer.append(table)
+            rows += len(table)
+            if sum(len(t) for t in buffer) >= ROW_GROUP_ROWS:
+                _flush(buffer, writer, crop_writer, meta_schema)
+                buffer = []
+        if buffer:
+            _flush(buffer, writer, crop_writer, meta_schema)
+        if crops is not None:  # the stack last: its table is complete only if the stack is
+            shapes = [load_site_crops(p).shape for p in crops]
+            n = sum(s[0] for s in shapes)
+            if n != rows:
+                raise InputError(f"{n} crops for {rows} cells", path=out_dir / SITES_DIR,
+                                 hint="rerun with --no-resume to recompute the crop partitions")
+            size, n_ch = (shapes[0][1], shapes[0][3]) if shapes else (0, len(channels or []))
+            write_crop_stack((page for p in crops for page in load_site_crops(p)), (n, size, size, n_ch),
+                             out_dir / CROPS_TIF, channels=channels)
+    outputs: dict[str, Any] = {SINGLE_CELL: {"rows": rows, "columns": len(schema)}}
+    if crops is not None:
+        outputs[CROPS_TIF] = {"shape": [n, size, size, n_ch], "channels": list(channels or [])}
+        outputs[CROPS_TABLE] = {"rows": n}
+    return outputs
+
+
+def _flush(buffer, writer, crop_writer, meta_schema) -> None:
+    import pyarrow as pa
+
+    table = pa.concat_tables(buffer)
+    writer.write_table(table)
+    if crop_writer is not None:
+        crop_writer.write_table(table.select(meta_schema.names))
+
+
+# ---------------------------------------------------------------------------------------------
+# the plate
 
 def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path = "example",
             platemap: str | Path | None = None, workers: int | None = None,
@@ -378,19 +378,43 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
         same rows as ``single_cell.parquet``): an S × S window around each cell, all channels,
         after illumination correction. ``None``: the pipeline's ``crops:`` section (default off,
         64 px). Sites keep their crops as ``OUT/sites/<site>.crops.npy``.
+
+    Everything that can be checked before an image is read is checked first (pipeline, output
+    folder, platemap against the imaged wells, control wells for the profile recipe). Without a
+    platemap, a recipe that needs control wells cannot run: ``profiles.parquet`` then holds the raw
+    per-well aggregates and the manifest says so. If the profile stage fails after the sites ran,
+    ``single_cell.parquet``, ``image.parquet`` and the manifest are kept and the error says how to
+    rebuild the profiles alone (``profiler aggregate``).
     """
     plate_dir, out_dir = Path(plate_dir).resolve(), Path(out_dir).resolve()
     config = load_pipeline(pipeline)
+    check_output_dir(out_dir)
     scan = discover(plate_dir, config)
     if platemap is None and (plate_dir / "platemap.csv").is_file():
         platemap = plate_dir / "platemap.csv"
     pm = read_platemap(platemap) if platemap is not None else None  # fail before hours of work
-    if pm is not None:
-        wells_without_images = check_platemap(pm, {s.well for s in scan.sites}, platemap)
+    wells_without_images = check_platemap(pm, {s.well for s in scan.sites}, platemap) if pm is not None else []
+    plan = plan_profiles(config, scan, pm, platemap)
+    qcp = qc_params(config.section("qc"))
+    crop_cfg = crop_params(config.section("crops"), enabled=crops, size=crop_size)
+    with output_lock(out_dir):
+        return _extract_locked(plate_dir, out_dir, config, scan, pm, Path(platemap) if platemap else None,
+                               plan=plan, qcp=qcp, crop_cfg=crop_cfg, wells_without_images=wells_without_images,
+                               workers=workers, scheduler=scheduler, resume=resume, progress=progress,
+                               overlays=overlays)
+
+
+def _extract_locked(plate_dir: Path, out_dir: Path, config: AssayConfig, scan: PlateScan,
+                    pm: pd.DataFrame | None, platemap: Path | None, *, plan: dict[str, Any],
+                    qcp: dict[str, Any], crop_cfg: dict[str, Any], wells_without_images: list[str],
+                    workers: int | None, scheduler: str | None, resume: bool, progress: bool,
+                    overlays: bool) -> Path:
     phash = pipeline_hash(config)
     sites_dir = out_dir / SITES_DIR
     for tmp in sites_dir.glob(".*.tmp") if sites_dir.is_dir() else ():  # left by a killed run
         log.debug("removing %s, left by an interrupted run", tmp)
+        tmp.unlink(missing_ok=True)
+    for tmp in out_dir.glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
     site_kwargs: dict[str, Any] = {}  # plate-level inputs for process_site (e.g. illumination functions)
     illum_cfg = illum_params(config.section("illumination"))
@@ -403,7 +427,6 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
         site_kwargs["illumination"] = functions
     if overlays:
         site_kwargs["overlays_dir"] = str(out_dir / "overlays")
-    crop_cfg = crop_params(config.section("crops"), enabled=crops, size=crop_size)
     want_crops = bool(crop_cfg["enabled"])
     if want_crops:
         site_kwargs["crop_size"] = crop_cfg["size"]
@@ -418,12 +441,12 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
             missing = ", ".join(site.missing)
             log.warning("site %s skipped: missing channel(s) %s", stem, missing)
             entries[stem] = {"site": stem, "status": "incomplete", "partition": None,
-                             "record": _base_record(site, "incomplete", f"missing channel(s): {missing}")}
+                             "record": base_record(site, "incomplete", f"missing channel(s): {missing}")}
         elif outside := _outside(site, plate_dir):
-            reason = (f"{outside[0]}: file lies outside the plate folder {_printable(str(plate_dir))}; "
+            reason = (f"{outside[0]}: file lies outside the plate folder {printable(str(plate_dir))}; "
                       "hint: list only files under the plate folder in the layout CSV")
             entries[stem] = {"site": stem, "status": "error", "partition": None,
-                             "record": _base_record(site, "error", reason)}
+                             "record": base_record(site, "error", reason)}
         elif resume and (done := load_done(site, sites_dir, phash,
                                            crop_cfg["size"] if want_crops else None)) is not None:
             entries[stem] = done
@@ -436,8 +459,8 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
                              progress=progress, site_kwargs=site_kwargs))
 
     records: list[dict[str, Any]] = []
-    tables: list[pd.DataFrame] = []
-    crop_parts: list[np.ndarray] = []
+    partitions: list[Path] = []
+    crop_parts: list[Path] = []
     for site in scan.sites:  # scan order (plate, well, site): deterministic rows
         entry = entries[site_stem(site)]
         records.append(entry["record"])
@@ -447,73 +470,80 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
                       entry["record"]["Metadata_Reason"], entry.get("traceback", ""))
         elif status == "error":
             log.warning("site %s skipped: %s", entry["site"], entry["record"]["Metadata_Reason"])
-        if entry.get("partition"):
-            part = pd.read_parquet(sites_dir / entry["partition"]["file"])
-            if len(part):
-                tables.append(part)
-                if want_crops:
-                    crop_parts.append(load_site_crops(sites_dir / entry["crops"]["file"]))
-    qcp = qc_params(config.section("qc"))
+        part = entry.get("partition")
+        if part and part.get("rows"):
+            partitions.append(sites_dir / part["file"])
+            if want_crops:
+                crop_parts.append(sites_dir / entry["crops"]["file"])
     image_table = flag_outliers(pd.DataFrame(records), z=float(qcp["outlier_z"]), min_sites=int(qcp["min_sites"]))
     skipped = [r for r in records if r["Metadata_Status"] not in ("ok",)]
     extra: dict[str, Any] = {
         "sites": {"found": len(scan.sites), "processed": len(todo), "reused": reused,
-                  "with_cells": len(tables), "skipped": skipped},
+                  "with_cells": len(partitions), "skipped": skipped},
         "pipeline_hash": phash,
-        "unmatched_files": [_printable(str(p)) for p in scan.unmatched],
+        "unmatched_files": [printable(str(p)) for p in scan.unmatched],
         "illumination": {"parameters": illum_cfg, "files": illum_files},
         "qc_outlier_sites": image_table.loc[image_table["Metadata_QC_Outlier"],
                                             [PLATE, WELL, SITE, "Metadata_QC_Reasons"]].to_dict("records"),
+        "profiles": {"normalized": plan["normalize"], "recipe": plan["recipe"], "note": plan["note"]},
     }
     inputs: dict[str, Path] = {"plate_dir": plate_dir}
-    if not tables:
-        io.write_parquet(image_table, out_dir / "image.parquet")
-        io.write_manifest(out_dir, command="profiler extract", inputs=inputs,
-                          parameters={"pipeline": config.to_dict()},
-                          outputs={"image.parquet": {"rows": len(image_table)}}, extra=extra)
+    if pm is not None:
+        extra["platemap_wells_without_images"] = wells_without_images
+        inputs["platemap"] = platemap
+    parameters = {"pipeline": config.to_dict()}
+    io.write_parquet(image_table, out_dir / IMAGE)
+    outputs: dict[str, Any] = {IMAGE: {"rows": len(image_table)}}
+    if not partitions:
+        io.write_manifest(out_dir, command="profiler extract", inputs=inputs, parameters=parameters,
+                          outputs=outputs, extra=extra)
         reasons = "; ".join(f"{r[WELL]} s{r[SITE]}: {r['Metadata_Reason']}" for r in skipped[:5])
         raise InputError(f"no site yielded any cells ({reasons})", path=plate_dir,
-                         hint=f"see {out_dir / 'image.parquet'} for every site's status")
-    single_cell = pd.concat(tables, ignore_index=True)
-    if pm is not None:
-        single_cell = single_cell.merge(pm, on=WELL, how="left")
-        extra["platemap_wells_without_images"] = wells_without_images
-        inputs["platemap"] = Path(platemap)
-
-    meta = [c for c in single_cell.columns if c.startswith("Metadata_")]
-    single_cell = single_cell[meta + [c for c in single_cell.columns if c not in meta]]
-    profiles_cfg = config.section("profiles")
-    profiles = build_profiles(
-        single_cell,
-        aggregate_operation=profiles_cfg.get("aggregate", "median"),
-        normalize_method=profiles_cfg.get("normalize", "mad_robustize"),
-        feature_select_operations=profiles_cfg.get("feature_select", ["variance_threshold", "drop_na_columns"]),
-        recipe=profiles_cfg if "preset" in profiles_cfg else None,
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    io.write_parquet(single_cell, out_dir / "single_cell.parquet")
-    io.write_parquet(image_table, out_dir / "image.parquet")
-    io.write_parquet(profiles, out_dir / "profiles.parquet")
-    crop_outputs: dict[str, Any] = {}
+                         hint=f"see {out_dir / IMAGE} for every site's status")
+    outputs.update(stream_single_cell(partitions, out_dir, pm, platemap,
+                                      crops=crop_parts if want_crops else None, channels=config.channel_names))
     if want_crops:
-        stack = np.concatenate(crop_parts)
-        if len(stack) != len(single_cell):
-            raise InputError(f"{len(stack)} crops for {len(single_cell)} cells (duplicate wells in the platemap?)",
-                             path=platemap or out_dir, hint="list every well once in the platemap")
-        crop_table = single_cell[[c for c in single_cell.columns if c.startswith("Metadata_")]]
-        write_crops(stack, crop_table, out_dir, channels=config.channel_names)
-        crop_outputs = {"crops.tif": {"shape": list(stack.shape), "channels": config.channel_names,
-                                      "parameters": crop_cfg},
-                        "crops.parquet": {"rows": len(crop_table)}}
-    io.write_manifest(
-        out_dir, command="profiler extract", inputs=inputs,
-        parameters={"pipeline": config.to_dict()},
-        outputs={
-            "single_cell.parquet": {"rows": len(single_cell), "columns": single_cell.shape[1]},
-            "image.parquet": {"rows": len(image_table)},
-            "profiles.parquet": {"rows": len(profiles), "columns": profiles.shape[1]},
-            **crop_outputs,
-        },
-        extra=extra,
-    )
+        outputs[CROPS_TIF]["parameters"] = crop_cfg
+    # the per-cell and image tables are final: record them before the profile stage can fail
+    io.write_manifest(out_dir, command="profiler extract", inputs=inputs, parameters=parameters,
+                      outputs=outputs, extra={**extra, "profiles": {**extra["profiles"], "status": "pending"}})
+    try:
+        profiles = build_plate_profiles(out_dir / SINGLE_CELL, plan)
+    except CellfusionError as exc:
+        extra["profiles"]["status"] = f"failed: {_one_line(exc)}"
+        io.write_manifest(out_dir, command="profiler extract", inputs=inputs, parameters=parameters,
+                          outputs=outputs, extra=extra)
+        raise InputError(f"the profile stage failed ({_one_line(exc)}); the per-cell and image tables are "
+                         f"written to {out_dir}", path=out_dir / SINGLE_CELL,
+                         hint="fix the cause, then rebuild the profiles alone (no image is read again): "
+                              + rebuild_command(out_dir, platemap, config)) from None
+    io.write_parquet(profiles, out_dir / PROFILES)
+    outputs[PROFILES] = {"rows": len(profiles), "columns": profiles.shape[1]}
+    extra["profiles"]["status"] = "ok" if plan["normalize"] else "raw aggregates"
+    io.write_manifest(out_dir, command="profiler extract", inputs=inputs, parameters=parameters,
+                      outputs=outputs, extra=extra)
+    if not plan["normalize"]:
+        log.warning("%s; to normalize later: %s", plan["note"], rebuild_command(out_dir, platemap, config))
     return out_dir
+
+
+def build_plate_profiles(single_cell: Path, plan: Mapping[str, Any]) -> pd.DataFrame:
+    """Per-well profiles of ``single_cell.parquet``: streaming aggregation, then the recipe's steps
+    (only the aggregation when ``plan["normalize"]`` is false)."""
+    from profiler.aggregate_stream import aggregate_parquet
+    from profiler.profiles import NEGATIVE_CONTROL_QUERY, apply_recipe
+
+    recipe = plan["recipe"]
+    prof = aggregate_parquet(single_cell, operation=recipe.get("aggregate", "median"))
+    if plan["normalize"]:
+        prof = apply_recipe(prof, recipe, samples=recipe.get("samples", NEGATIVE_CONTROL_QUERY))
+    return prof
+
+
+def rebuild_command(out_dir: Path, platemap: Path | None, config: AssayConfig) -> str:
+    """The ``profiler aggregate`` command line that rebuilds ``profiles.parquet`` from ``out_dir``."""
+    from profiler.config import builtin_pipelines
+
+    pm = str(platemap) if platemap else "PLATEMAP.csv"
+    spec = config.name if config.name in builtin_pipelines() else (config.source or config.name)
+    return f"`profiler aggregate {out_dir / SINGLE_CELL} -o {out_dir} --platemap {pm} --pipeline {spec}`"

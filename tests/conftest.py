@@ -32,3 +32,29 @@ def small_plate(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("plate")
     return make_example_plate(out, n_wells=8, n_sites=1, size=256, seed=0)
+
+
+def run_cli(capsys, tool: str, *args: str) -> tuple[int, str]:
+    """Run ``profiler``/``fusion`` ARGS as the console script does (run_main: error → exit 2) in this
+    process; returns (exit status, stderr with rich's line wrapping undone). A traceback fails the test."""
+    import sys
+
+    from profiler._cli_util import run_main
+
+    if tool == "profiler":
+        from profiler.cli import app
+    else:
+        from fusion.cli import app
+    capsys.readouterr()
+    old = sys.argv
+    sys.argv = [tool, *map(str, args)]
+    try:
+        run_main(app)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = old
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return code, " ".join(err.split())

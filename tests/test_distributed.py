@@ -71,7 +71,7 @@ def test_default_workers_is_bounded_by_tasks_and_cores():
 
 
 def test_broken_sites_do_not_kill_the_run(small_plate, serial_run, tmp_path, monkeypatch, caplog):
-    import profiler.extract as ex
+    import profiler.partitions as ex  # run_site, the task each site runs, calls process_site there
 
     real = ex.process_site
     plate_sites = pd.read_parquet(serial_run / "image.parquet")

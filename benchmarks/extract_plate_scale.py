@@ -1,0 +1,240 @@
+"""``profiler extract`` at plate scale: memory of the merge + profile stage, and Dask scaling.
+
+Two parts (``--part merge``, ``--part dask``, default both):
+
+(a) **merge** — fabricates the per-site outputs of a finished run in the real per-site format
+    (``OUT/sites/<site>.parquet`` with Metadata keys, ObjectNumber, ``--features`` float64 feature
+    columns, Location and Parent columns; ``OUT/sites/<site>.json`` records with the pipeline hash,
+    input signature, row count and SHA-256) for a plate folder of empty image files, so that
+    ``profiler extract`` reuses every site and runs exactly its streaming merge, aggregation and
+    profile recipe. The command runs as a subprocess; its peak RSS (the whole process tree, polled
+    with psutil, and the kernel's maximum resident set of the child) and cells/s are printed:
+    ``"what": "plate_scale peak_rss"`` (target < 2 GB) and ``"what": "plate_scale cells_per_s"``.
+(b) **dask** — a synthetic 5-channel Cell Painting-sized plate (``--size`` 1080 px, ``--wells`` ×
+    ``--sites`` ≥ 48 sites; the example plate's three channels plus two derived channels) through
+    the whole extraction with every feature family, with 1 and with 2 Dask workers: cells/s per
+    core and the 2-vs-1 speed-up (target ≥ 1.7×). On a machine shared with other jobs the speed-up
+    is understated; the JSON line says how loaded the machine was (load average).
+
+    python benchmarks/extract_plate_scale.py --part merge --cells 1000000 --features 1500
+    python benchmarks/extract_plate_scale.py --part dask --wells 24 --sites 2 --size 1080
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from benchmarks._common import emit  # noqa: E402
+
+PLATE = "SCALE01"
+CHANNELS = ("w1", "w2", "w3")
+PROFILER = Path(sys.executable).with_name("profiler")
+
+
+def well_names(n: int) -> list[str]:
+    return [f"{chr(65 + i // 24)}{i % 24 + 1:02d}" for i in range(n)]
+
+
+def fabricate(work: Path, n_cells: int, n_features: int, cells_per_site: int, seed: int = 0) -> tuple[Path, Path, int]:
+    """A plate folder of empty image files + an output folder whose sites are all done."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from profiler import io
+    from profiler.config import load_pipeline
+    from profiler.partitions import SITES_DIR, _input_signature, pipeline_hash, site_stem
+    from profiler.plate import discover
+    from profiler.qc import image_quality
+
+    n_sites = math.ceil(n_cells / cells_per_site)
+    sites_per_well = 4
+    n_wells = math.ceil(n_sites / sites_per_well)
+    if n_wells > 384:
+        sites_per_well = math.ceil(n_sites / 384)
+        n_wells = math.ceil(n_sites / sites_per_well)
+    wells = well_names(n_wells)
+    plate_dir, out = work / "plate", work / "out"
+    plate_dir.mkdir(parents=True)
+    k = 0
+    for w in wells:
+        for s in range(1, sites_per_well + 1):
+            if k == n_sites:
+                break
+            for ch in CHANNELS:
+                (plate_dir / f"{PLATE}_{w}_s{s}_{ch}.tif").touch()
+            k += 1
+    rows = ["well,compound,concentration,control"]
+    for i, w in enumerate(wells):
+        rows.append(f"{w},DMSO,0,negative" if i % 8 == 0 else f"{w},Cmpd{i % 5},1.0,")
+    (plate_dir / "platemap.csv").write_text("\n".join(rows) + "\n")
+
+    config = load_pipeline("example")
+    phash = pipeline_hash(config)
+    scan = discover(plate_dir, config)
+    sites_dir = out / SITES_DIR
+    sites_dir.mkdir(parents=True)
+    comps = ("Nuclei", "Cells", "Cytoplasm")
+    feats = [f"{comps[j % 3]}_Intensity_Synthetic{j:04d}_DNA" for j in range(n_features)]
+    rng = np.random.default_rng(seed)
+    template = image_quality({ch: rng.integers(0, 4000, (64, 64)).astype(np.uint16) for ch in ("DNA", "Tubulin", "Actin")})
+    remaining = n_cells
+    for site in scan.sites:
+        n = min(cells_per_site, remaining)
+        remaining -= n
+        well_effect = wells.index(site.well) % 7
+        vals = rng.integers(0, 64, (n, n_features)).astype(np.float64) + well_effect
+        cols = {"Metadata_Plate": pa.array([site.plate] * n), "Metadata_Well": pa.array([site.well] * n),
+                "Metadata_Site": pa.array(np.full(n, site.site, np.int64)),
+                "Metadata_ObjectNumber": pa.array(np.arange(1, n + 1, dtype=np.int64))}
+        for j, f in enumerate(feats):
+            cols[f] = pa.array(vals[:, j])
+        cols["Nuclei_Location_Center_X"] = pa.array(rng.uniform(0, 1000, n))
+        cols["Nuclei_Location_Center_Y"] = pa.array(rng.uniform(0, 1000, n))
+        cols["Cells_Parent_Nuclei"] = pa.array(np.arange(1, n + 1, dtype=np.int64))
+        stem = site_stem(site)
+        part = sites_dir / f"{stem}.parquet"
+        pq.write_table(pa.table(cols), part, compression="zstd")
+        record = {"Metadata_Plate": site.plate, "Metadata_Well": site.well, "Metadata_Site": site.site,
+                  "Metadata_Status": "ok", "Metadata_Reason": "", **template,
+                  "Count_Nuclei": n, "Count_Cells": n}
+        io.write_json({"site": stem, "pipeline_hash": phash, "inputs": _input_signature(site), "status": "ok",
+                       "record": record, "partition": {"file": part.name, "rows": n, "sha256": io.file_sha256(part)}},
+                      sites_dir / f"{stem}.json")
+    return plate_dir, out, len(scan.sites)
+
+
+def tree_rss(proc) -> int:
+    try:
+        return proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
+    except Exception:  # noqa: BLE001 - a process ended between the calls
+        return 0
+
+
+def run_measured(cmd: list[str]) -> tuple[float, float, int]:
+    """Run ``cmd``; returns (wall s, peak RSS of the process tree in MB, return code)."""
+    import psutil
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ps = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss(ps))
+        time.sleep(0.05)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode(errors="replace")
+    if proc.returncode:
+        print(err[-3000:], file=sys.stderr)
+    child_max = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    kernel_peak_mb = child_max / 1024 if child_max > before else 0.0
+    return wall, max(peak / 2**20, kernel_peak_mb), proc.returncode
+
+
+def part_merge(args, work: Path) -> None:
+    t0 = time.perf_counter()
+    plate_dir, out, n_sites = fabricate(work, args.cells, args.features, args.cells_per_site)
+    gen_s = time.perf_counter() - t0
+    cmd = [str(PROFILER), "extract", str(plate_dir), "-o", str(out), "--workers", "0", "--no-progress"]
+    wall, peak_mb, rc = run_measured(cmd)
+    manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
+    sites = manifest.get("sites", {})
+    common = dict(cells=args.cells, features=args.features, sites=n_sites, reused=sites.get("reused"),
+                  processed=sites.get("processed"), returncode=rc, fabricate_s=round(gen_s, 1), wall_s=round(wall, 1),
+                  profiles_rows=manifest.get("outputs", {}).get("profiles.parquet", {}).get("rows"))
+    emit("plate_scale peak_rss", round(peak_mb, 1), "MB", baseline="target < 2000 MB", **common)
+    emit("plate_scale cells_per_s", round(args.cells / wall, 1), "cells/s",
+         baseline="merge + aggregate + recipe, every site reused; whole `profiler extract` process", **common)
+
+
+def five_channel_plate(work: Path, wells: int, sites: int, size: int) -> tuple[Path, Path]:
+    """The example plate at ``size`` px plus two channels derived from it (w4: blurred tubulin,
+    w5: actin × DNA texture), and a pipeline YAML naming all five, every family."""
+    import tifffile
+    from scipy import ndimage as ndi
+
+    from profiler.synthetic import make_example_plate
+
+    plate = make_example_plate(work / "plate5", n_wells=wells, n_sites=sites, size=size, seed=0, write_truth=False)
+    for f in sorted(plate.glob("*_w2.tif")):
+        tub = tifffile.imread(f).astype(np.float32)
+        act = tifffile.imread(f.with_name(f.name.replace("_w2.tif", "_w3.tif"))).astype(np.float32)
+        dna = tifffile.imread(f.with_name(f.name.replace("_w2.tif", "_w1.tif"))).astype(np.float32)
+        er = ndi.gaussian_filter(tub, 2.0)
+        mito = np.sqrt(act * (dna / max(float(dna.max()), 1.0)) * 4000.0)
+        tifffile.imwrite(f.with_name(f.name.replace("_w2.tif", "_w4.tif")), np.clip(er, 0, 65535).astype(np.uint16))
+        tifffile.imwrite(f.with_name(f.name.replace("_w2.tif", "_w5.tif")), np.clip(mito, 0, 65535).astype(np.uint16))
+    import yaml
+
+    from profiler.config import load_pipeline
+
+    spec = load_pipeline("example").to_dict()
+    spec["name"] = "example5"
+    spec["channels"] = spec["channels"] + [{"name": "ER", "file": "w4", "role": None},
+                                           {"name": "Mito", "file": "w5", "role": None}]
+    spec["channels"] = [{k: v for k, v in c.items() if v is not None} for c in spec["channels"]]
+    spec.setdefault("features", {}).pop("families", None)  # every registered family
+    yml = work / "example5.yaml"
+    yml.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return plate, yml
+
+
+def part_dask(args, work: Path) -> None:
+    import pandas as pd
+
+    plate, yml = five_channel_plate(work, args.wells, args.sites, args.size)
+    walls, cells = {}, {}
+    load = {}
+    for workers in (1, 2):
+        out = work / f"dask{workers}"
+        cmd = [str(PROFILER), "extract", str(plate), "-o", str(out), "--pipeline", str(yml),
+               "--workers", str(workers), "--no-progress", "--no-resume"]
+        load[workers] = os.getloadavg()[0]
+        wall, _, rc = run_measured(cmd)
+        if rc:
+            raise SystemExit(f"extract with {workers} worker(s) failed (exit {rc})")
+        walls[workers] = wall
+        cells[workers] = len(pd.read_parquet(out / "single_cell.parquet", columns=["Metadata_ObjectNumber"]))
+    same = pd.read_parquet(work / "dask1" / "single_cell.parquet").equals(pd.read_parquet(work / "dask2" / "single_cell.parquet"))
+    n_cols = len(pd.read_parquet(work / "dask1" / "single_cell.parquet").columns)
+    common = dict(sites=args.wells * args.sites, size=args.size, channels=5, cells=cells[1], columns=n_cols,
+                  identical_outputs=same, cpus=os.cpu_count(), load_avg_1min=load)
+    for w in (1, 2):
+        emit(f"plate_scale dask_{w}_worker cells_per_s_per_core", round(cells[w] / walls[w] / w, 2), "cells/s/core",
+             baseline="whole extract incl. cluster start", wall_s=round(walls[w], 1), **common)
+    emit("plate_scale dask_speedup_2_vs_1", round(walls[1] / walls[2], 2), "x", baseline="target >= 1.7", **common)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", choices=("merge", "dask", "both"), default="both")
+    ap.add_argument("--cells", type=int, default=1_000_000)
+    ap.add_argument("--features", type=int, default=1500)
+    ap.add_argument("--cells-per-site", type=int, default=1000)
+    ap.add_argument("--wells", type=int, default=24)
+    ap.add_argument("--sites", type=int, default=2)
+    ap.add_argument("--size", type=int, default=1080)
+    ap.add_argument("--workdir", type=Path, default=None, help="where the fabricated data go (default: a temp dir)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.workdir) as d:
+        if args.part in ("merge", "both"):
+            part_merge(args, Path(d) / "merge")
+        if args.part in ("dask", "both"):
+            part_dask(args, Path(d) / "dask")
+
+
+if __name__ == "__main__":
+    main()
