@@ -120,9 +120,42 @@ def train_cnn(
     err_console.print(f"CNN ensemble written to {path}")
 
 
+@app.command("train-ssl")
+def train_ssl(
+    crops: Path = typer.Argument(..., help="Crop stack: a folder from `profiler extract --crops`, or an (N,H,W,C) TIFF "
+                                           "with its CSV/Parquet table beside it. No label column is read."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model folder to write (safetensors + JSON)."),
+    method: str = typer.Option("simclr", "--method", help="simclr (contrastive, NT-Xent) or autoencoder."),
+    backbone: str = typer.Option("resnet18", "--backbone", help="timm backbone name (CBAM is added after every stage)."),
+    image_size: int = typer.Option(64, "--image-size", help="Side crops are resized to."),
+    epochs: int = typer.Option(20, "--epochs", help="Epochs (0 = the seeded random initialisation, a baseline)."),
+    batch_size: int = typer.Option(128, "--batch-size", help="Crops per batch (SimCLR contrasts 2 views of each)."),
+    crops_per_epoch: Optional[int] = typer.Option(None, "--crops-per-epoch", help="Crops drawn per epoch (default all)."),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW, one-cycle schedule)."),
+    temperature: float = typer.Option(0.2, "--temperature", help="NT-Xent temperature (simclr)."),
+    latent_dim: int = typer.Option(128, "--latent-dim", help="Bottleneck width = embedding width (autoencoder)."),
+    table: Optional[Path] = typer.Option(None, "--table", help="Crop table, when it is not beside the TIFF."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast on GPU, fp32 on CPU), bf16 or fp32."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
+    seed: int = typer.Option(0, help="Random seed."),
+) -> None:
+    """Self-supervised crop embeddings (SimCLR or a convolutional autoencoder; no labels) → model folder for `fusion embed`."""
+    import torch
+
+    from fusion.cnn.ssl import train_ssl as _train_ssl
+
+    if threads:
+        torch.set_num_threads(threads)
+    path = _train_ssl(crops, out, method=method, table=table, backbone=backbone, image_size=image_size, epochs=epochs,
+                      batch_size=batch_size, device=device, seed=seed, crops_per_epoch=crops_per_epoch, lr=lr,
+                      temperature=temperature, latent_dim=latent_dim, precision=precision)
+    err_console.print(f"self-supervised model written to {path}")
+
+
 @app.command()
 def embed(
-    model_dir: Path = typer.Argument(..., help="Model folder written by `fusion train-cnn`."),
+    model_dir: Path = typer.Argument(..., help="Model folder written by `fusion train-cnn` or `fusion train-ssl`."),
     crops: Path = typer.Argument(..., help="Crop stack (folder or TIFF + table)."),
     out: Path = typer.Option(..., "--out", "-o", help="Parquet file to write."),
     operation: str = typer.Option("mean", "--aggregate", help="Per-well mean, median, or none (one row per cell)."),

@@ -337,10 +337,14 @@ def train_cnn(crops: str | Path, out: str | Path, *, label: str = "Metadata_MoA"
 
 def embed_crops(model_dir: str | Path, crops: str | Path, out: str | Path, *, operation: str = "mean",
                 table: str | Path | None = None, device: str = "auto") -> Path:
-    """Per-cell embeddings of a crop set, aggregated per well (mean/median) or per cell ("none") → Parquet."""
+    """Per-cell embeddings of a crop set, aggregated per well (mean/median) or per cell ("none") → Parquet.
+
+    ``model_dir`` is a supervised ensemble (`fusion train-cnn`) or a self-supervised model
+    (`fusion train-ssl`; manifest kind "ssl"), told apart by its manifest."""
+    from fusion.cnn.ssl import load_embedder
     from fusion.data import load_crops
 
-    est = CNNEnsemble.load(model_dir, device=device)
+    est = load_embedder(model_dir, device=device)
     cs = load_crops(crops, table)
     table_out = well_embeddings(est.embed(cs.images), cs.meta, operation)
     out = Path(out)
