@@ -4,7 +4,7 @@ For each dataset (the real BBBC021 field Week2_24381 site s1 — DAPI/Tubulin/Ac
 ExampleHuman images — DNA/PH3/cells):
 
 1. CellProfiler 5 (``../shared/tools/cellprofiler-reference-env.sh``) runs
-   ``pipelines/cellprofiler/measure_<dataset>.cppipe``: segmentation, every measurement module,
+   ``profiler/pipelines/cellprofiler/measure_<dataset>.cppipe``: segmentation, every measurement module,
    ExportToSpreadsheet and the label images (saved without bit-depth conversion). Its outputs are
    cached under ``benchmarks/results/parity/<dataset>/cp`` (rerun when the pipeline changes, or
    with ``--rerun-cp``).
@@ -111,7 +111,7 @@ def cellprofiler_bin() -> Path:
 def run_cellprofiler(name: str, *, rerun: bool = False) -> tuple[Path, float]:
     """Run (or reuse the cached run of) CellProfiler on one dataset; returns (output dir, wall seconds)."""
     spec = DATASETS[name]
-    pipeline = REPO / "pipelines" / "cellprofiler" / spec["pipeline"]
+    pipeline = REPO / "profiler" / "pipelines" / "cellprofiler" / spec["pipeline"]
     files = dataset_files(name)
     base = RESULTS / name
     stamp = base / "cp_run.json"

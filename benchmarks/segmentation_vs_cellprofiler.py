@@ -1,4 +1,4 @@
-"""Our segmentation vs CellProfiler 5 running pipelines/cellprofiler/bbbc021.cppipe.
+"""Our segmentation vs CellProfiler 5 running profiler/pipelines/cellprofiler/bbbc021.cppipe.
 
 On the real BBBC021 field (site s1 of ../shared/data/bbbc021/fields/Week2/Week2_24381) and on
 CellProfiler's ExampleHuman images (renamed into the same ImageXpress layout, nuclei diameter
@@ -32,7 +32,7 @@ from profiler.config import load_pipeline  # noqa: E402
 from profiler.plate import discover, read_site  # noqa: E402
 from profiler.segment import match_objects, segment_site  # noqa: E402
 
-CPPIPE = REPO / "pipelines" / "cellprofiler" / "bbbc021.cppipe"
+CPPIPE = REPO / "profiler" / "pipelines" / "cellprofiler" / "bbbc021.cppipe"
 DIAMETER_LINE = "Typical diameter of objects, in pixel units (Min,Max):15,80"
 
 

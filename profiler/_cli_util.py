@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
+
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -27,24 +29,57 @@ def setup_logging(verbose: bool = False) -> None:
 NOISY_LOGGERS = ("distributed", "dask", "numba", "matplotlib", "PIL", "fsspec", "asyncio", "tornado", "shap")
 
 
+def _click_types(name: str) -> tuple[type[BaseException], ...]:
+    """``name`` (``ClickException``, ``Abort``, ``Exit``) from every click the CLI may raise.
+
+    typer >= 0.2x vendors its own click as ``typer._click`` (its exceptions are not the ``click``
+    package's); older typer raises the ``click`` package's. Catch both, whichever is installed.
+    """
+    found: list[type[BaseException]] = []
+    for module in ("typer._click.exceptions", "typer.exceptions", "click.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        if isinstance(cls, type) and cls not in found:
+            found.append(cls)
+    return tuple(found)
+
+
 def run_main(app: typer.Typer) -> None:
-    """Run a typer app; a CellfusionError becomes one red message and exit status 2."""
+    """Run a typer app; a CellfusionError becomes one red message and exit status 2.
+
+    A usage error (unknown command or option, missing argument) prints the usage line and the
+    problem, no traceback, exit status 2 (click's convention).
+    """
     try:
-        app(standalone_mode=False)
+        rv = app(standalone_mode=False)
     except CellfusionError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
         sys.exit(2)
-    except (typer.Exit, SystemExit) as exc:
-        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
-        sys.exit(code)
-    except typer.Abort:
+    except _click_types("ClickException") as exc:
+        exc.show()  # usage + "Error: ..." (NoArgsIsHelpError: the help text)
+        sys.exit(exc.exit_code)
+    except _click_types("Exit") as exc:
+        sys.exit(exc.exit_code)
+    except _click_types("Abort"):
         err_console.print("aborted")
         sys.exit(1)
-    except Exception as exc:  # click usage errors
-        import click
+    # without standalone mode, typer returns the code of a `typer.Exit(code)` (and of --help: 0)
+    if isinstance(rv, int) and not isinstance(rv, bool):
+        sys.exit(rv)
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
 
+#: Help of the options that name a profile table's columns (``profiler evaluate``, ``fusion train``);
+#: the names tried by default are :data:`profiler.columns.CANDIDATES`.
+COLUMN_OPTION_HELP = {
+    "compound": "Compound column (default: Metadata_Compound, else a common pycytominer/JUMP/LINCS name such as "
+                "Metadata_pert_iname or Metadata_broad_sample).",
+    "concentration": "Concentration/dose column (default: Metadata_Concentration, else e.g. "
+                     "Metadata_mmoles_per_liter or Metadata_dose_recode).",
+    "moa": "Mechanism-of-action column (default: Metadata_MoA, else e.g. Metadata_moa).",
+    "batch": "Batch column (default: Metadata_Batch, else e.g. Metadata_batch).",
+    "control": "Negative controls: a value of the compound column (DMSO) or a pandas query "
+               "(\"Metadata_pert_type == 'control'\"). Default: Metadata_Control == negative (or "
+               "Metadata_control_type == negcon), compound DMSO, or an empty compound.",
+}

@@ -1,10 +1,14 @@
-"""Assay pipelines: ``pipelines/*.yaml`` describe an assay declaratively.
+"""Assay pipelines: YAML files that describe an assay declaratively.
+
+The built-in pipelines ship inside the package (``profiler/pipelines/*.yaml``, found with
+:mod:`importlib.resources`, so an installed wheel finds them too); ``--pipeline NAME`` picks one,
+``--pipeline path.yaml`` reads your own.
 
 A pipeline names the channels and their roles, how files are discovered, and the parameters of
 every stage. Each stage owns its own section (a plain mapping); this module only validates the
 shape that is common to all and merges each section over the stage's defaults.
 
-Example (``pipelines/example.yaml``)::
+Example (the built-in ``example``)::
 
     name: example
     layout: {preset: imagexpress}
@@ -22,6 +26,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +34,8 @@ import yaml
 
 from profiler.errors import ConfigError
 
-PIPELINES_DIR = Path(__file__).resolve().parents[1] / "pipelines"
+# the built-in pipelines: package data of ``profiler`` (pyproject.toml [tool.setuptools.package-data])
+PIPELINES_DIR = resources.files("profiler") / "pipelines"
 SECTIONS = ("layout", "image", "illumination", "segmentation", "qc", "features", "profiles", "crops")
 
 
@@ -86,8 +92,9 @@ def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]
 
 
 def builtin_pipelines() -> list[str]:
-    """Names of the pipelines shipped in ``pipelines/``."""
-    return sorted(p.stem for p in PIPELINES_DIR.glob("*.yaml"))
+    """Names of the pipelines shipped in the package (``profiler/pipelines/*.yaml``)."""
+    return sorted(p.name.removesuffix(".yaml") for p in PIPELINES_DIR.iterdir()
+                  if p.is_file() and p.name.endswith(".yaml"))
 
 
 def load_pipeline(spec: str | Path | Mapping[str, Any]) -> AssayConfig:

@@ -26,7 +26,7 @@ import pandas as pd
 MANIFEST = "manifest.json"
 
 _VERSIONED = (
-    "cellfusion", "numpy", "pandas", "pyarrow", "scikit-image", "scipy", "mahotas", "tifffile",
+    "cellfusion", "numpy", "pandas", "pyarrow", "scikit-image", "scipy", "tifffile",
     "scikit-learn", "xgboost", "pycytominer", "shap", "torch", "timm", "dask",
 )
 

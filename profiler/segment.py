@@ -2,7 +2,7 @@
 
 The three steps follow CellProfiler 5's IdentifyPrimaryObjects, IdentifySecondaryObjects
 (Propagation) and IdentifyTertiaryObjects, so that a CellProfiler user gets the objects they
-expect from the same settings (``pipelines/cellprofiler/bbbc021.cppipe`` is the equivalent
+expect from the same settings (``profiler/pipelines/cellprofiler/bbbc021.cppipe`` is the equivalent
 CellProfiler pipeline):
 
 * **Nuclei** — a global threshold (Otsu two- or three-class, or minimum cross-entropy) computed

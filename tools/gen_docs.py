@@ -62,8 +62,8 @@ def features_markdown() -> str:
         "",
         "A feature that shares a CellProfiler name means what CellProfiler means by it (same definition, "
         "same units); intensities are on CellProfiler's scale (raw value / dtype maximum, so 16-bit data "
-        "lies in [0, 1]). Which families run is set per assay in `pipelines/<name>.yaml` "
-        "(`features: {families: [...]}`); parameters of a family (its defaults are listed below) are set "
+        "lies in [0, 1]). A pipeline measures every family below unless its YAML lists fewer "
+        "(`features: {families: [...]}`; the built-in pipelines are in `profiler/pipelines/`); parameters of a family (its defaults are listed below) are set "
         "in the same section under the family's name, e.g. "
         "`features: {families: [AreaShape, Texture], Texture: {scales: [3, 5]}}`. How closely each family matches CellProfiler 5 is measured in "
         "`benchmarks/parity_vs_cellprofiler.py` (see docs/parity.md).",

@@ -125,8 +125,8 @@ plt.show()
         md('''
 ## 2. Extract: images → cells → features → well profiles
 
-`extract` reads the pipeline `pipelines/example.yaml` (channels and their roles, segmentation settings,
-which feature families to measure, how to build profiles). Sites are processed as Dask tasks
+`extract` reads the built-in pipeline `example` (`profiler/pipelines/example.yaml`: channels and their
+roles, segmentation settings, how to build profiles; it measures every feature family). Sites are processed as Dask tasks
 (`workers=0` runs them in this process; `None` starts one worker per core). `overlays=True` also writes
 a picture of the segmentation of every site.
 '''),
