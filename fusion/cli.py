@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from profiler._cli_util import err_console, run_main, setup_logging
+from profiler._cli_util import COLUMN_OPTION_HELP, err_console, run_main, setup_logging
 
 app = typer.Typer(help="Profiles (+ single-cell crops) → XGBoost / CNN / stacked models → predictions and SHAP reports.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -22,10 +22,17 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug
 def train(
     profiles: Path = typer.Argument(..., help="Per-well profile table (profiles.parquet from `profiler extract`, or CSV)."),
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
-    label: str = typer.Option("Metadata_Compound", "--label", "-l", help="Column to predict."),
+    label: Optional[str] = typer.Option(None, "--label", "-l", help="Column to predict (default: the compound column; "
+                                                                    "'compound' or 'moa' name the resolved column)."),
     group_by: Optional[list[str]] = typer.Option(
-        None, "--group-by", help="Column(s) never split between training and test folds "
-                                 "(default: Metadata_Plate + Metadata_Well; Metadata_Compound = leave compounds out)."),
+        None, "--group-by", help="Column(s) never split between training and test folds. Default from the label: "
+                                 "compounds for any label but the compound (leave-compound-out); for the compound, "
+                                 "replicate plates (>= 2 plates), else wells."),
+    compound: Optional[str] = typer.Option(None, "--compound", help=COLUMN_OPTION_HELP["compound"]),
+    concentration: Optional[str] = typer.Option(None, "--concentration", help=COLUMN_OPTION_HELP["concentration"]),
+    moa: Optional[str] = typer.Option(None, "--moa", help=COLUMN_OPTION_HELP["moa"]),
+    batch: Optional[str] = typer.Option(None, "--batch", help=COLUMN_OPTION_HELP["batch"]),
+    control: Optional[str] = typer.Option(None, "--control", help=COLUMN_OPTION_HELP["control"]),
     embeddings: Optional[Path] = typer.Option(None, "--embeddings",
                                               help="Per-well CNN embeddings (from `fusion embed`) to append to the features."),
     n_splits: int = typer.Option(5, "--folds", help="Cross-validation folds (fewer if there are fewer groups)."),
@@ -48,7 +55,20 @@ def train(
 
     path = _train(profiles, out, label=label, group_by=group_by or None, embeddings=embeddings,
                   n_splits=n_splits, seed=seed, include_cell_count=cell_count, n_jobs=n_jobs,
-                  crops=crops, cnn=cnn, cnn_config=cnn_config, stack_coupling=stack_coupling)
+                  crops=crops, cnn=cnn, cnn_config=cnn_config, stack_coupling=stack_coupling,
+                  compound=compound, concentration=concentration, moa=moa, batch=batch, control=control)
+    import json
+
+    m = json.loads((path / "metrics.json").read_text())
+    acc, g = m["scores"]["accuracy"], m["grouping"]
+    typer.echo(f"out-of-fold accuracy {acc['value']:.3f} (majority baseline {acc['majority']:.3f}; {m['n']} rows)")
+    typer.echo(f"folds: {g['reason']}")
+    for note in g["notes"]:
+        typer.echo(f"note: {note}")
+    if g["single_group_classes"]:
+        typer.echo(f"warning: {len(g['single_group_classes'])} class(es) lie in a single group and cannot be "
+                   f"predicted out of fold ({', '.join(list(g['single_group_classes'])[:10])}); "
+                   f"accuracy ceiling {g['accuracy_ceiling']:.3f}")
     err_console.print(f"model written to {path}")
 
 

@@ -1,5 +1,9 @@
 """Cross-validation folds and out-of-fold probabilities — the one place ``fusion`` builds them.
 
+* :func:`choose_grouping` — which rows must never be split between training and test folds,
+  following from the label (DESIGN.md: leakage-proof by default): a label other than the compound
+  → whole compounds are held out; the compound itself → replicate plates (≥ 2 plates), else wells.
+  :func:`grouping_limits` lists the classes that cannot be predicted under that grouping.
 * :func:`grouped_folds` — grouped folds (no group in a training and a test fold at once),
   stratified by class when every class spans enough groups.
 * :func:`fold_index` — the fold number of every row; :func:`expand_folds` — the same folds over
@@ -22,19 +26,124 @@ with a single class predicts that class with probability 1.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, cross_val_predict
 
+from profiler.columns import ColumnSpec, control_mask
 from profiler.errors import InputError
 
-__all__ = ["Folds", "grouped_folds", "fold_index", "expand_folds", "align_proba", "cross_val_proba",
+__all__ = ["Folds", "Grouping", "choose_grouping", "grouping_limits", "grouped_folds", "fold_index", "expand_folds", "align_proba", "cross_val_proba",
            "out_of_fold_proba"]
 
 #: A list of ``(train_indices, test_indices)`` pairs whose test parts partition the rows.
 Folds = list[tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class Grouping:
+    """How rows are grouped for cross-validation, and why.
+
+    ``groups`` holds one group label per row; ``rule`` is ``"compound"``, ``"plate"``, ``"well"``
+    or ``"given"``; ``columns`` the columns the labels were made from; ``reason`` one sentence for
+    the report; ``notes`` what a reader must keep in mind (e.g. what well grouping measures).
+    """
+
+    groups: np.ndarray
+    rule: str
+    columns: list[str]
+    reason: str
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary (no per-row labels)."""
+        return {"rule": self.rule, "columns": list(self.columns), "reason": self.reason, "notes": list(self.notes),
+                "n_groups": int(len(np.unique(self.groups)))}
+
+
+def _join(df: pd.DataFrame, cols: Sequence[str]) -> np.ndarray:
+    return df[list(cols)].astype(object).fillna("").astype(str).agg("/".join, axis=1).to_numpy()
+
+
+def choose_grouping(profiles: pd.DataFrame, label: str, columns: ColumnSpec,
+                    group_by: str | Sequence[str] | None = None) -> Grouping:
+    """The cross-validation groups of ``profiles`` for predicting ``label``.
+
+    * ``group_by`` given: its column(s), as given.
+    * ``label`` is not the compound and the table has a compound column: by compound (no compound
+      in a training and a test fold at once — the honest test for a mechanism-of-action label).
+      Negative-control rows (:func:`profiler.columns.control_mask`) are one compound seen on every
+      plate; they are grouped by plate (by well on a single plate), so the control class is learnt
+      from other plates' controls.
+    * ``label`` is the compound: by plate when there are ≥ 2 plates (replicate plates held out),
+      else by well — which measures how consistent replicate wells are, not how a compound's
+      profile carries to a new plate.
+    * no compound column: by well, with a note that the score may include the compound identity.
+    """
+    plate, well = columns.plate, columns.well
+    well_cols = [c for c in (plate, well) if c is not None]
+    if group_by:
+        cols = [group_by] if isinstance(group_by, str) else list(group_by)
+        missing = [c for c in cols if c not in profiles.columns]
+        if missing:
+            raise InputError(f"cannot group rows: column(s) {', '.join(missing)} missing from the profile table",
+                             hint="pass --group-by with a column that exists (e.g. Metadata_Compound)")
+        return Grouping(_join(profiles, cols), "given", cols, f"grouped by {', '.join(cols)} (--group-by)")
+    if not well_cols:
+        raise InputError("cannot group rows: the profile table has no plate or well column",
+                         hint="pass --group-by with a column that exists (e.g. Metadata_Compound)")
+    compound = columns.compound
+    if compound is not None and label != compound:
+        groups = _join(profiles, [compound])
+        ctrl = control_mask(profiles, columns)
+        notes = []
+        if ctrl.any():
+            by = [plate] if plate is not None and profiles[plate].nunique() >= 2 else well_cols
+            groups = np.where(ctrl, "control/" + _join(profiles, by), "compound/" + groups)
+            notes.append(f"{int(ctrl.sum())} negative-control row(s) grouped by {' + '.join(by)} "
+                         "(the control is one compound on every plate)")
+        return Grouping(groups, "compound", [compound], f"leave-compound-out: the label {label} is not the "
+                        f"compound, so whole compounds ({compound}) are held out and the score measures "
+                        "prediction for compounds the model has never seen", notes)
+    if compound is not None and plate is not None and profiles[plate].nunique() >= 2:
+        return Grouping(_join(profiles, [plate]), "plate", [plate],
+                        f"leave-plate-out: the label is the compound ({compound}), so replicate plates are held "
+                        "out and the score measures recognising a compound on a plate the model has not seen")
+    if compound is not None:
+        return Grouping(_join(profiles, well_cols), "well", well_cols,
+                        f"by well: the label is the compound ({compound}) and there is one plate",
+                        ["grouping by well measures replicate consistency (how alike a compound's replicate wells "
+                         "on the same plate are), not generalisation to new plates"])
+    return Grouping(_join(profiles, well_cols), "well", well_cols,
+                    "by well: no compound column was found (name it with --compound)",
+                    [f"wells of one compound can be in training and test folds: if {label} is shared by several "
+                     "compounds, the score can reward recognising the compound; pass --compound or --group-by"])
+
+
+def grouping_limits(y: Sequence, groups: Sequence, splits: Sequence[tuple[np.ndarray, np.ndarray]] | None = None
+                    ) -> dict[str, Any]:
+    """Classes the grouping leaves unpredictable, and the accuracy ceiling they imply.
+
+    A class whose rows all fall in fewer than 2 groups is never in a training fold when it is
+    tested, so its rows cannot be predicted right: ``single_group_classes`` maps each such class to
+    its row count; ``accuracy_ceiling`` is the fraction of rows that can be right, i.e. the rows
+    whose class is in their fold's training rows (computed on ``splits`` when given, else
+    ``1 - rows of single-group classes / rows``).
+    """
+    y, groups = np.asarray(y).astype(str), np.asarray(groups)
+    per_class = pd.Series(groups).groupby(y).nunique()
+    single = {str(c): int((y == c).sum()) for c in per_class.index[per_class < 2]}
+    if splits is None:
+        ceiling = 1.0 - sum(single.values()) / max(len(y), 1)
+    else:
+        ok = np.zeros(len(y), dtype=bool)
+        for tr, te in splits:
+            ok[te] = np.isin(y[te], np.unique(y[tr]))
+        ceiling = float(ok.mean()) if len(y) else 1.0
+    return {"single_group_classes": single, "accuracy_ceiling": float(ceiling)}
 
 
 def grouped_folds(y: Sequence, groups: Sequence, n_splits: int = 5, seed: int = 0) -> Folds:

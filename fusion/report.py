@@ -271,6 +271,31 @@ th{background:#edf2f7}.warning{background:#fff5f5;border:2px solid #c53030;color
 .higher{color:#c53030}.lower{color:#2b6cb0}code{font-size:0.9em}"""
 
 
+def _grouping_html(manifest: dict[str, Any]) -> str:
+    """How the folds were grouped and why (manifest ``grouping``; older folders: the columns only)."""
+    params = manifest.get("parameters", {})
+    cols = "</code> + <code>".join(html.escape(str(c)) for c in (params.get("group_by") or []))
+    g = manifest.get("grouping")
+    if not g:
+        return f"grouped by <code>{cols}</code> (no group is in a training and a test fold at once)"
+    notes = "".join(f" Note: {html.escape(n)}." for n in g.get("notes", []))
+    return (f"grouped by <code>{cols}</code> ({g.get('n_groups')} groups; no group is in a training and a test "
+            f"fold at once) — <b>{html.escape(g.get('reason', ''))}</b>.{notes} Accuracy ceiling under this "
+            f"grouping: {g.get('accuracy_ceiling', 1.0):.3f}")
+
+
+def _grouping_warnings(manifest: dict[str, Any]) -> list[str]:
+    """Classes that lie in a single group: never in a training fold when tested, so never right."""
+    g = manifest.get("grouping") or {}
+    single = g.get("single_group_classes") or {}
+    if not single:
+        return []
+    listed = ", ".join(f"{html.escape(str(c))} ({n} rows)" for c, n in single.items())
+    return [f"{len(single)} class(es) lie in a single {html.escape(str(g.get('rule')))} group and cannot be predicted "
+            f"out of fold: {listed}. The accuracy ceiling they imply is {g.get('accuracy_ceiling', 1.0):.3f}; "
+            "judge the scores against it."]
+
+
 def report(model_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write ``model_dir/report.html`` (or ``out``) and its PNG figures beside it; returns the HTML path."""
     model_dir = Path(model_dir)
@@ -302,7 +327,7 @@ def report(model_dir: str | Path, out: str | Path | None = None) -> Path:
     figs["group_attributions.png"] = fig_groups(groups, fig_dir / "group_attributions.png")
 
     params = manifest.get("parameters", {})
-    warn = "".join(f'<div class="warning"><b>Warning.</b> {w}</div>' for w in _warnings(summary))
+    warn = "".join(f'<div class="warning"><b>Warning.</b> {w}</div>' for w in _warnings(summary) + _grouping_warnings(manifest))
     stack_html = ""
     if "stack_weights" in manifest:
         stack_html = ("<h2>Stacked model: weight on each base model</h2><table><tr><th>base model</th>"
@@ -317,8 +342,7 @@ def report(model_dir: str | Path, out: str | Path | None = None) -> Path:
 <h1>cellfusion model report</h1>
 <p>Model folder <code>{html.escape(str(model_dir.resolve()))}</code> · label <code>{html.escape(str(params.get('label')))}</code>
 · {summary['n']} rows · {len(classes)} classes · {len(feats)} features ·
-cross-validation: {params.get('n_splits')} folds grouped by <code>{html.escape(str(params.get('group_by')))}</code>
-(no group is in a training and a test fold at once). Final model: {html.escape(str(manifest.get('final_model')))}.</p>
+cross-validation: {params.get('n_splits')} folds {_grouping_html(manifest)}. Final model: {html.escape(str(manifest.get('final_model')))}.</p>
 {warn}
 <h2>Scores (out-of-fold) beside the baselines</h2>
 <p>Majority class = always predicting “{html.escape(summary['majority_class'])}”; chance = guessing with the label

@@ -13,9 +13,16 @@ What a model folder holds (all written atomically; nothing is a pickle):
 * ``manifest.json`` — inputs with SHA-256, parameters, versions, classes, features, row counts and
   ``model_files`` (format, size, SHA-256 of each model file, checked on load).
 
-Cross-validation is grouped: by default a group is a well (``Metadata_Plate`` + ``Metadata_Well``),
-so no well is in a training and a test fold at once; ``group_by="Metadata_Compound"`` leaves whole
-compounds out (the honest test for a mechanism-of-action label).
+Cross-validation is grouped, and the grouping follows from the label
+(:func:`fusion.oof.choose_grouping`): a label other than the compound (a mechanism of action) →
+whole compounds are held out; the compound itself → replicate plates (≥ 2 plates), else wells.
+``group_by`` overrides it. ``metrics.json`` and the manifest say which grouping was used and why,
+and which classes it leaves unpredictable (a class with a single compound cannot be predicted
+when compounds are held out) with the accuracy ceiling that implies.
+
+The table's columns keep their names: the compound, concentration, MoA, batch columns and the
+negative controls are resolved by :func:`profiler.columns.resolve_columns` (ours, the common
+pycytominer/JUMP/LINCS names, or the names given).
 """
 
 from __future__ import annotations
@@ -29,15 +36,16 @@ import numpy as np
 import pandas as pd
 
 from fusion import explain, metrics, modelio
-from fusion.oof import cross_val_proba, expand_folds, fold_index, grouped_folds
+from fusion.oof import choose_grouping, cross_val_proba, expand_folds, fold_index, grouped_folds, grouping_limits
 from fusion.gbm import GBMClassifier, join_embeddings
 from profiler import io
 from profiler.errors import ConfigError, InputError
-from profiler.names import CELL_COUNT, COMPOUND, CONTROL, PLATE, WELL, feature_columns, metadata_columns
+from profiler.columns import ROLES, control_mask, resolve_columns
+from profiler.names import CELL_COUNT, PLATE, WELL, feature_columns, metadata_columns
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "read_profiles", "model_features", "make_groups",
+__all__ = ["train", "read_profiles", "model_features",
            "GBM_FILE", "GBM_CONFIG", "STACK_FILE", "OOF_FILE", "TRAIN_FILE", "SHAP_FILE"]
 
 GBM_FILE = "gbm.ubj"
@@ -84,18 +92,6 @@ def model_features(profiles: pd.DataFrame, include_cell_count: bool = True) -> l
     return feats
 
 
-def make_groups(profiles: pd.DataFrame, group_by: str | Sequence[str] | None = None) -> np.ndarray:
-    """Group label of every row: plate + well by default, or the given column(s)."""
-    cols = [group_by] if isinstance(group_by, str) else list(group_by or [c for c in (PLATE, WELL)
-                                                                            if c in profiles.columns])
-    missing = [c for c in cols if c not in profiles.columns]
-    if missing or not cols:
-        raise InputError(f"cannot group rows: column(s) {', '.join(missing) or 'Metadata_Plate/Metadata_Well'} "
-                         "missing from the profile table",
-                         hint="pass --group-by with a column that exists (e.g. Metadata_Compound)")
-    return profiles[cols].astype(str).agg("/".join, axis=1).to_numpy()
-
-
 def _manifest_inputs(profiles_path: Path | None, embeddings: Any, crops: Any = None) -> dict[str, Path]:
     inputs: dict[str, Path] = {}
     if profiles_path is not None:
@@ -107,8 +103,10 @@ def _manifest_inputs(profiles_path: Path | None, embeddings: Any, crops: Any = N
     return inputs
 
 
-def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: str = COMPOUND,
-          group_by: str | Sequence[str] | None = None, embeddings: str | Path | pd.DataFrame | None = None,
+def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: str | None = None,
+          group_by: str | Sequence[str] | None = None, compound: str | None = None,
+          concentration: str | None = None, moa: str | None = None, batch: str | None = None,
+          control: str | None = None, embeddings: str | Path | pd.DataFrame | None = None,
           n_splits: int = 5, seed: int = 0, include_cell_count: bool = True,
           gbm_params: Mapping[str, Any] | None = None, n_jobs: int = 1,
           crops: str | Path | None = None, cnn: bool = True, cnn_config: str = "cpu",
@@ -121,9 +119,16 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
     profiles:
         ``profiles.parquet`` (or CSV, or a DataFrame): one row per well, ``Metadata_*`` + features.
     label:
-        The column to predict (``Metadata_Compound``, ``Metadata_MoA`` …).
+        The column to predict (``Metadata_Compound``, ``Metadata_MoA`` …), or a role name
+        (``"compound"``, ``"moa"``) for the column resolved for it. Default: the compound column.
     group_by:
-        Column(s) whose values are never split between training and test folds. Default: plate + well.
+        Column(s) whose values are never split between training and test folds. Default: from the
+        label (:func:`fusion.oof.choose_grouping`) — compounds for a MoA label, replicate plates
+        (else wells) for the compound.
+    compound, concentration, moa, batch, control:
+        The table's column for each role and the negative-control rule (a compound value or a
+        pandas query), as :func:`profiler.columns.resolve_columns` takes them; default: ours or a
+        recognised pycytominer/JUMP/LINCS name.
     embeddings:
         Optional per-well CNN embeddings (``fusion embed``) appended to the features.
     n_splits:
@@ -158,6 +163,13 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
     if not isinstance(profiles, pd.DataFrame):
         profiles_path = Path(profiles)
         profiles = read_profiles(profiles_path)
+    spec = resolve_columns(profiles, compound=compound, concentration=concentration, moa=moa, batch=batch,
+                           control=control, path=profiles_path)
+    if label is None:
+        spec.require("compound", what="the default label (the compound)", path=profiles_path)
+        label = spec.compound
+    elif label not in profiles.columns and label in ROLES and getattr(spec, label) is not None:
+        label = getattr(spec, label)
     if label not in profiles.columns:
         raise InputError(f"label column {label!r} is not in the profile table", path=profiles_path,
                          hint=f"choose one of: {', '.join(metadata_columns(profiles)) or '(no Metadata_ columns)'}")
@@ -174,7 +186,8 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
     if len(classes) < 2:
         raise InputError(f"the label {label!r} has only one value ({classes[0] if len(classes) else 'none'})",
                          path=profiles_path, hint="a classifier needs at least two classes")
-    groups = make_groups(profiles, group_by)
+    grouping = choose_grouping(profiles, label, spec, group_by)
+    groups = grouping.groups
     params = {**(gbm_params or {})}
     try:
         GBMClassifier(**params)
@@ -185,6 +198,16 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
 
     splits = grouped_folds(y, groups, n_splits, seed)
     fold = fold_index(splits, len(y))
+    limits = grouping_limits(y, groups, splits)
+    grouping_info = {**grouping.to_dict(), **limits}
+    log.info("folds %s", grouping.reason)
+    for note in grouping.notes:
+        log.info("note: %s", note)
+    if limits["single_group_classes"]:
+        single = limits["single_group_classes"]
+        log.warning("%d class(es) lie in a single %s group and cannot be predicted out of fold: %s%s "
+                    "(accuracy ceiling %.3f)", len(single), grouping.rule, ", ".join(list(single)[:10]),
+                    " …" if len(single) > 10 else "", limits["accuracy_ceiling"])
     with Progress(transient=True) as bar:
         task = bar.add_task("cross-validating XGBoost", total=None)
         oof = cross_val_proba(GBMClassifier(**params), X, y, classes, splits, groups=groups)
@@ -202,9 +225,7 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
 
     # explanations of the final model on the training rows
     values, base = explain.shap_values(final.get_booster(), X, len(classes))
-    control = None
-    if CONTROL in profiles.columns:
-        control = (profiles[CONTROL].astype(str) == "negative").to_numpy()
+    control = control_mask(profiles, spec)
     top = explain.top_features(values, X, y, classes, control, k=10)
     imp = explain.class_importance(values, feats, classes)
     groups_imp = explain.group_attributions(imp)
@@ -245,13 +266,13 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
     io.write_parquet(pd.concat([profiles[[c for c in meta_cols if c not in feats]], X], axis=1),
                      out_dir / TRAIN_FILE)
     io.write_parquet(shap_df, out_dir / SHAP_FILE)
-    io.write_json({**summary, "base_models": base_summaries}, out_dir / "metrics.json")
+    io.write_json({**summary, "base_models": base_summaries, "grouping": grouping_info}, out_dir / "metrics.json")
     io.write_json({"label": label, "classes": list(classes), "expected_value": base.tolist(),
                    "top_features": top,
                    "class_importance": {c: imp[c].sort_values(ascending=False).to_dict() for c in imp.columns},
                    "group_attributions": {g: row.to_dict() for g, row in groups_imp.iterrows()}},
                   out_dir / "explain.json")
-    modelio_params = {"label": label, "group_by": group_by or [PLATE, WELL], "n_splits": len(splits),
+    modelio_params = {"label": label, "group_by": grouping.columns, "grouping": grouping.rule, "n_splits": len(splits),
                       "seed": seed, "include_cell_count": include_cell_count, "gbm": final.get_params(),
                       "gbm_rounds": final.n_rounds_, "cnn": cnn_model is not None,
                       "cnn_config": cnn_config if cnn_model is not None else None,
@@ -265,13 +286,14 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
         extra={modelio.MODEL_FILES_KEY: model_files, "classes": list(classes), "features": feats,
                "rows": {"total": int(len(y)), "groups": int(len(np.unique(groups))),
                         "per_class": {c: int(n) for c, n in zip(*np.unique(y, return_counts=True))}},
+               "grouping": grouping_info, "columns": spec.to_dict(),
                "base_models": list(base_oof), "final_model": "stack" if cnn_model is not None else "gbm",
                **extra_manifest,
                "cv_summary": {k: v["value"] for k, v in summary["scores"].items()}},
     )
     acc = summary["scores"]["accuracy"]
-    log.info("out-of-fold accuracy %.3f (majority baseline %.3f) on %d rows, %d classes",
-             acc["value"], acc["majority"], len(y), len(classes))
+    log.info("out-of-fold accuracy %.3f (majority baseline %.3f) on %d rows, %d classes; folds %s",
+             acc["value"], acc["majority"], len(y), len(classes), grouping.reason)
     return out_dir
 
 

@@ -12,6 +12,11 @@
   vs treatments of other MoAs, other compounds only), each beside the chance mAP (the mean fraction of
   positives among the ranked pairs).
 * :func:`evaluate` — all of the above on a per-well profile table.
+
+Every function takes a :class:`profiler.columns.ColumnSpec` (``columns=``): which columns hold the
+compound, concentration, MoA and batch, and which rows are negative controls (the one definition,
+:func:`profiler.columns.control_mask`). Without it the columns are resolved from the table — ours
+(``Metadata_Compound`` …) or the common pycytominer/JUMP/LINCS names.
 """
 
 from __future__ import annotations
@@ -23,10 +28,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from profiler.columns import ColumnSpec, control_mask, resolve_columns
 from profiler.errors import InputError
-from profiler.names import BATCH, COMPOUND, CONCENTRATION, CONTROL, MOA, PLATE, WELL, feature_columns
+from profiler.names import COMPOUND, CONCENTRATION, feature_columns
 
 TREATMENT = (COMPOUND, CONCENTRATION)
+
+
+def _spec(df: pd.DataFrame, columns: ColumnSpec | None, control: str | None = None) -> ColumnSpec:
+    return columns if columns is not None else resolve_columns(df, control=control)
 
 
 @dataclass
@@ -49,17 +59,22 @@ class Evaluation:
     map_activity: float | None = None
     map_activity_chance: float | None = None
     fraction_active: float | None = None
+    map_activity_scored: int | None = None      # treatments with >= 2 replicate wells (scored)
+    map_activity_treatments: int | None = None  # non-control treatments in the table
     map_consistency: float | None = None
     map_consistency_chance: float | None = None
     n_wells: int = 0
     n_features: int = 0
+    n_controls: int = 0
+    columns: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def lines(self) -> list[str]:
         """Human-readable summary, one metric per line, each beside its chance baseline."""
-        out = [f"wells: {self.n_wells}, features: {self.n_features}",
+        out = [f"wells: {self.n_wells} ({self.n_controls} negative controls), features: {self.n_features}",
                f"NSC   1-NN MoA accuracy {self.nsc.accuracy:.3f}  (chance {self.nsc.chance:.3f}, "
                f"{self.nsc.n_queries} treatments)"]
         if self.nscb is not None:
@@ -68,9 +83,12 @@ class Evaluation:
                        f"{self.nscb.n_queries} treatments{drop})")
         if self.map_activity is not None:
             out.append(f"mAP phenotypic activity    {self.map_activity:.3f}  (chance {self.map_activity_chance:.3f}; "
-                       f"{self.fraction_active:.0%} of treatments active at p<0.05)")
+                       f"{self.fraction_active:.0%} of scored treatments active at p<0.05; "
+                       f"{self.map_activity_scored} of {self.map_activity_treatments} treatments had >= 2 "
+                       "replicate wells to score)")
         if self.map_consistency is not None:
             out.append(f"mAP phenotypic consistency {self.map_consistency:.3f}  (chance {self.map_consistency_chance:.3f})")
+        out.extend(f"note: {n}" for n in self.notes)
         return out
 
 
@@ -78,8 +96,8 @@ def _check_columns(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
     missing = [c for c in cols if c not in df.columns]
     if missing:
         raise InputError(f"{what} needs columns {missing}, the table has none of them",
-                         hint="annotate the profiles with the platemap/MoA table first "
-                              "(Metadata_Compound, Metadata_Concentration, Metadata_MoA, Metadata_Batch)")
+                         hint="name your table's columns with --compound/--concentration/--moa/--batch, or "
+                              "annotate the profiles with the platemap/MoA table first")
 
 
 def _features(df: pd.DataFrame, features: Sequence[str] | None) -> list[str]:
@@ -93,34 +111,45 @@ def _features(df: pd.DataFrame, features: Sequence[str] | None) -> list[str]:
     return feats
 
 
-def is_control(df: pd.DataFrame, control_compound: str = "DMSO") -> pd.Series:
-    """Negative-control rows: ``Metadata_Control == 'negative'`` or the control compound."""
-    mask = pd.Series(False, index=df.index)
-    if CONTROL in df:
-        mask |= df[CONTROL].astype(str).str.lower().eq("negative")
-    if COMPOUND in df:
-        mask |= df[COMPOUND].astype(str).eq(control_compound)
-    return mask
+def is_control(df: pd.DataFrame, control: str | None = None, columns: ColumnSpec | None = None) -> np.ndarray:
+    """Negative-control rows (:func:`profiler.columns.control_mask`); ``control`` as ``--control``."""
+    if columns is not None and control is not None:
+        columns = ColumnSpec(**{**columns.to_dict(), "control": control})
+    return control_mask(df, _spec(df, columns, control))
+
+
+def _treatment_columns(df: pd.DataFrame, spec: ColumnSpec, treatment: Sequence[str] | None, what: str) -> list[str]:
+    if treatment is not None:
+        cols = list(treatment)
+    else:
+        spec.require("compound", what=what)
+        cols = list(spec.treatment)
+    _check_columns(df, cols, what)
+    return cols
 
 
 def treatment_profiles(profiles: pd.DataFrame, *, features: Sequence[str] | None = None,
-                       treatment: Sequence[str] = TREATMENT, operation: str = "median") -> pd.DataFrame:
-    """One row per treatment: ``operation`` (median/mean) of its wells' features.
+                       treatment: Sequence[str] | None = None, operation: str = "median",
+                       columns: ColumnSpec | None = None) -> pd.DataFrame:
+    """One row per treatment (compound × concentration): ``operation`` (median/mean) of its wells.
 
-    ``Metadata_MoA`` is carried over (it must be constant within a treatment); ``Metadata_Batch``
-    becomes the ``;``-joined sorted set of batches the treatment's wells come from.
+    The MoA column is carried over (it must be constant within a treatment); the batch column
+    becomes the ``;``-joined sorted set of batches the treatment's wells come from. Column names
+    are kept as in the table.
     """
+    spec = _spec(profiles, columns)
     feats = _features(profiles, features)
-    _check_columns(profiles, treatment, "treatment profiles")
+    treatment = _treatment_columns(profiles, spec, treatment, "treatment profiles")
     grouped = profiles.groupby(list(treatment), sort=True, dropna=False)
     out = getattr(grouped[feats], operation)()
-    if MOA in profiles:
-        n_moa = grouped[MOA].nunique()
+    moa, batch = spec.moa, spec.batch
+    if moa is not None and moa in profiles and moa not in treatment:
+        n_moa = grouped[moa].nunique()
         if (n_moa > 1).any():
-            raise InputError(f"treatments with more than one MoA: {list(n_moa[n_moa > 1].index[:5])}")
-        out.insert(0, MOA, grouped[MOA].first())
-    if BATCH in profiles:
-        out.insert(0, BATCH, grouped[BATCH].agg(lambda s: ";".join(sorted(set(map(str, s))))))
+            raise InputError(f"treatments with more than one MoA ({moa}): {list(n_moa[n_moa > 1].index[:5])}")
+        out.insert(0, moa, grouped[moa].first())
+    if batch is not None and batch in profiles and batch not in treatment:
+        out.insert(0, batch, grouped[batch].agg(lambda s: ";".join(sorted(set(map(str, s))))))
     out.insert(0, "Metadata_Wells", grouped.size())
     return out.reset_index()
 
@@ -145,11 +174,20 @@ def _nn_accuracy(sim: np.ndarray, moa: np.ndarray, allowed: np.ndarray) -> tuple
 
 
 def nsc_nscb(treatments: pd.DataFrame, *, features: Sequence[str] | None = None,
-             control_compound: str = "DMSO") -> tuple[NNScore, NNScore | None]:
-    """NSC and NSCB 1-NN accuracies (cosine) on a treatment table from :func:`treatment_profiles`."""
-    _check_columns(treatments, [COMPOUND, MOA], "NSC")
-    t = treatments[~is_control(treatments, control_compound)].reset_index(drop=True)
-    t = t[t[MOA].notna()].reset_index(drop=True)
+             control: str | None = None, columns: ColumnSpec | None = None,
+             controls: np.ndarray | None = None) -> tuple[NNScore, NNScore | None]:
+    """NSC and NSCB 1-NN accuracies (cosine) on a treatment table from :func:`treatment_profiles`.
+
+    ``controls`` marks the control treatments (default: :func:`profiler.columns.control_mask` on
+    the treatment table); they are neither queries nor neighbours.
+    """
+    spec = _spec(treatments, columns, control)
+    spec.require("compound", "moa", what="NSC")
+    comp_col, moa_col, batch_col = spec.compound, spec.moa, spec.batch
+    _check_columns(treatments, [comp_col, moa_col], "NSC")
+    ctrl = control_mask(treatments, spec) if controls is None else np.asarray(controls, dtype=bool)
+    t = treatments[~ctrl].reset_index(drop=True)
+    t = t[t[moa_col].notna()].reset_index(drop=True)
     if len(t) < 2:
         raise InputError("fewer than two annotated non-control treatments to evaluate")
     feats = _features(t, features)
@@ -158,14 +196,14 @@ def nsc_nscb(treatments: pd.DataFrame, *, features: Sequence[str] | None = None,
         raise InputError("treatment profiles contain NaN/inf values",
                          hint="drop NaN columns (feature_select drop_na_columns) before evaluating")
     sim = _cosine(x)
-    moa = t[MOA].astype(str).to_numpy()
-    comp = t[COMPOUND].astype(str).to_numpy()
+    moa = t[moa_col].astype(str).to_numpy()
+    comp = t[comp_col].astype(str).to_numpy()
     allowed = comp[:, None] != comp[None, :]
     acc, chance, per = _nn_accuracy(sim, moa, allowed)
     nsc = NNScore(acc, chance, len(t), per_moa=per)
-    if BATCH not in t:
+    if batch_col is None or batch_col not in t:
         return nsc, None
-    batches = [set(b.split(";")) for b in t[BATCH].astype(str)]
+    batches = [set(b.split(";")) for b in t[batch_col].astype(str)]
     moa_batches: dict[str, set[str]] = {}
     for m, b in zip(moa, batches):
         moa_batches.setdefault(m, set()).update(b)
@@ -184,18 +222,28 @@ def _chance_map(ap: pd.DataFrame, sameby: str) -> float:
 
 
 def map_scores(profiles: pd.DataFrame, *, features: Sequence[str] | None = None,
-               treatment: Sequence[str] = TREATMENT, control_compound: str = "DMSO",
-               null_size: int = 10000, seed: int = 0) -> dict[str, float | None]:
-    """copairs mAP: phenotypic activity (wells) and consistency (treatment profiles), with chance."""
+               treatment: Sequence[str] | None = None, control: str | None = None,
+               columns: ColumnSpec | None = None, null_size: int = 10000, seed: int = 0) -> dict[str, float | None]:
+    """copairs mAP: phenotypic activity (wells) and consistency (treatment profiles), with chance.
+
+    Activity is scored for the treatments with at least two replicate wells (a well's positives
+    are its replicates, its negatives the control wells); ``map_activity_scored`` and
+    ``map_activity_treatments`` say how many of the non-control treatments that was.
+    """
     from copairs.map import average_precision, mean_average_precision
 
+    spec = _spec(profiles, columns, control)
     feats = _features(profiles, features)
-    _check_columns(profiles, treatment, "mAP")
+    treatment = _treatment_columns(profiles, spec, treatment, "mAP")
+    moa_col, comp_col = spec.moa, treatment[0]
     df = profiles.reset_index(drop=True)
-    ctrl = is_control(df, control_compound).to_numpy()
+    ctrl = control_mask(df, spec)
     out: dict[str, float | None] = {}
-    tkey = df[list(treatment)].astype(str).agg("|".join, axis=1)
-    if ctrl.any():
+    tkey = df[list(treatment)].astype(object).fillna("").astype(str).agg("|".join, axis=1)
+    out["map_activity_treatments"] = int(tkey[~ctrl].nunique())
+    out["map_activity_scored"] = 0
+    replicated = (tkey[~ctrl].value_counts() >= 2).any()  # copairs refuses a table without positive pairs
+    if ctrl.any() and replicated:
         meta = pd.DataFrame({"treatment": tkey, "ref": np.where(ctrl, np.arange(len(df)), -1)})
         x = df[feats].to_numpy(dtype=np.float64)
         ap = average_precision(meta, x, pos_sameby=["treatment", "ref"], pos_diffby=[],
@@ -207,62 +255,85 @@ def map_scores(profiles: pd.DataFrame, *, features: Sequence[str] | None = None,
             out["map_activity"] = float(m["mean_average_precision"].mean())
             out["map_activity_chance"] = _chance_map(ap, "treatment")
             out["fraction_active"] = float(m["below_corrected_p"].mean())
-    if MOA in df:
-        t = treatment_profiles(df[~ctrl], features=feats, treatment=treatment)
-        t = t[t[MOA].notna()].reset_index(drop=True)
-        if len(t) > 2:
-            meta = t[[MOA, COMPOUND]].astype(str).reset_index(drop=True)
-            ap = average_precision(meta, t[feats].to_numpy(dtype=np.float64), pos_sameby=[MOA],
-                                   pos_diffby=[COMPOUND], neg_sameby=[], neg_diffby=[MOA], progress_bar=False)
+            out["map_activity_scored"] = int(ap["treatment"].nunique())
+    if moa_col is not None and moa_col in df:
+        t = treatment_profiles(df[~ctrl], features=feats, treatment=treatment, columns=spec)
+        t = t[t[moa_col].notna()].reset_index(drop=True)
+        if len(t) > 2 and (t.groupby(moa_col)[comp_col].nunique() >= 2).any():
+            meta = t[[moa_col, comp_col]].astype(str).reset_index(drop=True)
+            ap = average_precision(meta, t[feats].to_numpy(dtype=np.float64), pos_sameby=[moa_col],
+                                   pos_diffby=[comp_col], neg_sameby=[], neg_diffby=[moa_col], progress_bar=False)
             ap = ap[ap["n_pos_pairs"] > 0]
             if len(ap):
-                m = mean_average_precision(ap, sameby=[MOA], null_size=null_size, threshold=0.05,
+                m = mean_average_precision(ap, sameby=[moa_col], null_size=null_size, threshold=0.05,
                                            seed=seed, progress_bar=False)
                 out["map_consistency"] = float(m["mean_average_precision"].mean())
-                out["map_consistency_chance"] = _chance_map(ap, MOA)
+                out["map_consistency_chance"] = _chance_map(ap, moa_col)
     return out
 
 
 def replicate_map(profiles: pd.DataFrame, *, features: Sequence[str] | None = None,
-                  treatment: Sequence[str] = TREATMENT, control_compound: str = "DMSO") -> float:
+                  treatment: Sequence[str] | None = None, control: str | None = None,
+                  columns: ColumnSpec | None = None) -> float:
     """Label-free replicate reproducibility: copairs mAP (cosine) of retrieving a well's replicate
     wells (same compound and concentration) among all other wells (controls and other treatments),
     averaged per treatment over non-control treatments. Uses no MoA labels, so it may choose recipes.
     """
     from copairs.map import average_precision
 
+    spec = _spec(profiles, columns, control)
     feats = _features(profiles, features)
-    _check_columns(profiles, treatment, "replicate mAP")
+    treatment = _treatment_columns(profiles, spec, treatment, "replicate mAP")
     df = profiles.reset_index(drop=True)
     x = df[feats].to_numpy(dtype=np.float64)
     if not np.isfinite(x).all():
         raise InputError("profiles contain NaN/inf values", hint="drop NaN columns before scoring")
-    meta = pd.DataFrame({"treatment": df[list(treatment)].astype(str).agg("|".join, axis=1)})
+    meta = pd.DataFrame({"treatment": df[list(treatment)].astype(object).fillna("").astype(str).agg("|".join, axis=1)})
+    if not (meta["treatment"][~control_mask(df, spec)].value_counts() >= 2).any():
+        raise InputError("no treatment has two or more replicate wells: replicate mAP is undefined")
     ap = average_precision(meta, x, pos_sameby=["treatment"], pos_diffby=[], neg_sameby=[],
                            neg_diffby=["treatment"], progress_bar=False)
-    ap = ap[~is_control(df, control_compound).to_numpy() & (ap["n_pos_pairs"] > 0).to_numpy()]
+    ap = ap[~control_mask(df, spec) & (ap["n_pos_pairs"] > 0).to_numpy()]
     if ap.empty:
         raise InputError("no treatment has two or more replicate wells: replicate mAP is undefined")
     return float(ap.groupby("treatment")["average_precision"].mean().mean())
 
 
 def evaluate(profiles: pd.DataFrame, *, features: Sequence[str] | None = None,
-             control_compound: str = "DMSO", with_map: bool = True, null_size: int = 10000,
-             seed: int = 0) -> Evaluation:
-    """NSC/NSCB on treatment medians (+ copairs mAP) for a per-well profile table."""
+             control: str | None = None, columns: ColumnSpec | None = None, with_map: bool = True,
+             null_size: int = 10000, seed: int = 0) -> Evaluation:
+    """NSC/NSCB on treatment medians (+ copairs mAP) for a per-well profile table.
+
+    ``columns`` (from :func:`profiler.columns.resolve_columns`) names the table's compound,
+    concentration, MoA and batch columns and the control rule; ``control`` alone overrides the
+    control rule of the resolved columns.
+    """
+    spec = _spec(profiles, columns, control)
+    if columns is not None and control is not None:
+        spec = ColumnSpec(**{**spec.to_dict(), "control": control})
+    spec.require("compound", "moa", what="evaluate (NSC)")
     feats = _features(profiles, features)
     x = profiles[feats].to_numpy(dtype=np.float64)
     if not np.isfinite(x).all():
         bad = [c for c, ok in zip(feats, np.isfinite(x).all(0)) if not ok]
         raise InputError(f"{len(bad)} feature columns contain NaN/inf, e.g. {bad[:3]}",
                          hint="run feature selection with drop_na_columns, or drop these columns")
-    t = treatment_profiles(profiles, features=feats)
-    nsc, nscb = nsc_nscb(t, features=feats, control_compound=control_compound)
-    ev = Evaluation(nsc=nsc, nscb=nscb, n_wells=len(profiles), n_features=len(feats))
+    well_ctrl = control_mask(profiles, spec)
+    t = treatment_profiles(profiles[~well_ctrl], features=feats, columns=spec)
+    nsc, nscb = nsc_nscb(t, features=feats, columns=spec, controls=np.zeros(len(t), dtype=bool))
+    n_ctrl = int(well_ctrl.sum())
+    ev = Evaluation(nsc=nsc, nscb=nscb, n_wells=len(profiles), n_features=len(feats), n_controls=n_ctrl,
+                    columns=spec.to_dict())
+    if spec.batch is None:
+        ev.notes.append("no batch column (--batch): NSCB not computed")
     if with_map:
-        for k, v in map_scores(profiles, features=feats, control_compound=control_compound,
-                               null_size=null_size, seed=seed).items():
+        for k, v in map_scores(profiles, features=feats, columns=spec, null_size=null_size, seed=seed).items():
             setattr(ev, k, v)
+        if n_ctrl == 0:
+            ev.notes.append("no negative-control wells (--control): mAP phenotypic activity not computed")
+        elif ev.map_activity is None:
+            ev.notes.append(f"no treatment has >= 2 replicate wells (0 of {ev.map_activity_treatments}): "
+                            "mAP phenotypic activity not computed")
     return ev
 
 

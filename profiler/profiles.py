@@ -37,13 +37,13 @@ import numpy as np
 import pandas as pd
 import pycytominer
 
+from profiler.columns import NEGATIVE_CONTROL_QUERY  # the one control definition, as a pycytominer query
 from profiler.errors import ConfigError, InputError
 from profiler.names import (
     BATCH,
     CELL_COUNT,
     COMPOUND,
     CONCENTRATION,
-    CONTROL,
     NON_PHENOTYPE_PATTERN,
     OBJECT_NUMBER,
     PLATE,
@@ -56,7 +56,6 @@ from profiler.names import (
 log = logging.getLogger(__name__)
 
 DEFAULT_STRATA = (PLATE, WELL)
-NEGATIVE_CONTROL_QUERY = f"{CONTROL} == 'negative'"
 NORMALIZE_METHODS = ("standardize", "robustize", "mad_robustize", "spherize")
 FEATURE_SELECT_OPERATIONS = ("variance_threshold", "correlation_threshold", "drop_na_columns",
                              "blocklist", "drop_outliers", "noise_removal")
