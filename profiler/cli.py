@@ -200,12 +200,15 @@ def cluster(
     profiles: Path = typer.Argument(..., help="Per-well profiles (Parquet or CSV): compound, ordering column, features."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (clusters.parquet, distances.parquet, "
                                                      "clusters.png, scores.json, manifest.json)."),
-    by: str = typer.Option("Metadata_Concentration", "--by", help="Numeric column that orders each compound's "
-                                                                  "trajectory (a concentration or a time)."),
-    label: Optional[str] = typer.Option(None, "--label", help="Score the clusters and neighbours against this "
-                                                              "column (e.g. Metadata_MoA), beside label permutations."),
-    compound: str = typer.Option("Metadata_Compound", "--compound", help="Compound column (one trajectory each)."),
-    control: str = typer.Option("DMSO", "--control", help="Negative-control compound (left out)."),
+    by: Optional[str] = typer.Option(None, "--by", help="Numeric column that orders each compound's trajectory "
+                                                        "(a concentration or a time; default: the concentration column)."),
+    label: Optional[str] = typer.Option(None, "--label", help="Score the clusters and neighbours against this column "
+                                                              "(e.g. Metadata_MoA, or 'moa' for the --moa column), "
+                                                              "beside label permutations."),
+    compound: Optional[str] = typer.Option(None, "--compound", help=COLUMN_OPTION_HELP["compound"]),
+    concentration: Optional[str] = typer.Option(None, "--concentration", help=COLUMN_OPTION_HELP["concentration"]),
+    moa: Optional[str] = typer.Option(None, "--moa", help=COLUMN_OPTION_HELP["moa"]),
+    control: Optional[str] = typer.Option(None, "--control", help=COLUMN_OPTION_HELP["control"] + " Left out."),
     distance: str = typer.Option("dtw", "--distance", help="dtw, or euclidean (trajectories resampled to a common length)."),
     dtw_normalize: str = typer.Option("path", "--dtw-normalize", help="path: mean step cost along the warping "
                                                                       "path (lengths comparable); none: the raw sum."),
@@ -220,11 +223,25 @@ def cluster(
 ) -> None:
     """Cluster compounds by their dose (or time) trajectories with DTW; score against a label when given."""
     from profiler.cluster import cluster_command
-    from profiler.evaluate import is_control, read_profiles
+    from profiler.columns import control_mask, resolve_columns
+    from profiler.errors import InputError
+    from profiler.evaluate import read_profiles
 
     table = read_profiles(profiles)
-    res = cluster_command(profiles, out, by=by, compound=compound, control=is_control(table, control),
-                          table=table, label=label, distance=distance, dtw_normalize=dtw_normalize,
+    spec = resolve_columns(table, compound=compound, concentration=concentration, moa=moa, control=control,
+                           path=profiles)
+    spec.require("compound", what="profiler cluster", path=profiles)
+    if by is None:
+        if spec.concentration is None:
+            raise InputError("no concentration column found to order the trajectories", path=profiles,
+                             hint="name the ordering column with --by (or --concentration)")
+        by = spec.concentration
+    if label == "moa" and "moa" not in table.columns:
+        spec.require("moa", what="--label moa", path=profiles)
+        label = spec.moa
+    typer.echo(f"columns: {spec.describe()}; trajectories ordered by {by}")
+    res = cluster_command(profiles, out, by=by, compound=spec.compound, control=control_mask(table, spec),
+                          table=table, columns=spec.to_dict(), label=label, distance=distance, dtw_normalize=dtw_normalize,
                           n_clusters=n_clusters, linkage=linkage, n_neighbours=neighbours, unit_norm=unit_norm,
                           n_permutations=permutations, seed=seed)
     for line in res.lines():

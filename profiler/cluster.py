@@ -420,10 +420,11 @@ def plot_clusters(result: ClusterResult, path: str | Path, compound: str) -> Pat
 
 def cluster_command(profiles_path: str | Path, out_dir: str | Path, *, by: str = CONCENTRATION,
                     compound: str = COMPOUND, control: np.ndarray | pd.Series | None = None,
-                    table: pd.DataFrame | None = None, **kwargs: Any) -> ClusterResult:
+                    table: pd.DataFrame | None = None, columns: dict | None = None, **kwargs: Any) -> ClusterResult:
     """:func:`cluster` on a profile file; writes clusters.parquet, distances.parquet, clusters.png,
     scores.json (with a label) and manifest.json into ``out_dir``. Everything is computed before the
-    first file is written, so bad input leaves no partial folder."""
+    first file is written, so bad input leaves no partial folder. ``table``: the already-read table;
+    ``columns``: the resolved column roles, recorded in the manifest."""
     from profiler import io
     from profiler.evaluate import read_profiles
 
@@ -443,6 +444,6 @@ def cluster_command(profiles_path: str | Path, out_dir: str | Path, *, by: str =
         io.write_json(result.scores, out_dir / SCORES_FILE)
         outputs[SCORES_FILE] = {}
     io.write_manifest(out_dir, command="profiler cluster", inputs={"profiles": profiles_path},
-                      parameters=result.parameters, outputs=outputs,
+                      parameters={**result.parameters, "columns": columns}, outputs=outputs,
                       extra={"scores": result.scores} if result.scores is not None else None)
     return result

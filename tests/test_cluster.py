@@ -129,7 +129,7 @@ def test_shuffled_distances_lose_the_groups():
     assert sc["ari"]["value"] < 0.5 and sc["nn1_accuracy"]["value"] < 0.75
 
 
-def _cli(capsys, *args: str) -> tuple[int, str]:
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
     from profiler._cli_util import run_main
     from profiler.cli import app
 
@@ -145,7 +145,7 @@ def _cli(capsys, *args: str) -> tuple[int, str]:
         sys.argv = old
     cap = capsys.readouterr()
     assert "Traceback" not in cap.err, cap.err
-    return code, cap.out + " ".join(cap.err.split())
+    return code, cap.out, " ".join(cap.err.split())
 
 
 def test_cli_writes_clusters_figure_and_manifest(tmp_path, capsys):
@@ -153,9 +153,10 @@ def test_cli_writes_clusters_figure_and_manifest(tmp_path, capsys):
     src = tmp_path / "profiles.parquet"
     df.to_parquet(src)
     out = tmp_path / "clusters"
-    code, text = _cli(capsys, "cluster", src, "--by", "Metadata_Concentration", "-o", out,
-                      "--label", "Metadata_MoA", "--clusters", "3", "--permutations", "100")
-    assert code == 0, text
+    code, text, err = _cli(capsys, "cluster", src, "-o", out, "--label", "moa", "--clusters", "3",
+                           "--permutations", "100")
+    assert code == 0, err
+    assert "compound=Metadata_Compound" in text and "ordered by Metadata_Concentration" in text
     assert "adjusted Rand index" in text and "baseline" in text
     t = pd.read_parquet(out / "clusters.parquet")
     assert len(t) == 12 and "DMSO" not in set(t["Metadata_Compound"])
@@ -168,9 +169,23 @@ def test_cli_writes_clusters_figure_and_manifest(tmp_path, capsys):
     assert man["scores"]["dtw"]["ari"]["value"] == pytest.approx(1.0)
     # bad --by: one error line, exit 2, no output folder
     out2 = tmp_path / "bad"
-    code, text = _cli(capsys, "cluster", src, "--by", "Metadata_Time", "-o", out2)
-    assert code == 2 and text.strip().startswith("error:") and "Metadata_Time" in text
+    code, _, err = _cli(capsys, "cluster", src, "--by", "Metadata_Time", "-o", out2)
+    assert code == 2 and err.startswith("error:") and err.count("error:") == 1 and "Metadata_Time" in err
     assert not out2.exists()
+    # foreign column names (LINCS-style): named with the shared options; the DMSO rows have an empty compound
+    lincs = df.rename(columns={"Metadata_Compound": "Metadata_broad_sample", "Metadata_Concentration": "Metadata_mmoles_per_liter",
+                               "Metadata_MoA": "Metadata_moa"})
+    lincs.loc[lincs["Metadata_broad_sample"] == "DMSO", "Metadata_broad_sample"] = ""
+    src3 = tmp_path / "lincs.csv"
+    lincs.to_csv(src3, index=False)
+    code, text, err = _cli(capsys, "cluster", src3, "-o", tmp_path / "lincs", "--label", "moa",
+                           "--clusters", "3", "--permutations", "50")
+    assert code == 0, err
+    assert "ordered by Metadata_mmoles_per_liter" in text
+    t3 = pd.read_parquet(tmp_path / "lincs" / "clusters.parquet")
+    assert len(t3) == 12 and set(t3.columns) >= {"Metadata_broad_sample", "Metadata_moa"}
+    assert t3.set_index("Metadata_broad_sample")["Cluster"].equals(t.set_index("Metadata_Compound")["Cluster"]
+                                                                   .rename_axis("Metadata_broad_sample"))
 
 
 def test_ari_and_purity_match_definitions():
