@@ -184,14 +184,14 @@ def plan_profiles(config: AssayConfig, scan: PlateScan, platemap: pd.DataFrame |
         return {"recipe": recipe, "normalize": False, "note": "no complete site"}
     try:
         rehearse_recipe(recipe, wells)
-    except ConfigError:
-        raise
     except CellfusionError as exc:
-        if platemap is None:
+        if platemap is None:  # the control query names platemap columns: none of them exist yet
             return {"recipe": recipe, "normalize": False,
-                    "note": f"no platemap, so the recipe cannot run ({exc.message if hasattr(exc, 'message') else exc}); "
+                    "note": "no platemap, so the profile recipe cannot run (it normalizes to control wells); "
                             "profiles.parquet holds the raw per-well aggregates. Normalization needs a platemap "
-                            "that marks the control wells (Metadata_Control = negative)"}
+                            "that marks the control wells (control = negative)"}
+        if isinstance(exc, ConfigError):
+            raise
         raise InputError(f"the pipeline's profile recipe cannot run on this platemap's imaged wells: {_one_line(exc)}",
                          path=platemap_path,
                          hint="mark enough negative-control wells (control = negative) in the platemap, or "
