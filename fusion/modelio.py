@@ -23,6 +23,10 @@ __all__ = [
 ]
 
 MODEL_FILES_KEY = "model_files"
+#: manifest key of the model folder's format version; a folder with a higher one is refused (it was written
+#: by a newer cellfusion whose files this version cannot be trusted to read). Absent means format 1.
+MODEL_FORMAT_KEY = "model_format"
+MODEL_FORMAT = 1
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pck", ".pt", ".pth", ".sav")
 
 
@@ -83,9 +87,37 @@ def read_model_manifest(model_dir: str | Path) -> dict[str, Any]:
         raise ModelFileError(f"manifest.json is not valid JSON ({exc})", path=path,
                              hint="the model folder is damaged; retrain with `fusion train`") from exc
     if not isinstance(manifest, dict) or MODEL_FILES_KEY not in manifest:
-        raise ModelFileError("manifest.json lists no model files; it was not written by `fusion train`",
-                             path=path, hint="retrain with `fusion train`")
+        written = _written_by(manifest if isinstance(manifest, dict) else {})
+        raise ModelFileError("manifest.json lists no model files; it was not written by this version's "
+                             f"`fusion train`{written}", path=path, hint="retrain with `fusion train`")
+    fmt = manifest.get(MODEL_FORMAT_KEY, 1)
+    if isinstance(fmt, bool) or not isinstance(fmt, int) or fmt > MODEL_FORMAT or fmt < 1:
+        raise ModelFileError(f"model folder has format {fmt!r}, this cellfusion reads format {MODEL_FORMAT}"
+                             f"{_written_by(manifest)}", path=path,
+                             hint="use the cellfusion version that wrote it, or retrain with this one's `fusion train`")
+    if not isinstance(manifest[MODEL_FILES_KEY], dict):
+        raise ModelFileError("manifest.json's model_files is not a mapping of file names", path=path,
+                             hint="the model folder is damaged; retrain with `fusion train`")
     return manifest
+
+
+def _this_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("cellfusion")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a bare checkout
+        return "unknown"
+
+
+def _written_by(manifest: Mapping[str, Any]) -> str:
+    """`` (written by cellfusion X; this is Y)`` when the manifest records another version, else ''."""
+    versions = manifest.get("versions")
+    theirs = versions.get("cellfusion") if isinstance(versions, Mapping) else None
+    ours = _this_version()
+    if theirs is None:
+        return "; it records no cellfusion version (written by another tool or an old version)"
+    return f" (written by cellfusion {theirs}; this is {ours})" if str(theirs) != ours else ""
 
 
 def verify_model_file(model_dir: str | Path, name: str, manifest: Mapping[str, Any] | None = None) -> bytes:
@@ -95,8 +127,10 @@ def verify_model_file(model_dir: str | Path, name: str, manifest: Mapping[str, A
     entry = manifest.get(MODEL_FILES_KEY, {}).get(name)
     path = model_dir / name
     if entry is None:
-        raise ModelFileError(f"{name} is not listed in manifest.json", path=model_dir,
-                             hint="only files written by `fusion train` can be loaded")
+        listed = ", ".join(map(str, manifest.get(MODEL_FILES_KEY, {}))) or "none"
+        raise ModelFileError(f"{name} is not listed in manifest.json (it lists: {listed}){_written_by(manifest)}",
+                             path=model_dir, hint="the model folder comes from another cellfusion version or "
+                                                  "another command; retrain with this version's `fusion train`")
     if not path.is_file():
         raise ModelFileError("model file is missing", path=path, hint="retrain with `fusion train`")
     data = path.read_bytes()

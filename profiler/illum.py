@@ -16,6 +16,7 @@ edge (:func:`plate_illumination`, :func:`save_illumination`, :func:`load_illumin
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from scipy import ndimage as ndi
 
 from profiler import io
 from profiler.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
 
 ROBUST_FACTOR = 0.02  # CellProfiler: the robust minimum is the 2nd percentile of the positive pixels
 METHODS = ("median", "gaussian", "polynomial")
@@ -135,10 +138,20 @@ def _sample(seq: Sequence[Any], k: int) -> list[Any]:
     return [seq[i] for i in idx]
 
 
+def _readable(site: Any, channel: str, read_channel) -> np.ndarray | None:
+    """The site's channel image, or None (with a warning) when it cannot be read: that site gets its
+    own error record when it is processed, and the plate's other images still make the function."""
+    try:
+        return read_channel(site, channel)
+    except InputError as exc:
+        log.warning("illumination of %s: skipping an unreadable image (%s)", channel, str(exc).splitlines()[0])
+        return None
+
+
 def plate_illumination(sites: Sequence[Any], channels: Sequence[str], params: dict[str, Any] | None = None
                        ) -> dict[tuple[str, str], np.ndarray]:
     """Illumination functions per (plate, channel) from the sites' files (complete sites only)."""
-    from profiler.plate import read_image
+    from profiler.plate import read_channel
 
     p = _check(dict(params or {}))
     out: dict[tuple[str, str], np.ndarray] = {}
@@ -147,9 +160,10 @@ def plate_illumination(sites: Sequence[Any], channels: Sequence[str], params: di
         plate_sites = [s for s in sites if s.plate == plate and s.complete]
         chosen = _sample(plate_sites, int(p["max_images"]))
         for ch in channels:
-            files = [s.files[ch] for s in chosen if ch in s.files]
-            if files:
-                out[(plate, ch)] = illumination_function((read_image(f) for f in files), **p)
+            if any(ch in s.files for s in chosen):  # one image in memory at a time
+                images = (im for s in chosen if ch in s.files
+                          for im in [_readable(s, ch, read_channel)] if im is not None)
+                out[(plate, ch)] = illumination_function(images, **p)
     return out
 
 
