@@ -154,10 +154,15 @@ def evaluate(
     control: Optional[str] = typer.Option(None, "--control", help=COLUMN_OPTION_HELP["control"]),
     seed: int = typer.Option(0, help="Seed of the mAP null distribution."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the scores as JSON here."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder: activity.parquet (per treatment: "
+                                       "mAP against the controls, p, FDR-corrected p, active), scores.json, manifest.json."),
+    per_treatment: bool = typer.Option(True, "--per-treatment/--no-per-treatment",
+                                       help="Print, per treatment, whether it differs from the controls (mAP activity)."),
     levels: bool = typer.Option(False, "--levels", help="First print at which level (plate, batch) the control "
                                 "wells' location and spread vary (label-free; guides normalize scale_by)."),
 ) -> None:
-    """NSC / NSCB (BBBC021 protocol) and copairs mAP, each beside its chance baseline."""
+    """NSC / NSCB (BBBC021 protocol) and copairs mAP, each beside its chance baseline; per treatment, whether it
+    differs from the controls."""
     import numpy as np
 
     from profiler import io
@@ -191,8 +196,25 @@ def evaluate(
     ev = run(table, columns=spec, with_map=with_map, seed=seed)
     for line in ev.lines():
         typer.echo(line)
+    if per_treatment and ev.activity is not None:
+        typer.echo("per treatment: does it differ from the controls? (mAP activity, FDR-corrected p < 0.05)")
+        for line in ev.activity_lines():
+            typer.echo(line)
     if json_out is not None:
         io.write_json(ev.to_dict(), json_out)
+    if out is not None:
+        from profiler.evaluate import ACTIVITY_FILE, SCORES_FILE
+
+        outputs = {SCORES_FILE: {}}
+        io.write_json(ev.to_dict(), out / SCORES_FILE)
+        if ev.activity is not None:
+            io.write_parquet(ev.activity, out / ACTIVITY_FILE)
+            outputs[ACTIVITY_FILE] = {"rows": len(ev.activity), "active": int(ev.activity["active"].sum()),
+                                      "scored": int(ev.activity["scored"].sum())}
+        io.write_manifest(out, command="profiler evaluate", inputs={"profiles": profiles},
+                          parameters={"preset": preset, "map": with_map, "seed": seed, "columns": spec.to_dict()},
+                          outputs=outputs)
+        err_console.print(f"evaluation written to {out}")
 
 
 @app.command()

@@ -11,6 +11,9 @@
   replicate wells vs negative-control wells) and phenotypic consistency (treatments of the same MoA
   vs treatments of other MoAs, other compounds only), each beside the chance mAP (the mean fraction of
   positives among the ranked pairs).
+* :func:`phenotypic_activity` — "is this treatment perturbed?": per non-control treatment, the
+  copairs mAP of its replicate wells against the control wells, the permutation p-value and the
+  FDR-corrected p-value (the per-treatment table behind the activity mAP; ``activity.parquet``).
 * :func:`evaluate` — all of the above on a per-well profile table.
 
 Every function takes a :class:`profiler.columns.ColumnSpec` (``columns=``): which columns hold the
@@ -22,7 +25,7 @@ compound, concentration, MoA and batch, and which rows are negative controls (th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,9 +71,30 @@ class Evaluation:
     n_controls: int = 0
     columns: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    activity: pd.DataFrame | None = field(default=None, repr=False)  # phenotypic_activity's table
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The scores as JSON-able values (the per-treatment activity table is left out: see ``activity``)."""
+        d = asdict(replace(self, activity=None))
+        d.pop("activity")
+        return d
+
+    def activity_lines(self) -> list[str]:
+        """One line per non-control treatment: does it differ from the controls (mAP activity)?"""
+        if self.activity is None:
+            return []
+        a = self.activity
+        keys = [c for c in a.columns if c not in ACTIVITY_COLUMNS]
+        out = []
+        for _, r in a.iterrows():
+            name = " @ ".join(str(r[c]) for c in keys)
+            if not r["scored"]:
+                out.append(f"  {name}: not scored ({int(r['n_wells'])} well; needs >= 2 replicate wells)")
+                continue
+            verdict = "differs from controls" if r["active"] else "not distinguishable from controls"
+            out.append(f"  {name}: mAP {r['mAP']:.3f} (chance {r['chance_mAP']:.3f}), corrected p "
+                       f"{r['corrected_p_value']:.3g}, {int(r['n_wells'])} wells -> {verdict}")
+        return out
 
     def lines(self) -> list[str]:
         """Human-readable summary, one metric per line, each beside its chance baseline."""
@@ -221,14 +245,69 @@ def _chance_map(ap: pd.DataFrame, sameby: str) -> float:
     return float(frac.groupby(ap[sameby]).mean().mean())
 
 
+ACTIVITY_FILE = "activity.parquet"  # `profiler evaluate -o DIR`: phenotypic_activity's table
+SCORES_FILE = "scores.json"
+ACTIVITY_COLUMNS = ("n_wells", "mAP", "chance_mAP", "p_value", "corrected_p_value", "active", "scored")
+
+
+def phenotypic_activity(profiles: pd.DataFrame, *, features: Sequence[str] | None = None,
+                        treatment: Sequence[str] | None = None, control: str | None = None,
+                        columns: ColumnSpec | None = None, null_size: int = 10000, seed: int = 0) -> pd.DataFrame:
+    """Is each treatment different from the negative controls? One row per non-control treatment.
+
+    copairs, cosine: every well of a treatment ranks the treatment's other wells (positives) among
+    them and the control wells (negatives); ``mAP`` is the mean of these average precisions,
+    ``chance_mAP`` the mean fraction of positives among a well's ranked pairs (the AP of a random
+    ranking), ``p_value`` copairs' permutation p-value (``null_size`` draws) and
+    ``corrected_p_value`` Benjamini–Hochberg over the scored treatments; ``active`` = corrected
+    p < 0.05. A treatment with one well (or a table without control wells) has ``scored`` False and
+    no score. Columns: the treatment columns as named in the table, then :data:`ACTIVITY_COLUMNS`.
+    """
+    from copairs.map import average_precision, mean_average_precision
+
+    spec = _spec(profiles, columns, control)
+    feats = _features(profiles, features)
+    treatment = _treatment_columns(profiles, spec, treatment, "mAP activity")
+    df = profiles.reset_index(drop=True)
+    ctrl = control_mask(df, spec)
+    tkey = df[list(treatment)].astype(object).fillna("").astype(str).agg("|".join, axis=1)
+    treated = df.loc[~ctrl, list(treatment)].assign(_t=tkey[~ctrl])
+    table = treated.groupby("_t", sort=True).agg(**{c: (c, "first") for c in treatment},
+                                                 n_wells=("_t", "size"))
+    for c in ACTIVITY_COLUMNS[1:5]:
+        table[c] = np.nan
+    table["active"] = pd.array([pd.NA] * len(table), dtype="boolean")
+    table["scored"] = False
+    if ctrl.any() and (table["n_wells"] >= 2).any():  # copairs refuses a table without positive pairs
+        meta = pd.DataFrame({"treatment": tkey, "ref": np.where(ctrl, np.arange(len(df)), -1)})
+        x = df[feats].to_numpy(dtype=np.float64)
+        ap = average_precision(meta, x, pos_sameby=["treatment", "ref"], pos_diffby=[],
+                               neg_sameby=[], neg_diffby=["treatment", "ref"], progress_bar=False)
+        ap = ap[(ap["ref"] == -1) & (ap["n_pos_pairs"] > 0)]
+        if len(ap):
+            m = mean_average_precision(ap, sameby=["treatment"], null_size=null_size, threshold=0.05,
+                                       seed=seed, progress_bar=False).set_index("treatment")
+            chance = (ap["n_pos_pairs"] / ap["n_total_pairs"]).groupby(ap["treatment"]).mean()
+            idx = m.index
+            table.loc[idx, "mAP"] = m["mean_average_precision"].astype(float)
+            table.loc[idx, "chance_mAP"] = chance.reindex(idx).astype(float)
+            table.loc[idx, "p_value"] = m["p_value"].astype(float)
+            table.loc[idx, "corrected_p_value"] = m["corrected_p_value"].astype(float)
+            table.loc[idx, "active"] = m["below_corrected_p"].astype(bool).to_numpy()
+            table.loc[idx, "scored"] = True
+    return table.reset_index(drop=True)
+
+
 def map_scores(profiles: pd.DataFrame, *, features: Sequence[str] | None = None,
                treatment: Sequence[str] | None = None, control: str | None = None,
-               columns: ColumnSpec | None = None, null_size: int = 10000, seed: int = 0) -> dict[str, float | None]:
+               columns: ColumnSpec | None = None, null_size: int = 10000, seed: int = 0,
+               activity: pd.DataFrame | None = None) -> dict[str, float | None]:
     """copairs mAP: phenotypic activity (wells) and consistency (treatment profiles), with chance.
 
     Activity is scored for the treatments with at least two replicate wells (a well's positives
     are its replicates, its negatives the control wells); ``map_activity_scored`` and
-    ``map_activity_treatments`` say how many of the non-control treatments that was.
+    ``map_activity_treatments`` say how many of the non-control treatments that was. ``activity``:
+    :func:`phenotypic_activity`'s table when already computed.
     """
     from copairs.map import average_precision, mean_average_precision
 
@@ -239,23 +318,15 @@ def map_scores(profiles: pd.DataFrame, *, features: Sequence[str] | None = None,
     df = profiles.reset_index(drop=True)
     ctrl = control_mask(df, spec)
     out: dict[str, float | None] = {}
-    tkey = df[list(treatment)].astype(object).fillna("").astype(str).agg("|".join, axis=1)
-    out["map_activity_treatments"] = int(tkey[~ctrl].nunique())
-    out["map_activity_scored"] = 0
-    replicated = (tkey[~ctrl].value_counts() >= 2).any()  # copairs refuses a table without positive pairs
-    if ctrl.any() and replicated:
-        meta = pd.DataFrame({"treatment": tkey, "ref": np.where(ctrl, np.arange(len(df)), -1)})
-        x = df[feats].to_numpy(dtype=np.float64)
-        ap = average_precision(meta, x, pos_sameby=["treatment", "ref"], pos_diffby=[],
-                               neg_sameby=[], neg_diffby=["treatment", "ref"], progress_bar=False)
-        ap = ap[(ap["ref"] == -1) & (ap["n_pos_pairs"] > 0)]
-        if len(ap):
-            m = mean_average_precision(ap, sameby=["treatment"], null_size=null_size, threshold=0.05,
-                                       seed=seed, progress_bar=False)
-            out["map_activity"] = float(m["mean_average_precision"].mean())
-            out["map_activity_chance"] = _chance_map(ap, "treatment")
-            out["fraction_active"] = float(m["below_corrected_p"].mean())
-            out["map_activity_scored"] = int(ap["treatment"].nunique())
+    act = activity if activity is not None else phenotypic_activity(
+        df, features=feats, treatment=treatment, columns=spec, null_size=null_size, seed=seed)
+    scored = act[act["scored"]]
+    out["map_activity_treatments"] = len(act)
+    out["map_activity_scored"] = len(scored)
+    if len(scored):
+        out["map_activity"] = float(scored["mAP"].mean())
+        out["map_activity_chance"] = float(scored["chance_mAP"].mean())
+        out["fraction_active"] = float(scored["active"].astype(bool).mean())
     if moa_col is not None and moa_col in df:
         t = treatment_profiles(df[~ctrl], features=feats, treatment=treatment, columns=spec)
         t = t[t[moa_col].notna()].reset_index(drop=True)
@@ -327,7 +398,9 @@ def evaluate(profiles: pd.DataFrame, *, features: Sequence[str] | None = None,
     if spec.batch is None:
         ev.notes.append("no batch column (--batch): NSCB not computed")
     if with_map:
-        for k, v in map_scores(profiles, features=feats, columns=spec, null_size=null_size, seed=seed).items():
+        ev.activity = phenotypic_activity(profiles, features=feats, columns=spec, null_size=null_size, seed=seed)
+        for k, v in map_scores(profiles, features=feats, columns=spec, null_size=null_size, seed=seed,
+                               activity=ev.activity).items():
             setattr(ev, k, v)
         if n_ctrl == 0:
             ev.notes.append("no negative-control wells (--control): mAP phenotypic activity not computed")

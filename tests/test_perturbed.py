@@ -27,3 +27,80 @@ def test_roc_auc_matches_sklearn_and_baselines_are_half():
     y3 = np.array(list("abc") * 10)
     s3 = classification_summary(y3, y3, np.eye(3)[np.arange(30) % 3], list("abc"))
     assert "roc_auc" not in s3["scores"]
+
+
+def planted_wells(seed: int = 0, n_plates: int = 4) -> "pd.DataFrame":
+    """Per-well table over ``n_plates`` plates: on each plate 4 DMSO wells and one well of each of 8
+    compounds; compounds p0–p5 shift a few features (planted perturbation, of varying direction), n0
+    and n1 are drawn like DMSO (no effect). A single-well compound s0 sits on plate 0 only."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    f = 10
+    shift = {f"p{i}": np.where(np.arange(f) < 3, 2.5, 0.0) * (1 if i % 2 else -1) + np.roll(
+        np.where(np.arange(f) == 5, 2.0, 0.0), i) for i in range(6)}
+    shift.update({"n0": np.zeros(f), "n1": np.zeros(f)})
+    moa = {**{f"p{i}": f"M{i % 3}" for i in range(6)}, "n0": "M0", "n1": "M1", "s0": "M2"}
+    rows = []
+    for plate in range(n_plates):
+        cells = [("DMSO", np.zeros(f))] * 4 + list(shift.items()) + ([("s0", shift["p0"])] if plate == 0 else [])
+        for w, (comp, sh) in enumerate(cells):
+            x = sh + rng.normal(0, 1.0, f)
+            rows.append({"Metadata_Plate": f"P{plate}", "Metadata_Well": f"W{w:02d}", "Metadata_Compound": comp,
+                         "Metadata_Concentration": 0.0 if comp == "DMSO" else 1.0,
+                         "Metadata_MoA": "control" if comp == "DMSO" else moa[comp],
+                         **{f"feat_{j}": x[j] for j in range(f)}})
+    return pd.DataFrame(rows)
+
+
+def test_activity_table_lists_treatments_and_matches_map_scores():
+    from profiler.evaluate import ACTIVITY_COLUMNS, map_scores, phenotypic_activity
+
+    df = planted_wells()
+    act = phenotypic_activity(df, null_size=2000)
+    assert list(act.columns) == ["Metadata_Compound", "Metadata_Concentration", *ACTIVITY_COLUMNS]
+    assert set(act["Metadata_Compound"]) == {f"p{i}" for i in range(6)} | {"n0", "n1", "s0"}   # no DMSO
+    a = act.set_index("Metadata_Compound")
+    assert not a.loc["s0", "scored"] and a.loc["s0", "n_wells"] == 1 and np.isnan(a.loc["s0", "mAP"])
+    assert a.loc[[f"p{i}" for i in range(6)], "active"].all()
+    assert not a.loc[["n0", "n1"], "active"].any()
+    assert (a.loc[[f"p{i}" for i in range(6)], "mAP"] > a.loc[["n0", "n1"], "mAP"].max()).all()
+    assert (a.loc[a["scored"], "corrected_p_value"] >= a.loc[a["scored"], "p_value"] - 1e-12).all()
+    m = map_scores(df, null_size=2000)
+    scored = act[act["scored"]]
+    assert m["map_activity_treatments"] == 9 and m["map_activity_scored"] == 8
+    assert m["map_activity"] == pytest.approx(scored["mAP"].mean())
+    assert m["fraction_active"] == pytest.approx(6 / 8)
+
+
+def test_evaluate_cli_prints_and_writes_activity(tmp_path, capsys):
+    import json
+    import sys
+
+    import pandas as pd
+
+    from profiler._cli_util import run_main
+    from profiler.cli import app
+
+    src = tmp_path / "wells.csv"
+    planted_wells().to_csv(src, index=False)
+    out = tmp_path / "ev"
+    old, sys.argv = sys.argv, ["profiler", "evaluate", str(src), "-o", str(out)]
+    try:
+        run_main(app)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        sys.argv = old
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    assert "p0 @ 1.0: mAP" in cap.out and "differs from controls" in cap.out
+    assert "n0 @ 1.0: mAP" in cap.out and "not distinguishable from controls" in cap.out
+    assert "s0 @ 1.0: not scored" in cap.out
+    act = pd.read_parquet(out / "activity.parquet")
+    assert len(act) == 9 and int(act["active"].sum()) == 6
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["outputs"]["activity.parquet"] == {"rows": 9, "active": 6, "scored": 8}
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["map_activity_scored"] == 8 and "activity" not in scores
