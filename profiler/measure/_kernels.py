@@ -933,41 +933,53 @@ def _msb(n):  # npy_get_msb
     return d
 
 @nb.njit(cache=True)
-def _sift_down(v, a0, lo, tmp, i, n):
-    # place tmp at heap position i (1-based) of a[1..n] = a0[lo .. lo+n-1], moving larger children up
+def _sift_down(w, t, lo, tv, tt, i, n):
+    # place (tv, tt) at heap position i (1-based) of a[1..n] = (w, t)[lo .. lo+n-1], moving larger
+    # children up (NumPy 1.26's aheapsort, with the values moved along with the indices)
     j = i << 1
     while j <= n:
-        if j < n and v[a0[lo + j - 1]] < v[a0[lo + j]]:
+        if j < n and w[lo + j - 1] < w[lo + j]:
             j += 1
-        if v[tmp] < v[a0[lo + j - 1]]:
-            a0[lo + i - 1] = a0[lo + j - 1]
+        if tv < w[lo + j - 1]:
+            w[lo + i - 1] = w[lo + j - 1]
+            t[lo + i - 1] = t[lo + j - 1]
             i = j
             j += j
         else:
             break
-    a0[lo + i - 1] = tmp
+    w[lo + i - 1] = tv
+    t[lo + i - 1] = tt
 
 
 @nb.njit(cache=True)
-def _aheapsort(v, a0, lo, n):
+def _aheapsort(w, t, lo, n):
     # NumPy 1.26's aheapsort on a[1..n] = a0[lo .. lo+n-1]: build the heap, then pop the maximum
     for l in range(n >> 1, 0, -1):
-        _sift_down(v, a0, lo, a0[lo + l - 1], l, n)
+        _sift_down(w, t, lo, w[lo + l - 1], t[lo + l - 1], l, n)
     while n > 1:
-        tmp = a0[lo + n - 1]
-        a0[lo + n - 1] = a0[lo]
+        tv = w[lo + n - 1]
+        tt = t[lo + n - 1]
+        w[lo + n - 1] = w[lo]
+        t[lo + n - 1] = t[lo]
         n -= 1
-        _sift_down(v, a0, lo, tmp, 1, n)
+        _sift_down(w, t, lo, tv, tt, 1, n)
+
 
 @nb.njit(cache=True)
-def numpy1_argsort(v):
-    """``np.argsort(v)`` exactly as NumPy 1.26 (CellProfiler 5's) orders it without AVX-512: its
-    introsort (median-of-3 quicksort, insertion sort below 16 elements, heapsort past 2·log2 n
-    levels). The order of equal values is what decides CellProfiler's tie-breaks."""
+def numpy1_argsort_values(v):
+    """(``np.argsort(v)`` exactly as NumPy 1.26 (CellProfiler 5's) orders it without AVX-512,
+    ``v`` in that order).
+
+    NumPy 1.26's introsort (median-of-3 quicksort, insertion sort below 16 elements, heapsort past
+    2·log2 n levels), step for step; the order of equal values is what decides CellProfiler's
+    tie-breaks. The values travel with the indices (every comparison reads contiguous memory
+    instead of ``v[t[i]]``), which changes nothing in the comparisons or moves, only their speed.
+    """
     num = v.size
     t = np.arange(num)
+    w = v.copy()
     if num < 2:
-        return t
+        return t, w
     stack = np.empty(256, np.int64)
     depth = np.empty(128, np.int64)
     sp = 0
@@ -977,31 +989,37 @@ def numpy1_argsort(v):
     cdepth = _msb(num) * 2
     while True:
         if cdepth < 0:
-            _aheapsort(v, t, pl, pr - pl + 1)
+            _aheapsort(w, t, pl, pr - pl + 1)
         else:
             while pr - pl > 15:
                 pm = pl + ((pr - pl) >> 1)
-                if v[t[pm]] < v[t[pl]]:
+                if w[pm] < w[pl]:
+                    w[pm], w[pl] = w[pl], w[pm]
                     t[pm], t[pl] = t[pl], t[pm]
-                if v[t[pr]] < v[t[pm]]:
+                if w[pr] < w[pm]:
+                    w[pr], w[pm] = w[pm], w[pr]
                     t[pr], t[pm] = t[pm], t[pr]
-                if v[t[pm]] < v[t[pl]]:
+                if w[pm] < w[pl]:
+                    w[pm], w[pl] = w[pl], w[pm]
                     t[pm], t[pl] = t[pl], t[pm]
-                vp = v[t[pm]]
+                vp = w[pm]
                 pi = pl
                 pj = pr - 1
+                w[pm], w[pj] = w[pj], w[pm]
                 t[pm], t[pj] = t[pj], t[pm]
                 while True:
                     pi += 1
-                    while v[t[pi]] < vp:
+                    while w[pi] < vp:
                         pi += 1
                     pj -= 1
-                    while vp < v[t[pj]]:
+                    while vp < w[pj]:
                         pj -= 1
                     if pi >= pj:
                         break
+                    w[pi], w[pj] = w[pj], w[pi]
                     t[pi], t[pj] = t[pj], t[pi]
                 pk = pr - 1
+                w[pi], w[pk] = w[pk], w[pi]
                 t[pi], t[pk] = t[pk], t[pi]
                 if pi - pl < pr - pi:
                     stack[sp] = pi + 1
@@ -1018,14 +1036,16 @@ def numpy1_argsort(v):
                 dp += 1
             for pi in range(pl + 1, pr + 1):
                 vi = t[pi]
-                vp = v[vi]
+                vp = w[pi]
                 pj = pi
                 pk = pi - 1
-                while pj > pl and vp < v[t[pk]]:
+                while pj > pl and vp < w[pk]:
                     t[pj] = t[pk]
+                    w[pj] = w[pk]
                     pj -= 1
                     pk -= 1
                 t[pj] = vi
+                w[pj] = vp
         if sp == 0:
             break
         sp -= 2
@@ -1033,4 +1053,9 @@ def numpy1_argsort(v):
         pr = stack[sp + 1]
         dp -= 1
         cdepth = depth[dp]
-    return t
+    return t, w
+
+
+def numpy1_argsort(v: np.ndarray) -> np.ndarray:
+    """``np.argsort(v)`` exactly as NumPy 1.26 orders it (see :func:`numpy1_argsort_values`)."""
+    return numpy1_argsort_values(np.ascontiguousarray(v, np.float64))[0]

@@ -39,17 +39,29 @@ _FEATURES = [
 @nb.njit(cache=True)
 def _centers_from_order(labels: np.ndarray, order: np.ndarray, n: int):
     """CellProfiler's ``scipy.ndimage.maximum_position(distance, labels, indexes)``: the image is
-    argsorted by distance and, per label, the last pixel in that order wins."""
+    argsorted by distance and, per label, the last pixel in that order wins. Scans the order from
+    its end (first hit = last pixel) and stops once every label present in the image is found."""
     w = labels.shape[1]
     flat = labels.ravel()
+    present = np.zeros(n + 1, np.bool_)
+    todo = 0
+    for p in range(flat.size):
+        k = flat[p]
+        if 0 < k <= n and not present[k]:
+            present[k] = True
+            todo += 1
     ci = np.full(n + 1, -1, np.int64)
     cj = np.full(n + 1, -1, np.int64)
-    for p in order:
+    for q in range(order.size - 1, -1, -1):
+        if todo == 0:
+            break
+        p = order[q]
         k = flat[p]
-        if k <= 0 or k > n:
+        if k <= 0 or k > n or ci[k] >= 0:
             continue
         ci[k] = p // w
         cj[k] = p % w
+        todo -= 1
     return ci, cj
 
 
