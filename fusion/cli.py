@@ -23,7 +23,9 @@ def train(
     profiles: Path = typer.Argument(..., help="Per-well profile table (profiles.parquet from `profiler extract`, or CSV)."),
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
     label: Optional[str] = typer.Option(None, "--label", "-l", help="Column to predict (default: the compound column; "
-                                                                    "'compound' or 'moa' name the resolved column)."),
+                                                                    "'compound' or 'moa' name the resolved column; "
+                                                                    "'perturbed': negative controls vs every other "
+                                                                    "well, ROC AUC reported)."),
     group_by: Optional[list[str]] = typer.Option(
         None, "--group-by", help="Column(s) never split between training and test folds. Default from the label: "
                                  "compounds for any label but the compound (leave-compound-out); for the compound, "

@@ -45,7 +45,7 @@ from profiler.names import CELL_COUNT, PLATE, WELL, feature_columns, metadata_co
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "read_profiles", "model_features",
+__all__ = ["train", "read_profiles", "model_features", "perturbed_labels", "PERTURBED", "PERTURBED_COLUMN",
            "GBM_FILE", "GBM_CONFIG", "STACK_FILE", "OOF_FILE", "TRAIN_FILE", "SHAP_FILE"]
 
 GBM_FILE = "gbm.ubj"
@@ -103,6 +103,27 @@ def _manifest_inputs(profiles_path: Path | None, embeddings: Any, crops: Any = N
     return inputs
 
 
+PERTURBED = "perturbed"                 # --label perturbed: negative controls vs every other well
+PERTURBED_COLUMN = "Metadata_Perturbed"
+
+
+def perturbed_labels(profiles: pd.DataFrame, columns, path: Path | None = None) -> pd.DataFrame:
+    """A copy of ``profiles`` with ``Metadata_Perturbed``: ``"control"`` on the negative-control rows
+    (:func:`profiler.columns.control_mask`, the one control rule), ``"perturbed"`` on every other row.
+
+    Trained on it, a model answers "is this well perturbed?"; the default grouping then holds out
+    whole compounds (the control rows grouped by plate), so the score is for compounds never seen.
+    """
+    ctrl = control_mask(profiles, columns)
+    if not ctrl.any() or ctrl.all():
+        raise InputError(f"--label perturbed needs negative-control rows and other rows; {int(ctrl.sum())} of "
+                         f"{len(ctrl)} rows are controls", path=path,
+                         hint="name the negative controls with --control (a compound value or a pandas query)")
+    out = profiles.copy()
+    out[PERTURBED_COLUMN] = np.where(ctrl, "control", PERTURBED)
+    return out
+
+
 def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: str | None = None,
           group_by: str | Sequence[str] | None = None, compound: str | None = None,
           concentration: str | None = None, moa: str | None = None, batch: str | None = None,
@@ -121,6 +142,8 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
     label:
         The column to predict (``Metadata_Compound``, ``Metadata_MoA`` …), or a role name
         (``"compound"``, ``"moa"``) for the column resolved for it. Default: the compound column.
+        ``"perturbed"``: negative controls vs every other row (:func:`perturbed_labels`; ROC AUC in
+        ``metrics.json``).
     group_by:
         Column(s) whose values are never split between training and test folds. Default: from the
         label (:func:`fusion.oof.choose_grouping`) — compounds for a MoA label, replicate plates
@@ -168,6 +191,9 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
     if label is None:
         spec.require("compound", what="the default label (the compound)", path=profiles_path)
         label = spec.compound
+    elif label == PERTURBED and label not in profiles.columns:
+        profiles = perturbed_labels(profiles, spec, path=profiles_path)
+        label = PERTURBED_COLUMN
     elif label not in profiles.columns and label in ROLES and getattr(spec, label) is not None:
         label = getattr(spec, label)
     if label not in profiles.columns:

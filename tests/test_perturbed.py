@@ -29,10 +29,11 @@ def test_roc_auc_matches_sklearn_and_baselines_are_half():
     assert "roc_auc" not in s3["scores"]
 
 
-def planted_wells(seed: int = 0, n_plates: int = 4) -> "pd.DataFrame":
+def planted_wells(seed: int = 0, n_plates: int = 4, effect: float = 1.0) -> "pd.DataFrame":
     """Per-well table over ``n_plates`` plates: on each plate 4 DMSO wells and one well of each of 8
     compounds; compounds p0–p5 shift a few features (planted perturbation, of varying direction), n0
-    and n1 are drawn like DMSO (no effect). A single-well compound s0 sits on plate 0 only."""
+    and n1 are drawn like DMSO (no effect). A single-well compound s0 sits on plate 0 only. ``effect``
+    scales every planted shift (0: nothing is perturbed)."""
     import pandas as pd
 
     rng = np.random.default_rng(seed)
@@ -45,7 +46,7 @@ def planted_wells(seed: int = 0, n_plates: int = 4) -> "pd.DataFrame":
     for plate in range(n_plates):
         cells = [("DMSO", np.zeros(f))] * 4 + list(shift.items()) + ([("s0", shift["p0"])] if plate == 0 else [])
         for w, (comp, sh) in enumerate(cells):
-            x = sh + rng.normal(0, 1.0, f)
+            x = effect * sh + rng.normal(0, 1.0, f)
             rows.append({"Metadata_Plate": f"P{plate}", "Metadata_Well": f"W{w:02d}", "Metadata_Compound": comp,
                          "Metadata_Concentration": 0.0 if comp == "DMSO" else 1.0,
                          "Metadata_MoA": "control" if comp == "DMSO" else moa[comp],
@@ -104,3 +105,47 @@ def test_evaluate_cli_prints_and_writes_activity(tmp_path, capsys):
     assert man["outputs"]["activity.parquet"] == {"rows": 9, "active": 6, "scored": 8}
     scores = json.loads((out / "scores.json").read_text())
     assert scores["map_activity_scored"] == 8 and "activity" not in scores
+
+
+def test_train_perturbed_separates_planted_wells(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from fusion.train import PERTURBED_COLUMN, train
+
+    df = planted_wells(seed=1, n_plates=6, effect=1.5).query("Metadata_Compound not in ['n0', 'n1']")
+    out = train(df, tmp_path / "m", label="perturbed", n_splits=4, seed=0)
+    m = json.loads((out / "metrics.json").read_text())
+    auc = m["scores"]["roc_auc"]
+    assert auc["value"] > 0.9 and auc["majority"] == 0.5 and auc["ci95"][0] > 0.75
+    assert m["scores"]["accuracy"]["value"] > m["scores"]["accuracy"]["majority"] + 0.15
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["parameters"]["label"] == PERTURBED_COLUMN and man["classes"] == ["control", "perturbed"]
+    oof = pd.read_parquet(out / "oof_predictions.parquet")
+    # compounds held out whole; the controls of a plate held out together
+    treated = oof[oof["Metadata_Compound"] != "DMSO"]
+    assert treated.groupby("Metadata_Compound")["Fold"].nunique().eq(1).all()
+    ctrl = oof[oof["Metadata_Compound"] == "DMSO"]
+    assert ctrl.groupby("Metadata_Plate")["Fold"].nunique().eq(1).all()
+    assert (oof["Label"] == np.where(oof["Metadata_Compound"] == "DMSO", "control", "perturbed")).all()
+
+
+def test_train_perturbed_finds_nothing_without_a_planted_effect(tmp_path):
+    import json
+
+    from fusion.train import train
+
+    out = train(planted_wells(seed=1, n_plates=6, effect=0.0), tmp_path / "m", label="perturbed", n_splits=4, seed=0)
+    auc = json.loads((out / "metrics.json").read_text())["scores"]["roc_auc"]
+    assert auc["value"] < 0.75 and auc["ci95"][0] < 0.5 < auc["ci95"][1]
+
+
+def test_train_perturbed_needs_controls(tmp_path):
+    from fusion.train import train
+    from profiler.errors import InputError
+
+    df = planted_wells().query("Metadata_Compound != 'DMSO'")
+    with pytest.raises(InputError, match="negative-control rows"):
+        train(df, tmp_path / "m", label="perturbed")
+    assert not (tmp_path / "m").exists()
