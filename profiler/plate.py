@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -402,8 +403,30 @@ def _not_a_tiff(path: Path, head: bytes) -> InputError | None:
                       (" (PNG files are read too when named .png)" if what == "a PNG image" else ""))
 
 
+class _QuietTifffile(logging.Filter):
+    """Mutes tifffile's own log lines about a malformed file while :func:`_tiff_plane` reads it: the
+    user gets one InputError naming the file instead (or the file reads fine)."""
+
+    local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.local, "active", False)
+
+
+_QUIET = _QuietTifffile()
+logging.getLogger("tifffile").addFilter(_QUIET)
+
+
 def _tiff_plane(path: Path, plane: int | None, max_megapixels: float) -> np.ndarray:
     """One 2-D plane of a TIFF, after checking its header (planes, samples, size)."""
+    _QUIET.local.active = True
+    try:
+        return _tiff_plane_quiet(path, plane, max_megapixels)
+    finally:
+        _QUIET.local.active = False
+
+
+def _tiff_plane_quiet(path: Path, plane: int | None, max_megapixels: float) -> np.ndarray:
     with tifffile.TiffFile(path) as tf:
         series = tf.series[0]
         axes, shape = series.axes, tuple(series.shape)
