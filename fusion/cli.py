@@ -44,9 +44,12 @@ def train(
     n_jobs: int = typer.Option(1, "--jobs", "-j", help="XGBoost threads (1 is fastest on small tables)."),
     crops: Optional[Path] = typer.Option(None, "--crops",
                                          help="Single-cell crops of the same wells (folder with crops.tif + crops.parquet, "
-                                              "or a crop TIFF with its table): adds the CNN and the stacked model."),
+                                              "or a crop TIFF with its table): per fold a CNN on the training wells' "
+                                              "crops, its per-well embeddings joined to the profiles for a second "
+                                              "XGBoost, the CNN's soft vote, and the stack of the three."),
     cnn: bool = typer.Option(True, "--cnn/--no-cnn", help="--no-cnn: profile path only, even when --crops is given."),
-    cnn_config: str = typer.Option("cpu", "--cnn-config", help="CNN preset: cpu (small, 2-core friendly) or full (GPU)."),
+    cnn_config: str = typer.Option("cpu", "--cnn-config", help="CNN preset: cpu (small, 2-core friendly), full (GPU) or tiny "
+                                                                    "(a smoke test: seconds, accuracy meaningless)."),
     stack_coupling: str = typer.Option("per_class", "--stack-coupling",
                                        help="Meta-learner: per_class (a weight per base model and class), shared (one "
                                             "weight per base model) or full (a weight per input and class, with "
@@ -93,11 +96,16 @@ def predict(
     out: Optional[Path] = typer.Option(None, "--out", "-o",
                                        help="Output folder or .parquet file (default: predictions/ beside PROFILES)."),
     embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="Per-well CNN embeddings, if the model used them."),
+    crops: Optional[Path] = typer.Option(None, "--crops",
+                                         help="Single-cell crops of the same wells (for a model trained with --crops): "
+                                              "runs the whole chain — CNN embeddings → XGBoost, XGBoost on profiles, "
+                                              "the CNN's soft vote, and their stack."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (for the CNN, with --crops)."),
 ) -> None:
     """Per-class probabilities for new wells → predictions.parquet."""
     from fusion.predict import predict as _predict
 
-    path = _predict(model_dir, profiles, out, embeddings)
+    path = _predict(model_dir, profiles, out, embeddings, crops=crops, device=device)
     err_console.print(f"predictions written to {path}")
 
 
@@ -184,7 +192,7 @@ def embed(
     table: Optional[Path] = typer.Option(None, "--table", help="Crop table, when it is not beside the TIFF."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
-    """Penultimate-layer embeddings per well (Metadata_* keys + Embedding_0 … Embedding_n) → Parquet."""
+    """Per-well embeddings (Metadata_* keys + Embedding_0 … Embedding_n) → Parquet, from a CNN ensemble or an SSL model."""
     from fusion.cnn.ensemble import embed_crops
 
     path = embed_crops(model_dir, crops, out, operation=operation, table=table, device=device)

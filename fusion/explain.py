@@ -3,7 +3,9 @@
 * :func:`shap_values` — exact TreeSHAP (``shap.TreeExplainer``) per class → array (rows, features, classes).
 * :func:`class_importance` — mean |SHAP| per feature and class.
 * :func:`group_attributions` — those summed into interpretable groups parsed from the CellProfiler
-  names with :func:`profiler.names.parse_feature` ("Nuclei · AreaShape", "Cells · Texture · Tubulin").
+  names with :func:`profiler.names.parse_feature` ("Nuclei · AreaShape", "Cells · Texture · Tubulin");
+  the CNN ensemble's per-well embeddings (``Embedding_*``) form the group "CNN embedding", and
+  :func:`group_share` says how much of each class's attribution a group carries.
 * :func:`top_features` — per class the top features, with their direction: is the feature higher
   or lower in that class's wells than in the control wells.
 * :func:`stack_weights` — how much the stacked meta-learner leans on each base model.
@@ -19,7 +21,7 @@ import pandas as pd
 
 from profiler.names import CELL_COUNT, is_metadata, parse_feature
 
-__all__ = ["shap_values", "class_importance", "feature_group", "group_attributions", "top_features",
+__all__ = ["shap_values", "class_importance", "feature_group", "group_attributions", "group_share", "top_features",
            "stack_weights", "cnn_attention_maps"]
 
 
@@ -63,6 +65,17 @@ def group_attributions(importance: pd.DataFrame, channels: Sequence[str] | None 
     groups = [feature_group(f, channels) for f in importance.index]
     g = importance.groupby(groups).sum()
     return g.loc[g.sum(axis=1).sort_values(ascending=False).index]
+
+
+def group_share(importance: pd.DataFrame, group: str, channels: Sequence[str] | None = None) -> pd.Series:
+    """Share of each class's summed mean |SHAP| that falls on the features of ``group`` (e.g.
+    ``"CNN embedding"``), plus ``"all classes"``; 0 when the group has no features."""
+    mask = np.array([feature_group(f, channels) == group for f in importance.index])
+    total = importance.sum(axis=0)
+    part = importance[mask].sum(axis=0)
+    share = (part / total.where(total > 0)).fillna(0.0)
+    overall = float(part.sum() / total.sum()) if total.sum() > 0 else 0.0
+    return pd.concat([share, pd.Series({"all classes": overall})])
 
 
 def top_features(values: np.ndarray, X: pd.DataFrame, y: Sequence, classes: Sequence,

@@ -4,7 +4,10 @@ Sections: a warning banner when the model predicts (almost) only one class or do
 majority-class baseline; metrics (accuracy, balanced accuracy, weighted F1, top-3 accuracy) each
 beside the majority-class and chance baselines with bootstrap 95 % CIs; per-class precision /
 recall / F1; confusion matrix; ROC and precision-recall curves per class with AUCs; SHAP bar and
-beeswarm plots per class; feature-group attribution bars; the stack's weight on each base model;
+beeswarm plots per class; feature-group attribution bars (with crops, the XGBoost model on profiles + CNN
+embeddings is explained and the "CNN embedding" group's share is shown per class); the stack's weight on
+each base model; the base models (``gbm``, ``gbm_embeddings``, ``cnn``) beside the stack with their CIs;
+a plate view per plate (predicted class and probability per well, true class, misclassified wells, cell count);
 per class the top features with their direction; example cells from the highest and lowest deciles
 of each top feature (when single-cell crops are available; otherwise the section says why not).
 
@@ -336,7 +339,9 @@ def report(model_dir: str | Path, out: str | Path | None = None) -> Path:
                               for k, v in manifest["stack_weights"].items()) + "</table>")
     examples_html = _examples_section(model_dir, manifest, explained, fig_dir)
     attention_html = _attention_section(model_dir, fig_dir)
-    base_html = _base_models_table(model_dir)
+    base_html = _models_section(model_summaries(oof, classes, manifest, summary), fig_dir)
+    plate_html = _plate_section(oof, classes, fig_dir)
+    share_html = _embedding_share_section(importance)
     body = f"""<!doctype html><html><head><meta charset="utf-8"><title>cellfusion report</title>
 <style>{_CSS}</style></head><body>
 <h1>cellfusion model report</h1>
@@ -353,12 +358,14 @@ frequencies (uniform for balanced and top-3 accuracy). Brackets: bootstrap 95 % 
 {_img(figs['confusion_matrix.png'], 'Confusion matrix of the out-of-fold predictions')}
 {_img(figs['roc_curves.png'], 'ROC curves per class')}
 {_img(figs['pr_curves.png'], 'Precision-recall curves per class')}
-<h2>What drove the calls (SHAP, final XGBoost model)</h2>
+<h2>What drove the calls (SHAP, final XGBoost model{' on profiles + CNN embeddings' if manifest.get('explained_model') == 'gbm_embeddings' else ''})</h2>
 {_img(figs['shap_bar.png'], 'SHAP bar plot: mean |SHAP| per feature, stacked by class')}
 {_img(figs['shap_beeswarm.png'], 'SHAP beeswarm per class')}
 {_img(figs['group_attributions.png'], 'Attribution per feature group')}
+{share_html}
 {stack_html}
 {base_html}
+{plate_html}
 {attention_html}
 <h2>Top features per class</h2>
 <p>“vs controls”: the feature's mean in the class's rows compared with the negative-control rows
@@ -476,21 +483,6 @@ def _render_examples(sc_path: Path, crops: tuple[Path, Path], explained: dict[st
     return _img(path, "Example cells from the lowest and highest deciles of each top feature"), ""
 
 
-def _base_models_table(model_dir: Path) -> str:
-    """Out-of-fold scores of each base model beside the stack's (only for stacked models)."""
-    m = json.loads((model_dir / "metrics.json").read_text(encoding="utf-8"))
-    bases = m.get("base_models") or {}
-    if not bases:
-        return ""
-    rows = [("stack (final)", m)] + list(bases.items())
-    names = list(m["scores"])
-    head = "".join(f"<th>{n.replace('_', ' ')}</th>" for n in names)
-    body = "".join(f"<tr><td>{html.escape(b)}</td>" + "".join(f"<td>{_fmt(s['scores'][n]['value'])}</td>" for n in names)
-                   + "</tr>" for b, s in rows)
-    maj = "<tr><td>majority class</td>" + "".join(f"<td>{_fmt(m['scores'][n]['majority'])}</td>" for n in names) + "</tr>"
-    return f"<h2>Base models vs the stack (out-of-fold)</h2><table><tr><th>model</th>{head}</tr>{body}{maj}</table>"
-
-
 def _attention_section(model_dir: Path, fig_dir: Path) -> str:
     """CBAM spatial attention of the CNN on example cells (only when a CNN was trained)."""
     from fusion.train import ATTENTION_FILE, read_attention_examples
@@ -519,3 +511,218 @@ def _attention_section(model_dir: Path, fig_dir: Path) -> str:
                  fontsize=8)
     out = _save(fig, fig_dir / "cnn_attention.png")
     return "<h2>Where the CNN looked</h2>" + _img(out, "CBAM spatial attention maps on example cells")
+
+
+# -- base models side by side ----------------------------------------------------------------
+BASE_LABELS = {"gbm": "XGBoost on profiles (gbm)", "gbm_embeddings": "XGBoost on profiles + CNN embeddings "
+               "(gbm_embeddings)", "cnn": "CNN soft vote (cnn)", "stack": "stack (final)"}
+
+
+def model_summaries(oof: pd.DataFrame, classes: list[str], manifest: dict[str, Any],
+                    summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Out-of-fold summaries of the final model and of every base model stored in ``oof``.
+
+    Base-model probabilities are the ``<BASE>_Probability_<class>`` columns written by ``fusion train``.
+    """
+    y = oof["Label"].astype(str).to_numpy()
+    out = {str(manifest.get("final_model", "gbm")): summary}
+    if len(manifest.get("base_models", [])) < 2:
+        return out
+    for b in manifest["base_models"]:
+        cols = [f"{b.upper()}_{PROBA_PREFIX}{c}" for c in classes]
+        if not all(c in oof.columns for c in cols):
+            continue
+        p = oof[cols].to_numpy(dtype=float)
+        out[b] = metrics.classification_summary(y, np.asarray(classes)[p.argmax(1)], p, classes)
+    return out
+
+
+def fig_models(summaries: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Grouped bars: each score of each model with its bootstrap 95 % CI, and the majority baseline."""
+    plt = _plt()
+    names = list(next(iter(summaries.values()))["scores"])
+    models = list(summaries)
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    x = np.arange(len(names))
+    w = 0.8 / (len(models) + 1)
+    for k, m in enumerate(models):
+        s = summaries[m]["scores"]
+        vals = np.array([s[n]["value"] for n in names])
+        err = np.clip([[s[n]["value"] - s[n]["ci95"][0] for n in names],
+                       [s[n]["ci95"][1] - s[n]["value"] for n in names]], 0, None)
+        ax.bar(x + (k - len(models) / 2) * w, vals, w, yerr=err, capsize=2, label=m, edgecolor="#4a5568")
+    first = next(iter(summaries.values()))["scores"]
+    ax.bar(x + (len(models) - len(models) / 2) * w, [first[n]["majority"] for n in names], w, color="#cbd5e0",
+           edgecolor="#4a5568", label="majority class")
+    ax.set_xticks(x, [n.replace("_", " ") for n in names])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("out-of-fold score (95 % CI)")
+    ax.legend(fontsize=8, ncol=len(models) + 1, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    ax.set_title("Base models and the stack on the same folds")
+    return _save(fig, path)
+
+
+def _models_section(summaries: dict[str, dict[str, Any]], fig_dir: Path) -> str:
+    """The base models and the stack side by side: each score with its CI, and the majority baseline."""
+    if len(summaries) < 2:
+        return ""
+    names = list(next(iter(summaries.values()))["scores"])
+    head = "".join(f"<th>{n.replace('_', ' ')} (95 % CI)</th>" for n in names)
+
+    def cell(s):
+        return f"<td><b>{_fmt(s['value'])}</b> [{_fmt(s['ci95'][0])}, {_fmt(s['ci95'][1])}]</td>"
+
+    rows = "".join(f"<tr><td>{html.escape(BASE_LABELS.get(m, m))}</td>" + "".join(cell(s['scores'][n]) for n in names)
+                   + "</tr>" for m, s in summaries.items())
+    first = next(iter(summaries.values()))["scores"]
+    maj = "<tr><td>majority class</td>" + "".join(
+        f"<td>{_fmt(first[n]['majority'])} [{_fmt(first[n]['majority_ci95'][0])}, "
+        f"{_fmt(first[n]['majority_ci95'][1])}]</td>" for n in names) + "</tr>"
+    chance = "<tr><td>chance</td>" + "".join(f"<td>{_fmt(first[n]['chance'])}</td>" for n in names) + "</tr>"
+    fig = fig_models(summaries, fig_dir / "model_comparison.png")
+    return ("<h2>Base models vs the stack (out-of-fold, same folds)</h2><p>Every model was evaluated on the same "
+            "grouped folds; the CNN inside each fold was trained on that fold's training wells only, so the "
+            "embeddings of held-out wells come from a network that never saw them. Brackets: bootstrap 95 % CIs "
+            f"over rows.</p><table><tr><th>model</th>{head}</tr>{rows}{maj}{chance}</table>"
+            + _img(fig, "Scores of the base models and the stack beside the majority-class baseline"))
+
+
+def _embedding_share_section(importance: pd.DataFrame) -> str:
+    """How much of the explained XGBoost model's attribution the CNN embedding carries, per class."""
+    groups = [explain.feature_group(f) for f in importance.index]
+    if "CNN embedding" not in groups:
+        return ""
+    share = explain.group_share(importance, "CNN embedding")
+    rows = "".join(f"<tr><td>{html.escape(c)}</td><td>{v:.1%}</td></tr>" for c, v in share.items())
+    n_emb = sum(g == "CNN embedding" for g in groups)
+    return ("<h3>How much of a call the image embedding carries</h3><p>Share of the mean |SHAP| of the "
+            f"XGBoost model on profiles + CNN embeddings that falls on the {n_emb} <code>Embedding_*</code> "
+            f"features (group “CNN embedding”), per class and overall.</p><table><tr><th>class</th>"
+            f"<th>CNN embedding share</th></tr>{rows}</table>")
+
+
+# -- plate view -------------------------------------------------------------------------------
+MAX_PLATES = 24
+
+
+def parse_well(well: str) -> tuple[int, int] | None:
+    """``"B03"`` → (row 1, column 2) (0-based); None when the name is not <letters><number>."""
+    import re
+
+    m = re.fullmatch(r"\s*([A-Za-z]{1,2})0*(\d{1,3})\s*", str(well))
+    if not m:
+        return None
+    letters = m.group(1).upper()
+    row = 0
+    for ch in letters:
+        row = row * 26 + (ord(ch) - 64)
+    return row - 1, int(m.group(2)) - 1
+
+
+def plate_shape(rows: int, cols: int) -> tuple[int, int]:
+    """The smallest standard plate (6 … 1536 wells) that holds the given extent."""
+    for r, c in ((2, 3), (3, 4), (4, 6), (6, 8), (8, 12), (16, 24), (32, 48)):
+        if rows <= r and cols <= c:
+            return r, c
+    return rows, cols
+
+
+def _row_name(i: int) -> str:
+    return chr(65 + i) if i < 26 else chr(64 + i // 26) + chr(65 + i % 26)
+
+
+def fig_plate(plate: str, wells: pd.DataFrame, classes: list[str], colours: dict[str, Any], path: Path) -> Path:
+    """Plate map of one plate: predicted class (colour) × its probability (opacity), the true class
+    (inner dot), misclassified wells (red ×), and the cell count per well (second panel)."""
+    from matplotlib.patches import Patch, Rectangle
+
+    plt = _plt()
+    R, C = plate_shape(int(wells["_row"].max()) + 1, int(wells["_col"].max()) + 1)
+    scale = 0.42 if C <= 12 else 0.3
+    fig, axes = plt.subplots(1, 2, figsize=(2 * (C * scale + 1.2) + 1.5, R * scale + 1.6))
+    ax, axc = axes
+    for a in axes:
+        a.set_xlim(-0.5, C - 0.5)
+        a.set_ylim(R - 0.5, -0.5)
+        a.set_xticks(range(C), [str(c + 1) for c in range(C)], fontsize=6 if C > 12 else 8)
+        a.set_yticks(range(R), [_row_name(r) for r in range(R)], fontsize=6 if R > 8 else 8)
+        a.set_aspect("equal")
+        a.tick_params(length=0)
+        for r in range(R):
+            for c in range(C):
+                a.add_patch(Rectangle((c - 0.45, r - 0.45), 0.9, 0.9, fill=False, ec="#e2e8f0", lw=0.5))
+    small = C <= 12
+    for _, w in wells.iterrows():
+        r, c = int(w["_row"]), int(w["_col"])
+        ax.add_patch(Rectangle((c - 0.45, r - 0.45), 0.9, 0.9, color=colours[w["Prediction"]],
+                               alpha=float(np.clip(w["_p"], 0.15, 1.0)), lw=0))
+        ax.scatter([c], [r], s=14 if small else 6, color=colours[w["Label"]], edgecolors="white", linewidths=0.5,
+                   zorder=3)
+        if w["Prediction"] != w["Label"]:
+            ax.plot([c - 0.4, c + 0.4], [r - 0.4, r + 0.4], color="#c53030", lw=1.2, zorder=4)
+            ax.plot([c - 0.4, c + 0.4], [r + 0.4, r - 0.4], color="#c53030", lw=1.2, zorder=4)
+        if small:
+            ax.text(c, r + 0.32, f"{w['_p']:.2f}", ha="center", va="center", fontsize=5, zorder=5)
+    wrong = int((wells["Prediction"] != wells["Label"]).sum())
+    ax.set_title(f"predicted class (opacity = its probability), dot = true class, × = wrong "
+                 f"({wrong}/{len(wells)})", fontsize=7)
+    if "_n" in wells and wells["_n"].notna().any():
+        grid = np.full((R, C), np.nan)
+        grid[wells["_row"].astype(int), wells["_col"].astype(int)] = wells["_n"].astype(float)
+        im = axc.imshow(grid, cmap="viridis", origin="upper", extent=(-0.5, C - 0.5, R - 0.5, -0.5))
+        fig.colorbar(im, ax=axc, fraction=0.03, label="cells per well")
+        if small:
+            for _, w in wells.iterrows():
+                if pd.notna(w["_n"]):
+                    axc.text(w["_col"], w["_row"], f"{int(w['_n'])}", ha="center", va="center", fontsize=5,
+                             color="white")
+        axc.set_title("cell count (Metadata_Object_Count)", fontsize=7)
+    else:
+        axc.set_title("no cell count in the table", fontsize=7)
+    handles = [Patch(color=colours[c], label=c) for c in classes]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(classes), 6), fontsize=6, frameon=False)
+    fig.suptitle(f"Plate {plate}: out-of-fold predictions of the final model", fontsize=9)
+    fig.tight_layout(rect=(0, 0.08 + 0.02 * (len(classes) // 6), 1, 0.95))
+    return _save(fig, path)
+
+
+def _plate_section(oof: pd.DataFrame, classes: list[str], fig_dir: Path) -> str:
+    """Per plate a plate map (see :func:`fig_plate`); or a note saying why there is none."""
+    from profiler.names import CELL_COUNT, PLATE, WELL
+
+    title = "<h2>Plate view</h2>"
+    if WELL not in oof.columns:
+        return title + f"<p class='note'>No plate view: the table has no <code>{WELL}</code> column.</p>"
+    pos = [parse_well(w) for w in oof[WELL]]
+    if any(p is None for p in pos):
+        bad = [str(w) for w, p in zip(oof[WELL], pos) if p is None][:3]
+        return title + (f"<p class='note'>No plate view: well names such as {html.escape(', '.join(bad))} are not "
+                        "of the form row letter(s) + column number (A01, P24).</p>")
+    df = oof.assign(_row=[p[0] for p in pos], _col=[p[1] for p in pos],
+                    _plate=oof[PLATE].astype(str) if PLATE in oof.columns else "plate",
+                    _n=oof[CELL_COUNT] if CELL_COUNT in oof.columns else np.nan,
+                    Label=oof["Label"].astype(str), Prediction=oof["Prediction"].astype(str))
+    proba = df[[PROBA_PREFIX + c for c in classes]].to_numpy(dtype=float)
+    df["_p"] = proba[np.arange(len(df)), [classes.index(p) for p in df["Prediction"]]]
+    cmap = _plt().get_cmap("tab20" if len(classes) > 10 else "tab10")
+    colours = {c: cmap(i % cmap.N) for i, c in enumerate(classes)}
+    plates = list(dict.fromkeys(df["_plate"]))
+    parts, rows = [], []
+    for k, plate in enumerate(plates):
+        wells = df[df["_plate"] == plate]
+        acc = float((wells["Prediction"] == wells["Label"]).mean())
+        rows.append(f"<tr><td>{html.escape(plate)}</td><td>{len(wells)}</td><td>{acc:.3f}</td>"
+                    f"<td>{_fmt(float(wells['_n'].median())) if wells['_n'].notna().any() else '–'}</td></tr>")
+        if k < MAX_PLATES:
+            safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in plate)
+            path = fig_plate(plate, wells, classes, colours, fig_dir / f"plate_{k:02d}_{safe}.png")
+            parts.append(_img(path, f"Plate {plate}: predicted class and probability per well, true class, "
+                                    "misclassified wells, cell count"))
+    more = (f"<p class='note'>Plate maps are drawn for the first {MAX_PLATES} of {len(plates)} plates; the "
+            "table lists all.</p>") if len(plates) > MAX_PLATES else ""
+    return (title + "<p>Each well of each plate as the screen was laid out: its colour is the final model's "
+            "out-of-fold predicted class, the colour's strength that class's probability, the inner dot the true "
+            "class; misclassified wells are crossed out in red. Right: the number of cells in the well "
+            "(few cells make a well's profile noisy).</p><table><tr><th>plate</th><th>wells</th>"
+            "<th>out-of-fold accuracy</th><th>median cells per well</th></tr>" + "".join(rows) + "</table>"
+            + more + "".join(parts))

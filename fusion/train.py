@@ -4,7 +4,9 @@ What a model folder holds (all written atomically; nothing is a pickle):
 
 * ``gbm.ubj`` — the XGBoost model fit on every row, in XGBoost's own UBJ format; ``gbm.json`` — what
   is needed to wrap it again (classes, feature order, parameters).
-* ``stack.json`` — the logistic-regression meta-learner (only when a CNN was stacked).
+* with crops (:mod:`fusion.chain`): ``cnn/`` (the CNN ensemble, safetensors + JSON),
+  ``gbm_embeddings.ubj``/``.json`` (XGBoost on the profiles + the CNN's per-well embeddings) and
+  ``stack.json`` (the meta-learner over ``gbm``, ``gbm_embeddings`` and ``cnn``; the final model).
 * ``oof_predictions.parquet`` — out-of-fold probabilities of every row (``Probability_<class>``),
   its ``Label``, ``Prediction`` and ``Fold``: the honest numbers the report shows.
 * ``training_profiles.parquet`` — the rows and features the model was fit on (for SHAP plots).
@@ -36,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from fusion import explain, metrics, modelio
-from fusion.oof import choose_grouping, cross_val_proba, expand_folds, fold_index, grouped_folds, grouping_limits
+from fusion.oof import choose_grouping, cross_val_proba, fold_index, grouped_folds, grouping_limits
 from fusion.gbm import GBMClassifier, join_embeddings
 from profiler import io
 from profiler.errors import ConfigError, InputError
@@ -50,6 +52,8 @@ __all__ = ["train", "read_profiles", "model_features", "perturbed_labels", "PERT
 
 GBM_FILE = "gbm.ubj"
 GBM_CONFIG = "gbm.json"
+GBM_EMB_FILE = "gbm_embeddings.ubj"
+GBM_EMB_CONFIG = "gbm_embeddings.json"
 STACK_FILE = "stack.json"
 OOF_FILE = "oof_predictions.parquet"
 TRAIN_FILE = "training_profiles.parquet"
@@ -162,9 +166,11 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
         Overrides of :class:`fusion.gbm.GBMClassifier` parameters.
     crops:
         Single-cell crops (a folder with ``crops.tif`` + ``crops.parquet``, or a crop TIFF with its
-        table beside it) of the same wells. With ``cnn=True`` a CNN ensemble is cross-validated on
-        the same grouped folds (its cell probabilities averaged per well) and a logistic-regression
-        meta-learner stacks XGBoost and the CNN; the stack becomes the final model.
+        table beside it) of the same wells. With ``cnn=True``, inside each outer fold a CNN ensemble
+        is trained on the training wells' crops, embeds every crop, and XGBoost is fit on the
+        profiles + per-well mean embeddings; the CNN's soft vote is averaged per well; a
+        meta-learner stacks ``gbm``, ``gbm_embeddings`` and ``cnn`` (see :mod:`fusion.chain`) and
+        becomes the final model. SHAP then explains ``gbm_embeddings`` (group "CNN embedding").
     cnn:
         ``False`` trains the profile path only, even when crops are given.
     cnn_config, cnn_params:
@@ -203,6 +209,10 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
     if (~keep).any():
         log.warning("%d row(s) without a %s label skipped", int((~keep).sum()), label)
     profiles = profiles.loc[keep].reset_index(drop=True)
+    if embeddings is not None and cnn and crops is not None:
+        raise ConfigError("--embeddings and --crops cannot be combined: with crops, the CNN embeddings are "
+                          "computed out of fold inside the cross-validation",
+                          hint="drop --embeddings (or give --no-cnn to use the precomputed embeddings)")
     if embeddings is not None:
         profiles = join_embeddings(profiles, embeddings)
     feats = model_features(profiles, include_cell_count)
@@ -240,20 +250,24 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
         bar.update(task, description="fitting XGBoost on every row")
         final = GBMClassifier(**params).fit(X, y, groups=groups)
     base_oof = {"gbm": oof}
-    cnn_model = stack_model = None
+    cnn_model = stack_model = chain = None
+    explained, X_exp = final, X  # the XGBoost model SHAP explains, and its training rows
     if cnn and crops is not None:
-        cnn_model, stack_model, base_oof, oof = _train_cnn_and_stack(
-            crops, profiles, y, groups, classes, splits, oof, seed, cnn_config, cnn_params, stack_C, stack_coupling)
+        chain, stack_model, base_oof, oof = _train_cnn_and_stack(
+            crops, profiles, X, params, y, groups, classes, splits, oof, seed, cnn_config, cnn_params, stack_C,
+            stack_coupling)
+        cnn_model, explained, X_exp = chain.cnn, chain.gbm_embeddings, chain.X_embeddings
+    feats_exp = [str(c) for c in X_exp.columns]
     pred = classes[np.argmax(oof, axis=1)]
     summary = metrics.classification_summary(y, pred, oof, classes, seed=seed)
     base_summaries = {b: metrics.classification_summary(y, classes[np.argmax(p, axis=1)], p, classes, seed=seed)
                       for b, p in base_oof.items()} if len(base_oof) > 1 else {}
 
-    # explanations of the final model on the training rows
-    values, base = explain.shap_values(final.get_booster(), X, len(classes))
+    # explanations of the final XGBoost model (on profiles + CNN embeddings with crops) on the training rows
+    values, base = explain.shap_values(explained.get_booster(), X_exp, len(classes))
     control = control_mask(profiles, spec)
-    top = explain.top_features(values, X, y, classes, control, k=10)
-    imp = explain.class_importance(values, feats, classes)
+    top = explain.top_features(values, X_exp, y, classes, control, k=10)
+    imp = explain.class_importance(values, feats_exp, classes)
     groups_imp = explain.group_attributions(imp)
 
     meta_cols = metadata_columns(profiles)
@@ -267,7 +281,7 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
         for b, p in base_oof.items():
             for j, c in enumerate(classes):
                 oof_df[f"{b.upper()}_{PROBA_PREFIX}{c}"] = p[:, j]
-    shap_df = pd.DataFrame(values.transpose(2, 0, 1).reshape(-1, len(feats)), columns=feats)
+    shap_df = pd.DataFrame(values.transpose(2, 0, 1).reshape(-1, len(feats_exp)), columns=feats_exp)
     shap_df.insert(0, "Row", np.tile(np.arange(len(y)), len(classes)))
     shap_df.insert(0, "Class", np.repeat(classes, len(y)))
 
@@ -283,13 +297,16 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
             if f.is_file() and f.name != io.MANIFEST:
                 model_files[f"{CNN_DIR}/{f.name}"] = modelio.model_file_entry(
                     f, "safetensors" if f.suffix == ".safetensors" else "json")
+        model_files[GBM_EMB_FILE] = modelio.save_xgb(chain.gbm_embeddings, out_dir / GBM_EMB_FILE)
+        model_files[GBM_EMB_CONFIG] = modelio.save_json_model(chain.gbm_embeddings.to_config(),
+                                                              out_dir / GBM_EMB_CONFIG, "gbm-config-json")
         model_files[STACK_FILE] = modelio.save_json_model(stack_model.to_json(), out_dir / STACK_FILE, "stack-json")
         write_attention_examples(cnn_model.attention_examples_, out_dir / ATTENTION_FILE)
         extra_manifest["stack_weights"] = stack_model.base_weights()
         extra_manifest["base_model_scores"] = {b: {k: v["value"] for k, v in sm["scores"].items()}
                                                for b, sm in base_summaries.items()}
     io.write_parquet(oof_df, out_dir / OOF_FILE)
-    io.write_parquet(pd.concat([profiles[[c for c in meta_cols if c not in feats]], X], axis=1),
+    io.write_parquet(pd.concat([profiles[[c for c in meta_cols if c not in feats_exp]], X_exp], axis=1),
                      out_dir / TRAIN_FILE)
     io.write_parquet(shap_df, out_dir / SHAP_FILE)
     io.write_json({**summary, "base_models": base_summaries, "grouping": grouping_info}, out_dir / "metrics.json")
@@ -307,9 +324,10 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
     io.write_manifest(
         out_dir, command="fusion train", inputs=_manifest_inputs(profiles_path, embeddings, crops if cnn_model is not None else None),
         parameters=modelio_params,
-        outputs={OOF_FILE: {"rows": len(oof_df)}, TRAIN_FILE: {"rows": len(X), "features": len(feats)},
+        outputs={OOF_FILE: {"rows": len(oof_df)}, TRAIN_FILE: {"rows": len(X_exp), "features": len(feats_exp)},
                  SHAP_FILE: {"rows": len(shap_df)}},
-        extra={modelio.MODEL_FILES_KEY: model_files, "classes": list(classes), "features": feats,
+        extra={modelio.MODEL_FILES_KEY: model_files, "classes": list(classes), "features": feats_exp,
+               "profile_features": feats, "explained_model": "gbm_embeddings" if chain is not None else "gbm",
                "rows": {"total": int(len(y)), "groups": int(len(np.unique(groups))),
                         "per_class": {c: int(n) for c, n in zip(*np.unique(y, return_counts=True))}},
                "grouping": grouping_info, "columns": spec.to_dict(),
@@ -323,50 +341,55 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
     return out_dir
 
 
-def _train_cnn_and_stack(crops, profiles: pd.DataFrame, y: np.ndarray, groups: np.ndarray, classes: np.ndarray,
-                         splits, gbm_oof: np.ndarray, seed: int, cnn_config: str,
-                         cnn_params: Mapping[str, Any] | None, stack_C: float, stack_coupling: str):
-    """CNN out-of-fold on the same well folds, the stack's OOF, and both final models."""
+def _train_cnn_and_stack(crops, profiles: pd.DataFrame, X: pd.DataFrame, gbm_params: Mapping[str, Any],
+                         y: np.ndarray, groups: np.ndarray, classes: np.ndarray, splits, gbm_oof: np.ndarray,
+                         seed: int, cnn_config: str, cnn_params: Mapping[str, Any] | None, stack_C: float,
+                         stack_coupling: str):
+    """The design's chain on the same well folds (:mod:`fusion.chain`): per fold a CNN on the training
+    wells' crops → per-well embeddings ⊕ profiles → XGBoost, and the CNN's soft vote; the stack of
+    ``gbm``, ``gbm_embeddings`` and ``cnn`` with its own out-of-fold estimate; the final models.
+
+    Returns ``(fitted chain, final stack, base-model OOF probabilities, stack OOF probabilities)``.
+    """
     from rich.progress import Progress
 
+    from fusion.chain import BASE_MODELS, chain_out_of_fold, fit_chain, match_crops
     from fusion.cnn.ensemble import CNNEnsemble
     from fusion.data import load_crops
-    from fusion.oof import out_of_fold_proba
-    from fusion.stack import StackedClassifier, cell_to_well_proba, meta_out_of_fold_proba, stack_inputs
+    from fusion.stack import StackedClassifier, meta_out_of_fold_proba, stack_inputs
 
     if cnn_config not in CNN_PRESETS:
         raise ConfigError(f"unknown CNN configuration {cnn_config!r}", hint=f"choose one of {', '.join(CNN_PRESETS)}")
     params = {**CNN_PRESETS[cnn_config], "seed": seed, **(cnn_params or {})}
+    try:
+        CNNEnsemble(**params).member_configs()
+    except TypeError as exc:
+        raise ConfigError(f"unknown CNN parameter ({exc})") from exc
     crop_set = load_crops(crops)
-    keys = [k for k in (PLATE, WELL) if k in profiles.columns and k in crop_set.meta.columns]
-    if WELL not in keys:
-        raise InputError(f"crops and profiles must both have {WELL} (and {PLATE}) to be matched", path=crops)
-    well_key = profiles[keys].astype(str).agg("/".join, axis=1).to_numpy()
-    cell_key = crop_set.meta[keys].astype(str).agg("/".join, axis=1).to_numpy()
-    row_of = {k: i for i, k in enumerate(well_key)}
-    cell_row = np.array([row_of.get(k, -1) for k in cell_key])
+    cell_row, keys = match_crops(crop_set.meta, profiles, crop_set.source)
     keep = cell_row >= 0
-    if not keep.any():
-        raise InputError("no crop belongs to a profiled well", path=crops,
-                         hint="the crops' Metadata_Plate/Metadata_Well must match the profiles'")
-    if (~keep).any():
-        log.warning("%d crop(s) from wells not in the profiles ignored", int((~keep).sum()))
     images, cell_row = crop_set.images[keep], cell_row[keep]
-    cell_y, cell_groups = y[cell_row], groups[cell_row]
-    cell_splits = expand_folds(splits, cell_row)
+
+    def make_cnn():
+        return CNNEnsemble(**params)
+
+    def make_gbm():
+        return GBMClassifier(**gbm_params)
+
     with Progress(transient=True) as bar:
-        task = bar.add_task("cross-validating the CNN", total=len(splits) + 1)
-        cell_oof = out_of_fold_proba(lambda: CNNEnsemble(**params), images, cell_y, cell_groups, classes,
-                                     cell_splits, progress=lambda: bar.advance(task))
-        final_cnn = CNNEnsemble(**params).fit(images, cell_y, groups=cell_groups)
+        task = bar.add_task("cross-validating the CNN → embeddings → XGBoost chain", total=len(splits) + 1)
+        chain_oof = chain_out_of_fold(make_cnn, make_gbm, profiles, X, y, groups, classes, splits, images, cell_row,
+                                      keys, progress=lambda: bar.advance(task))
+        chain = fit_chain(make_cnn, make_gbm, profiles, X, y, groups, images, cell_row, keys)
         bar.advance(task)
-    cell_keys = pd.DataFrame({"row": cell_row})
-    cnn_oof = cell_to_well_proba(cell_oof, cell_keys, pd.DataFrame({"row": np.arange(len(y))}))
-    base = {"gbm": gbm_oof, "cnn": cnn_oof}
+    base = {"gbm": gbm_oof, **chain_oof}
+    base = {b: base[b] for b in BASE_MODELS}
     stacked = stack_inputs(base, classes)
     stack_oof = meta_out_of_fold_proba(stacked, y, classes, splits, C=stack_C, coupling=stack_coupling)
     final_stack = StackedClassifier(C=stack_C, coupling=stack_coupling).fit(stacked, y)
     # example cells for the report: up to 3 per class, with the CNN's CBAM spatial attention
+    final_cnn = chain.cnn
+    cell_y = y[cell_row]
     rng = np.random.default_rng(seed)
     pick = np.concatenate([rng.choice(np.flatnonzero(cell_y == c), min(3, int((cell_y == c).sum())), replace=False)
                            for c in classes if (cell_y == c).any()])
@@ -376,7 +399,7 @@ def _train_cnn_and_stack(crops, profiles: pd.DataFrame, y: np.ndarray, groups: n
     final_cnn.attention_examples_ = {
         "crops": np.asarray(images[pick]), "maps": maps.astype(np.float32),
         "labels": np.asarray(cell_y[pick]).astype(str), "predicted": np.asarray(final_cnn.classes_)[pred_idx].astype(str)}
-    return final_cnn, final_stack, base, stack_oof
+    return chain, final_stack, base, stack_oof
 
 
 def write_attention_examples(examples: Mapping[str, np.ndarray], path: Path) -> Path:

@@ -228,7 +228,7 @@ def test_train_with_crops_stacks_gbm_and_cnn(tmp_path):
                 cnn_params={"image_size": 24, "epochs": 1, "batch_size": 32, "balance": "none",
                             "val_fraction": 0.0, "device": "cpu"})
     manifest = verify_model_dir(out)
-    assert manifest["final_model"] == "stack" and manifest["base_models"] == ["gbm", "cnn"]
+    assert manifest["final_model"] == "stack" and manifest["base_models"] == ["gbm", "gbm_embeddings", "cnn"]
     assert "stack.json" in manifest["model_files"]
     assert (out / "cnn_attention.parquet").is_file()
     from fusion.report import report
@@ -236,11 +236,12 @@ def test_train_with_crops_stacks_gbm_and_cnn(tmp_path):
     html = report(out).read_text()
     assert "Where the CNN looked" in html and "Base models vs the stack" in html
     assert any(k.startswith("cnn/") and k.endswith(".safetensors") for k in manifest["model_files"])
-    assert set(manifest["stack_weights"]) == {"gbm", "cnn"}
+    assert set(manifest["stack_weights"]) == {"gbm", "gbm_embeddings", "cnn"}
     oof = pd.read_parquet(out / "oof_predictions.parquet")
-    assert {"GBM_Probability_DMSO", "CNN_Probability_DMSO", "Probability_DMSO"} <= set(oof.columns)
+    assert {"GBM_Probability_DMSO", "GBM_EMBEDDINGS_Probability_DMSO", "CNN_Probability_DMSO",
+            "Probability_DMSO"} <= set(oof.columns)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["base_models"]) == {"gbm", "cnn"}
+    assert set(metrics["base_models"]) == {"gbm", "gbm_embeddings", "cnn"}
     # --no-cnn: the profile path only
     out2 = train(profiles, tmp_path / "model2", crops=crops, cnn=False, n_splits=2, gbm_params={"n_estimators": 10})
     assert json.loads((out2 / "manifest.json").read_text())["final_model"] == "gbm"

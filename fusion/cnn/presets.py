@@ -10,6 +10,7 @@ path of ``fusion train`` reads them without the ``cnn`` extra installed).
   downloaded here), and there is no validation share (``val_fraction=0``, all epochs run): with
   2–4 compounds per MoA in BBBC021 a compound-grouped validation share removes whole MoAs from
   training. Pass ``pretrained_paths`` / ``val_fraction`` to change either.
+* ``"tiny"`` — one ResNet10t at 32 px for one short epoch: a smoke test of the pipeline (tests, demos).
 """
 
 from __future__ import annotations
@@ -20,4 +21,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu": dict(backbones=["resnet18"], dropouts=[(0.5, 0.3, 0.1)], image_size=64, epochs=8, batch_size=32,
                 target_per_class=150, lr_backbone=1e-3, lr_head=1e-3, patience=3, val_fraction=0.0),
     "full": {},
+    # a smoke-test size (one ResNet10t at 32 px, one short epoch): checks that the chain runs end to end
+    # on a small plate in seconds; its accuracy means nothing
+    "tiny": dict(backbones=["resnet10t"], dropouts=[(0.5, 0.3, 0.1)], image_size=32, epochs=1, batch_size=32,
+                 target_per_class=16, lr_backbone=1e-3, lr_head=1e-3, patience=1, val_fraction=0.0),
 }
