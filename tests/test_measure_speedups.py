@@ -232,3 +232,37 @@ def test_shared_context_changes_nothing(field):
         alone = fam.fn(lab, images, n_objects=n, **fam.defaults)
         for key, values in alone.items():
             np.testing.assert_array_equal(together[f"X_{key}"].to_numpy(), values, err_msg=key)
+
+
+def test_radix_sort_by_label_equals_per_label_numpy_sort():
+    """The radix sort of (label, float32) behind the quartiles: every label's values in np.sort's
+    order, for negative, signed-zero, infinite, tied and random values and absent labels."""
+    rng = np.random.default_rng(7)
+    m = 5000
+    lab = rng.integers(1, 40, m)
+    lab[lab == 17] = 18  # an absent label in the middle
+    vals = np.concatenate([rng.normal(0, 1, m - 60), np.zeros(10), -np.zeros(10), np.full(10, np.inf),
+                           np.full(10, -np.inf), np.full(20, 0.5)]).astype(np.float32)
+    rng.shuffle(vals)
+    got = K.sort_float32_by_label(lab, vals)
+    want = np.concatenate([np.sort(vals[lab == k]) for k in range(1, 40)]).astype(np.float64)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, want)  # -0.0 == +0.0 (np.sort leaves their order open)
+
+
+def test_radii_counting_equals_sorted_statistics(field):
+    """Max / mean / median radius by counting squared distances == the sorted-values statistics,
+    bit for bit (mean summed in ascending order), and the sorting fallback for inexact distances."""
+    lab, _, n = field
+    lab64 = lab.astype(np.int64)
+    d = K.label_edt(lab64, True)
+    sel = lab64.ravel() > 0
+    dl, dv = lab64.ravel()[sel], d.ravel()[sel]
+    want = K.sorted_group_stats(*K.sorted_by_label(dl, dv, n), n)
+    got = K.radii_by_label(dl, dv, n)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    inexact = dv * 1.1  # not square roots of integers: the sorting path
+    want = K.sorted_group_stats(*K.sorted_by_label(dl, inexact, n), n)
+    for a, b in zip(K.radii_by_label(dl, inexact, n), want):
+        np.testing.assert_array_equal(a, b)

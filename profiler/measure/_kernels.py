@@ -699,72 +699,137 @@ def zernike_magnitudes_by_runs(labels, n, ci, cj, rad, indexes, weights=None):
 
 
 @nb.njit(cache=True)
-def _label_float_keys(lab, bits):
-    """uint64 keys label << 32 | order-preserving bits of a float32 (sorting them sorts by
-    label, then value, as ``np.sort`` orders float32 values)."""
-    out = np.empty(lab.size, np.uint64)
-    for p in range(lab.size):
-        u = np.uint64(bits[p])
-        if u & np.uint64(0x80000000):
-            u = ~u & np.uint64(0xFFFFFFFF)
-        else:
-            u = u | np.uint64(0x80000000)
-        out[p] = (np.uint64(lab[p]) << np.uint64(32)) | u
-    return out
+def _radix_float32_by_label(lab, bits, n):
+    """LSD radix sort of float32 values (given as their uint32 bits) by (label, value).
 
-
-@nb.njit(cache=True)
-def _decode_float_keys(keys):
-    out = np.empty(keys.size, np.uint32)
-    for p in range(keys.size):
-        u = keys[p] & np.uint64(0xFFFFFFFF)
-        if u & np.uint64(0x80000000):
-            u = u & np.uint64(0x7FFFFFFF)
-        else:
-            u = ~u & np.uint64(0xFFFFFFFF)
-        out[p] = np.uint32(u)
-    return out
+    The float bits are mapped to order-preserving uint32 keys (negatives flipped, positives with
+    the sign bit set: the order of ``np.sort`` on float32, NaN of either sign aside), sorted by
+    three stable 11-bit counting passes (a pass whose digit is the same for every value is
+    skipped), then stably by label. Returns the sorted float32 bits.
+    """
+    m = lab.size
+    a = np.empty(m, np.uint32)
+    la = np.empty(m, np.int64)
+    for t in range(m):
+        u = bits[t]
+        a[t] = ~u if u & np.uint32(0x80000000) else u | np.uint32(0x80000000)
+        la[t] = lab[t]
+    b = np.empty(m, np.uint32)
+    lb = np.empty(m, np.int64)
+    cnt = np.empty(2049, np.int64)
+    for sh in (0, 11, 22):
+        cnt[:] = 0
+        for t in range(m):
+            cnt[((a[t] >> np.uint32(sh)) & np.uint32(2047)) + 1] += 1
+        if cnt.max() == m:
+            continue
+        for i in range(2048):
+            cnt[i + 1] += cnt[i]
+        for t in range(m):
+            d = (a[t] >> np.uint32(sh)) & np.uint32(2047)
+            q = cnt[d]
+            b[q] = a[t]
+            lb[q] = la[t]
+            cnt[d] = q + 1
+        a, b = b, a
+        la, lb = lb, la
+    pos = np.zeros(n + 2, np.int64)
+    for t in range(m):
+        pos[la[t] + 1] += 1
+    for k in range(n + 1):
+        pos[k + 1] += pos[k]
+    for t in range(m):
+        k = la[t]
+        u = a[t]
+        b[pos[k]] = u & np.uint32(0x7FFFFFFF) if u & np.uint32(0x80000000) else ~u
+        pos[k] += 1
+    return b
 
 
 def sort_float32_by_label(lab: np.ndarray, values32: np.ndarray) -> np.ndarray:
-    """float32 values sorted by (label, value) → float64 (one radix-friendly uint64 sort instead
-    of a sort per object). Same values and order as sorting each label's values separately."""
-    keys = _label_float_keys(lab, np.ascontiguousarray(values32, np.float32).view(np.uint32))
-    keys.sort()
-    return _decode_float_keys(keys).view(np.float32).astype(np.float64)
+    """float32 values sorted by (label, value) → float64 (labels 0..max(lab)). Same values and
+    order as sorting each label's values separately with ``np.sort``; one linear-time radix sort
+    for all objects instead of a comparison sort."""
+    lab = np.ascontiguousarray(lab)
+    n = int(lab.max()) if lab.size else 0
+    bits = np.ascontiguousarray(values32, np.float32).view(np.uint32)
+    return _radix_float32_by_label(lab, bits, n).view(np.float32).astype(np.float64)
 
 
 @nb.njit(cache=True)
-def _label_int_keys(lab, ints):
-    out = np.empty(lab.size, np.uint64)
-    for p in range(lab.size):
-        out[p] = (np.uint64(lab[p]) << np.uint64(32)) | np.uint64(ints[p])
-    return out
-
-
-@nb.njit(cache=True)
-def _sqrt_low_bits(keys):
-    out = np.empty(keys.size, np.float64)
-    for p in range(keys.size):
-        out[p] = math.sqrt(float(keys[p] & np.uint64(0xFFFFFFFF)))
-    return out
-
-
-@nb.njit(cache=True)
-def _squares_rounded(d):
-    out = np.empty(d.size, np.uint32)
+def _squares_exact(d):
+    """d² as integers when every d is exactly √(integer < 2³¹) (exact distance transforms);
+    (squares, True) or (_, False) when some d is not."""
+    out = np.empty(d.size, np.int64)
     for p in range(d.size):
-        out[p] = np.uint32(round(d[p] * d[p]))
-    return out
+        x = d[p]
+        if not (x >= 0.0 and x < 46340.0):
+            return out, False
+        q = np.int64(round(x * x))
+        if math.sqrt(float(q)) != x:
+            return out, False
+        out[p] = q
+    return out, True
 
 
-def sort_distances_by_label(lab: np.ndarray, dist: np.ndarray) -> np.ndarray:
-    """Euclidean distances sorted by (label, distance), for distances that are square roots of
-    integers < 2³² (exact distance transforms): sorts label << 32 | d² and takes √ again, which
-    gives back the same float64 values (√ is correctly rounded and d² rounds back exactly)."""
-    keys = _label_int_keys(lab, _squares_rounded(dist))
-    keys.sort()
-    return _sqrt_low_bits(keys)
+@nb.njit(cache=True)
+def radii_from_squares(lab, sq, n):
+    """max, mean and median (mean of the two middle values) per label of the distances √sq,
+    exactly as :func:`sorted_group_stats` gives them on the sorted distances (the mean sums the
+    distances in ascending order), by counting each label's squared distances instead of sorting.
+    Rows 1..n of arrays of length n + 1; NaN for labels without pixels."""
+    cnt = np.zeros(n + 1, np.int64)
+    top = np.zeros(n + 1, np.int64)
+    for p in range(lab.size):
+        k = lab[p]
+        cnt[k] += 1
+        if sq[p] > top[k]:
+            top[k] = sq[p]
+    off = np.zeros(n + 2, np.int64)
+    for k in range(n + 1):
+        off[k + 1] = off[k] + (top[k] + 1 if cnt[k] > 0 else 0)
+    hist = np.zeros(off[n + 1], np.int64)
+    for p in range(lab.size):
+        hist[off[lab[p]] + sq[p]] += 1
+    mx = np.full(n + 1, np.nan)
+    mean = np.full(n + 1, np.nan)
+    med = np.full(n + 1, np.nan)
+    for k in range(1, n + 1):
+        c = cnt[k]
+        if c == 0:
+            continue
+        lo = (c - 1) // 2
+        hi = c // 2
+        v_lo = 0.0
+        v_hi = 0.0
+        s = 0.0
+        seen = 0
+        for v in range(top[k] + 1):
+            h = hist[off[k] + v]
+            if h == 0:
+                continue
+            x = math.sqrt(float(v))
+            for _ in range(h):
+                s += x
+            if seen <= lo < seen + h:
+                v_lo = x
+            if seen <= hi < seen + h:
+                v_hi = x
+            seen += h
+        mx[k] = math.sqrt(float(top[k]))
+        mean[k] = s / c
+        med[k] = (v_lo + v_hi) / 2.0
+    return mx, mean, med
+
+
+def radii_by_label(lab: np.ndarray, dist: np.ndarray, n: int):
+    """(max, mean, median) distance per label 1..n (arrays of length n + 1, NaN where a label has no
+    pixels): counting squared distances when they are exact, else sorting each label's distances."""
+    sq, exact = _squares_exact(np.ascontiguousarray(dist, np.float64))
+    if exact:
+        return radii_from_squares(np.ascontiguousarray(lab, np.int64), sq, n)
+    d_sorted, d_starts = sorted_by_label(lab, dist, n)
+    return sorted_group_stats(d_sorted, d_starts, n)
 
 
 def label_starts(lab: np.ndarray, n: int) -> np.ndarray:

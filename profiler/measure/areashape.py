@@ -145,12 +145,7 @@ def areashape(labels: np.ndarray, images=None, *, n_objects: int, zernike: bool 
         min_f, max_f, mec_i, mec_j, mec_r, conv = ctx.hull()
 
         pidx, dl = ctx.pixels()
-        dv = ctx.edt(True).ravel()[pidx]
-        if dv.size and np.isfinite(dv).all() and dv.max() < 65535.0:
-            d_sorted, d_starts = K.sort_distances_by_label(dl, dv), K.label_starts(dl, n)
-        else:
-            d_sorted, d_starts = K.sorted_by_label(dl, dv, n)
-        max_r, mean_r, med_r = K.sorted_group_stats(d_sorted, d_starts, n)
+        max_r, mean_r, med_r = K.radii_by_label(dl, ctx.edt(True).ravel()[pidx], n)
 
     s = slice(1, n + 1)
     out: dict[str, np.ndarray] = {
