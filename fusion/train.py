@@ -209,6 +209,10 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
     if (~keep).any():
         log.warning("%d row(s) without a %s label skipped", int((~keep).sum()), label)
     profiles = profiles.loc[keep].reset_index(drop=True)
+    if cnn and crops is not None and not Path(crops).exists():  # before any training, not after the XGBoost folds
+        raise InputError("crops not found", path=Path(crops),
+                         hint="give the folder written by `profiler extract --crops` (crops.tif + crops.parquet) "
+                              "or a crop TIFF with its table beside it")
     if embeddings is not None and cnn and crops is not None:
         raise ConfigError("--embeddings and --crops cannot be combined: with crops, the CNN embeddings are "
                           "computed out of fold inside the cross-validation",

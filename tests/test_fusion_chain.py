@@ -194,7 +194,12 @@ def test_extract_crops_train_report_predict_the_four_models(small_plate, tmp_pat
     np.testing.assert_allclose(pred[[f"Probability_{c}" for c in classes]].to_numpy(),
                                stack.predict_proba(stack_inputs(base, classes)), atol=1e-9)
 
-    # --crops for a model trained without them, and a crop set missing a profiled well, are clear errors
+    # --crops with --embeddings, and crops that do not exist, are clear errors before any training
     res = CliRunner().invoke(fusion_app, ["train", str(ext / "profiles.parquet"), "-o", str(tmp_path / "m2"),
                                           "--crops", str(ext), "--embeddings", str(ext / "profiles.parquet")])
     assert isinstance(res.exception, ConfigError) and "cannot be combined" in str(res.exception)
+    from fusion.train import train
+
+    with pytest.raises(InputError, match="crops not found"):
+        train(ext / "profiles.parquet", tmp_path / "m3", crops=tmp_path / "nowhere")
+    assert not (tmp_path / "m3").exists()

@@ -106,3 +106,27 @@ def test_example_cells_from_crops(tmp_path):
     assert (out / "figures" / "example_cells.png").is_file()
     assert "lowest and highest deciles" in html
     assert json.loads((out / "manifest.json").read_text())["inputs"]["profiles"]["path"].endswith("profiles.parquet")
+
+
+def test_plate_view_one_map_per_plate_with_errors_and_cell_counts(tmp_path):
+    from fusion.report import _plate_section, parse_well, plate_shape
+
+    assert parse_well("B03") == (1, 2) and parse_well("p24") == (15, 23) and parse_well("AF48") == (31, 47)
+    assert parse_well("r02c03") is None
+    assert plate_shape(8, 12) == (8, 12) and plate_shape(9, 3) == (16, 24) and plate_shape(2, 2) == (2, 3)
+    rows = []
+    for plate in ("P1", "P2"):
+        for i, well in enumerate(["A01", "A02", "B05", "H12"]):
+            label = "a" if i % 2 else "b"
+            pred = "a" if (plate, well) == ("P2", "B05") else label
+            rows.append({"Metadata_Plate": plate, "Metadata_Well": well, "Metadata_Object_Count": 10 * (i + 1),
+                         "Label": label, "Prediction": pred,
+                         "Probability_a": 0.8 if pred == "a" else 0.2, "Probability_b": 0.2 if pred == "a" else 0.8})
+    oof = pd.DataFrame(rows)
+    html = _plate_section(oof, ["a", "b"], tmp_path)
+    pngs = sorted(p.name for p in tmp_path.glob("plate_*.png"))
+    assert pngs == ["plate_00_P1.png", "plate_01_P2.png"]
+    assert "<td>P1</td><td>4</td><td>1.000</td><td>25.000</td>" in html
+    assert "<td>P2</td><td>4</td><td>0.750</td>" in html
+    bad = _plate_section(oof.assign(Metadata_Well="r01c01"), ["a", "b"], tmp_path / "x")
+    assert "No plate view" in bad and "r01c01" in bad
