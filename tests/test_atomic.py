@@ -103,9 +103,10 @@ def test_site_that_fails_while_writing_leaves_no_partition(small_plate, tmp_path
 
 
 def test_extract_outputs_are_complete_files(small_plate, tmp_path):
+    from conftest import example_pipeline
     from profiler.extract import extract
 
-    out = extract(small_plate, tmp_path / "out", workers=0, progress=False)
+    out = extract(small_plate, tmp_path / "out", pipeline=example_pipeline(), workers=0, progress=False)
     assert not list(out.rglob("*.tmp"))
     manifest = json.loads((out / "manifest.json").read_text())
     for name, facts in manifest["outputs"].items():

@@ -59,12 +59,18 @@ def test_extract_crops_partitions_resume_and_cnn(small_plate, tmp_path):
     import torch
     from typer.testing import CliRunner
 
+    import yaml
+    from conftest import example_pipeline
+
     from fusion.cnn.ensemble import CNNEnsemble
     from profiler.cli import app
 
+    # crops do not depend on the feature families: two of them keep the three extracts short
+    pipeline = example_pipeline()
+    (tmp_path / "example.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     out = tmp_path / "out"
     res = CliRunner().invoke(app, ["extract", str(small_plate), "-o", str(out), "--workers", "0", "--no-progress",
-                                   "--crops", "--crop-size", "32"])
+                                   "--crops", "--crop-size", "32", "--pipeline", str(tmp_path / "example.yaml")])
     assert res.exit_code == 0, res.output
     cells = pd.read_parquet(out / "single_cell.parquet")
     cs = load_crops(out)
@@ -86,12 +92,12 @@ def test_extract_crops_partitions_resume_and_cnn(small_plate, tmp_path):
     np.save(parts[0], np.zeros((1, 32, 32, 3), np.uint16))
     from profiler.extract import extract
 
-    extract(small_plate, out, workers=0, progress=False, crops=True, crop_size=32)
+    extract(small_plate, out, pipeline=pipeline, workers=0, progress=False, crops=True, crop_size=32)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["sites"]["processed"] == 1
     assert np.array_equal(load_crops(out).images, first)
     # another crop size is not reused
-    extract(small_plate, out, workers=0, progress=False, crops=True, crop_size=24)
+    extract(small_plate, out, pipeline=pipeline, workers=0, progress=False, crops=True, crop_size=24)
     assert json.loads((out / "manifest.json").read_text())["sites"]["reused"] == 0
     assert load_crops(out).images.shape == (len(cells), 24, 24, 3)
 
