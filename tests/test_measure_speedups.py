@@ -266,3 +266,14 @@ def test_radii_counting_equals_sorted_statistics(field):
     want = K.sorted_group_stats(*K.sorted_by_label(dl, inexact, n), n)
     for a, b in zip(K.radii_by_label(dl, inexact, n), want):
         np.testing.assert_array_equal(a, b)
+
+
+def test_edt_with_border_derived_from_inside_transform(field):
+    """The border-is-background distance transform derived from the other one == computed directly."""
+    lab, _, _ = field
+    rng = np.random.default_rng(11)
+    cases = [lab.astype(np.int64), np.ones((7, 9), np.int64), np.full((1, 1), 3, np.int64)]
+    cases += [(rng.integers(0, 4, (h, w)) * (rng.random((h, w)) < 0.7)).astype(np.int64)
+              for h, w in rng.integers(1, 30, (40, 2))]
+    for lab64 in cases:
+        np.testing.assert_array_equal(K.edt_with_border(K.label_edt(lab64, False)), K.label_edt(lab64, True))

@@ -167,6 +167,24 @@ def label_edt(labels: np.ndarray, border_is_background: bool) -> np.ndarray:
 
 
 @nb.njit(cache=True)
+def edt_with_border(d_inside: np.ndarray) -> np.ndarray:
+    """``label_edt(labels, True)`` from ``label_edt(labels, False)``: the nearest pixel outside the
+    image lies straight across the nearest border, so the distance becomes
+    min(d, i + 1, h − i, j + 1, w − j) — the same float64 values (√ of the smaller integer square
+    is the smaller root; background stays 0, an object without background gets its border
+    distance instead of inf)."""
+    h, w = d_inside.shape
+    out = np.empty((h, w), np.float64)
+    for i in range(h):
+        di = min(i + 1, h - i)
+        for j in range(w):
+            b = float(min(di, j + 1, w - j))
+            x = d_inside[i, j]
+            out[i, j] = x if x < b else b
+    return out
+
+
+@nb.njit(cache=True)
 def hull_candidates(labels: np.ndarray, n: int):
     """Pixels at either end of a horizontal run, grouped by label: (ii, jj, starts)."""
     h, w = labels.shape

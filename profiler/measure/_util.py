@@ -114,11 +114,14 @@ class LabelContext:
         return self._get("hull", make)
 
     def edt(self, border_is_background: bool) -> np.ndarray:
-        """Label-wise Euclidean distance transform (:func:`_kernels.label_edt`)."""
+        """Label-wise Euclidean distance transform (:func:`_kernels.label_edt`). The variant in
+        which the outside of the image is background is derived from the other one
+        (:func:`_kernels.edt_with_border`), so the two cost one transform."""
         from profiler.measure import _kernels as K
 
-        b = bool(border_is_background)
-        return self._get(("edt", b), lambda: K.label_edt(self.labels, b))
+        if border_is_background:
+            return self._get(("edt", True), lambda: K.edt_with_border(self.edt(False)))
+        return self._get(("edt", False), lambda: K.label_edt(self.labels, False))
 
 
 def label_context(labels: np.ndarray, n_objects: int, context: LabelContext | None = None) -> LabelContext:
