@@ -167,6 +167,12 @@ def test_real_field_extract_processes_complete_sites(tmp_path):
     assert "ImageQuality_PowerLogLogSlope_DAPI" in img.columns and "Metadata_QC_Outlier" in img.columns
     cells = pd.read_parquet(out / "single_cell.parquet")
     assert (cells["Cells_Parent_Nuclei"] == cells["Metadata_ObjectNumber"]).all()
+    # the shipped pipeline measures all eight families in every compartment (Intensity also writes
+    # Location_CenterMassIntensity_*, so the Location family is recognised by Location_Center_X)
+    for mark in ("AreaShape_", "Intensity_", "Texture_", "Granularity_", "RadialDistribution_", "Correlation_",
+                 "Neighbors_", "Location_Center_X"):
+        for comp in ("Nuclei", "Cells", "Cytoplasm"):
+            assert any(c.startswith(f"{comp}_{mark}") for c in cells.columns), f"no {comp}_{mark}* column"
     assert (out / "overlays" / "Week2_180607_B02_s1.png").is_file()
     man = json.loads((out / "manifest.json").read_text())
     files = man["extra"]["illumination"]["files"] if "extra" in man else man["illumination"]["files"]
