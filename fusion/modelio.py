@@ -172,8 +172,35 @@ def load_xgb_booster(model_dir: str | Path, name: str, manifest: Mapping[str, An
     return booster
 
 
+class ModelDict(dict):
+    """A JSON model file's object: a plain dict, except that reading a key it lacks raises a
+    :class:`ModelFileError` naming the file, the key and the cellfusion version that wrote it — what
+    a file written by another version looks like — instead of a bare ``KeyError``."""
+
+    def __init__(self, data: Mapping[str, Any], path: Path, written_by: str, where: str = ""):
+        super().__init__({k: _wrap(v, path, written_by, f"{where}{k}.") for k, v in data.items()})
+        self._path, self._written_by, self._where = path, written_by, where
+
+    def __missing__(self, key: Any):
+        raise ModelFileError(f"model file has no {self._where}{key!s} entry{self._written_by}", path=self._path,
+                             hint="the model folder comes from another cellfusion version; retrain with this "
+                                  "version's `fusion train`, or use the version that wrote it")
+
+    def __reduce__(self):  # pickles (e.g. to Dask workers) as the plain dict it holds
+        return (dict, (dict(self),))
+
+
+def _wrap(value: Any, path: Path, written_by: str, where: str) -> Any:
+    if isinstance(value, dict):
+        return ModelDict(value, path, written_by, where)
+    if isinstance(value, list):
+        return [_wrap(v, path, written_by, where) for v in value]
+    return value
+
+
 def load_json_model(model_dir: str | Path, name: str, manifest: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Load a verified JSON model file → dict."""
+    """Load a verified JSON model file → dict (a :class:`ModelDict`: a missing key is a ModelFileError)."""
+    manifest = manifest if manifest is not None else read_model_manifest(model_dir)
     data = verify_model_file(model_dir, name, manifest)
     try:
         obj = json.loads(data.decode("utf-8"))
@@ -182,4 +209,4 @@ def load_json_model(model_dir: str | Path, name: str, manifest: Mapping[str, Any
                              hint="retrain with `fusion train`") from exc
     if not isinstance(obj, dict):
         raise ModelFileError("model file does not hold a JSON object", path=Path(model_dir) / name)
-    return obj
+    return ModelDict(obj, Path(model_dir) / name, _written_by(manifest))

@@ -606,6 +606,12 @@ def _decode_platemap(data: bytes, path: Path) -> str:
     if data.startswith(b"PK\x03\x04") or data.startswith(b"\xd0\xcf\x11\xe0"):
         raise InputError("platemap is an Excel workbook, not a CSV file", path=path,
                          hint="in Excel: File → Save As → 'CSV UTF-8 (Comma delimited)'")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # Excel's "Unicode Text" export: UTF-16 with a BOM
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"platemap starts like UTF-16 text but is not ({exc})", path=path,
+                             hint="save it as 'CSV UTF-8'") from None
     if b"\x00" in data:
         raise InputError("platemap is not a text file (it contains NUL bytes)", path=path, hint=_PM_HINT)
     try:
@@ -682,7 +688,8 @@ def _concentrations(values: list[tuple[int, str]], decimal_comma: bool, path: Pa
 def read_platemap(path: str | Path) -> pd.DataFrame:
     """Read a platemap CSV (well, compound, optional concentration, control, batch) into Metadata_* columns.
 
-    Accepts what spreadsheets export: a UTF-8 byte-order mark or Windows-1252 text, ``,`` ``;`` or
+    Accepts what spreadsheets export: a UTF-8 byte-order mark, UTF-16 (Excel's "Unicode Text") or
+    Windows-1252 text, ``,`` ``;`` or
     tab separators (with ``;`` a decimal comma), CRLF line ends, quoted fields, empty trailing rows
     and columns, headers in any case with or without ``Metadata_``. Well names ``B2``, ``b02``,
     ``B002`` all mean ``B02``; 1536-well names (``AA01``–``AF48``) are read. Concentrations are

@@ -25,6 +25,7 @@ Layout of the corpus::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -212,6 +213,10 @@ def _platemap_cases(out: Path, plate: Path, wells: list[str], prefix: str, cases
     add("windows_1252", write("windows_1252.csv", csv_text(header + ["note"], [[*r, "10 µM stock"] for r in body]),
                               encoding="cp1252"),
         "Windows-1252 text (Excel's plain 'CSV'), 'µ' as byte 0xB5", "read, with a warning naming the encoding")
+    add("excel_unicode_text", write("excel_unicode_text.txt", csv_text(header, body, "\t"), encoding="utf-16",
+                                    newline="\r\n"),
+        "Excel 'Unicode Text' export: UTF-16 with a byte-order mark, tab-separated, CRLF",
+        "read exactly as the plain platemap")
     # refused, each naming the platemap and (where there is one) the line
     bad = [r[:] for r in body]
     bad[2][2] = "1 mg/ml"
@@ -377,6 +382,24 @@ def _model_cases(out: Path, cases: list[Case]) -> None:
     cases.append(Case("model_no_files_key", "model", "model_no_files_key",
                       "a manifest without model_files and without versions (written before manifests listed files)",
                       "error: manifest.json lists no model files …; it records no cellfusion version"))
+    # a real XGBoost model file beside a gbm.json in an older schema ("nfeat" where this version reads
+    # "n_features"): the file verifies and loads, then the configuration lacks a key
+    import numpy as _np
+    import xgboost as xgb
+
+    booster = xgb.train({"objective": "binary:logistic", "max_depth": 1},
+                        xgb.DMatrix(_np.array([[0.0], [1.0], [0.0], [1.0]]), label=[0, 1, 0, 1]), num_boost_round=1)
+    gbm = bytes(booster.save_raw(raw_format="ubj"))
+    cfg = json.dumps({"params": {}, "classes": ["a", "b"], "feature_names": ["Cells_AreaShape_Area"],
+                      "nfeat": 1}).encode()
+    folder("model_config_schema", {"command": "fusion train", "versions": {"cellfusion": "0.0.1"},
+                                   MODEL_FILES_KEY: {n: {"format": f, "bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()}
+                                                     for n, f, b in (("gbm.ubj", "xgboost-ubj", gbm),
+                                                                     ("gbm.json", "json", cfg))}},
+           {"gbm.ubj": gbm, "gbm.json": cfg})
+    cases.append(Case("model_config_schema", "model", "model_config_schema",
+                      "an older version's gbm.json ('nfeat' instead of 'n_features'); valid XGBoost file and hashes",
+                      "error: gbm.json: model file has no n_features entry (written by cellfusion 0.0.1 …)"))
     pd.DataFrame({"Metadata_Plate": ["P"], "Metadata_Well": ["B02"], "Cells_AreaShape_Area": [1.0]}).to_parquet(
         out / "profiles.parquet")
 
