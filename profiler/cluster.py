@@ -395,12 +395,15 @@ def plot_clusters(result: ClusterResult, path: str | Path, compound: str) -> Pat
     n = len(names)
     size = min(4 + 0.22 * n, 40)
     fig = plt.figure(figsize=(size * 1.45, size))
-    ax_d = fig.add_axes((0.02, 0.22, 0.2, 0.72))
-    dn = dendrogram(result.linkage, orientation="left", no_labels=True, ax=ax_d, color_threshold=None)
+    ax_d = fig.add_axes((0.02, 0.25, 0.18, 0.69))
+    z, k = result.linkage, result.n_clusters
+    # colour the branches below the cut into k clusters (midway between the merges that make k−1 and k)
+    cut = float(np.mean(z[len(z) - k:len(z) - k + 2, 2])) if 1 < k <= len(z) else 0.0
+    dn = dendrogram(z, orientation="left", no_labels=True, ax=ax_d, color_threshold=cut)
     ax_d.invert_yaxis()
     ax_d.axis("off")
     order = dn["leaves"]
-    ax_h = fig.add_axes((0.23, 0.22, 0.55, 0.72))
+    ax_h = fig.add_axes((0.21, 0.25, 0.5, 0.69))
     im = ax_h.imshow(result.distances[np.ix_(order, order)], cmap="viridis_r", aspect="auto",
                      interpolation="nearest")
     ticks = [names[i] for i in order]
@@ -408,7 +411,7 @@ def plot_clusters(result: ClusterResult, path: str | Path, compound: str) -> Pat
     ax_h.set_yticks(range(n), ticks, fontsize=fs)
     ax_h.yaxis.tick_right()
     ax_h.set_xticks(range(n), ticks, rotation=90, fontsize=fs)
-    cax = fig.add_axes((0.92, 0.22, 0.015, 0.72))
+    cax = fig.add_axes((0.95, 0.25, 0.012, 0.69))
     fig.colorbar(im, cax=cax, label=f"{result.parameters['distance']} distance")
     ax_h.set_title(f"{result.parameters['distance'].upper()} distances between {result.parameters['by']} "
                    f"trajectories, {result.n_clusters} clusters", fontsize=10)
