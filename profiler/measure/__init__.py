@@ -78,7 +78,12 @@ def measure_objects(
             values = np.asarray(values, dtype=np.float64)
             if values.shape != (n,):
                 raise RuntimeError(f"family {fam_name} returned {key} with shape {values.shape}, expected ({n},)")
-            # undefined values (e.g. FormFactor of an object with zero perimeter) are NaN, never ±inf,
-            # so that every downstream table holds finite numbers or NaN
-            columns[f"{compartment}_{key}"] = np.where(np.isinf(values), np.nan, values)
-    return pd.DataFrame(columns, index=pd.RangeIndex(n))
+            columns[f"{compartment}_{key}"] = values
+    # one float64 block (one DataFrame block instead of a column-by-column build); undefined values
+    # (e.g. FormFactor of an object with zero perimeter) are NaN, never ±inf, so that every
+    # downstream table holds finite numbers or NaN
+    block = np.empty((n, len(columns)), np.float64)
+    for c, values in enumerate(columns.values()):
+        block[:, c] = values
+    block[np.isinf(block)] = np.nan
+    return pd.DataFrame(block, columns=list(columns), index=pd.RangeIndex(n), copy=False)
