@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import os
@@ -10,6 +11,7 @@ import sys
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from profiler.errors import CellfusionError
 
@@ -46,6 +48,14 @@ def _click_types(name: str) -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
+#: errors of the machine, not of the code: one message and exit status 2 instead of a traceback
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: "free disk space", errno.EDQUOT: "free space within your disk quota",
+    errno.EROFS: "write to a file system that is not read-only", errno.EACCES: "check the permissions",
+    errno.EPERM: "check the permissions",
+}
+
+
 def run_main(app: typer.Typer) -> None:
     """Run a typer app; a CellfusionError becomes one red message and exit status 2.
 
@@ -56,6 +66,14 @@ def run_main(app: typer.Typer) -> None:
         rv = app(standalone_mode=False)
     except CellfusionError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        sys.exit(2)
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        err_console.print(f"[bold red]error:[/] {escape(where)}{escape(exc.strerror or str(exc))}\n  hint: "
+                          f"{_ENVIRONMENT_ERRNOS[exc.errno]}; then rerun the same command (finished work is reused)",
+                          highlight=False, markup=True)
         sys.exit(2)
     except _click_types("ClickException") as exc:
         exc.show()  # usage + "Error: ..." (NoArgsIsHelpError: the help text)

@@ -160,9 +160,24 @@ def rehearse_recipe(recipe: Mapping[str, Any], wells: pd.DataFrame, *, n_feature
     apply_recipe(table, recipe, samples=recipe.get("samples", NEGATIVE_CONTROL_QUERY))
 
 
-def imaged_wells(scan: PlateScan, platemap: pd.DataFrame | None) -> pd.DataFrame:
-    """One row per (plate, well) with a complete site, annotated with the platemap when given."""
-    wells = (pd.DataFrame([(s.plate, s.well) for s in scan.complete_sites], columns=[PLATE, WELL])
+def refused_up_front(site: Site, plate_dir: Path) -> bool:
+    """A site that is refused before its images are read (a file outside the plate folder, a file
+    name that is not UTF-8): it gets an ``error`` record and never contributes cells."""
+    if _outside(site, plate_dir):
+        return True
+    try:
+        for p in site.files.values():
+            os.fsdecode(p).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def imaged_wells(scan: PlateScan, platemap: pd.DataFrame | None, plate_dir: Path | None = None) -> pd.DataFrame:
+    """One row per (plate, well) with a complete site that will be processed, annotated with the
+    platemap when given."""
+    sites = [s for s in scan.complete_sites if plate_dir is None or not refused_up_front(s, plate_dir)]
+    wells = (pd.DataFrame([(s.plate, s.well) for s in sites], columns=[PLATE, WELL])
              .drop_duplicates().reset_index(drop=True))
     if platemap is not None:
         wells = wells.merge(platemap, on=WELL, how="left")
@@ -170,7 +185,7 @@ def imaged_wells(scan: PlateScan, platemap: pd.DataFrame | None) -> pd.DataFrame
 
 
 def plan_profiles(config: AssayConfig, scan: PlateScan, platemap: pd.DataFrame | None,
-                  platemap_path: str | Path | None) -> dict[str, Any]:
+                  platemap_path: str | Path | None, plate_dir: Path | None = None) -> dict[str, Any]:
     """Decide, before any image is read, what the profile stage will do.
 
     Returns ``{"recipe", "normalize": bool, "note"}``. With a platemap the recipe must be able to
@@ -179,7 +194,7 @@ def plan_profiles(config: AssayConfig, scan: PlateScan, platemap: pd.DataFrame |
     the profiles will be the raw per-well aggregates, and ``note`` says so.
     """
     recipe = profile_recipe(config)
-    wells = imaged_wells(scan, platemap)
+    wells = imaged_wells(scan, platemap, plate_dir)
     if not len(wells):
         return {"recipe": recipe, "normalize": False, "note": "no complete site"}
     try:
@@ -394,7 +409,7 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
         platemap = plate_dir / "platemap.csv"
     pm = read_platemap(platemap) if platemap is not None else None  # fail before hours of work
     wells_without_images = check_platemap(pm, {s.well for s in scan.sites}, platemap) if pm is not None else []
-    plan = plan_profiles(config, scan, pm, platemap)
+    plan = plan_profiles(config, scan, pm, platemap, plate_dir)
     qcp = qc_params(config.section("qc"))
     crop_cfg = crop_params(config.section("crops"), enabled=crops, size=crop_size)
     with output_lock(out_dir):
@@ -500,8 +515,15 @@ def _extract_locked(plate_dir: Path, out_dir: Path, config: AssayConfig, scan: P
         reasons = "; ".join(f"{r[WELL]} s{r[SITE]}: {r['Metadata_Reason']}" for r in skipped[:5])
         raise InputError(f"no site yielded any cells ({reasons})", path=plate_dir,
                          hint=f"see {out_dir / IMAGE} for every site's status")
-    outputs.update(stream_single_cell(partitions, out_dir, pm, platemap,
-                                      crops=crop_parts if want_crops else None, channels=config.channel_names))
+    try:
+        outputs.update(stream_single_cell(partitions, out_dir, pm, platemap,
+                                          crops=crop_parts if want_crops else None, channels=config.channel_names))
+    except OSError as exc:  # disk full, quota, a vanished folder: the finished sites stay for the rerun
+        raise InputError(f"could not write the per-cell table ({exc.strerror or exc}); no partial file is left, "
+                         f"and the {len(partitions)} finished site(s) under {sites_dir} are kept",
+                         path=out_dir / SINGLE_CELL,
+                         hint="free disk space (the per-cell table needs about as much as OUT/sites/), then "
+                              "rerun the same command: finished sites are reused, not recomputed") from None
     if want_crops:
         outputs[CROPS_TIF]["parameters"] = crop_cfg
     # the per-cell and image tables are final: record them before the profile stage can fail

@@ -200,3 +200,32 @@ def test_output_path_that_is_a_file_or_read_only_is_refused(small_plate, tmp_pat
         assert code == 2 and "not writable" in err, err
     finally:
         ro.chmod(0o755)
+
+
+def test_disk_full_during_the_merge_leaves_no_partial_table_and_keeps_the_sites(small_plate, reference, tmp_path,
+                                                                                 capsys, monkeypatch):
+    import errno
+
+    import pyarrow.parquet as pqm
+
+    out = tmp_path / "out"
+    reuse_sites(reference, out)
+    real = pqm.ParquetWriter.write_table
+    calls = {"n": 0}
+
+    def full(self, table, *a, **kw):  # the disk fills while the per-cell table is written
+        if ".single_cell.parquet." not in str(self.where):
+            return real(self, table, *a, **kw)
+        calls["n"] += 1
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pqm.ParquetWriter, "write_table", full)
+    code, err = run_cli(capsys, "profiler", "extract", small_plate, "-o", out, "--workers", "0", "--no-progress")
+    assert calls["n"] >= 1
+    assert code == 2 and err.count("error:") == 1 and "No space left on device" in err and "rerun" in err, err
+    assert not (out / "single_cell.parquet").exists() and not list(out.glob(".*.tmp"))
+    assert len(list((out / "sites").glob("*.json"))) == len(list((reference / "sites").glob("*.json")))
+    monkeypatch.setattr(pqm.ParquetWriter, "write_table", real)
+    extract(small_plate, out, workers=0, progress=False)  # space freed: the rerun completes
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "single_cell.parquet"),
+                                  pd.read_parquet(reference / "single_cell.parquet"))
