@@ -130,6 +130,12 @@ def test_fusion_train_cli_on_lincs_names_groups_by_compound(tmp_path):
     # no compound is in a training and a test fold at once
     oof = pd.read_parquet(model / "oof_predictions.parquet")
     assert (oof.groupby("Metadata_broad_sample")["Fold"].nunique() == 1).all()
+    # the report header states the grouping; the unpredictable class is a warning with the ceiling
+    from fusion.report import report
+
+    text = " ".join(report(model).read_text().split())
+    assert "leave-compound-out" in text and "Accuracy ceiling under this grouping" in text
+    assert "cannot be predicted out of fold: lonely MoA (4 rows)" in text
     # label = the compound (role name accepted): replicate plates held out
     model2 = tmp_path / "model2"
     res = CliRunner().invoke(app, ["train", str(path), "-o", str(model2), "--label", "compound", "--folds", "2",
