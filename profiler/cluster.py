@@ -3,9 +3,11 @@
 Each compound's treatment profiles (the median of its wells at each value of an ordering column,
 e.g. ``Metadata_Concentration``), sorted along that column, form a trajectory in profile space —
 a multivariate series of 1 … n steps. Compounds are compared by the DTW distance between their
-trajectories (dtaidistance's ``dtw_ndim``: squared Euclidean local cost, square root of the sum
-along the optimal warping path), so two compounds whose phenotype develops the same way are close
-even when one needs a higher dose (more steps) to get there. The baseline distance resamples every
+trajectories (dtaidistance's ``dtw_ndim``: squared Euclidean local cost along the optimal warping
+path; by default the square root of its *mean* over the path, so trajectories of different lengths
+are comparable — the library's sum favours short ones), so two compounds whose phenotype develops
+the same way are close even when one needs a higher dose (more steps) to get there. The baseline
+distance resamples every
 trajectory to a common length (linear interpolation over its rank position 0 … 1) and takes the
 Euclidean distance of the flattened series.
 
