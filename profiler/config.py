@@ -300,6 +300,16 @@ def validate_pipeline(config: AssayConfig) -> AssayConfig:
         if exc.path is None and src is not None:
             raise ConfigError(exc.problem, path=src, hint=exc.hint) from None
         raise
+    ill = config.section("illumination")
+    for flag, where in ((ill.get("enabled", False), "illumination.enabled"),
+                        (config.section("crops").get("enabled", False), "crops.enabled"),
+                        (config.section("crops").get("mask_background", False), "crops.mask_background")):
+        if not isinstance(flag, bool):
+            raise ConfigError(f"{where} must be true or false, got {flag!r}", path=src)
+    _number(ill.get("filter_size"), "illumination.filter_size", src, lo=0, lo_open=True, none_ok=True)
+    _number(ill.get("downsample", 8), "illumination.downsample", src, lo=1, integer=True)
+    _number(ill.get("polynomial_degree", 2), "illumination.polynomial_degree", src, lo=0, hi=10, integer=True)
+    _number(ill.get("max_images", 200), "illumination.max_images", src, lo=1, integer=True)
     _unknown_keys(config.sections["layout"], ("preset", "recursive", "plane", "csv", "pattern"), "layout", src)
     _validate_segmentation(config.sections["segmentation"], src)
     _validate_features(config.sections["features"], src)

@@ -188,7 +188,10 @@ def _paths(d, prefix=()):
 
 _EXAMPLE_PATHS = list(_paths(_EXAMPLE)) + [("segmentation", "nuclei", "threshold_bounds"), ("image", "plane"),
                                            ("image", "max_megapixels"), ("qc", "min_sites"), ("crops", "size"),
-                                           ("features", "Texture"), ("layout", "plane"), ("layout", "pattern")]
+                                           ("features", "Texture"), ("layout", "plane"), ("layout", "pattern"),
+                                           ("illumination", "method"), ("illumination", "filter_size"),
+                                           ("illumination", "downsample"), ("illumination", "max_images"),
+                                           ("illumination", "polynomial_degree"), ("crops", "enabled")]
 
 
 @st.composite
@@ -249,8 +252,13 @@ def test_a_pipeline_is_refused_when_loaded_or_its_values_work(cfg):
         get_family(fam)
     layout_of(loaded)
     image_params(loaded)
-    config_params(loaded.section("illumination"))
-    crop_params(loaded.section("crops"))
+    ill = config_params(loaded.section("illumination"))
+    assert isinstance(ill["enabled"], bool)
+    int(ill["downsample"]), int(ill["max_images"]), int(ill["polynomial_degree"])
+    if ill["filter_size"] is not None:
+        float(ill["filter_size"])
+    crops = crop_params(loaded.section("crops"))
+    assert isinstance(crops["enabled"], bool)
     qcp = qc_params(loaded.section("qc"))
     float(qcp["outlier_z"]), int(qcp["min_sites"])
     assert isinstance(_load_bytes(text.encode()), AssayConfig)
