@@ -148,6 +148,21 @@ def _readable(site: Any, channel: str, read_channel) -> np.ndarray | None:
         return None
 
 
+def _usable(sites: Sequence[Any], channel: str, read_channel) -> Iterable[np.ndarray]:
+    """The channel's readable images of the first one's size, one at a time; the others are skipped
+    with a warning (their sites get their own error records when processed)."""
+    shape = None
+    for s in sites:
+        if channel not in s.files or (im := _readable(s, channel, read_channel)) is None:
+            continue
+        if shape is not None and im.shape != shape:
+            log.warning("illumination of %s: skipping %s, %d×%d where the plate's images are %d×%d", channel,
+                        s.files[channel], *im.shape, *shape)
+            continue
+        shape = im.shape
+        yield im
+
+
 def plate_illumination(sites: Sequence[Any], channels: Sequence[str], params: dict[str, Any] | None = None
                        ) -> dict[tuple[str, str], np.ndarray]:
     """Illumination functions per (plate, channel) from the sites' files (complete sites only)."""
@@ -161,9 +176,7 @@ def plate_illumination(sites: Sequence[Any], channels: Sequence[str], params: di
         chosen = _sample(plate_sites, int(p["max_images"]))
         for ch in channels:
             if any(ch in s.files for s in chosen):  # one image in memory at a time
-                images = (im for s in chosen if ch in s.files
-                          for im in [_readable(s, ch, read_channel)] if im is not None)
-                out[(plate, ch)] = illumination_function(images, **p)
+                out[(plate, ch)] = illumination_function(_usable(chosen, ch, read_channel), **p)
     return out
 
 

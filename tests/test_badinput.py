@@ -484,3 +484,20 @@ def test_model_from_another_version_is_one_error_line(corpus, tmp_path, capsys, 
     code, err = cli(capsys, "fusion", "predict", corpus / name, corpus / "profiles.parquet", "-o", tmp_path / "pred")
     one_error(code, err, *words)
     assert not (tmp_path / "pred").exists()
+
+
+def test_illumination_skips_the_bad_images_of_a_plate(corpus, cases, caplog):
+    """With illumination on, the plate-level functions are built from the readable, same-sized images:
+    one bad file does not stop the run (its site gets its own record when processed)."""
+    from profiler.config import load_pipeline
+    from profiler.illum import plate_illumination
+    from profiler.plate import discover
+
+    cfg = load_pipeline(fast(corpus))
+    scan = discover(corpus / "plate", cfg)
+    with caplog.at_level(logging.WARNING):
+        functions = plate_illumination(scan.complete_sites, cfg.channel_names, {"enabled": True})
+    assert sorted(ch for _, ch in functions) == sorted(cfg.channel_names)
+    assert all(fn.shape == (128, 128) for fn in functions.values())
+    for name in ("truncated_tiff", "html_named_tif", "huge_image", "different_shapes"):
+        assert Path(cases[name]["path"]).name in caplog.text, name
