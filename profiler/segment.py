@@ -440,34 +440,41 @@ def _propagate_kernel(image, seeds, mask, weight):  # pragma: no cover - compile
             pad[i, j] = image[ii, min(max(j - 1, 0), n - 1)]
     labels = np.zeros((m, n), np.int32)
     dist = -np.ones((m, n), np.float64)
-    cap = 1024
+    # the seeds all have distance 0: they form one sorted run of keys, merged with the heap (which
+    # then only holds the growing front) — the same pop order as one heap holding everything
+    nseed = 0
     for i in range(m):
         for j in range(n):
             if seeds[i, j] != 0 and mask[i, j]:
-                cap += 1
-    cap *= 4
+                nseed += 1
+    run = np.empty(nseed, np.int64)
+    r = 0
+    for i in range(m):
+        for j in range(n):
+            if seeds[i, j] != 0 and mask[i, j]:
+                dist[i, j] = 0.0
+                run[r] = np.int64(seeds[i, j]) * mn + np.int64(i) * n + j
+                r += 1
+    run.sort()
+    rpos = 0
+    cap = 4096
     hd = np.empty(cap, np.float64)
     hk = np.empty(cap, np.int64)
     size = 0
     di = (-1, -1, -1, 0, 0, 1, 1, 1)
     dj = (-1, 0, 1, -1, 1, -1, 0, 1)
     w2 = weight * weight
-    for i in range(m):
-        for j in range(n):
-            if seeds[i, j] != 0 and mask[i, j]:
-                dist[i, j] = 0.0
-                hd[size] = 0.0
-                hk[size] = np.int64(seeds[i, j]) * mn + np.int64(i) * n + j
-                size += 1
-    for start in range(size // 2 - 1, -1, -1):
-        _sift_down(hd, hk, start, size)
-    while size > 0:
-        key = hk[0]
-        size -= 1
-        if size > 0:
-            hd[0] = hd[size]
-            hk[0] = hk[size]
-            _sift_down(hd, hk, 0, size)
+    while size > 0 or rpos < nseed:
+        if rpos < nseed and (size == 0 or hd[0] > 0.0 or (hd[0] == 0.0 and run[rpos] < hk[0])):
+            key = run[rpos]
+            rpos += 1
+        else:
+            key = hk[0]
+            size -= 1
+            if size > 0:
+                hd[0] = hd[size]
+                hk[0] = hk[size]
+                _sift_down(hd, hk, 0, size)
         lab = key // mn
         rem = key - lab * mn
         i1 = rem // n
