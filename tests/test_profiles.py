@@ -398,6 +398,8 @@ def test_cli_evaluate_levels(tmp_path):
     assert ratio["location_plates_within_batch"] > 3 and ratio["spread_between_batches"] > 3
     assert ratio["spread_plates_within_batch"] < 2 and "NSC" in res.output
     res = CliRunner().invoke(app, ["evaluate", str(path), "--levels", "--control", "PBS"])
+    assert isinstance(res.exception, ConfigError) and "neither a value" in str(res.exception)  # no PBS wells
+    res = CliRunner().invoke(app, ["evaluate", str(path), "--levels", "--control", "Metadata_Compound == 'PBS'"])
     assert isinstance(res.exception, InputError) and "no control wells" in str(res.exception)
     prof.loc[0, "Cells_AreaShape_F0"] = np.nan      # not finite in every control: left out of the levels
     prof.to_parquet(path)                           # (the evaluation itself then refuses the NaN)
