@@ -85,6 +85,15 @@ def test_installed_copy_is_imported_not_the_checkout(installed, tmp_path):
         assert Path(path).resolve().is_relative_to(installed.resolve()), f"{path} is not in {installed}"
         assert not Path(path).resolve().is_relative_to(REPO), f"{path} comes from the checkout"
     assert names.split(",") == ["bbbc021", "cellpainting", "example"]
+    # both console scripts of the wheel: help renders, a usage error is a usage message
+    for tool in ("profiler", "fusion"):
+        ok = subprocess.run([str(installed / "bin" / tool), "--help"], capture_output=True, text=True,
+                            cwd=tmp_path, env=_env(installed), timeout=120)
+        assert ok.returncode == 0 and "Usage:" in ok.stdout, ok.stdout + ok.stderr
+        bad = subprocess.run([str(installed / "bin" / tool), "--bogus-option"], capture_output=True, text=True,
+                             cwd=tmp_path, env=_env(installed), timeout=120)
+        assert bad.returncode == 2 and "No such option" in bad.stderr, bad.stdout + bad.stderr
+        assert "Traceback" not in bad.stderr
 
 
 def test_wheel_runs_example_plate_and_extract_elsewhere(installed, tmp_path):
