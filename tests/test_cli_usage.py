@@ -126,3 +126,55 @@ def test_installed_entry_points(tool, tmp_path):
                          env=env, timeout=120)
     assert bad.returncode == 2, bad.stdout + bad.stderr
     assert "No such option" in bad.stderr and "Traceback" not in bad.stdout + bad.stderr
+
+
+def test_usage_errors_of_either_click_are_handled(monkeypatch, capsys):
+    """typer >= 0.2x raises its vendored click's exceptions (typer._click), older typer the click
+    package's: run_main turns both into a usage message and exit status 2."""
+    from profiler._cli_util import _click_types, run_main
+
+    raised = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            raised.append(__import__(module, fromlist=["UsageError"]).UsageError)
+        except ImportError:
+            continue
+    assert raised, "neither typer._click nor click is importable"
+    for usage_error in raised:
+        assert issubclass(usage_error, _click_types("ClickException"))
+        app = typer.Typer(add_completion=False)
+
+        @app.command()
+        def cmd() -> None:
+            raise usage_error("a planted usage error")
+
+        @app.command()
+        def other() -> None:  # two commands: a group, as in both real CLIs
+            pass
+
+        monkeypatch.setattr(sys, "argv", ["tool", "cmd"])
+        with pytest.raises(SystemExit) as info:
+            run_main(app)
+        assert info.value.code == 2, usage_error
+        err = capsys.readouterr().err
+        assert "a planted usage error" in err and "Traceback" not in err
+
+
+def test_typer_exit_code_is_kept(monkeypatch):
+    """Without standalone mode typer returns the code of `typer.Exit(code)`: run_main exits with it."""
+    from profiler._cli_util import run_main
+
+    app = typer.Typer(add_completion=False)
+
+    @app.command()
+    def cmd() -> None:
+        raise typer.Exit(3)
+
+    @app.command()
+    def other() -> None:
+        pass
+
+    monkeypatch.setattr(sys, "argv", ["tool", "cmd"])
+    with pytest.raises(SystemExit) as info:
+        run_main(app)
+    assert info.value.code == 3
