@@ -1,0 +1,343 @@
+"""Per-cell outlier scores from the negative-control distribution (debris, out-of-focus, mis-segmented cells).
+
+The model is a robust Mahalanobis distance in two parts (the score and orthogonal distances of
+ROBPCA, Hubert, Rousseeuw & Vanden Branden 2005), fitted on a sample of negative-control cells:
+
+1. every profile feature is centred on the controls' median and divided by their MAD (× 1.4826;
+   the standard deviation where the MAD is 0; features constant or empty in the controls are left
+   out); a missing value (NaN) is imputed with the control median, i.e. a robust z of 0;
+2. :class:`sklearn.decomposition.PCA` on the controls' robust z-scores (clipped to ±:data:`FIT_CLIP`
+   for this fit only, so a few extreme control cells do not claim the first components) gives
+   ``k`` components;
+3. :class:`sklearn.covariance.MinCovDet` on the controls' component scores gives a robust centre
+   and covariance: the *score distance* SD² is the Mahalanobis distance² of a cell's scores;
+4. the *orthogonal distance* OD² is the squared residual of the cell's z-scores off the
+   ``k``-component subspace — what the ``k`` components do not describe (a bright speck moves
+   features the controls never vary together);
+5. ``score = sqrt(SD² / median_controls(SD²) + OD² / median_controls(OD²))`` (≈ √2 for a typical
+   control cell), and a cell is an outlier when its score exceeds the ``1 − contamination``
+   quantile of the control cells' scores.
+
+Why robust Mahalanobis and not IsolationForest: the score is a smooth, deterministic function of a
+few arrays, so the fitted model is plain JSON (:meth:`OutlierModel.to_dict`; no pickle, no tree
+ensemble), scoring a site is two matrix products (no scikit-learn at scoring time), and the score
+is exactly invariant to any per-feature affine rescaling (units, gain, offset: step 1 removes them),
+which tests check. MinCovDet keeps the fit robust to the defective cells that are also in control
+wells; the orthogonal distance catches defects outside the controls' main axes of variation, which
+a Mahalanobis distance on the top components alone (or a forest on them) would miss.
+
+The control cells of a plate come from the platemap by the project's one negative-control rule
+(:func:`profiler.columns.control_mask`); :func:`sample_partitions` draws a bounded, seeded sample
+of them from the per-site partitions (one site in memory at a time).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from profiler.errors import ConfigError, ModelFileError
+from profiler.names import PLATE, WELL, is_profile_feature
+
+__all__ = ["SCORE", "FLAG", "FRACTION", "WELL_SCORE", "MODEL_FILE", "DEFAULTS", "FIT_CLIP", "OutlierModel",
+           "outlier_params", "fit_outlier_model", "score_matrix", "score_cells", "sample_partitions",
+           "control_wells", "OutlierTally", "well_outlier_scores", "load_model"]
+
+SCORE = "Metadata_Outlier_Score"
+FLAG = "Metadata_Outlier"
+FRACTION = "Metadata_Outlier_Fraction"
+WELL_SCORE = "Metadata_Outlier_Well_Score"
+MODEL_FILE = "outliers.json"
+FORMAT_VERSION = 1
+FIT_CLIP = 10.0
+_MAD_TO_SD = 1.4826
+
+#: the pipeline's ``outliers:`` section, with its defaults
+DEFAULTS: dict[str, Any] = {
+    "enabled": True,          # score every cell (profiler extract)
+    "remove": False,          # leave flagged cells out of the per-well profiles
+    "contamination": 0.01,    # the share of control cells above the threshold
+    "n_components": 10,       # PCA components of the score distance
+    "max_cells": 10000,       # the most control cells sampled for the fit
+    "seed": 0,
+}
+
+
+def outlier_params(section: Mapping[str, Any] | None = None, *, remove: bool | None = None) -> dict[str, Any]:
+    """The ``outliers:`` section merged over :data:`DEFAULTS` and checked (a :class:`ConfigError` names
+    the key); ``remove`` (``--remove-outliers``) overrides the section's when given."""
+    section = dict(section or {})
+    unknown = [k for k in section if k not in DEFAULTS]
+    if unknown:
+        raise ConfigError(f"unknown outliers key {unknown[0]!r}", hint=f"allowed: {', '.join(DEFAULTS)}")
+    p = {**DEFAULTS, **section}
+    if remove is not None:
+        p["remove"] = bool(remove)
+    for key in ("enabled", "remove"):
+        if not isinstance(p[key], bool):
+            raise ConfigError(f"outliers.{key} must be true or false, got {p[key]!r}")
+    c = p["contamination"]
+    if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c < 0.5:
+        raise ConfigError(f"outliers.contamination must be a number > 0 and < 0.5, got {c!r}",
+                          hint="the share of control cells flagged, e.g. 0.01")
+    for key, lo in (("n_components", 1), ("max_cells", 50), ("seed", 0)):
+        v = p[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ConfigError(f"outliers.{key} must be a whole number ≥ {lo}, got {v!r}")
+    if p["remove"] and not p["enabled"]:
+        raise ConfigError("outliers.remove needs outliers.enabled: true (cells are removed by their flag)")
+    return p
+
+
+@dataclass
+class OutlierModel:
+    """A fitted per-cell outlier model: every array needed to score, as plain lists in JSON."""
+
+    features: list[str]
+    center: np.ndarray            # (p,) control medians
+    scale: np.ndarray             # (p,) control MAD × 1.4826 (or SD)
+    pca_mean: np.ndarray          # (p,) mean of the controls' robust z
+    components: np.ndarray        # (k, p)
+    location: np.ndarray          # (k,) MinCovDet centre of the scores
+    precision: np.ndarray         # (k, k) MinCovDet inverse covariance
+    sd_ref: float                 # median SD² of the control sample
+    od_ref: float                 # median OD² of the control sample (0: no residual term)
+    threshold: float
+    contamination: float
+    n_fit: int
+    fit_on: str = "control wells"
+    dropped: list[str] = field(default_factory=list)   # features left out (constant or empty in the fit sample)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": "cellfusion-outliers", "version": FORMAT_VERSION, "method": "robust Mahalanobis "
+                "(median/MAD z → PCA → MinCovDet score distance + orthogonal distance)",
+                "features": list(self.features), "center": self.center.tolist(), "scale": self.scale.tolist(),
+                "pca_mean": self.pca_mean.tolist(), "components": self.components.tolist(),
+                "location": self.location.tolist(), "precision": self.precision.tolist(),
+                "sd_ref": float(self.sd_ref), "od_ref": float(self.od_ref), "threshold": float(self.threshold),
+                "contamination": float(self.contamination), "n_fit": int(self.n_fit), "fit_on": self.fit_on,
+                "dropped": list(self.dropped)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], path: str | Path | None = None) -> OutlierModel:
+        if not isinstance(d, Mapping) or d.get("format") != "cellfusion-outliers":
+            raise ModelFileError("not a cellfusion outlier model (format key missing)", path=path)
+        if d.get("version") != FORMAT_VERSION:
+            raise ModelFileError(f"outlier model version {d.get('version')!r}, this cellfusion reads {FORMAT_VERSION}",
+                                 path=path, hint="rerun profiler extract to refit it")
+        try:
+            arr = {k: np.asarray(d[k], dtype=np.float64) for k in
+                   ("center", "scale", "pca_mean", "components", "location", "precision")}
+            model = cls(features=[str(f) for f in d["features"]], **arr, sd_ref=float(d["sd_ref"]),
+                        od_ref=float(d["od_ref"]), threshold=float(d["threshold"]),
+                        contamination=float(d["contamination"]), n_fit=int(d["n_fit"]),
+                        fit_on=str(d.get("fit_on", "")), dropped=list(d.get("dropped", [])))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"outlier model is incomplete ({type(exc).__name__}: {exc})", path=path) from None
+        p, k = len(model.features), len(model.location)
+        if model.components.shape != (k, p) or model.precision.shape != (k, k) or model.center.shape != (p,):
+            raise ModelFileError("outlier model arrays have inconsistent shapes", path=path)
+        return model
+
+
+def load_model(path: str | Path) -> OutlierModel:
+    """Read ``outliers.json``."""
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"cannot read the outlier model ({exc})", path=path) from None
+    return OutlierModel.from_dict(d, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# fit and score (pure functions of arrays)
+
+def _robust_scale(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-column median, MAD × 1.4826 (SD where the MAD is 0) and which columns are usable."""
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+            center = np.nanmedian(a, axis=0)
+            scale = np.nanmedian(np.abs(a - center), axis=0) * _MAD_TO_SD
+            sd = np.nanstd(a, axis=0)
+    scale = np.where((scale > 0) & np.isfinite(scale), scale, sd)
+    ok = np.isfinite(center) & np.isfinite(scale) & (scale > 1e-12 * np.maximum(1.0, np.abs(center)))
+    return center, scale, ok
+
+
+def _z(a: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    z = (a - center) / scale
+    z[~np.isfinite(z)] = 0.0   # NaN (and ±inf) → the control median
+    return z
+
+
+def _distances(z: np.ndarray, pca_mean, components, location, precision) -> tuple[np.ndarray, np.ndarray]:
+    t = (z - pca_mean) @ components.T
+    d = t - location
+    sd2 = np.einsum("ij,jk,ik->i", d, precision, d)
+    resid = (z - pca_mean) - t @ components
+    od2 = np.einsum("ij,ij->i", resid, resid)
+    return np.maximum(sd2, 0.0), od2
+
+
+def score_matrix(model: OutlierModel, a: np.ndarray) -> np.ndarray:
+    """Outlier scores of the rows of ``a`` (n, p): columns in ``model.features`` order."""
+    z = _z(np.asarray(a, dtype=np.float64), model.center, model.scale)
+    sd2, od2 = _distances(z, model.pca_mean, model.components, model.location, model.precision)
+    total = sd2 / model.sd_ref
+    if model.od_ref > 0:
+        total = total + od2 / model.od_ref
+    return np.sqrt(total)
+
+
+def _matrix(df: pd.DataFrame, features: Sequence[str]) -> np.ndarray:
+    """``df``'s ``features`` as float64 (a column the table lacks is all NaN, i.e. imputed)."""
+    out = np.full((len(df), len(features)), np.nan)
+    for j, f in enumerate(features):
+        if f in df.columns:
+            out[:, j] = pd.to_numeric(df[f], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    return out
+
+
+def score_cells(model: OutlierModel, cells: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``(score, flag)`` of every row of a per-cell table."""
+    s = score_matrix(model, _matrix(cells, model.features))
+    return s, s > model.threshold
+
+
+def fit_outlier_model(sample: pd.DataFrame, *, contamination: float = 0.01, n_components: int = 10,
+                      seed: int = 0, fit_on: str = "control wells") -> OutlierModel:
+    """Fit the model of the module docstring on a sample of (control) cells.
+
+    ``sample``: the cells' profile features (numeric; metadata and position columns are ignored).
+    Needs at least 10 cells; ``k = min(n_components, usable features, (cells − 1) // 3)``.
+    """
+    from sklearn.covariance import MinCovDet
+    from sklearn.decomposition import PCA
+
+    feats = [c for c in sample.columns if is_profile_feature(c) and pd.api.types.is_numeric_dtype(sample[c])
+             and not pd.api.types.is_bool_dtype(sample[c])]
+    n = len(sample)
+    if n < 10 or not feats:
+        raise ConfigError(f"an outlier model needs at least 10 cells and one numeric feature, got {n} cells "
+                          f"and {len(feats)} features")
+    a = _matrix(sample, feats)
+    center, scale, ok = _robust_scale(a)
+    dropped = [f for f, good in zip(feats, ok) if not good]
+    feats = [f for f, good in zip(feats, ok) if good]
+    if not feats:
+        raise ConfigError("every feature is constant or empty in the outlier model's fit sample")
+    a, center, scale = a[:, ok], center[ok], scale[ok]
+    z = _z(a, center, scale)
+    k = int(max(1, min(n_components, len(feats), (n - 1) // 3)))
+    pca = PCA(n_components=k, svd_solver="full").fit(np.clip(z, -FIT_CLIP, FIT_CLIP))
+    comps = pca.components_
+    t = (z - pca.mean_) @ comps.T
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "covariance matrix not full rank" on tiny samples
+        mcd = MinCovDet(random_state=seed).fit(t)
+    precision = np.linalg.pinv(mcd.covariance_)
+    sd2, od2 = _distances(z, pca.mean_, comps, mcd.location_, precision)
+    sd_ref = float(np.median(sd2)) or 1.0
+    od_ref = float(np.median(od2)) if k < len(feats) else 0.0
+    model = OutlierModel(features=feats, center=center, scale=scale, pca_mean=pca.mean_, components=comps,
+                         location=mcd.location_, precision=precision, sd_ref=sd_ref,
+                         od_ref=od_ref if od_ref > 1e-12 else 0.0, threshold=np.inf,
+                         contamination=float(contamination), n_fit=n, fit_on=fit_on, dropped=dropped)
+    ctrl = score_matrix(model, a)
+    model.threshold = float(np.quantile(ctrl, 1.0 - contamination))
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# the plate: control wells, the bounded sample, per-well tallies and scores
+
+def control_wells(platemap: pd.DataFrame | None) -> set[str] | None:
+    """The platemap's negative-control wells (:func:`profiler.columns.control_mask`); ``None``
+    without a platemap or when it marks no control well."""
+    if platemap is None or WELL not in platemap.columns:
+        return None
+    from profiler.columns import control_mask
+
+    mask = control_mask(platemap)
+    wells = set(platemap.loc[mask, WELL].astype(str))
+    return wells or None
+
+
+def sample_partitions(partitions: Iterable[str | Path], features: Sequence[str], *, wells: set[str] | None,
+                      max_cells: int = 10000, seed: int = 0) -> pd.DataFrame:
+    """A seeded, bounded random sample of the cells of ``partitions`` (one site read at a time),
+    only those in ``wells`` when given.
+
+    Every cell draws a key from ``default_rng([seed, i])`` (``i`` the partition's position); the
+    ``max_cells`` smallest keys are kept — a uniform sample without replacement, memory bounded by
+    ``max_cells`` plus one site. Returns the features (float32→float64 on use) of the sampled cells.
+    """
+    import pyarrow.parquet as pq
+
+    kept = np.empty((0, len(features)), dtype=np.float32)
+    keys = np.empty(0)
+    for i, path in enumerate(partitions):
+        names = set(pq.read_schema(path).names)
+        part = pd.read_parquet(path, columns=[c for c in [WELL, *features] if c in names])
+        if wells is not None:
+            part = part[part[WELL].astype(str).isin(wells)]
+        if not len(part):
+            continue
+        x = _matrix(part, features).astype(np.float32)
+        kk = np.random.default_rng([int(seed), i]).random(len(part))
+        kept, keys = np.vstack([kept, x]), np.concatenate([keys, kk])
+        if len(keys) > max_cells:
+            best = np.argpartition(keys, max_cells - 1)[:max_cells]
+            best.sort()
+            kept, keys = kept[best], keys[best]
+    return pd.DataFrame(kept.astype(np.float64), columns=list(features))
+
+
+class OutlierTally:
+    """Cells and flagged cells per (plate, well), added site by site as the per-cell table streams."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], list[int]] = {}
+
+    def add(self, cells: pd.DataFrame, flags: np.ndarray) -> None:
+        keys = list(zip(cells[PLATE].astype(str), cells[WELL].astype(str)))
+        for key, f in zip(keys, flags):
+            c = self.counts.setdefault(key, [0, 0])
+            c[0] += 1
+            c[1] += int(bool(f))
+
+    @property
+    def flagged(self) -> int:
+        return sum(c[1] for c in self.counts.values())
+
+    def fractions(self) -> pd.DataFrame:
+        """``Metadata_Plate, Metadata_Well, Metadata_Outlier_Fraction``."""
+        rows = [(p, w, c[1] / c[0]) for (p, w), c in self.counts.items()]
+        return pd.DataFrame(rows, columns=[PLATE, WELL, FRACTION])
+
+
+def well_outlier_scores(profiles: pd.DataFrame, controls: np.ndarray | None = None) -> np.ndarray:
+    """Per-well outlier score of aggregated (not yet normalized) profiles: the root mean square over
+    the profile features of each well's robust z-score against the control wells (median, MAD × 1.4826
+    per feature; all wells when ``controls`` is ``None`` or selects fewer than 3 wells). A diagonal
+    robust Mahalanobis distance per feature: ≈ 1 for a typical control well, large for a well whose
+    features sit far from the controls'. Features constant across the reference wells are left out."""
+    feats = [c for c in profiles.columns if is_profile_feature(c) and pd.api.types.is_numeric_dtype(profiles[c])]
+    a = _matrix(profiles, feats)
+    ref = a if controls is None or int(np.sum(controls)) < 3 else a[np.asarray(controls, dtype=bool)]
+    center, scale, ok = _robust_scale(ref)
+    if not ok.any():
+        return np.full(len(profiles), np.nan)
+    z = _z(a[:, ok], center[ok], scale[ok])
+    return np.sqrt(np.mean(z * z, axis=1))
