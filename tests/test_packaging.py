@@ -60,6 +60,10 @@ def installed(tmp_path_factory) -> Path:
                      "profiler/pipelines/cellpainting.yaml", "profiler/pipelines/cellprofiler/bbbc021.cppipe",
                      "profiler/cli.py", "fusion/cli.py"):
         assert required in names, f"{required} is not in the wheel"
+    # every module of the two packages (a folder without __init__.py would be left out) and pipeline
+    sources = {f.relative_to(src).as_posix() for pkg in ("profiler", "fusion") for f in (src / pkg).rglob("*")
+               if f.suffix in (".py", ".yaml", ".cppipe") and "__pycache__" not in f.parts}
+    assert sources - set(names) == set(), f"not in the wheel: {sorted(sources - set(names))}"
     target = root / "site"
     inst = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheels[0])],
