@@ -55,13 +55,17 @@ def extract(
              "(default: the pipeline's crops section, off)."),
     crop_size: Optional[int] = typer.Option(None, "--crop-size", min=8,
                                             help="Crop side S in pixels (default: the pipeline's, 64)."),
+    remove_outliers: Optional[bool] = typer.Option(
+        None, "--remove-outliers/--keep-outliers",
+        help="Leave cells flagged Metadata_Outlier out of the per-well profiles (they stay in single_cell.parquet; "
+             "default: the pipeline's outliers section, keep)."),
 ) -> None:
     """Segment, measure and profile a plate: writes single_cell.parquet, profiles.parquet, manifest.json."""
     from profiler.extract import extract as run
 
     out_dir = run(plate_dir, out, pipeline=pipeline, platemap=platemap, workers=workers,
                   scheduler=scheduler, resume=resume, progress=progress, overlays=overlays,
-                  crops=crops, crop_size=crop_size)
+                  crops=crops, crop_size=crop_size, remove_outliers=remove_outliers)
     err_console.print(f"outputs written to {out_dir}")
 
 

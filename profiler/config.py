@@ -36,7 +36,8 @@ from profiler.errors import ConfigError
 
 # the built-in pipelines: package data of ``profiler`` (pyproject.toml [tool.setuptools.package-data])
 PIPELINES_DIR = resources.files("profiler") / "pipelines"
-SECTIONS = ("layout", "image", "illumination", "segmentation", "qc", "features", "profiles", "crops")
+SECTIONS = ("layout", "image", "illumination", "segmentation", "qc", "features", "profiles", "crops",
+            "outliers")
 
 
 @dataclass(frozen=True)

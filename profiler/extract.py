@@ -14,6 +14,8 @@ Three jobs, three modules:
 ``OUT/crops.tif``/``crops.parquet``  with ``--crops``: one crop per cell, written page by page
 ``OUT/profiles.parquet``     per-well profiles from the streaming aggregation (:mod:`profiler.aggregate_stream`)
                              and the pipeline's recipe (:mod:`profiler.profiles`)
+``OUT/outliers.json``        the per-cell outlier model (:mod:`profiler.outliers`), fitted on a sample of
+                             control-well cells; every cell gets ``Metadata_Outlier_Score``/``Metadata_Outlier``
 ``OUT/manifest.json``        inputs, parameters, outputs, every skipped site
 
 Peak memory is bounded by a site (and one well in the aggregation), not by the plate. A run that
@@ -42,8 +44,9 @@ from profiler.crops import CROPS_TABLE, CROPS_TIF, crop_params, load_site_crops,
 from profiler.errors import CellfusionError, ConfigError, InputError
 from profiler.illum import config_params as illum_params, illumination_path
 from profiler.illum import plate_illumination, save_illumination
-from profiler.names import CELL_COUNT, PLATE, SITE, WELL, is_metadata
+from profiler.names import CELL_COUNT, PLATE, SITE, WELL, is_metadata, is_profile_feature
 from profiler.partitions import SITES_DIR, base_record, load_done, pipeline_hash, printable, run_site, site_stem
+from profiler import outliers as ol
 from profiler.plate import PlateScan, Site, check_platemap, discover, read_platemap
 from profiler.qc import flag_outliers, qc_params
 from profiler.site import measure_site, process_site  # noqa: F401  (public: the per-site compute)
@@ -310,9 +313,15 @@ def merged_schema(partitions: Sequence[Path], platemap: pd.DataFrame | None):
 
 def stream_single_cell(partitions: Sequence[Path], out_dir: Path, platemap: pd.DataFrame | None,
                        platemap_path: Path | None, *, crops: Sequence[Path] | None = None,
-                       channels: Sequence[str] | None = None) -> dict[str, Any]:
+                       channels: Sequence[str] | None = None, outliers: ol.OutlierModel | None = None,
+                       tally: ol.OutlierTally | None = None, kept: Path | None = None) -> dict[str, Any]:
     """Write ``single_cell.parquet`` (and with ``crops`` the crop stack and its table) from the
     site partitions, in the order given, one site in memory at a time.
+
+    With ``outliers`` (a fitted :class:`profiler.outliers.OutlierModel`) every site's cells are
+    scored as they stream (``Metadata_Outlier_Score``, ``Metadata_Outlier``) and counted per well
+    in ``tally``; with ``kept`` the unflagged cells are also written to that file (the input of
+    the profiles when flagged cells are removed).
 
     Returns the outputs' facts for the manifest. Files appear only when complete (atomic rename).
     """
@@ -320,26 +329,35 @@ def stream_single_cell(partitions: Sequence[Path], out_dir: Path, platemap: pd.D
     import pyarrow.parquet as pq
 
     schema = merged_schema(partitions, platemap)
+    if outliers is not None:
+        n_meta = sum(is_metadata(f.name) for f in schema)
+        schema = schema.insert(n_meta, pa.field(ol.SCORE, pa.float64())).insert(n_meta + 1, pa.field(ol.FLAG, pa.bool_()))
     meta_schema = pa.schema([f for f in schema if is_metadata(f.name)])
     rows = 0
     buffer: list[pa.Table] = []
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(io.atomic_path(out_dir / SINGLE_CELL))
         writer = stack.enter_context(pq.ParquetWriter(tmp, schema, compression="zstd"))
-        crop_writer = None
+        crop_writer = kept_writer = None
         if crops is not None:
             crop_tmp = stack.enter_context(io.atomic_path(out_dir / CROPS_TABLE))
             crop_writer = stack.enter_context(pq.ParquetWriter(crop_tmp, meta_schema, compression="zstd"))
+        if kept is not None and outliers is not None:
+            kept_writer = stack.enter_context(pq.ParquetWriter(kept, schema, compression="zstd"))
         for part_path in partitions:
             part = _annotated(pd.read_parquet(part_path), platemap, platemap_path or part_path)
+            if outliers is not None:
+                part[ol.SCORE], part[ol.FLAG] = ol.score_cells(outliers, part)
+                if tally is not None:
+                    tally.add(part, part[ol.FLAG].to_numpy())
             table = pa.Table.from_pandas(part, schema=schema, preserve_index=False)
             buffer.append(table)
             rows += len(table)
             if sum(len(t) for t in buffer) >= ROW_GROUP_ROWS:
-                _flush(buffer, writer, crop_writer, meta_schema)
+                _flush(buffer, writer, crop_writer, meta_schema, kept_writer)
                 buffer = []
         if buffer:
-            _flush(buffer, writer, crop_writer, meta_schema)
+            _flush(buffer, writer, crop_writer, meta_schema, kept_writer)
         if crops is not None:  # the stack last: its table is complete only if the stack is
             shapes = [load_site_crops(p).shape for p in crops]
             n = sum(s[0] for s in shapes)
@@ -356,13 +374,52 @@ def stream_single_cell(partitions: Sequence[Path], out_dir: Path, platemap: pd.D
     return outputs
 
 
-def _flush(buffer, writer, crop_writer, meta_schema) -> None:
+def _flush(buffer, writer, crop_writer, meta_schema, kept_writer=None) -> None:
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     table = pa.concat_tables(buffer)
     writer.write_table(table)
     if crop_writer is not None:
         crop_writer.write_table(table.select(meta_schema.names))
+    if kept_writer is not None:
+        kept_writer.write_table(table.filter(pc.invert(table[ol.FLAG])))
+
+
+def fit_plate_outliers(partitions: Sequence[Path], platemap: pd.DataFrame | None, params: Mapping[str, Any],
+                       out_dir: Path) -> tuple[ol.OutlierModel | None, dict[str, Any]]:
+    """Fit the per-cell outlier model on a bounded, seeded sample of the control wells' cells (the
+    platemap's negative controls, :func:`profiler.columns.control_mask`), reading each partition
+    once; without a platemap or control cells, on a sample of all cells (the manifest says so).
+    Writes ``OUT/outliers.json``. Returns ``(model or None, facts for the manifest)``."""
+    import pyarrow as pa
+
+    schema = merged_schema(partitions, None)
+    feats = [f.name for f in schema if is_profile_feature(f.name)
+             and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))]
+    wells = ol.control_wells(platemap)
+    info: dict[str, Any] = {"parameters": dict(params), "note": ""}
+    kw = {"max_cells": int(params["max_cells"]), "seed": int(params["seed"])}
+    sample = ol.sample_partitions(partitions, feats, wells=wells, **kw) if wells else None
+    fit_on = "control wells"
+    if sample is None or len(sample) < 10:
+        info["note"] = ("no platemap" if platemap is None else
+                        "the platemap marks no negative-control well" if not wells else
+                        "fewer than 10 cells in the control wells") + \
+            ": the outlier model is fitted on a sample of all cells (a treatment that changes most cells can " \
+            "then look normal, and control cells look like outliers)"
+        log.warning("outliers: %s", info["note"])
+        sample, fit_on = ol.sample_partitions(partitions, feats, wells=None, **kw), "all cells"
+    if len(sample) < 10:
+        info["note"] = f"only {len(sample)} cells: no outlier model fitted, cells are not scored"
+        log.warning("outliers: %s", info["note"])
+        return None, info
+    model = ol.fit_outlier_model(sample, contamination=float(params["contamination"]),
+                                 n_components=int(params["n_components"]), seed=int(params["seed"]), fit_on=fit_on)
+    io.write_json(model.to_dict(), out_dir / ol.MODEL_FILE)
+    info.update({"fit_on": fit_on, "n_fit": model.n_fit, "features": len(model.features),
+                 "components": len(model.location), "threshold": model.threshold, "model": ol.MODEL_FILE})
+    return model, info
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,7 +428,8 @@ def _flush(buffer, writer, crop_writer, meta_schema) -> None:
 def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path = "example",
             platemap: str | Path | None = None, workers: int | None = None,
             scheduler: str | None = None, resume: bool = True, progress: bool = True,
-            overlays: bool = False, crops: bool | None = None, crop_size: int | None = None) -> Path:
+            overlays: bool = False, crops: bool | None = None, crop_size: int | None = None,
+            remove_outliers: bool | None = None) -> Path:
     """Run the whole extraction on a plate folder; returns ``out_dir``.
 
     Parameters
@@ -393,6 +451,11 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
         same rows as ``single_cell.parquet``): an S × S window around each cell, all channels,
         after illumination correction. ``None``: the pipeline's ``crops:`` section (default off,
         64 px). Sites keep their crops as ``OUT/sites/<site>.crops.npy``.
+    remove_outliers:
+        Leave the cells flagged ``Metadata_Outlier`` out of the per-well profiles (they stay in
+        ``single_cell.parquet``). ``None``: the pipeline's ``outliers:`` section (default: keep them).
+        Scoring itself is on by default (``outliers: {enabled: false}`` turns it off); see
+        :mod:`profiler.outliers`.
 
     Everything that can be checked before an image is read is checked first (pipeline, output
     folder, platemap against the imaged wells, control wells for the profile recipe). Without a
@@ -412,18 +475,23 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
     plan = plan_profiles(config, scan, pm, platemap, plate_dir)
     qcp = qc_params(config.section("qc"))
     crop_cfg = crop_params(config.section("crops"), enabled=crops, size=crop_size)
+    try:
+        outl = ol.outlier_params(config.section("outliers"), remove=remove_outliers)
+    except ConfigError as exc:
+        raise ConfigError(exc.problem, path=config.source, hint=exc.hint) from None
     with output_lock(out_dir):
         return _extract_locked(plate_dir, out_dir, config, scan, pm, Path(platemap) if platemap else None,
                                plan=plan, qcp=qcp, crop_cfg=crop_cfg, wells_without_images=wells_without_images,
                                workers=workers, scheduler=scheduler, resume=resume, progress=progress,
-                               overlays=overlays)
+                               overlays=overlays, outl=outl)
 
 
 def _extract_locked(plate_dir: Path, out_dir: Path, config: AssayConfig, scan: PlateScan,
                     pm: pd.DataFrame | None, platemap: Path | None, *, plan: dict[str, Any],
                     qcp: dict[str, Any], crop_cfg: dict[str, Any], wells_without_images: list[str],
                     workers: int | None, scheduler: str | None, resume: bool, progress: bool,
-                    overlays: bool) -> Path:
+                    overlays: bool, outl: Mapping[str, Any] | None = None) -> Path:
+    outl = outl if outl is not None else ol.outlier_params(config.section("outliers"))
     phash = pipeline_hash(config)
     sites_dir = out_dir / SITES_DIR
     for tmp in sites_dir.glob(".*.tmp") if sites_dir.is_dir() else ():  # left by a killed run
@@ -515,9 +583,19 @@ def _extract_locked(plate_dir: Path, out_dir: Path, config: AssayConfig, scan: P
         reasons = "; ".join(f"{r[WELL]} s{r[SITE]}: {r['Metadata_Reason']}" for r in skipped[:5])
         raise InputError(f"no site yielded any cells ({reasons})", path=plate_dir,
                          hint=f"see {out_dir / IMAGE} for every site's status")
+    model, tally, kept = None, ol.OutlierTally(), None
+    if outl["enabled"]:
+        model, extra["outliers"] = fit_plate_outliers(partitions, pm, outl, out_dir)
+        if model is not None:
+            outputs[ol.MODEL_FILE] = {"features": len(model.features), "fit_on": model.fit_on}
+            if outl["remove"]:
+                kept = out_dir / ".single_cell.kept.tmp"  # input of the profiles; removed once they are built
+    else:
+        extra["outliers"] = {"parameters": dict(outl), "note": "outlier scoring off (outliers.enabled: false)"}
     try:
         outputs.update(stream_single_cell(partitions, out_dir, pm, platemap,
-                                          crops=crop_parts if want_crops else None, channels=config.channel_names))
+                                          crops=crop_parts if want_crops else None, channels=config.channel_names,
+                                          outliers=model, tally=tally, kept=kept))
     except OSError as exc:  # disk full, quota, a vanished folder: the finished sites stay for the rerun
         raise InputError(f"could not write the per-cell table ({exc.strerror or exc}); no partial file is left, "
                          f"and the {len(partitions)} finished site(s) under {sites_dir} are kept",
@@ -526,11 +604,15 @@ def _extract_locked(plate_dir: Path, out_dir: Path, config: AssayConfig, scan: P
                               "rerun the same command: finished sites are reused, not recomputed") from None
     if want_crops:
         outputs[CROPS_TIF]["parameters"] = crop_cfg
+    if model is not None:
+        extra["outliers"]["flagged"] = tally.flagged
+        extra["outliers"]["removed_from_profiles"] = bool(kept)
     # the per-cell and image tables are final: record them before the profile stage can fail
     io.write_manifest(out_dir, command="profiler extract", inputs=inputs, parameters=parameters,
                       outputs=outputs, extra={**extra, "profiles": {**extra["profiles"], "status": "pending"}})
     try:
-        profiles = build_plate_profiles(out_dir / SINGLE_CELL, plan)
+        profiles = build_plate_profiles(out_dir / SINGLE_CELL, plan, source=kept,
+                                        fractions=tally.fractions() if model is not None else None)
     except CellfusionError as exc:
         extra["profiles"]["status"] = f"failed: {_one_line(exc)}"
         io.write_manifest(out_dir, command="profiler extract", inputs=inputs, parameters=parameters,
@@ -539,6 +621,9 @@ def _extract_locked(plate_dir: Path, out_dir: Path, config: AssayConfig, scan: P
                          f"written to {out_dir}", path=out_dir / SINGLE_CELL,
                          hint="fix the cause, then rebuild the profiles alone (no image is read again): "
                               + rebuild_command(out_dir, platemap, config)) from None
+    finally:
+        if kept is not None:
+            kept.unlink(missing_ok=True)
     io.write_parquet(profiles, out_dir / PROFILES)
     outputs[PROFILES] = {"rows": len(profiles), "columns": profiles.shape[1]}
     extra["profiles"]["status"] = "ok" if plan["normalize"] else "raw aggregates"
@@ -549,14 +634,23 @@ def _extract_locked(plate_dir: Path, out_dir: Path, config: AssayConfig, scan: P
     return out_dir
 
 
-def build_plate_profiles(single_cell: Path, plan: Mapping[str, Any]) -> pd.DataFrame:
+def build_plate_profiles(single_cell: Path, plan: Mapping[str, Any], *, source: Path | None = None,
+                         fractions: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per-well profiles of ``single_cell.parquet``: streaming aggregation, then the recipe's steps
-    (only the aggregation when ``plan["normalize"]`` is false)."""
+    (only the aggregation when ``plan["normalize"]`` is false).
+
+    ``source``: aggregate this per-cell file instead (the unflagged cells, when outliers are
+    removed). ``fractions`` (:meth:`profiler.outliers.OutlierTally.fractions`) adds
+    ``Metadata_Outlier_Fraction``; with it the aggregated profiles also get
+    ``Metadata_Outlier_Well_Score`` (:func:`profiler.outliers.well_outlier_scores` against the
+    control wells, before normalization)."""
     from profiler.aggregate_stream import aggregate_parquet
     from profiler.profiles import NEGATIVE_CONTROL_QUERY, apply_recipe
 
     recipe = plan["recipe"]
-    prof = aggregate_parquet(single_cell, operation=recipe.get("aggregate", "median"))
+    prof = aggregate_parquet(source or single_cell, operation=recipe.get("aggregate", "median"))
+    if fractions is not None:
+        prof = ol.add_well_columns(prof, fractions)
     if plan["normalize"]:
         prof = apply_recipe(prof, recipe, samples=recipe.get("samples", NEGATIVE_CONTROL_QUERY))
     return prof

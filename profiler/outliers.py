@@ -47,7 +47,7 @@ from profiler.names import PLATE, WELL, is_profile_feature
 
 __all__ = ["SCORE", "FLAG", "FRACTION", "WELL_SCORE", "MODEL_FILE", "DEFAULTS", "FIT_CLIP", "OutlierModel",
            "outlier_params", "fit_outlier_model", "score_matrix", "score_cells", "sample_partitions",
-           "control_wells", "OutlierTally", "well_outlier_scores", "load_model"]
+           "control_wells", "OutlierTally", "well_outlier_scores", "add_well_columns", "load_model"]
 
 SCORE = "Metadata_Outlier_Score"
 FLAG = "Metadata_Outlier"
@@ -341,3 +341,26 @@ def well_outlier_scores(profiles: pd.DataFrame, controls: np.ndarray | None = No
         return np.full(len(profiles), np.nan)
     z = _z(a[:, ok], center[ok], scale[ok])
     return np.sqrt(np.mean(z * z, axis=1))
+
+
+def add_well_columns(profiles: pd.DataFrame, fractions: pd.DataFrame) -> pd.DataFrame:
+    """Aggregated per-well ``profiles`` (before normalization) with ``Metadata_Outlier_Fraction``
+    (from ``fractions``: plate, well, fraction — :meth:`OutlierTally.fractions`) and
+    ``Metadata_Outlier_Well_Score`` (:func:`well_outlier_scores` against the negative-control wells
+    of :func:`profiler.columns.control_mask`; all wells when fewer than 3 are controls), inserted
+    after the metadata columns."""
+    from profiler.columns import control_mask
+
+    prof = profiles.copy()
+    n_meta = sum(c.startswith("Metadata_") for c in prof.columns)
+    frac = prof[[PLATE, WELL]].astype(str).merge(fractions.astype({PLATE: str, WELL: str}),
+                                                 on=[PLATE, WELL], how="left")[FRACTION]
+    prof.insert(n_meta, FRACTION, frac.to_numpy(dtype=float))
+    prof.insert(n_meta + 1, WELL_SCORE, well_outlier_scores(prof, control_mask(prof)))
+    return prof
+
+
+def cell_fractions(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per-well flagged fraction of an in-memory per-cell table with ``Metadata_Outlier``."""
+    g = cells.assign(**{PLATE: cells[PLATE].astype(str), WELL: cells[WELL].astype(str)})
+    return (g.groupby([PLATE, WELL], sort=False)[FLAG].mean().astype(float).rename(FRACTION).reset_index())

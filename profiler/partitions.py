@@ -46,14 +46,17 @@ def pipeline_hash(config: AssayConfig) -> str:
         version = metadata.version("cellfusion")
     except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
         version = "unknown"
-    blob = json.dumps({"pipeline": config.to_dict(), "cellfusion": version, "record": RECORD_VERSION,
+    # the outliers: section acts on the merged table, never inside a site (changing it reuses the sites)
+    pipe = {k: v for k, v in config.to_dict().items() if k != "outliers"}
+    blob = json.dumps({"pipeline": pipe, "cellfusion": version, "record": RECORD_VERSION,
                        "code": _code_hash()}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 #: modules of ``profiler`` that never run inside a site task (their edits keep partitions valid)
 _NOT_PER_SITE = {"cli.py", "_cli_util.py", "synthetic.py", "evaluate.py", "distributed.py", "profiles.py",
-                 "extract.py", "partitions.py", "aggregate_stream.py", "ingest.py", "cluster.py"}
+                 "extract.py", "partitions.py", "aggregate_stream.py", "ingest.py", "cluster.py",
+                 "outliers.py"}
 
 
 def _code_hash() -> str:

@@ -710,13 +710,22 @@ def build_profiles(single_cell: pd.DataFrame, *, aggregate_operation: str = "med
                    recipe: str | Mapping[str, Any] | None = None) -> pd.DataFrame:
     """aggregate → normalize → feature_select (→ whiten): the profile recipe of ``profiler extract``.
 
+    A per-cell table with ``Metadata_Outlier`` gives the per-well ``Metadata_Outlier_Fraction`` and
+    ``Metadata_Outlier_Well_Score`` too (:func:`profiler.outliers.add_well_columns`), as extract does.
+
     With ``recipe`` (a preset name or mapping) the recipe's steps replace the explicit arguments.
     """
+    from profiler import outliers as ol
+
+    def _agg(operation: str) -> pd.DataFrame:  # + the per-well outlier columns when cells are flagged
+        prof = aggregate(single_cell, operation=operation)
+        return ol.add_well_columns(prof, ol.cell_fractions(single_cell)) if ol.FLAG in single_cell.columns else prof
+
     if recipe is not None:
         rec = resolve_recipe(recipe)
-        prof = aggregate(single_cell, operation=rec.get("aggregate", aggregate_operation))
+        prof = _agg(rec.get("aggregate", aggregate_operation))
         return apply_recipe(prof, rec, samples=rec.get("samples", samples))
-    prof = aggregate(single_cell, operation=aggregate_operation)
+    prof = _agg(aggregate_operation)
     rec = {"normalize": normalize_method, "feature_select": list(feature_select_operations)}
     return apply_recipe(prof, rec, samples=samples)
 

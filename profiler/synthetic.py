@@ -60,7 +60,7 @@ from profiler.errors import ConfigError
 from profiler.io import atomic_path, write_json, write_manifest, write_text
 
 __all__ = [
-    "CAMERA_OFFSET", "CHANNELS", "CONTROL_COMPOUND", "MAX_ADU", "PHENOTYPES", "Phenotype",
+    "CAMERA_OFFSET", "CHANNELS", "CONTROL_COMPOUND", "DEFECT_KINDS", "MAX_ADU", "PHENOTYPES", "Phenotype",
     "WellSpec", "make_example_plate", "phenotypes_markdown", "plate_layout", "render_site",
     "well_effect",
 ]
@@ -392,6 +392,83 @@ def _keep_component(labels: np.ndarray, anchor: np.ndarray | None = None) -> np.
     return out
 
 
+# --------------------------------------------------------------------------------------------
+# Planted defects (make_example_plate(defects=...)): what a per-cell outlier detector should find
+# --------------------------------------------------------------------------------------------
+
+#: The kinds of defective cell :func:`make_example_plate` plants with ``defects > 0``.
+DEFECT_KINDS = ("debris", "blurred", "merged")
+_DEBRIS_RADIUS = (2.0, 3.5)      # px, a bright speck over the nucleus
+_DEBRIS_LEVEL = 3.0              # × the DNA stain level, in every channel (autofluorescent)
+_BLUR_SIGMA = 3.0                # px, out-of-focus blur of the cell and 3 px around it
+
+
+def _merge_nuclei(rng, nuclei, cells, nuc_near, nuc_d, cell_near, centres, radii, n_pairs) -> list[int]:
+    """Fuse ``n_pairs`` pairs of touching nuclei (and their cells) into one object, in place: the
+    second label's pixels and the convex hull of the two nuclei take the first's label, so the
+    pair renders as one peanut-shaped nucleus without a dip between them. Returns the kept labels."""
+    from skimage.morphology import convex_hull_image
+
+    if n_pairs <= 0 or len(centres) < 2:
+        return []
+    d = np.hypot(*(centres[:, None, :] - centres[None, :, :]).transpose(2, 0, 1))
+    np.fill_diagonal(d, np.inf)
+    touching = d < 1.15 * (radii[:, None] + radii[None, :])
+    present = set(np.unique(nuclei).tolist())
+    used: set[int] = set()
+    out = []
+    for i in rng.permutation(len(centres)):
+        if len(out) >= n_pairs:
+            break
+        a = int(i) + 1
+        partners = [int(j) + 1 for j in np.flatnonzero(touching[i]) if int(j) + 1 not in used]
+        if a in used or a not in present or not partners:
+            continue
+        b = partners[int(rng.integers(len(partners)))]
+        if b not in present:
+            continue
+        pair = (nuclei == a) | (nuclei == b)
+        ys, xs = np.nonzero(pair)
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        hull = np.zeros_like(pair)
+        hull[y0:y1, x0:x1] = convex_hull_image(pair[y0:y1, x0:x1])
+        hull &= np.isin(nuclei, (0, a, b))
+        for img in (nuclei, cells, nuc_near, cell_near):
+            img[img == b] = a
+        nuclei[hull] = a
+        cells[hull] = a
+        nuc_near[hull] = a
+        nuc_d[hull] = np.minimum(nuc_d[hull], 0.5)
+        used.update((a, b))
+        out.append(a)
+    return out
+
+
+def _plant_debris_and_blur(rng, signals, cells, nuclei, taken: Mapping[int, str], n_each: int) -> dict[int, str]:
+    """Bright debris over ``n_each`` cells' nuclei and an out-of-focus blur of ``n_each`` others
+    (cells not in ``taken``), in place on the flat signal arrays. Returns label → kind."""
+    labels = np.setdiff1d(np.unique(nuclei), [0, *taken])
+    if n_each <= 0 or not len(labels):
+        return {}
+    pick = rng.permutation(labels)
+    debris, blurred = pick[:n_each], pick[n_each:2 * n_each]
+    size = cells.shape[0]
+    yy, xx = np.mgrid[0:size, 0:size]
+    speck = np.zeros((size, size), dtype=np.float32)
+    for lab in debris:
+        ys, xs = np.nonzero(nuclei == lab)
+        k = int(rng.integers(len(ys)))
+        r = rng.uniform(*_DEBRIS_RADIUS)
+        speck += np.exp(-((yy - ys[k]) ** 2 + (xx - xs[k]) ** 2) / (2 * (r / 1.5) ** 2)).astype(np.float32)
+    mask = ndimage.binary_dilation(np.isin(cells, blurred), iterations=3).ravel()
+    for sig in signals:
+        img = sig.reshape(size, size)
+        if len(blurred):
+            sig[mask] = ndimage.gaussian_filter(img, _BLUR_SIGMA).ravel()[mask]
+        sig += (_DNA_LEVEL * _DEBRIS_LEVEL) * speck.ravel()
+    return {**{int(v): "debris" for v in debris}, **{int(v): "blurred" for v in blurred}}
+
+
 def well_effect(seed: int, row: int, column: int) -> dict[str, float]:
     """The nuisance variation of one well (as between real wells): multiplicative factors on
     each channel's stain (``"w1"``, ``"w2"``, ``"w3"``; log-sd 0.06), on the cell density
@@ -403,11 +480,15 @@ def well_effect(seed: int, row: int, column: int) -> dict[str, float]:
 
 def render_site(rng: np.random.Generator, *, size: int, compound: str, concentration: float,
                 cells_per_site: float, illumination: Mapping[str, np.ndarray],
-                well: Mapping[str, float] | None = None
+                well: Mapping[str, float] | None = None, defects: float = 0.0,
+                defect_rng: np.random.Generator | None = None, defect_log: list | None = None,
                 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Render one site.
 
     ``well`` holds the well's nuisance factors (see :func:`well_effect`; default all 1).
+    ``defects`` > 0 plants defective cells (:data:`DEFECT_KINDS`, each about ``defects / 3`` of
+    the cells), drawn from ``defect_rng`` only (the other draws are those of a clean site until the
+    first merge); ``(label, kind)`` of each is appended to ``defect_log``.
 
     Returns ``(images, nuclei, cells)``: channel key (``"w1"``…) → (size, size) uint16 image,
     and the nuclei and cell label images (uint16, labels 1..n, label i the same cell in both).
@@ -456,6 +537,10 @@ def render_site(rng: np.random.Generator, *, size: int, compound: str, concentra
                                    1.0)
     cells = np.where(nuclei > 0, nuclei, cell_near)
     cells = _keep_component(cells, anchor=nuclei)
+    merged: list[int] = []
+    if defects > 0:
+        merged = _merge_nuclei(defect_rng, nuclei, cells, nuc_near, nuc_d, cell_near, centres, r_nuc,
+                               int(round(defects / len(DEFECT_KINDS) * len(centres))))
     # objects whose nucleus vanished (possible only at the image border) are removed and the
     # labels renumbered 1..n so that label i is the same cell in both images
     present = np.zeros(n + 1, dtype=bool)
@@ -469,6 +554,7 @@ def render_site(rng: np.random.Generator, *, size: int, compound: str, concentra
     r_nuc, mitotic, centres = r_nuc[keep], mitotic[keep], centres[keep]
     cell_angle = cell_angle[keep]
     nuc_d = np.where(nuc_near > 0, nuc_d, np.inf)
+    planted: dict[int, str] = {int(lut[m]): "merged" for m in merged if lut[m] > 0}
 
     def per_cell(values: np.ndarray, background: float = 0.0) -> np.ndarray:   # [0] = background
         return np.concatenate([[background], values]).astype(np.float32)
@@ -534,6 +620,12 @@ def render_site(rng: np.random.Generator, *, size: int, compound: str, concentra
     act[pix] = (act_level[lab] * (0.35 + 1.1 * rim + 0.6 * stripes * breaks) * grain
                 * np.where(in_nuc, 0.7, 1.0))
 
+    if defects > 0:
+        planted.update(_plant_debris_and_blur(defect_rng, (dna, tub, act), cells, nuclei, planted,
+                                              int(round(defects / len(DEFECT_KINDS) * n))))
+        if defect_log is not None:
+            defect_log.extend(sorted(planted.items()))
+
     # --- optics and camera -------------------------------------------------------------------
     images = {}
     for ch, signal in zip(CHANNELS, (dna, tub, act)):
@@ -564,7 +656,7 @@ def _check(name: str, value, lo, hi=None) -> None:
 
 def make_example_plate(out_dir: str | Path, *, plate: str = "EXAMPLE01", n_wells: int = 24,
                        n_sites: int = 2, size: int = 512, seed: int = 0,
-                       cells_per_site: int = 60, write_truth: bool = True) -> Path:
+                       cells_per_site: int = 60, write_truth: bool = True, defects: float = 0.0) -> Path:
     """Write a deterministic synthetic plate folder and return its path.
 
     Parameters
@@ -588,6 +680,13 @@ def make_example_plate(out_dir: str | Path, *, plate: str = "EXAMPLE01", n_wells
     write_truth:
         Also write ``ground_truth/`` (label images, illumination fields, ``phenotypes.json``,
         ``sites.csv``).
+    defects:
+        Fraction of cells (0–0.6) made defective, a third of it of each kind of
+        :data:`DEFECT_KINDS`: ``debris`` (a bright speck over the nucleus, in every channel),
+        ``blurred`` (the cell out of focus) and ``merged`` (two touching nuclei fused into one
+        object, cells too). Drawn from their own seeded stream, in every well (controls too);
+        ``ground_truth/defects.csv`` lists them (plate, well, site, label, kind). ``0`` (default)
+        gives exactly the files of a plate without the option.
 
     Writes ``<plate>_<well>_s<site>_w<n>.tif`` (uint16, one per channel, :data:`CHANNELS`),
     ``platemap.csv`` (``well,compound,concentration,control``) and ``manifest.json``.
@@ -599,20 +698,27 @@ def make_example_plate(out_dir: str | Path, *, plate: str = "EXAMPLE01", n_wells
     _check("size", size, 64, 8192)
     _check("seed", seed, 0)
     _check("cells_per_site", cells_per_site, 1)
+    if isinstance(defects, bool) or not isinstance(defects, (int, float)) or not 0 <= defects <= 0.6:
+        raise ConfigError(f"defects must be a fraction from 0 to 0.6, got {defects!r}")
     layout = plate_layout(n_wells)
     out = Path(out_dir)
     truth = out / GROUND_TRUTH_DIR
     illumination = _illumination(int(seed), int(size))
 
-    site_rows = []
+    site_rows, defect_rows = [], []
     for spec in layout:
         nuisance = well_effect(int(seed), spec.row, spec.column)
         for site in range(1, n_sites + 1):
             rng = np.random.default_rng([int(seed), spec.row, spec.column, site])
+            planted: list = []
+            extra = {} if not defects else {
+                "defects": float(defects), "defect_log": planted,
+                "defect_rng": np.random.default_rng([int(seed), spec.row, spec.column, site, 104729])}
             images, nuclei, cells = render_site(
                 rng, size=int(size), compound=spec.compound, concentration=spec.concentration,
                 cells_per_site=float(cells_per_site), illumination=illumination,
-                well=nuisance)
+                well=nuisance, **extra)
+            defect_rows.extend((plate, spec.well, site, lab, kind) for lab, kind in planted)
             stem = f"{plate}_{spec.well}_s{site}"
             for ch, img in images.items():
                 _write_tiff(out / f"{stem}_{ch}.tif", img)
@@ -638,6 +744,12 @@ def make_example_plate(out_dir: str | Path, *, plate: str = "EXAMPLE01", n_wells
         wr.writerow(["plate", "well", "site", "compound", "concentration", "n_cells"])
         wr.writerows(site_rows)
         write_text(buf.getvalue(), truth / "sites.csv")
+        if defects:
+            buf = io.StringIO()
+            wr = csv.writer(buf, lineterminator="\n")
+            wr.writerow(["plate", "well", "site", "label", "kind"])
+            wr.writerows(defect_rows)
+            write_text(buf.getvalue(), truth / "defects.csv")
         write_json({"plate": plate, "seed": int(seed), "control": CONTROL_COMPOUND,
                     "channels": CHANNELS, "camera_offset": CAMERA_OFFSET,
                     "phenotypes": {k: p.to_dict() for k, p in PHENOTYPES.items()}},
@@ -645,12 +757,46 @@ def make_example_plate(out_dir: str | Path, *, plate: str = "EXAMPLE01", n_wells
 
     parameters = {"plate": plate, "n_wells": int(n_wells), "n_sites": int(n_sites),
                   "size": int(size), "seed": int(seed), "cells_per_site": int(cells_per_site),
-                  "write_truth": bool(write_truth)}
+                  "write_truth": bool(write_truth), **({"defects": float(defects)} if defects else {})}
     write_manifest(out, command="profiler example-plate", parameters=parameters,
                    outputs={"images": {"files": len(site_rows) * len(CHANNELS),
                                        "channels": CHANNELS},
                             "platemap.csv": {"rows": len(layout)},
                             "cells": {"total": sum(r[-1] for r in site_rows)}})
+    return out
+
+
+def defect_truth(cells, plate_dir: str | Path) -> np.ndarray:
+    """The planted kind of every measured cell of a plate written with ``defects > 0``.
+
+    ``cells``: a per-cell table with ``Metadata_Plate/Well/Site`` and ``Nuclei_Location_Center_X/Y``.
+    Each cell's nucleus centre is looked up in the site's ground-truth nuclei label image (the cell
+    label image when it falls outside every true nucleus, e.g. between two split halves); the true
+    label is then ``"debris"``, ``"blurred"``, ``"merged"`` (``ground_truth/defects.csv``),
+    ``"clean"``, or ``"unmatched"`` when the centre lies in no true cell (a spurious object).
+    """
+    import pandas as pd
+
+    truth = Path(plate_dir) / GROUND_TRUTH_DIR
+    table = pd.read_csv(truth / "defects.csv", dtype={"well": str})
+    kinds = {(r.plate, r.well, int(r.site), int(r.label)): r.kind for r in table.itertuples()}
+    out = np.full(len(cells), "unmatched", dtype=object)
+    keys = cells[["Metadata_Plate", "Metadata_Well", "Metadata_Site"]].astype(str).agg("|".join, axis=1)
+    x = np.rint(cells["Nuclei_Location_Center_X"].to_numpy(float))
+    y = np.rint(cells["Nuclei_Location_Center_Y"].to_numpy(float))
+    for key, idx in pd.Series(np.arange(len(cells))).groupby(keys.to_numpy()):
+        plate, well, site = key.split("|")
+        stem = f"{plate}_{well}_s{int(float(site))}"
+        nuc = tifffile.imread(truth / f"{stem}_nuclei.tif")
+        cel = tifffile.imread(truth / f"{stem}_cells.tif")
+        ii = idx.to_numpy()
+        ok = np.isfinite(x[ii]) & np.isfinite(y[ii])
+        yi = np.clip(np.nan_to_num(y[ii]).astype(int), 0, nuc.shape[0] - 1)
+        xi = np.clip(np.nan_to_num(x[ii]).astype(int), 0, nuc.shape[1] - 1)
+        lab = np.where(nuc[yi, xi] > 0, nuc[yi, xi], cel[yi, xi])
+        for row, label, good in zip(ii, lab, ok):
+            if good and label > 0:
+                out[row] = kinds.get((plate, well, int(float(site)), int(label)), "clean")
     return out
 
 

@@ -137,3 +137,112 @@ def test_well_outlier_score_marks_the_odd_well():
     ctrl = np.array([True] * 6 + [False] * 4)
     s = well_outlier_scores(prof, ctrl)
     assert s.argmax() == 9 and s[9] > 3 * np.median(s[:6])
+
+
+# ---------------------------------------------------------------------------------------------
+# profiler extract on a synthetic plate with planted defects
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    from profiler.extract import extract
+    from profiler.synthetic import make_example_plate
+
+    root = tmp_path_factory.mktemp("planted")
+    plate = make_example_plate(root / "plate", n_wells=8, n_sites=1, size=256, seed=0, defects=0.3)
+    out = extract(plate, root / "out", workers=0, progress=False)
+    return plate, out
+
+
+def test_planted_defects_are_in_the_ground_truth(planted):
+    import tifffile
+
+    plate, _ = planted
+    d = pd.read_csv(plate / "ground_truth" / "defects.csv", dtype={"well": str})
+    assert set(d["kind"]) == {"debris", "blurred", "merged"}
+    for r in d.itertuples():
+        nuc = tifffile.imread(plate / "ground_truth" / f"{r.plate}_{r.well}_s{r.site}_nuclei.tif")
+        assert (nuc == r.label).any()
+
+
+def test_extract_writes_scores_flags_model_and_well_columns(planted):
+    from profiler.io import read_manifest
+    from profiler.outliers import load_model
+
+    _, out = planted
+    sc = pd.read_parquet(out / "single_cell.parquet")
+    assert sc["Metadata_Outlier_Score"].dtype == np.float64 and sc["Metadata_Outlier"].dtype == bool
+    assert np.isfinite(sc["Metadata_Outlier_Score"]).all()
+    model = load_model(out / "outliers.json")
+    assert model.fit_on == "control wells"
+    ctrl = sc["Metadata_Control"].eq("negative")
+    assert model.n_fit == int(ctrl.sum())             # the plate's few control cells are all sampled
+    np.testing.assert_array_equal(sc["Metadata_Outlier"], sc["Metadata_Outlier_Score"] > model.threshold)
+    facts = read_manifest(out)["outliers"]
+    assert facts["flagged"] == int(sc["Metadata_Outlier"].sum()) and facts["fit_on"] == "control wells"
+    prof = pd.read_parquet(out / "profiles.parquet")
+    frac = sc.groupby("Metadata_Well")["Metadata_Outlier"].mean()
+    np.testing.assert_allclose(prof.set_index("Metadata_Well")["Metadata_Outlier_Fraction"].loc[frac.index], frac)
+    assert np.isfinite(prof["Metadata_Outlier_Well_Score"]).all()
+
+
+def test_planted_outliers_score_far_above_random(planted):
+    """Defective cells (truth from the label images) outrank clean ones: a random score fails this."""
+    from sklearn.metrics import roc_auc_score
+
+    from profiler.synthetic import defect_truth
+
+    plate, out = planted
+    sc = pd.read_parquet(out / "single_cell.parquet")
+    kinds = defect_truth(sc, plate)
+    m = kinds != "unmatched"
+    assert m.mean() > 0.9
+    bad = (kinds[m] != "clean")
+    score = sc["Metadata_Outlier_Score"].to_numpy()[m]
+    assert 0.15 < bad.mean() < 0.45
+    assert roc_auc_score(bad, score) > 0.75          # random: 0.5 ± 0.06 on these ~100 cells
+    top = np.argsort(-score)[: int(bad.sum())]
+    assert bad[top].mean() > 1.8 * bad.mean()          # precision of the top-k flags vs the random baseline
+    for kind in ("debris", "merged"):
+        sel = (kinds[m] == kind) | ~bad
+        assert roc_auc_score(kinds[m][sel] == kind, score[sel]) > 0.8
+
+
+def test_remove_outliers_leaves_flagged_cells_out_of_the_profiles(planted, tmp_path):
+    import shutil
+
+    from profiler.extract import extract
+    from profiler.io import read_manifest
+
+    plate, out = planted
+    out2 = tmp_path / "out"
+    shutil.copytree(out / "sites", out2 / "sites")       # the same sites: only the merge reruns
+    extract(plate, out2, workers=0, progress=False, remove_outliers=True)
+    assert read_manifest(out2)["sites"]["reused"] == 8
+    sc = pd.read_parquet(out2 / "single_cell.parquet", columns=["Metadata_Well", "Metadata_Outlier"])
+    kept = sc.loc[~sc["Metadata_Outlier"]].groupby("Metadata_Well").size()
+    prof = pd.read_parquet(out2 / "profiles.parquet").set_index("Metadata_Well")
+    assert sc["Metadata_Outlier"].any() and len(sc) == len(pd.read_parquet(out / "single_cell.parquet",
+                                                                            columns=["Metadata_Well"]))
+    np.testing.assert_array_equal(prof.loc[kept.index, "Metadata_Object_Count"], kept.to_numpy())
+    assert not list(out2.glob(".*.tmp"))
+
+
+def test_without_platemap_the_model_is_fitted_on_all_cells(planted, tmp_path):
+    import shutil
+
+    from profiler.extract import extract
+    from profiler.io import read_manifest
+
+    plate, out = planted
+    bare = tmp_path / "plate"
+    shutil.copytree(plate, bare, ignore=shutil.ignore_patterns("platemap.csv", "ground_truth"))
+    shutil.copytree(out / "sites", tmp_path / "out" / "sites")   # the outliers: section never reruns a site
+    extract(bare, tmp_path / "out", workers=0, progress=False, pipeline={
+        **__import__("profiler.config", fromlist=["load_pipeline"]).load_pipeline("example").to_dict(),
+        "outliers": {"contamination": 0.05}})
+    man = read_manifest(tmp_path / "out")
+    facts = man["outliers"]
+    assert man["sites"]["reused"] == 8
+    assert facts["fit_on"] == "all cells" and "no platemap" in facts["note"]
+    sc = pd.read_parquet(tmp_path / "out" / "single_cell.parquet", columns=["Metadata_Outlier"])
+    assert 0.02 < sc["Metadata_Outlier"].mean() < 0.1
