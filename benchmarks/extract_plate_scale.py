@@ -49,7 +49,11 @@ def well_names(n: int) -> list[str]:
 
 
 def fabricate(work: Path, n_cells: int, n_features: int, cells_per_site: int, seed: int = 0) -> tuple[Path, Path, int]:
-    """A plate folder of empty image files + an output folder whose sites are all done."""
+    """A plate folder of empty image files + an output folder whose sites are all done.
+
+    The partitions are kept in ``work`` and reused by a later call with the same arguments; the
+    records (which carry the pipeline hash of the code as it is now) are always written anew, just
+    before the run."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -67,7 +71,14 @@ def fabricate(work: Path, n_cells: int, n_features: int, cells_per_site: int, se
         n_wells = math.ceil(n_sites / sites_per_well)
     wells = well_names(n_wells)
     plate_dir, out = work / "plate", work / "out"
-    plate_dir.mkdir(parents=True)
+    key = {"cells": n_cells, "features": n_features, "cells_per_site": cells_per_site, "seed": seed}
+    marker = work / "fabricated.json"
+    reuse = marker.is_file() and json.loads(marker.read_text()) == key
+    if not reuse and work.exists():
+        import shutil
+
+        shutil.rmtree(work)
+    plate_dir.mkdir(parents=True, exist_ok=True)
     k = 0
     for w in wells:
         for s in range(1, sites_per_well + 1):
@@ -85,7 +96,9 @@ def fabricate(work: Path, n_cells: int, n_features: int, cells_per_site: int, se
     phash = pipeline_hash(config)
     scan = discover(plate_dir, config)
     sites_dir = out / SITES_DIR
-    sites_dir.mkdir(parents=True)
+    sites_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob("*.parquet"), out / "manifest.json"]:
+        stale.unlink(missing_ok=True)
     comps = ("Nuclei", "Cells", "Cytoplasm")
     feats = [f"{comps[j % 3]}_Intensity_Synthetic{j:04d}_DNA" for j in range(n_features)]
     rng = np.random.default_rng(seed)
@@ -95,24 +108,26 @@ def fabricate(work: Path, n_cells: int, n_features: int, cells_per_site: int, se
         n = min(cells_per_site, remaining)
         remaining -= n
         well_effect = wells.index(site.well) % 7
-        vals = rng.integers(0, 64, (n, n_features)).astype(np.float64) + well_effect
+        vals = rng.integers(0, 64, (n, n_features)).astype(np.float64) + well_effect if not reuse else None
         cols = {"Metadata_Plate": pa.array([site.plate] * n), "Metadata_Well": pa.array([site.well] * n),
                 "Metadata_Site": pa.array(np.full(n, site.site, np.int64)),
                 "Metadata_ObjectNumber": pa.array(np.arange(1, n + 1, dtype=np.int64))}
-        for j, f in enumerate(feats):
+        for j, f in enumerate(feats if vals is not None else ()):
             cols[f] = pa.array(vals[:, j])
         cols["Nuclei_Location_Center_X"] = pa.array(rng.uniform(0, 1000, n))
         cols["Nuclei_Location_Center_Y"] = pa.array(rng.uniform(0, 1000, n))
         cols["Cells_Parent_Nuclei"] = pa.array(np.arange(1, n + 1, dtype=np.int64))
         stem = site_stem(site)
         part = sites_dir / f"{stem}.parquet"
-        pq.write_table(pa.table(cols), part, compression="zstd")
+        if not reuse:
+            pq.write_table(pa.table(cols), part, compression="zstd")
         record = {"Metadata_Plate": site.plate, "Metadata_Well": site.well, "Metadata_Site": site.site,
                   "Metadata_Status": "ok", "Metadata_Reason": "", **template,
                   "Count_Nuclei": n, "Count_Cells": n}
         io.write_json({"site": stem, "pipeline_hash": phash, "inputs": _input_signature(site), "status": "ok",
                        "record": record, "partition": {"file": part.name, "rows": n, "sha256": io.file_sha256(part)}},
                       sites_dir / f"{stem}.json")
+    marker.write_text(json.dumps(key))
     return plate_dir, out, len(scan.sites)
 
 
@@ -129,14 +144,16 @@ def run_measured(cmd: list[str]) -> tuple[float, float, int]:
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ps = psutil.Process(proc.pid)
-    peak = 0
-    while proc.poll() is None:
-        peak = max(peak, tree_rss(ps))
-        time.sleep(0.05)
-    wall = time.perf_counter() - t0
-    err = proc.stderr.read().decode(errors="replace")
+    with tempfile.TemporaryFile() as log:  # not a pipe: a full pipe would stall the child
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+        ps = psutil.Process(proc.pid)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, tree_rss(ps))
+            time.sleep(0.05)
+        wall = time.perf_counter() - t0
+        log.seek(0)
+        err = log.read().decode(errors="replace")
     if proc.returncode:
         print(err[-3000:], file=sys.stderr)
     child_max = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -152,6 +169,9 @@ def part_merge(args, work: Path) -> None:
     wall, peak_mb, rc = run_measured(cmd)
     manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
     sites = manifest.get("sites", {})
+    if rc or sites.get("reused") != n_sites:
+        raise SystemExit(f"the run did not reuse every fabricated site (exit {rc}, reused {sites.get('reused')} of "
+                         f"{n_sites}): the numbers would not measure the merge; is the code being edited meanwhile?")
     common = dict(cells=args.cells, features=args.features, sites=n_sites, reused=sites.get("reused"),
                   processed=sites.get("processed"), returncode=rc, fabricate_s=round(gen_s, 1), wall_s=round(wall, 1),
                   profiles_rows=manifest.get("outputs", {}).get("profiles.parquet", {}).get("rows"))
@@ -227,10 +247,13 @@ def main() -> None:
     ap.add_argument("--wells", type=int, default=24)
     ap.add_argument("--sites", type=int, default=2)
     ap.add_argument("--size", type=int, default=1080)
-    ap.add_argument("--workdir", type=Path, default=None, help="where the fabricated data go (default: a temp dir)")
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="where the fabricated data go and stay for reruns (default: a temp dir, removed)")
     args = ap.parse_args()
+    if args.workdir is not None and args.part in ("merge", "both"):  # keep the fabricated partitions for reruns
+        part_merge(args, args.workdir / "plate_scale_merge")
     with tempfile.TemporaryDirectory(dir=args.workdir) as d:
-        if args.part in ("merge", "both"):
+        if args.part in ("merge", "both") and args.workdir is None:
             part_merge(args, Path(d) / "merge")
         if args.part in ("dask", "both"):
             part_dask(args, Path(d) / "dask")
