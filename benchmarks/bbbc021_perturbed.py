@@ -20,6 +20,7 @@ out-of-fold P(perturbed) of its wells is above 0.5.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -58,7 +59,8 @@ def main() -> None:
     aucs = []
     for seed in args.seeds:
         with tempfile.TemporaryDirectory() as tmp:
-            out = train(prof, Path(tmp) / "model", label="perturbed", seed=seed, n_jobs=args.jobs)
+            with contextlib.redirect_stdout(sys.stderr):  # the progress bar: stdout holds the JSON lines only
+                out = train(prof, Path(tmp) / "model", label="perturbed", seed=seed, n_jobs=args.jobs)
             m = json.loads((out / "metrics.json").read_text())
             oof = pd.read_parquet(out / OOF_FILE)
         auc, acc = m["scores"]["roc_auc"], m["scores"]["accuracy"]
