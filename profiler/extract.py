@@ -661,5 +661,7 @@ def rebuild_command(out_dir: Path, platemap: Path | None, config: AssayConfig) -
     from profiler.config import builtin_pipelines
 
     pm = str(platemap) if platemap else "PLATEMAP.csv"
-    spec = config.name if config.name in builtin_pipelines() else (config.source or config.name)
+    spec = config.source or "PIPELINE.yaml"
+    if config.name in builtin_pipelines() and profile_recipe(load_pipeline(config.name)) == profile_recipe(config):
+        spec = config.name  # the built-in pipeline has this very recipe
     return f"`profiler aggregate {out_dir / SINGLE_CELL} -o {out_dir} --platemap {pm} --pipeline {spec}`"

@@ -48,6 +48,16 @@ def example_pipeline(*families: str) -> dict:
     return cfg
 
 
+@pytest.fixture(scope="session")
+def fast_pipeline(tmp_path_factory) -> Path:
+    """:func:`example_pipeline` (AreaShape + Intensity) as a YAML file, for command-line runs."""
+    import yaml
+
+    path = tmp_path_factory.mktemp("pipelines") / "example_fast.yaml"
+    path.write_text(yaml.safe_dump(example_pipeline(), sort_keys=False), encoding="utf-8")
+    return path
+
+
 def run_cli(capsys, tool: str, *args: str) -> tuple[int, str]:
     """Run ``profiler``/``fusion`` ARGS as the console script does (run_main: error → exit 2) in this
     process; returns (exit status, stderr with rich's line wrapping undone). A traceback fails the test."""

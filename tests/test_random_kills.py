@@ -34,8 +34,8 @@ def plate40(tmp_path_factory) -> Path:
                               write_truth=False)
 
 
-def run(plate: Path, out: Path) -> subprocess.Popen:
-    cmd = [str(PROFILER), "extract", str(plate), "-o", str(out), "--workers", "0", "--no-progress"]
+def run(plate: Path, out: Path, pipeline: Path) -> subprocess.Popen:
+    cmd = [str(PROFILER), "extract", str(plate), "-o", str(out), "-p", str(pipeline), "--workers", "0", "--no-progress"]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -63,9 +63,9 @@ def kill_when(proc: subprocess.Popen, out: Path, n_records: int, delay: float, t
     return True
 
 
-def test_three_random_sigkills_then_resume_give_the_uninterrupted_tables(plate40, tmp_path):
+def test_three_random_sigkills_then_resume_give_the_uninterrupted_tables(plate40, fast_pipeline, tmp_path):
     ref = tmp_path / "reference"
-    proc = run(plate40, ref)
+    proc = run(plate40, ref, fast_pipeline)
     _, err = proc.communicate(timeout=1200)
     assert proc.returncode == 0, err.decode()[-2000:]
     n_sites = len(pd.read_parquet(ref / "image.parquet"))
@@ -79,11 +79,11 @@ def test_three_random_sigkills_then_resume_give_the_uninterrupted_tables(plate40
     plan = [(int(first), rng.uniform(0, 0.5)), (int(second), rng.uniform(0, 0.5)), (n_sites, rng.uniform(0, 1.5))]
     killed = []
     for n_records, delay in plan:
-        proc = run(plate40, out)
+        proc = run(plate40, out, fast_pipeline)
         killed.append(kill_when(proc, out, n_records, delay))
         assert_no_half_written(out)
     assert killed[0] and killed[1], killed
-    proc = run(plate40, out)
+    proc = run(plate40, out, fast_pipeline)
     _, err = proc.communicate(timeout=1200)
     assert proc.returncode == 0, err.decode()[-2000:]
     for name in OUTPUTS:
