@@ -134,10 +134,9 @@ def _numeric(t: pa.DataType) -> bool:
 
 @dataclass
 class _Group:
-    """One stratum: its key, its pieces (file, row group, start, stop) in order, its metadata."""
+    """One stratum: its key, its number of rows, its metadata (its rows follow the previous group's)."""
 
     key: tuple
-    pieces: list = field(default_factory=list)
     rows: int = 0
     first: list = field(default_factory=list)  # first value of each metadata column
     last: list = field(default_factory=list)   # last value of each metadata column
@@ -146,9 +145,13 @@ class _Group:
 
 @dataclass
 class _Plan:
-    groups: list
+    groups: list        # in file order; together they cover every row once, in order
+    tasks: list         # reads: (file index, [row groups], rows) in file order
     feature_types: set
-    max_rows: int  # largest row group
+
+
+_TASK_ROWS = 65_536    # rows per read (whole row groups; at least one)
+_STAGE_ROWS = 65_536   # rows per kernel call (whole strata; a larger stratum is taken whole)
 
 
 def _plain(arr: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -173,13 +176,30 @@ def _same(a, b) -> bool:
     return a == b or (a is None and b is None) or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
 
 
+def _file_tasks(fi: int, pf: pq.ParquetFile) -> list:
+    """Consecutive non-empty row groups of one file, about _TASK_ROWS rows per read."""
+    tasks, cur, rows = [], [], 0
+    for g in range(pf.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if n == 0:
+            continue
+        if cur and rows + n > _TASK_ROWS:
+            tasks.append((fi, cur, rows))
+            cur, rows = [], 0
+        cur.append(g)
+        rows += n
+    if cur:
+        tasks.append((fi, cur, rows))
+    return tasks
+
+
 def _scan(files: list[Path], strata: list[str], meta: list[str], feats: list[str]) -> _Plan | str:
-    """Read the strata and metadata columns: each stratum's pieces, or why it cannot stream."""
+    """Read the strata and metadata columns: the strata in file order, or why they cannot stream."""
     groups: dict[tuple, _Group] = {}
     closed: set[tuple] = set()
     current: _Group | None = None
     types: set = set()
-    max_rows = 0
+    tasks: list = []
     needed = set(strata) | set(feats)
     for fi, path in enumerate(files):
         try:
@@ -196,15 +216,13 @@ def _scan(files: list[Path], strata: list[str], meta: list[str], feats: list[str
         if bad:
             raise InputError(f"non-numeric feature columns {bad[:5]}", path=path)
         file_meta = [m for m in meta if m in sch.names]
-        for g in range(pf.num_row_groups):
-            n = pf.metadata.row_group(g).num_rows
-            if n == 0:
-                continue
-            max_rows = max(max_rows, n)
+        for task in _file_tasks(fi, pf):
+            tasks.append(task)
             try:
-                t = pf.read_row_group(g, columns=strata + file_meta)
+                t = pf.read_row_groups(task[1], columns=strata + file_meta, use_threads=False)
             except Exception as exc:  # noqa: BLE001
-                raise InputError(f"row group {g} is unreadable ({exc})", path=path) from exc
+                raise InputError(f"row groups {task[1]} are unreadable ({exc})", path=path) from exc
+            n = t.num_rows
             cols = [_plain(t.column(s)) for s in strata]
             for s, c in zip(strata, cols):
                 if c.null_count:
@@ -216,7 +234,7 @@ def _scan(files: list[Path], strata: list[str], meta: list[str], feats: list[str
             stops = np.append(starts[1:], n)
             keys = list(zip(*[c.take(pa.array(starts)).to_pylist() for c in cols]))
             if len(set(keys)) < len(keys):
-                return f"the cells of stratum {keys[0]!r} are not contiguous ({path.name}, row group {g})"
+                return f"the cells of stratum {keys[0]!r} are not contiguous ({path.name})"
             # metadata: per run, first/last value and whether it changes inside the run
             mvals = []
             for m in meta:
@@ -228,7 +246,6 @@ def _scan(files: list[Path], strata: list[str], meta: list[str], feats: list[str
                 mvals.append((c.take(pa.array(starts)).to_pylist(), c.take(pa.array(stops - 1)).to_pylist(),
                               ch[stops - 1] == ch[starts]))
             for r, key in enumerate(keys):
-                piece = (fi, g, int(starts[r]), int(stops[r]))
                 first = [None if v is None else v[0][r] for v in mvals]
                 last = [None if v is None else v[1][r] for v in mvals]
                 const = [v is not None and bool(v[2][r]) for v in mvals]
@@ -238,14 +255,12 @@ def _scan(files: list[Path], strata: list[str], meta: list[str], feats: list[str
                     current.last = last
                 else:
                     if key in closed:
-                        return (f"the cells of stratum {key!r} are not contiguous in file order "
-                                f"(again in {path.name}, row group {g})")
+                        return f"the cells of stratum {key!r} are not contiguous in file order (again in {path.name})"
                     if current is not None:
                         closed.add(current.key)
                     current = groups[key] = _Group(key, first=first, last=last, const=const)
-                current.pieces.append(piece)
-                current.rows += piece[3] - piece[2]
-    return _Plan(list(groups.values()), types, max_rows)
+                current.rows += int(stops[r] - starts[r])
+    return _Plan(list(groups.values()), tasks, types)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,8 +276,37 @@ def _block(table: pa.Table, dtype: pa.DataType) -> np.ndarray:
     return batch.to_tensor(null_to_nan=True, row_major=False).to_numpy()
 
 
+def _read(path: Path, row_groups: list, names: list, dtype: pa.DataType) -> np.ndarray:
+    try:
+        return _block(pq.ParquetFile(path).read_row_groups(row_groups, columns=names, use_threads=False), dtype)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+        raise InputError(f"row groups {row_groups}: cannot read the features as numbers ({exc})", path=path) from exc
+
+
+def _blocks(plan: _Plan, files: list[Path], names: list, dtype: pa.DataType, pool, lookahead: int):
+    """The feature blocks of every read task, in order, read ahead by a thread pool."""
+    from collections import deque
+
+    pending: deque = deque()
+    it = iter(plan.tasks)
+    for task in it:
+        pending.append(pool.submit(_read, files[task[0]], task[1], names, dtype))
+        if len(pending) >= lookahead:
+            break
+    while pending:
+        x = pending.popleft().result()
+        task = next(it, None)
+        if task is not None:
+            pending.append(pool.submit(_read, files[task[0]], task[1], names, dtype))
+        yield x
+
+
 def _stream(plan: _Plan, files: list[Path], strata: list[str], meta: list[str], feats: list[str],
             operation: str, memory_mb: float, threads: int | None) -> pd.DataFrame:
+    """Aggregate the strata of the plan: read column block by column block, stage by stage."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
     import numba
 
     from profiler import _median_kernels as kern
@@ -271,67 +315,47 @@ def _stream(plan: _Plan, files: list[Path], strata: list[str], meta: list[str], 
     dtype, np_dtype = (pa.float32(), np.float32) if f32 else (pa.float64(), np.float64)
     n_groups, n_feats = len(plan.groups), len(feats)
     res = np.full((n_groups, n_feats), np.nan)
-    if operation == "mean":
-        sums = np.zeros((n_groups, n_feats))
-        counts = np.zeros((n_groups, n_feats), np.int64)
-    # column blocks: one row group's block holds at most memory_mb / 4 of values
-    per_col = max(plan.max_rows, 1) * np.dtype(np_dtype).itemsize
-    width = max(1, min(n_feats, int(memory_mb * 1e6 / 4 // per_col))) if n_feats else 1
-    blocks = [feats[i:i + width] for i in range(0, n_feats, width)]
-    # row group → [(group index, start, stop, offset of the piece in its group)]
-    by_rg: dict[tuple[int, int], list] = {}
-    last_rg: dict[int, tuple[int, int]] = {}
-    for gi, grp in enumerate(plan.groups):
-        off = 0
-        for fi, g, s, e in grp.pieces:
-            by_rg.setdefault((fi, g), []).append((gi, s, e, off))
-            off += e - s
-        last_rg[gi] = grp.pieces[-1][:2]
+    # column blocks: a stage plus the reads in flight hold at most memory_mb / 2 of values
+    n_threads = max(1, int(threads or os.cpu_count() or 1))
+    lookahead = 2 * n_threads
+    per_col = (2 * _STAGE_ROWS + lookahead * _TASK_ROWS) * np.dtype(np_dtype).itemsize
+    width = max(1, min(n_feats, int(memory_mb * 1e6 / 2 // per_col))) if n_feats else 1
+    bounds = np.concatenate([[0], np.cumsum([g.rows for g in plan.groups])])
     prev_threads = numba.get_num_threads()
-    if threads:
-        numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
-    carry: dict[int, np.ndarray] = {}
-    pf, pf_index = None, -1
+    numba.set_num_threads(max(1, min(n_threads, numba.config.NUMBA_NUM_THREADS)))
     try:
-        for (fi, g), pieces in by_rg.items():  # insertion order = file order
-            if fi != pf_index:
-                pf, pf_index = pq.ParquetFile(files[fi]), fi
-            whole = [p for p in pieces if len(plan.groups[p[0]].pieces) == 1]
-            split = [p for p in pieces if len(plan.groups[p[0]].pieces) > 1]
-            col = 0
-            for names in blocks:
-                try:
-                    x = _block(pf.read_row_group(g, columns=names), dtype)
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-                    raise InputError(f"row group {g}: cannot read the features as numbers ({exc})",
-                                     path=files[fi]) from exc
-                cs = slice(col, col + len(names))
-                col += len(names)
-                if operation == "mean":
-                    st = np.array([p[1] for p in pieces], np.int64)
-                    sp = np.array([p[2] for p in pieces], np.int64)
-                    s_, c_ = kern.sums_counts(x, st, sp)
-                    for r, p in enumerate(pieces):
-                        sums[p[0], cs] += s_[r]
-                        counts[p[0], cs] += c_[r]
-                    continue
-                if whole:
-                    st = np.array([p[1] for p in whole], np.int64)
-                    sp = np.array([p[2] for p in whole], np.int64)
-                    res[[p[0] for p in whole], cs] = kern.medians(x, st, sp)
-                for gi, s, e, off in split:
-                    if gi not in carry:
-                        carry[gi] = np.empty((plan.groups[gi].rows, n_feats), np_dtype, order="F")
-                    carry[gi][off:off + e - s, cs] = x[s:e]
-            for gi, *_ in split:
-                if operation == "median" and last_rg[gi] == (fi, g):
-                    n = plan.groups[gi].rows
-                    res[gi] = kern.medians(carry.pop(gi), np.array([0]), np.array([n]))[0]
+        with ThreadPoolExecutor(n_threads) as pool:
+            for c0 in range(0, n_feats, width):
+                names = feats[c0:c0 + width]
+                cs = slice(c0, c0 + len(names))
+                stage: list[np.ndarray] = []   # blocks of rows [row0, row0 + staged)
+                row0, staged, gi = 0, 0, 0     # gi: first group not yet aggregated
+                for x in _blocks(plan, files, names, dtype, pool, lookahead):
+                    stage.append(x)
+                    staged += x.shape[0]
+                    last = len(plan.groups) if row0 + staged == bounds[-1] else None
+                    if staged < _STAGE_ROWS and last is None:
+                        continue
+                    # the groups that end inside the stage
+                    gj = last if last is not None else int(np.searchsorted(bounds, row0 + staged, "right")) - 1
+                    if gj <= gi:
+                        continue
+                    buf = stage[0] if len(stage) == 1 else _concat(stage, np_dtype)
+                    starts = bounds[gi:gj] - row0
+                    stops = bounds[gi + 1:gj + 1] - row0
+                    if operation == "median":
+                        res[gi:gj, cs] = kern.medians(buf, starts, stops)
+                    else:
+                        sums, counts = kern.sums_counts(buf, starts, stops)
+                        with np.errstate(invalid="ignore", divide="ignore"):
+                            res[gi:gj, cs] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+                    used = int(bounds[gj] - row0)
+                    stage = [np.asfortranarray(buf[used:])] if used < staged else []
+                    row0, staged, gi = int(bounds[gj]), staged - used, gj
+                if gi != n_groups:  # the scan and the reads disagree: a file changed meanwhile
+                    raise InputError("the per-cell files changed while they were aggregated", path=files[0])
     finally:
         numba.set_num_threads(prev_threads)
-    if operation == "mean":
-        with np.errstate(invalid="ignore", divide="ignore"):
-            res = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
     # the table: strata, count, constant metadata (the Arrow types of the first file), features
     order = sorted(range(n_groups), key=lambda i: plan.groups[i].key)
     schema = pq.read_schema(files[0])
@@ -345,6 +369,15 @@ def _stream(plan: _Plan, files: list[Path], strata: list[str], meta: list[str], 
     head = pa.table(cols).to_pandas() if cols else pd.DataFrame(index=range(n_groups))
     body = pd.DataFrame(res[order] if n_groups else np.empty((0, n_feats)), columns=feats)
     return pd.concat([head.reset_index(drop=True), body], axis=1)
+
+
+def _concat(blocks: list[np.ndarray], dtype) -> np.ndarray:
+    out = np.empty((sum(b.shape[0] for b in blocks), blocks[0].shape[1]), dtype, order="F")
+    r = 0
+    for b in blocks:
+        out[r:r + b.shape[0]] = b
+        r += b.shape[0]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

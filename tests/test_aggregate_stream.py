@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from profiler import _median_kernels as kern
+from profiler import aggregate_stream as ags
 from profiler.aggregate_stream import aggregate_parquet
 from profiler.errors import ConfigError, InputError
 from profiler.profiles import aggregate
@@ -92,7 +93,11 @@ def test_stream_equals_pycytominer_on_site_files(tmp_path, op):
     assert ours["Cells_HalfNaN"].notna().sum() == len(COUNTS) - 2  # A02 on both plates
 
 
-def test_stream_one_file_wells_across_row_groups_and_column_blocks(tmp_path):
+@pytest.mark.parametrize("small_reads", [False, True])
+def test_stream_one_file_wells_across_row_groups_and_column_blocks(tmp_path, monkeypatch, small_reads):
+    if small_reads:  # wells straddle reads and kernel stages
+        monkeypatch.setattr(ags, "_TASK_ROWS", 5)
+        monkeypatch.setattr(ags, "_STAGE_ROWS", 7)
     df = plate_order_cells(seed=1)
     pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp_path / "cells.parquet", row_group_size=4)
     assert pq.ParquetFile(tmp_path / "cells.parquet").num_row_groups > len(COUNTS)
