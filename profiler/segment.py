@@ -433,7 +433,9 @@ def _propagate_kernel(image, seeds, mask, weight):  # pragma: no cover - compile
     """Priority-queue propagation; the queue is ordered by (distance, label, row, column) as in CellProfiler."""
     m, n = image.shape
     mn = np.int64(m) * np.int64(n)
-    pad = np.empty((m + 2, n + 2), np.float64)   # edge-replicated border = CellProfiler's clamped fetch
+    # edge-replicated border = CellProfiler's clamped fetch; float32 when the image is float32 (half
+    # the memory on the wave front's scattered reads; the differences are taken in float64 either way)
+    pad = np.empty((m + 2, n + 2), image.dtype)
     for i in range(m + 2):
         ii = min(max(i - 1, 0), m - 1)
         for j in range(n + 2):
@@ -493,7 +495,7 @@ def _propagate_kernel(image, seeds, mask, weight):  # pragma: no cover - compile
             diff = 0.0
             for a in range(3):
                 for b in range(3):
-                    diff += abs(pad[i1 + a, j1 + b] - pad[i2 + a, j2 + b])
+                    diff += abs(np.float64(pad[i1 + a, j1 + b]) - np.float64(pad[i2 + a, j2 + b]))
             manhattan = 1.0 if (di[q] == 0 or dj[q] == 0) else 2.0
             d = np.sqrt(diff * diff + manhattan * w2) + d0
             if dist[i2, j2] == -1.0 or dist[i2, j2] > d:
@@ -528,7 +530,10 @@ def propagate(image: np.ndarray, seeds: np.ndarray, mask: np.ndarray, regulariza
     Returns (labels int32, distances float64; −1 where unreached). Seed pixels keep their label
     even outside ``mask``.
     """
-    image = np.ascontiguousarray(image, np.float64)
+    image = np.asarray(image)
+    image32 = np.ascontiguousarray(image, np.float32)
+    # the kernel reads float32 when that loses nothing (CellProfiler-scale images are float32)
+    image = image32 if np.array_equal(image32, image) else np.ascontiguousarray(image, np.float64)
     seeds = np.ascontiguousarray(seeds, np.int32)
     if image.shape != seeds.shape or image.shape != mask.shape:
         raise ValueError(f"shapes differ: image {image.shape}, seeds {seeds.shape}, mask {mask.shape}")
