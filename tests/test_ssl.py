@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -213,7 +214,7 @@ def test_default_augment_unchanged_by_new_options():
 # ------------------------------------------------------------------------------------------ CLI
 
 
-def _crop_folder(tmp_path, crops) -> "Path":  # noqa: F821
+def _crop_folder(tmp_path: Path, crops: np.ndarray) -> Path:
     folder = tmp_path / "crops"
     folder.mkdir()
     tifffile.imwrite(folder / "crops.tif", crops, photometric="minisblack")
