@@ -272,11 +272,12 @@ def validate_pipeline(config: AssayConfig) -> AssayConfig:
 
     Channel roles (one ``nuclei``, one ``cells``), the layout, the ``image:`` options, the
     segmentation parameters (known keys, types, ranges: diameters > 0 and min < max, threshold
-    bounds 0 ≤ lower < upper ≤ 1 …), the feature families and their parameters, QC, illumination
-    and crops. Unknown keys get a "did you mean" hint.
+    bounds 0 ≤ lower < upper ≤ 1 …), the feature families and their parameters, QC, illumination,
+    crops and outliers. Unknown keys get a "did you mean" hint.
     """
     from profiler.crops import crop_params
     from profiler.illum import config_params
+    from profiler.outliers import outlier_params
     from profiler.plate import image_params, layout_of
 
     src = config.source
@@ -297,6 +298,7 @@ def validate_pipeline(config: AssayConfig) -> AssayConfig:
         image_params(config)
         config_params(config.section("illumination"))
         crop_params(config.section("crops"))
+        outlier_params(config.section("outliers"))
     except ConfigError as exc:
         if exc.path is None and src is not None:
             raise ConfigError(exc.problem, path=src, hint=exc.hint) from None

@@ -5,10 +5,12 @@ ROBPCA, Hubert, Rousseeuw & Vanden Branden 2005), fitted on a sample of negative
 
 1. every profile feature is centred on the controls' median and divided by their MAD (× 1.4826;
    the standard deviation where the MAD is 0; features constant or empty in the controls are left
-   out); a missing value (NaN) is imputed with the control median, i.e. a robust z of 0;
-2. :class:`sklearn.decomposition.PCA` on the controls' robust z-scores (clipped to ±:data:`FIT_CLIP`
-   for this fit only, so a few extreme control cells do not claim the first components) gives
-   ``k`` components;
+   out); a missing value (NaN) is imputed with the control median, i.e. a robust z of 0; then
+   ``z → sign(z)·log(1 + |z|)``: many cell features are heavy-tailed (a MAD far smaller than the
+   spread of the tail), and without this a handful of such features decide every distance. On the
+   planted-defect plate it lifts the ROC AUC of blurred cells from 0.60 to 0.98 (debris 0.90 → 1.00,
+   fused nuclei 0.89 → 0.96; ``benchmarks/outliers_synthetic.py``);
+2. :class:`sklearn.decomposition.PCA` on the controls' transformed z-scores gives ``k`` components;
 3. :class:`sklearn.covariance.MinCovDet` on the controls' component scores gives a robust centre
    and covariance: the *score distance* SD² is the Mahalanobis distance² of a cell's scores;
 4. the *orthogonal distance* OD² is the squared residual of the cell's z-scores off the
@@ -21,8 +23,11 @@ ROBPCA, Hubert, Rousseeuw & Vanden Branden 2005), fitted on a sample of negative
 Why robust Mahalanobis and not IsolationForest: the score is a smooth, deterministic function of a
 few arrays, so the fitted model is plain JSON (:meth:`OutlierModel.to_dict`; no pickle, no tree
 ensemble), scoring a site is two matrix products (no scikit-learn at scoring time), and the score
-is exactly invariant to any per-feature affine rescaling (units, gain, offset: step 1 removes them),
-which tests check. MinCovDet keeps the fit robust to the defective cells that are also in control
+is exactly invariant to any per-feature affine rescaling (units, gain, offset: step 1 removes them
+before the monotone transform), which tests check. It also separates defects better: on the
+planted-defect plate (10 wells × 512 px, 554 cells, fitted on the 174 DMSO cells) an
+IsolationForest (300 trees) on the same transformed z-scores reached ROC AUC 0.91 for any defect
+(debris 0.98, blurred 0.85, fused nuclei 0.89) against 0.98 for this model (1.00, 0.98, 0.96). MinCovDet keeps the fit robust to the defective cells that are also in control
 wells; the orthogonal distance catches defects outside the controls' main axes of variation, which
 a Mahalanobis distance on the top components alone (or a forest on them) would miss.
 
@@ -45,7 +50,7 @@ import pandas as pd
 from profiler.errors import ConfigError, ModelFileError
 from profiler.names import PLATE, WELL, is_profile_feature
 
-__all__ = ["SCORE", "FLAG", "FRACTION", "WELL_SCORE", "MODEL_FILE", "DEFAULTS", "FIT_CLIP", "OutlierModel",
+__all__ = ["SCORE", "FLAG", "FRACTION", "WELL_SCORE", "MODEL_FILE", "DEFAULTS", "OutlierModel",
            "outlier_params", "fit_outlier_model", "score_matrix", "score_cells", "sample_partitions",
            "control_wells", "OutlierTally", "well_outlier_scores", "add_well_columns", "load_model"]
 
@@ -54,8 +59,7 @@ FLAG = "Metadata_Outlier"
 FRACTION = "Metadata_Outlier_Fraction"
 WELL_SCORE = "Metadata_Outlier_Well_Score"
 MODEL_FILE = "outliers.json"
-FORMAT_VERSION = 1
-FIT_CLIP = 10.0
+FORMAT_VERSION = 2   # 2: z-scores squashed (sign · log1p) before PCA
 _MAD_TO_SD = 1.4826
 
 #: the pipeline's ``outliers:`` section, with its defaults
@@ -116,7 +120,7 @@ class OutlierModel:
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": "cellfusion-outliers", "version": FORMAT_VERSION, "method": "robust Mahalanobis "
-                "(median/MAD z → PCA → MinCovDet score distance + orthogonal distance)",
+                "(median/MAD z → sign·log1p → PCA → MinCovDet score distance + orthogonal distance)",
                 "features": list(self.features), "center": self.center.tolist(), "scale": self.scale.tolist(),
                 "pca_mean": self.pca_mean.tolist(), "components": self.components.tolist(),
                 "location": self.location.tolist(), "precision": self.precision.tolist(),
@@ -179,6 +183,11 @@ def _z(a: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return z
 
 
+def _squash(z: np.ndarray) -> np.ndarray:
+    """``sign(z)·log(1 + |z|)``: monotone, odd, ≈ z near 0, logarithmic in the tails."""
+    return np.sign(z) * np.log1p(np.abs(z))
+
+
 def _distances(z: np.ndarray, pca_mean, components, location, precision) -> tuple[np.ndarray, np.ndarray]:
     t = (z - pca_mean) @ components.T
     d = t - location
@@ -190,7 +199,7 @@ def _distances(z: np.ndarray, pca_mean, components, location, precision) -> tupl
 
 def score_matrix(model: OutlierModel, a: np.ndarray) -> np.ndarray:
     """Outlier scores of the rows of ``a`` (n, p): columns in ``model.features`` order."""
-    z = _z(np.asarray(a, dtype=np.float64), model.center, model.scale)
+    z = _squash(_z(np.asarray(a, dtype=np.float64), model.center, model.scale))
     sd2, od2 = _distances(z, model.pca_mean, model.components, model.location, model.precision)
     total = sd2 / model.sd_ref
     if model.od_ref > 0:
@@ -236,9 +245,9 @@ def fit_outlier_model(sample: pd.DataFrame, *, contamination: float = 0.01, n_co
     if not feats:
         raise ConfigError("every feature is constant or empty in the outlier model's fit sample")
     a, center, scale = a[:, ok], center[ok], scale[ok]
-    z = _z(a, center, scale)
+    z = _squash(_z(a, center, scale))
     k = int(max(1, min(n_components, len(feats), (n - 1) // 3)))
-    pca = PCA(n_components=k, svd_solver="full").fit(np.clip(z, -FIT_CLIP, FIT_CLIP))
+    pca = PCA(n_components=k, svd_solver="full").fit(z)
     comps = pca.components_
     t = (z - pca.mean_) @ comps.T
     import warnings

@@ -26,7 +26,7 @@ def test_planted_far_point_scores_highest_and_is_flagged():
     test = _cells(50, seed=1)
     far = test.iloc[[0]].copy() + 25.0                   # far along every feature
     off_axis = test.iloc[[1]].copy()
-    off_axis.iloc[0, 7] += 12.0                          # far along one feature only (orthogonal distance)
+    off_axis.iloc[0, 7] += 60.0                          # far along one feature only (orthogonal distance)
     s, flag = score_cells(model, pd.concat([test, far, off_axis], ignore_index=True))
     assert s[-2] == s.max() and flag[-2] and flag[-1]
     assert s[-1] > np.quantile(s[:-2], 0.95)
