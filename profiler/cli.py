@@ -25,11 +25,15 @@ def example_plate(
     n_sites: int = typer.Option(2, help="Sites (fields) per well."),
     size: int = typer.Option(512, help="Image height and width in pixels."),
     seed: int = typer.Option(0, help="Random seed (same seed → identical files)."),
+    defects: float = typer.Option(
+        0.0, min=0.0, max=0.6,
+        help="Fraction of cells made defective (bright debris, blurred, fused nuclei; listed in "
+             "ground_truth/defects.csv). 0: none."),
 ) -> None:
     """Write the synthetic example plate (ImageXpress-named 16-bit TIFFs + platemap.csv)."""
     from profiler.synthetic import make_example_plate
 
-    path = make_example_plate(out_dir, n_wells=n_wells, n_sites=n_sites, size=size, seed=seed)
+    path = make_example_plate(out_dir, n_wells=n_wells, n_sites=n_sites, size=size, seed=seed, defects=defects)
     err_console.print(f"example plate written to {path}")
 
 

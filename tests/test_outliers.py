@@ -246,3 +246,15 @@ def test_without_platemap_the_model_is_fitted_on_all_cells(planted, tmp_path):
     assert facts["fit_on"] == "all cells" and "no platemap" in facts["note"]
     sc = pd.read_parquet(tmp_path / "out" / "single_cell.parquet", columns=["Metadata_Outlier"])
     assert 0.02 < sc["Metadata_Outlier"].mean() < 0.1
+
+
+def test_example_plate_cli_plants_defects_and_refuses_a_bad_fraction(tmp_path, capsys):
+    from conftest import run_cli
+
+    code, err = run_cli(capsys, "profiler", "example-plate", str(tmp_path / "p"), "--n-wells", "5", "--n-sites", "1",
+                        "--size", "128", "--defects", "0.3")
+    assert code == 0, err
+    d = pd.read_csv(tmp_path / "p" / "ground_truth" / "defects.csv")
+    assert len(d) and set(d["kind"]) <= {"debris", "blurred", "merged"}
+    code, err = run_cli(capsys, "profiler", "example-plate", str(tmp_path / "q"), "--defects", "0.9")
+    assert code == 2 and not (tmp_path / "q").exists()
