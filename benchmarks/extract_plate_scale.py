@@ -93,7 +93,6 @@ def fabricate(work: Path, n_cells: int, n_features: int, cells_per_site: int, se
     (plate_dir / "platemap.csv").write_text("\n".join(rows) + "\n")
 
     config = load_pipeline("example")
-    phash = pipeline_hash(config)
     scan = discover(plate_dir, config)
     sites_dir = out / SITES_DIR
     sites_dir.mkdir(parents=True, exist_ok=True)
@@ -104,6 +103,7 @@ def fabricate(work: Path, n_cells: int, n_features: int, cells_per_site: int, se
     rng = np.random.default_rng(seed)
     template = image_quality({ch: rng.integers(0, 4000, (64, 64)).astype(np.uint16) for ch in ("DNA", "Tubulin", "Actin")})
     remaining = n_cells
+    done = []
     for site in scan.sites:
         n = min(cells_per_site, remaining)
         remaining -= n
@@ -121,6 +121,9 @@ def fabricate(work: Path, n_cells: int, n_features: int, cells_per_site: int, se
         part = sites_dir / f"{stem}.parquet"
         if not reuse:
             pq.write_table(pa.table(cols), part, compression="zstd")
+        done.append((site, stem, part, n))
+    phash = pipeline_hash(config)  # the code as it is now (records written in seconds, just before the run)
+    for site, stem, part, n in done:
         record = {"Metadata_Plate": site.plate, "Metadata_Well": site.well, "Metadata_Site": site.site,
                   "Metadata_Status": "ok", "Metadata_Reason": "", **template,
                   "Count_Nuclei": n, "Count_Cells": n}
