@@ -106,9 +106,15 @@ def _select(keys, cnt, mn, mx, r1, r2, hist):
         cnt = w
         r1 -= p1
         r2 -= p1
-        mn = lo1
-        if hi < mx:
-            mx = hi
+        # the candidates' actual range (a small pass: usually few are left); equal keys end here
+        mn = keys[0]
+        mx = keys[0]
+        for i in range(1, cnt):
+            kk = keys[i]
+            if kk < mn:
+                mn = kk
+            if kk > mx:
+                mx = kk
 
 
 @njit(nogil=True, cache=True)
@@ -153,7 +159,7 @@ def run_medians(u, starts, stops, consts, out):
         longest = max(longest, stops[r] - starts[r])
     for j in prange(n_cols):
         keys = np.empty(max(longest, 1), u.dtype)
-        hist = np.empty(NBINS, np.int64)
+        hist = np.empty(NBINS, np.int32)
         for r in range(n_runs):
             _column_median(u, starts[r], stops[r], keys, hist, consts, out, r, j)
 

@@ -151,7 +151,7 @@ class _Plan:
 
 
 _TASK_ROWS = 65_536    # rows per read (whole row groups; at least one)
-_STAGE_ROWS = 65_536   # rows per kernel call (whole strata; a larger stratum is taken whole)
+_STAGE_ROWS = 16_384   # fewest rows per kernel call (small reads are gathered; a larger read is used in place)
 
 
 def _plain(arr: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -271,8 +271,8 @@ def _block(table: pa.Table, dtype: pa.DataType) -> np.ndarray:
     """The table as a column-major numpy block of ``dtype`` (nulls → NaN)."""
     if any(f.type != dtype for f in table.schema):
         table = table.cast(pa.schema([(f.name, dtype) for f in table.schema]))
-    batches = table.combine_chunks().to_batches()
-    batch = batches[0] if len(batches) == 1 else pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
+    batches = table.to_batches()  # one batch, without a copy, when every column has one chunk
+    batch = batches[0] if len(batches) == 1 else table.combine_chunks().to_batches()[0]
     return batch.to_tensor(null_to_nan=True, row_major=False).to_numpy()
 
 
@@ -336,22 +336,29 @@ def _stream(plan: _Plan, files: list[Path], strata: list[str], meta: list[str], 
                     last = len(plan.groups) if row0 + staged == bounds[-1] else None
                     if staged < _STAGE_ROWS and last is None:
                         continue
-                    # the groups that end inside the stage
-                    gj = last if last is not None else int(np.searchsorted(bounds, row0 + staged, "right")) - 1
+                    end = row0 + staged
+                    # the groups that end inside the stage: those that start in x are aggregated in
+                    # place, those that start in earlier blocks are copied together first
+                    gj = n_groups if last is not None else int(np.searchsorted(bounds, end, "right")) - 1
                     if gj <= gi:
                         continue
-                    buf = stage[0] if len(stage) == 1 else _concat(stage, np_dtype)
-                    starts = bounds[gi:gj] - row0
-                    stops = bounds[gi + 1:gj + 1] - row0
-                    if operation == "median":
-                        res[gi:gj, cs] = kern.medians(buf, starts, stops)
-                    else:
-                        sums, counts = kern.sums_counts(buf, starts, stops)
-                        with np.errstate(invalid="ignore", divide="ignore"):
-                            res[gi:gj, cs] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-                    used = int(bounds[gj] - row0)
-                    stage = [np.asfortranarray(buf[used:])] if used < staged else []
-                    row0, staged, gi = int(bounds[gj]), staged - used, gj
+                    xs = end - x.shape[0]
+                    gk = min(gj, int(np.searchsorted(bounds, xs, "left")))
+                    for a, b, buf, at in ((gi, gk, None, 0), (gk, gj, x, xs)):
+                        if b <= a:
+                            continue
+                        if buf is None:
+                            buf, at = _rows(stage, row0, int(bounds[a]), int(bounds[b]), np_dtype), int(bounds[a])
+                        starts, stops = bounds[a:b] - at, bounds[a + 1:b + 1] - at
+                        if operation == "median":
+                            res[a:b, cs] = kern.medians(buf, starts, stops)
+                        else:
+                            sums, counts = kern.sums_counts(buf, starts, stops)
+                            with np.errstate(invalid="ignore", divide="ignore"):
+                                res[a:b, cs] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+                    used = int(bounds[gj])
+                    stage = [_rows(stage, row0, used, end, np_dtype)] if used < end else []
+                    row0, staged, gi = used, end - used, gj
                 if gi != n_groups:  # the scan and the reads disagree: a file changed meanwhile
                     raise InputError("the per-cell files changed while they were aggregated", path=files[0])
     finally:
@@ -369,6 +376,17 @@ def _stream(plan: _Plan, files: list[Path], strata: list[str], meta: list[str], 
     head = pa.table(cols).to_pandas() if cols else pd.DataFrame(index=range(n_groups))
     body = pd.DataFrame(res[order] if n_groups else np.empty((0, n_feats)), columns=feats)
     return pd.concat([head.reset_index(drop=True), body], axis=1)
+
+
+def _rows(stage: list[np.ndarray], row0: int, a: int, b: int, dtype) -> np.ndarray:
+    """Rows [a, b) of the staged blocks (the first starts at row row0): a view when one block holds them."""
+    parts, r = [], row0
+    for blk in stage:
+        lo, hi = max(a, r), min(b, r + blk.shape[0])
+        if lo < hi:
+            parts.append(blk[lo - r:hi - r])
+        r += blk.shape[0]
+    return parts[0] if len(parts) == 1 else _concat(parts, dtype)
 
 
 def _concat(blocks: list[np.ndarray], dtype) -> np.ndarray:
