@@ -76,6 +76,7 @@ def _clear_image_caches() -> None:
     granularity._CACHE.clear()
     correlation._COSTES_CACHE.clear()
     correlation._LEVELS_CACHE.clear()
+    correlation._CODES_CACHE.clear()
 
 
 def measure_site_all(images, labels, n: int) -> None:

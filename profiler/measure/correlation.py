@@ -379,6 +379,66 @@ def _costes_cached(fp1: tuple, fp2: tuple, img1: np.ndarray, img2: np.ndarray, s
 
 # --------------------------------------------------------------------------- per-object measures
 
+@numba.njit(cache=True, nogil=True)
+def _dense_codes_f32(bits: np.ndarray):  # pragma: no cover - numba
+    """Dense codes of float32 values given as their uint32 bits: code = rank of the value among the
+    distinct values (−0.0 = +0.0), by an LSD radix argsort (three 11-bit passes). Returns
+    (ok, codes); ok is False when a value is NaN (the caller then ranks as np.unique does)."""
+    m = bits.shape[0]
+    a = np.empty(m, np.uint32)
+    ia = np.empty(m, np.int32)
+    for t in range(m):
+        u = bits[t]
+        if (u & np.uint32(0x7F800000)) == np.uint32(0x7F800000) and (u & np.uint32(0x007FFFFF)) != 0:
+            return False, np.empty(0, np.int32)
+        if u == np.uint32(0x80000000):  # -0.0 equals +0.0
+            u = np.uint32(0)
+        a[t] = ~u if u & np.uint32(0x80000000) else u | np.uint32(0x80000000)
+        ia[t] = t
+    b = np.empty(m, np.uint32)
+    ib = np.empty(m, np.int32)
+    cnt = np.empty(2049, np.int64)
+    for sh in (0, 11, 22):
+        cnt[:] = 0
+        for t in range(m):
+            cnt[((a[t] >> np.uint32(sh)) & np.uint32(2047)) + 1] += 1
+        if cnt.max() == m:
+            continue
+        for i in range(2048):
+            cnt[i + 1] += cnt[i]
+        for t in range(m):
+            d = (a[t] >> np.uint32(sh)) & np.uint32(2047)
+            q = cnt[d]
+            b[q] = a[t]
+            ib[q] = ia[t]
+            cnt[d] = q + 1
+        a, b = b, a
+        ia, ib = ib, ia
+    codes = np.empty(m, np.int32)
+    code = -1
+    for t in range(m):
+        if t == 0 or a[t] != a[t - 1]:
+            code += 1
+        codes[ia[t]] = code
+    return True, codes
+
+
+_CODES_CACHE: OrderedDict[tuple, np.ndarray | None] = OrderedDict()
+
+
+def _codes_cached(fp: tuple, img32: np.ndarray) -> np.ndarray | None:
+    """Dense codes of a float32 channel off the 16-bit grid (:func:`_dense_codes_f32`), once per image;
+    None when it has NaN."""
+    if fp not in _CODES_CACHE:
+        ok, codes = _dense_codes_f32(np.ascontiguousarray(img32, dtype=np.float32).ravel().view(np.uint32))
+        _CODES_CACHE[fp] = codes if ok else None
+        while len(_CODES_CACHE) > 12:
+            _CODES_CACHE.popitem(last=False)
+    else:
+        _CODES_CACHE.move_to_end(fp)
+    return _CODES_CACHE[fp]
+
+
 def _dense_rank(v: np.ndarray) -> np.ndarray:
     """Dense rank (0 = smallest value) of ``v`` (CellProfiler's get_image_rank)."""
     if v.size == 0:
@@ -393,13 +453,19 @@ def _dense_rank(v: np.ndarray) -> np.ndarray:
     return np.unique(v, return_inverse=True)[1].reshape(-1)
 
 
-def _object_ranks(img: np.ndarray, v: np.ndarray, idx: np.ndarray, levels: _Levels | None) -> np.ndarray:
+def _object_ranks(img: np.ndarray, v: np.ndarray, idx: np.ndarray, levels: _Levels | None,
+                  codes: np.ndarray | None = None) -> np.ndarray:
     """Dense ranks of the object pixels ``v`` (= img at ``idx``) over all of them (:func:`_dense_rank`),
-    from the channel's 16-bit levels when it has them."""
-    if levels is None or v.size == 0:
+    from the channel's 16-bit levels when it has them, else from its dense codes over the whole
+    image (:func:`_codes_cached`: the object pixels' distinct codes are in the order of their values)."""
+    if v.size == 0 or (levels is None and codes is None):
         return _dense_rank(v)
-    lv = levels.lv[idx]
-    present = np.zeros(_GRID_LEVELS, dtype=np.int64)
+    if levels is not None:
+        lv = levels.lv[idx]
+        present = np.zeros(_GRID_LEVELS, dtype=np.int64)
+    else:
+        lv = codes[idx]
+        present = np.zeros(int(codes.max()) + 1, dtype=np.int64)
     present[lv] = 1
     return (np.cumsum(present) - 1)[lv]
 
@@ -511,8 +577,9 @@ def correlation(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objec
         img = np.ascontiguousarray(images[ch], dtype=np.float32).ravel()
         v64, above, thr_sum = _channel_pass(img, idx, starts, frac)
         levels = _levels_cached(fps[ch], images[ch])
+        codes = _codes_cached(fps[ch], img) if levels is None and idx.size else None
         per[ch] = {"v": v64, "above": above, "thr_sum": thr_sum,
-                   "rank": _object_ranks(img, img[idx], idx, levels)}
+                   "rank": _object_ranks(img, img[idx], idx, levels, codes)}
 
     out: dict[str, np.ndarray] = {}
     for i1 in range(len(names) - 1):
