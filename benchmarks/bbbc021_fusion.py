@@ -7,22 +7,28 @@ wells only; XGBoost with leave-one-compound-out (every compound is predicted by 
 it); a treatment (compound × concentration) is called by its wells' mean probabilities. Printed beside
 the majority-MoA baseline and the 1-NN NSC accuracy of :mod:`profiler.evaluate` on the same profiles.
 
-Part ``crops`` — the real BBBC021 single-cell crops (``bbbc021/crops``, 68×68, DNA/Tubulin/Actin):
-nucleus and cell segmented inside each crop with :func:`profiler.segment.segment_site`, the object at
-the crop's centre measured with :func:`profiler.measure.measure_objects` (AreaShape, Intensity,
-Texture, Correlation, RadialDistribution per compartment), medians per well, normalized per batch
-(week; not every plate of the crop set keeps a DMSO well) to DMSO; then, on the same folds (StratifiedGroupKFold over compounds; DMSO wells grouped by plate):
-XGBoost on the well profiles, the CNN ensemble (:class:`fusion.cnn.ensemble.CNNEnsemble`, CPU-sized)
-on the crops with its cell probabilities averaged per well, and the stack (logistic regression on
-the two models' out-of-fold log-probabilities, itself evaluated out of fold): ``stack`` is
-:mod:`fusion.stack`'s default, a weight per base model and class with class-balanced rows; printed
-for comparison: ``stack_shared`` (one weight per base model) and ``stack_full_unweighted`` (a weight
-per input and class plus class intercepts, rows unweighted — the first version of the stack).
-Treatment-level MoA accuracy over the non-control treatments, beside the majority baseline.
+Part ``crops`` — the design's fusion on the real BBBC021 single-cell crops (``bbbc021/crops``, 68×68,
+DNA/Tubulin/Actin; the first ``--max-cells-per-well`` crops of each well, default 20): nucleus and
+cell segmented inside each crop with :func:`profiler.segment.segment_site`, the object at the crop's
+centre measured with :func:`profiler.measure.measure_objects` (AreaShape, Intensity, Texture,
+Correlation, RadialDistribution per compartment), medians per well, normalized per batch (week; not
+every plate of the crop set keeps a DMSO well) to DMSO. Then, for each fold seed (``--seeds``,
+default 0 1 2; StratifiedGroupKFold over compounds, DMSO wells grouped by plate), on the same folds
+(:mod:`fusion.chain`): ``gbm`` — XGBoost on the well profiles; inside each fold the CNN ensemble
+(:class:`fusion.cnn.ensemble.CNNEnsemble`, CPU-sized: the ``cpu`` preset with the ``--cnn-*``
+overrides) trained on the training wells' crops only, which embeds every crop; ``gbm_embeddings`` —
+XGBoost on the profiles + per-well mean embeddings; ``cnn`` — its soft vote per well; ``stack`` —
+:mod:`fusion.stack`'s default meta-learner on the three models' out-of-fold probabilities, itself
+evaluated out of fold on the same folds. Treatment-level MoA accuracy over the non-control
+treatments with a bootstrap 95 % CI (treatments resampled), beside the majority baseline; then the
+mean over the seeds and the two targets (``gbm_embeddings`` over ``gbm``; the stack ≥ 5 points over
+the best single model on the mean, ≥ 2 in each seed).
 
     nice -n 10 .venv/bin/python benchmarks/bbbc021_fusion.py --part all | tee benchmarks/results/bbbc021_fusion.jsonl
+    .venv/bin/python benchmarks/bbbc021_fusion.py --part crops --cnn-size 32 --cnn-epochs 4 --cnn-per-class 100
 
-Per-crop features are cached (``--cache``, default ``~/.cache/cellfusion/bbbc021_crop_features.parquet``).
+Per-crop features are cached (``--cache``, default ``~/.cache/cellfusion/bbbc021_crop_features_{n}.parquet``):
+measuring is ~0.5 CPU-s per crop, so the first run of a ``--max-cells-per-well`` value pays it once.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import emit, peak_rss_mb, require_shared  # noqa: E402
+from fusion.cnn.ensemble import CNNEnsemble  # noqa: E402
 from fusion.cnn.presets import PRESETS  # noqa: E402
 
 log = logging.getLogger("bbbc021_fusion")
@@ -169,19 +176,13 @@ def crop_features(images: np.ndarray, seg_params: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def crops(args) -> None:
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    from fusion.gbm import GBMClassifier
-    from fusion.oof import out_of_fold_proba
-    from fusion.stack import cell_to_well_proba, meta_out_of_fold_proba, stack_inputs
+def _crop_wells(args):
+    """The crop set (first N crops per well), its per-well profiles (normalized) and the feature names."""
+    from fusion.data import load_crops
     from profiler.names import feature_columns
     from profiler.profiles import aggregate
 
     path = require_shared("bbbc021", "crops", "bbbc021_crops.tif")
-    t0 = time.perf_counter()
-    from fusion.data import load_crops
-
     cs = load_crops(path)
     if args.max_cells_per_well:
         # the first N crops of every well (a fixed, seed-free subset) to bound the measuring time
@@ -198,7 +199,6 @@ def crops(args) -> None:
         from profiler.io import write_parquet
 
         write_parquet(feats_df, cache)
-    t_feat = time.perf_counter() - t0
     feats_df = feats_df.replace([np.inf, -np.inf], np.nan)  # e.g. FormFactor of a zero-perimeter cytoplasm
     found = feats_df.notna().any(axis=1).to_numpy()
     keys = ["Metadata_Plate", "Metadata_Well", "Metadata_Compound", "Metadata_Concentration", "Metadata_MoA"]
@@ -208,149 +208,150 @@ def crops(args) -> None:
     wells["Metadata_Batch"] = wells["Metadata_Plate"].astype(str).str.split("_").str[0]
     wells = _normalize(wells, by="Metadata_Batch").sort_values(["Metadata_Plate", "Metadata_Well"]).reset_index(drop=True)
     feats = [f for f in feature_columns(wells) if "Location" not in f]
+    return cs, wells, feats, int(found.sum())
+
+
+def _treatment_ci(y, proba, classes, treatment, mask, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap 95 % CI of the treatment-level accuracy (treatments resampled)."""
+    from fusion.metrics import bootstrap_ci, treatment_level
+
+    ty, tpred, _ = treatment_level(y[mask], proba[mask], classes, treatment[mask])
+    return bootstrap_ci(ty, tpred, None, classes, "accuracy", n_boot=n_boot, seed=seed)
+
+
+def crops(args) -> None:
+    """The design's chain on the real crops, per fold seed: gbm, gbm_embeddings, cnn, stack (+ majority)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from fusion.chain import BASE_MODELS, chain_out_of_fold, match_crops
+    from fusion.gbm import GBMClassifier
+    from fusion.oof import cross_val_proba, fold_index
+    from fusion.stack import meta_out_of_fold_proba, stack_inputs
+
+    t0 = time.perf_counter()
+    cs, wells, feats, n_measured = _crop_wells(args)
+    t_feat = time.perf_counter() - t0
     y = wells["Metadata_MoA"].astype(str).to_numpy()
     comp = wells["Metadata_Compound"].astype(str).to_numpy()
     groups = np.where(comp == "DMSO", "DMSO|" + wells["Metadata_Plate"].astype(str).to_numpy(), comp)
     treatment = (wells["Metadata_Compound"].astype(str) + "@" + wells["Metadata_Concentration"].astype(str)).to_numpy()
     classes = np.unique(y)
-    cv = StratifiedGroupKFold(n_splits=args.folds, shuffle=True, random_state=args.seed)
-    splits = list(cv.split(np.zeros(len(y)), y, groups))
-    X = wells[feats].astype(np.float32)
-    fold = np.empty(len(y), int)
-    for i, (_, te) in enumerate(splits):
-        fold[te] = i
-    saved = _load_base_oof(args.base_oof, y, classes, treatment, fold) if args.base_oof else None
-    if saved is not None:
-        gbm = saved["gbm"]
-    else:
-        gbm = out_of_fold_proba(lambda: GBMClassifier(n_estimators=args.rounds, learning_rate=args.lr,
-                                                      random_state=args.seed), X, y, groups, classes, splits)
     treated = comp != "DMSO"
-    results = {"xgboost": gbm}
-    base_pred = np.empty(len(y), dtype=object)
-    for tr, te in splits:
-        base_pred[te] = pd.Series(y[tr]).value_counts().index[0]
-    onehot = (base_pred[:, None] == classes[None, :]).astype(float)
-    results["majority"] = onehot
-    if args.cnn:
-        from fusion.cnn.ensemble import CNNEnsemble
-
-        # cells of the wells, in the wells' folds
-        wk = wells["Metadata_Plate"].astype(str) + "/" + wells["Metadata_Well"].astype(str)
-        row_of = {k: i for i, k in enumerate(wk)}
-        ck = (meta["Metadata_Plate"].astype(str) + "/" + meta["Metadata_Well"].astype(str)).to_numpy()
-        cell_row = np.array([row_of.get(k, -1) for k in ck])
-        keep = cell_row >= 0
-        images, cell_row = cs.images[keep], cell_row[keep]
-        cf = fold[cell_row]
-        cell_splits = [(np.flatnonzero(cf != i), np.flatnonzero(cf == i)) for i in range(len(splits))]
-        # the same CPU configuration as fusion train-cnn --config cpu and bbbc021_crops_cnn.py;
-        # options given on the command line override it
-        overrides = {"image_size": args.cnn_size, "epochs": args.cnn_epochs, "target_per_class": args.cnn_per_class}
-        params = {**PRESETS["cpu"], **{k: v for k, v in overrides.items() if v is not None},
-                  "device": "cpu", "seed": args.seed}
-        t = time.perf_counter()
-        if saved is not None:
-            results["cnn"] = saved["cnn"]
-        else:
-            cell_p = out_of_fold_proba(lambda: CNNEnsemble(**params), images, y[cell_row], groups[cell_row],
-                                       classes, cell_splits)
-            results["cnn"] = cell_to_well_proba(cell_p, pd.DataFrame({"r": cell_row}),
-                                                pd.DataFrame({"r": np.arange(len(y))}))
-        t_cnn = time.perf_counter() - t
-        stacked = stack_inputs({"gbm": gbm, "cnn": results["cnn"]}, classes)
-        # the default meta-learner (a weight per base model and class, class-balanced) and, for comparison,
-        # one weight per base model, and the full multinomial model without class weights
-        results["stack"] = meta_out_of_fold_proba(stacked, y, classes, splits)
-        results["stack_shared"] = meta_out_of_fold_proba(stacked, y, classes, splits, coupling="shared")
-        results["stack_full_unweighted"] = meta_out_of_fold_proba(stacked, y, classes, splits, coupling="full",
-                                                                  class_weight=None)
-        if args.save_oof:
-            # the base models' out-of-fold probabilities, to study meta-learners without retraining
-            np.savez_compressed(Path(args.save_oof).expanduser(), y=y.astype(str), classes=classes.astype(str),
-                                treatment=treatment.astype(str), compound=comp.astype(str), fold=fold,
-                                gbm=gbm, cnn=results["cnn"])
+    X = wells[feats].astype(np.float32)
+    cell_row, keys = match_crops(cs.meta, wells)
+    keep = cell_row >= 0
+    images, cell_row = cs.images[keep], cell_row[keep]
+    overrides = {"image_size": args.cnn_size, "epochs": args.cnn_epochs, "target_per_class": args.cnn_per_class,
+                 "backbones": args.cnn_backbone}
+    base_cnn = {**PRESETS["cpu"], **{k: v for k, v in overrides.items() if v is not None}, "device": "cpu"}
     extra = dict(max_cells_per_well=args.max_cells_per_well, xgb_rounds=args.rounds, xgb_lr=args.lr,
-                 n_wells=len(wells), n_cells_measured=int(found.sum()), n_crops=len(found), n_features=len(feats),
+                 n_wells=len(wells), n_cells=int(len(images)), n_cells_measured=n_measured, n_features=len(feats),
                  folds=args.folds, cv="StratifiedGroupKFold by compound (DMSO wells by plate)",
-                 feature_seconds=round(t_feat, 1), seconds=round(time.perf_counter() - t0, 1),
-                 peak_rss_mb=round(peak_rss_mb()))
-    if args.cnn:
-        extra.update(cnn={k: v for k, v in params.items() if k != "dropouts"}, cnn_seconds=round(t_cnn, 1),
-                     base_oof_from=str(args.base_oof) if saved is not None else None)
-    accs = {}
-    for name, p in results.items():
-        accs[name], n_t = _treatment_accuracy(y, p, classes, treatment, treated)
-    well_acc = {name: float(np.mean(classes[p.argmax(1)] == y)) for name, p in results.items()}
-    for name in results:
-        if name == "majority":
-            continue
-        emit(f"bbbc021_crops_{name}_treatment_moa_accuracy", round(accs[name], 4), "fraction",
-             round(accs["majority"], 4), baseline_kind="majority MoA of the training folds",
-             well_accuracy=round(well_acc[name], 4), n_treatments=n_t, **extra)
-    if "stack" in accs:
-        best = max(accs["xgboost"], accs["cnn"])
-        emit("bbbc021_crops_stack_gain_over_best_single", round(100 * (accs["stack"] - best), 2), "points", 5.0,
-             baseline_kind="target: >= 5 points", **extra)
-        # diagnostic, not a model: the best treatment accuracy any class-shared weighting
-        # z_c = a log p_gbm(c) + b log p_cnn(c) reaches when (a, b) are chosen on the evaluated labels
-        # themselves — an upper bound for the default stack with these two base models
-        bound = max((_treatment_accuracy(y, _pool(gbm, results["cnn"], a, b), classes, treatment, treated)[0], a, b)
-                    for a in np.linspace(0, 1.5, 31) for b in np.linspace(0.05, 1.5, 30))
-        emit("bbbc021_crops_shared_weighting_upper_bound", round(bound[0], 4), "fraction", round(best, 4),
-             baseline_kind="better single model; weights chosen on the test labels (not a model)",
-             weights={"gbm": round(float(bound[1]), 3), "cnn": round(float(bound[2]), 3)}, **extra)
+                 cnn={k: v for k, v in base_cnn.items() if k != "dropouts"}, feature_seconds=round(t_feat, 1))
+    accs: dict[str, list[float]] = {m: [] for m in (*BASE_MODELS, "stack", "majority")}
+    for seed in args.seeds:
+        t = time.perf_counter()
+        cv = StratifiedGroupKFold(n_splits=args.folds, shuffle=True, random_state=seed)
+        splits = list(cv.split(np.zeros(len(y)), y, groups))
+        fold = fold_index(splits, len(y))
 
+        def make_gbm(seed=seed):
+            return GBMClassifier(n_estimators=args.rounds, learning_rate=args.lr, random_state=seed)
 
-def _pool(p1: np.ndarray, p2: np.ndarray, a: float, b: float) -> np.ndarray:
-    """Weighted geometric pooling of two probability tables, renormalized per row."""
-    z = a * np.log(np.clip(p1, 1e-6, 1)) + b * np.log(np.clip(p2, 1e-6, 1))
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+        saved = _load_base_oof(args.base_oof.format(seed=seed), y, classes, treatment, fold) if args.base_oof else None
+        if saved is not None:
+            results = dict(saved)
+        else:
+            results = {"gbm": cross_val_proba(make_gbm(), X, y, classes, splits, groups=groups)}
+            results.update(chain_out_of_fold(lambda: CNNEnsemble(**base_cnn, seed=seed), make_gbm, wells, X, y,
+                                             groups, classes, splits, images, cell_row, keys,
+                                             progress=lambda: log.info("seed %d: a fold of the chain done", seed)))
+            if args.save_oof:
+                np.savez_compressed(Path(args.save_oof.format(seed=seed)).expanduser(), y=y.astype(str),
+                                    classes=classes.astype(str), treatment=treatment.astype(str),
+                                    compound=comp.astype(str), fold=fold, **{b: results[b] for b in BASE_MODELS})
+        results["stack"] = meta_out_of_fold_proba(stack_inputs({b: results[b] for b in BASE_MODELS}, classes), y,
+                                                  classes, splits)
+        majority = np.empty(len(y), dtype=object)
+        for tr, te in splits:
+            majority[te] = pd.Series(y[tr]).value_counts().index[0]
+        results["majority"] = (majority[:, None] == classes[None, :]).astype(float)
+        seconds = round(time.perf_counter() - t, 1)
+        for name, p in results.items():
+            acc, n_t = _treatment_accuracy(y, p, classes, treatment, treated)
+            accs[name].append(acc)
+            if name == "majority":
+                continue
+            lo, hi = _treatment_ci(y, p, classes, treatment, treated, seed=seed)
+            emit(f"bbbc021_crops_{name}_treatment_moa_accuracy", round(acc, 4), "fraction",
+                 round(_treatment_accuracy(y, results["majority"], classes, treatment, treated)[0], 4),
+                 baseline_kind="majority MoA of the training folds", seed=seed, ci95=[round(lo, 4), round(hi, 4)],
+                 well_accuracy=round(float(np.mean(classes[p.argmax(1)] == y)), 4), n_treatments=n_t,
+                 seed_seconds=seconds, base_oof_from=args.base_oof.format(seed=seed) if saved is not None else None,
+                 **extra)
+    mean = {m: float(np.mean(v)) for m, v in accs.items()}
+    per_seed_gain = [100 * (s - max(g, e, c)) for s, g, e, c in zip(accs["stack"], accs["gbm"],
+                                                                       accs["gbm_embeddings"], accs["cnn"])]
+    best_single = max(("gbm", "gbm_embeddings", "cnn"), key=lambda m: mean[m])
+    common = dict(seeds=list(args.seeds), per_seed={m: [round(a, 4) for a in v] for m, v in accs.items()},
+                  mean={m: round(v, 4) for m, v in mean.items()}, seconds=round(time.perf_counter() - t0, 1),
+                  peak_rss_mb=round(peak_rss_mb()), **extra)
+    emit("bbbc021_crops_gbm_embeddings_gain_over_gbm", round(100 * (mean["gbm_embeddings"] - mean["gbm"]), 2),
+         "points", 0.0, baseline_kind="target: > 0 (mean of the seeds)",
+         per_seed_points=[round(100 * (e - g), 2) for e, g in zip(accs["gbm_embeddings"], accs["gbm"])], **common)
+    emit("bbbc021_crops_stack_gain_over_best_single", round(100 * (mean["stack"] - mean[best_single]), 2), "points",
+         5.0, baseline_kind="target: >= 5 points on the mean of the seeds and >= 2 in each seed (vs that seed's "
+         "best single model)", best_single_on_mean=best_single,
+         per_seed_points=[round(g, 2) for g in per_seed_gain], **common)
 
 
 def _load_base_oof(path: str, y: np.ndarray, classes: np.ndarray, treatment: np.ndarray,
                    fold: np.ndarray) -> dict[str, np.ndarray]:
     """Base-model OOF probabilities written by ``--save-oof``, checked against this run's rows and folds."""
+    from fusion.chain import BASE_MODELS
+
     d = np.load(Path(path).expanduser())
     for key, ours in (("y", y.astype(str)), ("classes", classes.astype(str)), ("treatment", treatment.astype(str)),
                       ("fold", fold)):
         if d[key].shape != ours.shape or not np.array_equal(d[key], ours):
             raise SystemExit(f"{path}: its {key!r} differs from this run's (other data, folds or seed); "
                              "rerun without --base-oof")
+    missing = [b for b in BASE_MODELS if b not in d.files]
+    if missing:
+        raise SystemExit(f"{path}: no {', '.join(missing)} probabilities (written by an older version); "
+                         "rerun without --base-oof")
     log.info("base-model out-of-fold probabilities from %s (XGBoost and CNN not retrained)", path)
-    return {"gbm": d["gbm"], "cnn": d["cnn"]}
+    return {b: d[b] for b in BASE_MODELS}
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=["ljosa", "crops", "all"], default="all")
-    ap.add_argument("--cnn", action=argparse.BooleanOptionalAction, default=True, help="train the CNN (crops part)")
     ap.add_argument("--cnn-epochs", type=int, default=None, help="default: the cpu preset's")
     ap.add_argument("--cnn-size", type=int, default=None, help="default: the cpu preset's")
     ap.add_argument("--cnn-per-class", type=int, default=None, help="default: the cpu preset's")
-    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--cnn-backbone", nargs="+", default=None, help="timm backbone per member (default: the cpu "
+                                                                   "preset's resnet18)")
+    ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=200, help="XGBoost rounds")
     ap.add_argument("--lr", type=float, default=0.1, help="XGBoost learning rate")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="ljosa part: XGBoost seed")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="crops part: fold seeds")
     ap.add_argument("--cache", default="~/.cache/cellfusion/bbbc021_crop_features_{n}.parquet",
                     help="per-crop feature cache; {n} = --max-cells-per-well")
-    ap.add_argument("--max-cells-per-well", type=int, default=0,
-                    help="measure only the first N crops of each well (0 = all 9,889)")
+    ap.add_argument("--max-cells-per-well", type=int, default=20,
+                    help="measure and use only the first N crops of each well (0 = all 9,889)")
     ap.add_argument("--base-oof", default=None, metavar="NPZ",
-                    help="reuse the base models' out-of-fold probabilities from a --save-oof file of the same "
-                         "data, folds and seed (rows and folds are checked) instead of retraining them")
+                    help="reuse the base models' out-of-fold probabilities from --save-oof files of the same "
+                         "data, folds and seed ('{seed}' in the name; rows and folds are checked)")
     ap.add_argument("--save-oof", default=None, metavar="NPZ",
-                    help="also write the base models' out-of-fold probabilities and the folds to this .npz")
+                    help="also write the base models' out-of-fold probabilities and the folds ('{seed}' in the name)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    try:
-        import torch
+    import torch
 
-        torch.set_num_threads(args.threads)
-    except ImportError:
-        args.cnn = False
+    torch.set_num_threads(args.threads)
     if args.part in ("ljosa", "all"):
         ljosa(args)
     if args.part in ("crops", "all"):
