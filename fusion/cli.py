@@ -55,7 +55,7 @@ def train(
                                             "weight per base model) or full (a weight per input and class, with "
                                             "class intercepts)."),
 ) -> None:
-    """Train XGBoost (+ CNN + stack with --crops) with grouped cross-validation; write the model folder."""
+    """Grouped cross-validated XGBoost; with --crops also CNN embeddings → XGBoost, the CNN vote and their stack."""
     from fusion.train import train as _train
 
     path = _train(profiles, out, label=label, group_by=group_by or None, embeddings=embeddings,
