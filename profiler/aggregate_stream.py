@@ -317,7 +317,7 @@ def _stream(plan: _Plan, files: list[Path], strata: list[str], meta: list[str], 
     res = np.full((n_groups, n_feats), np.nan)
     # column blocks: a stage plus the reads in flight hold at most memory_mb / 2 of values
     n_threads = max(1, int(threads or os.cpu_count() or 1))
-    lookahead = 2 * n_threads
+    lookahead = n_threads  # reads in flight: each holds one block (Arrow table, then its tensor)
     per_col = (2 * _STAGE_ROWS + lookahead * _TASK_ROWS) * np.dtype(np_dtype).itemsize
     width = max(1, min(n_feats, int(memory_mb * 1e6 / 2 // per_col))) if n_feats else 1
     bounds = np.concatenate([[0], np.cumsum([g.rows for g in plan.groups])])
