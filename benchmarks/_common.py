@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from profiler.shared_data import SHARED_DATA, shared_path  # noqa: F401  (SHARED_DATA: re-exported)
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("CELLFUSION_SHARED", REPO.parent / "shared")).resolve() / "data"
 
 
 def machine() -> str:
@@ -30,8 +31,9 @@ def peak_rss_mb() -> float:
 
 
 def require_shared(*parts: str) -> Path:
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        print(f"skipped: {path} is absent (../shared/data is needed for this benchmark)", file=sys.stderr)
+    """Path under ../shared/data; when it is absent, say so on stderr and exit 0 (benchmark skipped)."""
+    path, missing = shared_path(*parts)
+    if missing:
+        print(f"skipped: {missing}; this benchmark needs it", file=sys.stderr)
         sys.exit(0)
     return path

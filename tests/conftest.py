@@ -1,22 +1,27 @@
-"""Shared fixtures: the real data in ../shared (skipped when absent) and a small example plate."""
+"""Shared fixtures and helpers: the real data in ../shared (skipped when absent), a small example plate,
+the fast example pipeline, in-process CLI runs, synthetic per-well profiles with planted effects, and
+the comparison of two extract runs' outputs."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
+from profiler.shared_data import SHARED_DATA, shared_path
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CELLFUSION_SHARED", REPO.parent / "shared")).resolve()
-SHARED_DATA = SHARED / "data"
+SHARED = SHARED_DATA.parent
 
 
 def require_shared(*parts: str) -> Path:
     """Path under ../shared/data, or skip the test with a clear reason when it is absent."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real data not available: {path} is absent (../shared is not beside this clone)")
+    path, missing = shared_path(*parts)
+    if missing:
+        pytest.skip(f"real data not available: {missing}")
     return path
 
 
@@ -82,3 +87,46 @@ def run_cli(capsys, tool: str, *args: str) -> tuple[int, str]:
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
     return code, " ".join(err.split())
+
+
+# --- synthetic per-well profiles (fusion tests) -----------------------------------------------------
+
+# planted signal of each synthetic class: (feature, shift in control-MAD units)
+PLANTED = {"Big": ("Nuclei_AreaShape_Area", 4.0), "Bright": ("Cells_Intensity_MeanIntensity_Tubulin", 4.0),
+           "Long": ("Cells_AreaShape_Eccentricity", -4.0)}
+NOISE = ("Nuclei_Intensity_MeanIntensity_DNA", "Cytoplasm_Texture_Contrast_Actin_3_00_256",
+         "Cells_AreaShape_Solidity", "Nuclei_Granularity_2_DNA", "Cells_Correlation_Correlation_DNA_Tubulin")
+
+
+def make_profiles(n_per_class: int = 8, seed: int = 0, n_plates: int = 1) -> pd.DataFrame:
+    """A normalized per-well profile table with planted effects (DMSO = control)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    classes = ["DMSO", *PLANTED]
+    wells = [f"{r}{c:02d}" for r in "ABCDEFGHIJKLMNOP" for c in range(1, 25)]
+    k = 0
+    for plate in range(n_plates):
+        for cls in classes:
+            for _ in range(n_per_class * (2 if cls == "DMSO" else 1)):
+                row = {"Metadata_Plate": f"P{plate}", "Metadata_Well": wells[k % len(wells)],
+                       "Metadata_Compound": cls, "Metadata_Control": "negative" if cls == "DMSO" else "",
+                       "Metadata_Object_Count": int(rng.integers(80, 120))}
+                for f in [p[0] for p in PLANTED.values()] + list(NOISE):
+                    row[f] = rng.normal()
+                if cls in PLANTED:
+                    f, shift = PLANTED[cls]
+                    row[f] += shift
+                rows.append(row)
+                k += 1
+    return pd.DataFrame(rows)
+
+
+# --- extract outputs ----------------------------------------------------------------------------------
+
+EXTRACT_OUTPUTS = ("single_cell.parquet", "image.parquet", "profiles.parquet")
+
+
+def assert_same_outputs(a: Path, b: Path, names: tuple[str, ...] = EXTRACT_OUTPUTS) -> None:
+    """The extract output tables ``names`` of run folders ``a`` and ``b`` are equal, value for value."""
+    for name in names:
+        pd.testing.assert_frame_equal(pd.read_parquet(a / name), pd.read_parquet(b / name), check_exact=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import run_cli
 from profiler.errors import CellfusionError, InputError, ModelFileError
 from profiler.extract import extract
 
@@ -23,30 +24,6 @@ _spec = importlib.util.spec_from_file_location("badinput_generate", Path(__file_
 generate_mod = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = generate_mod  # dataclasses look their module up there
 _spec.loader.exec_module(generate_mod)
-
-
-def cli(capsys, tool: str, *args: str) -> tuple[int, str]:
-    """Run ``profiler``/``fusion`` ARGS as the console script does (run_main: error → exit 2) in this
-    process; returns (exit status, stderr with rich's line wrapping undone)."""
-    from profiler._cli_util import run_main
-
-    if tool == "profiler":
-        from profiler.cli import app
-    else:
-        from fusion.cli import app
-    capsys.readouterr()
-    old = sys.argv
-    sys.argv = [tool, *map(str, args)]
-    try:
-        run_main(app)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = old
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    return code, " ".join(err.split())
 
 
 def one_error(code: int, err: str, *words: str) -> None:
@@ -324,7 +301,7 @@ def test_huge_image_is_refused_from_the_header_without_allocating(corpus, cases)
 
 
 def test_zstack_plane_choice_reads_that_plane(corpus, tmp_path, capsys):
-    code, err = cli(capsys, "profiler", "extract", corpus / "zstack_plate", "-o", tmp_path / "z",
+    code, err = run_cli(capsys, "profiler", "extract", corpus / "zstack_plate", "-o", tmp_path / "z",
                     "-p", corpus / "pipelines" / "zstack_plane2.yaml", "--workers", "0", "--no-progress")
     assert code == 0, err
     img = image_rows(tmp_path / "z")
@@ -338,7 +315,7 @@ def test_zstack_plane_choice_reads_that_plane(corpus, tmp_path, capsys):
         tifffile.imwrite(plain / p.name, tifffile.imread(p)[1])
     (plain / "platemap.csv").write_bytes((corpus / "zstack_plate" / "platemap.csv").read_bytes())
     (tmp_path / "plain.yaml").write_text(generate_mod.pipeline_text("plain"))  # the same, without image.plane
-    code, err = cli(capsys, "profiler", "extract", plain, "-o", tmp_path / "p",
+    code, err = run_cli(capsys, "profiler", "extract", plain, "-o", tmp_path / "p",
                     "-p", tmp_path / "plain.yaml", "--workers", "0", "--no-progress")
     assert code == 0, err
     for well in img["Metadata_Well"]:
@@ -347,7 +324,7 @@ def test_zstack_plane_choice_reads_that_plane(corpus, tmp_path, capsys):
 
 def test_zstack_plane_out_of_range_is_refused_per_site(corpus, tmp_path, capsys):
     out = tmp_path / "z5"
-    code, err = cli(capsys, "profiler", "extract", corpus / "zstack_plate", "-o", out,
+    code, err = run_cli(capsys, "profiler", "extract", corpus / "zstack_plate", "-o", out,
                     "-p", corpus / "pipelines" / "zstack_plane5.yaml", "--workers", "0", "--no-progress")
     assert code == 2 and "error: " in err and "no site yielded any cells" in err, err
     assert "has 3 plane(s), but the pipeline asks for image.plane = 5" in err
@@ -358,7 +335,7 @@ def test_zstack_plane_out_of_range_is_refused_per_site(corpus, tmp_path, capsys)
 
 
 def test_zstack_without_plane_is_refused(corpus, tmp_path, capsys):
-    code, err = cli(capsys, "profiler", "extract", corpus / "zstack_plate", "-o", tmp_path / "z0",
+    code, err = run_cli(capsys, "profiler", "extract", corpus / "zstack_plate", "-o", tmp_path / "z0",
                     "-p", fast(corpus), "--workers", "0", "--no-progress")
     assert code == 2 and "image has 3 planes" in err, err
 
@@ -401,7 +378,7 @@ def test_excel_export_end_to_end(corpus, cases, plate_run, tmp_path, capsys):
 
     out = tmp_path / "out"
     shutil.copytree(plate_run, out)  # resume: only the annotation is redone
-    code, err = cli(capsys, "profiler", "extract", corpus / "plate", "-o", out, "--platemap",
+    code, err = run_cli(capsys, "profiler", "extract", corpus / "plate", "-o", out, "--platemap",
                     corpus / cases["excel_export"]["path"], "-p", fast(corpus), "--workers", "0", "--no-progress")
     assert code == 0, err
     pd.testing.assert_frame_equal(pd.read_parquet(out / "single_cell.parquet"),
@@ -413,7 +390,7 @@ def test_excel_export_end_to_end(corpus, cases, plate_run, tmp_path, capsys):
 def test_bad_platemap_is_one_error_line_before_any_work(corpus, cases, tmp_path, capsys, name, words):
     out = tmp_path / "out"
     path = corpus / cases[name]["path"]
-    code, err = cli(capsys, "profiler", "extract", corpus / "plate", "-o", out, "--platemap", path,
+    code, err = run_cli(capsys, "profiler", "extract", corpus / "plate", "-o", out, "--platemap", path,
                     "-p", fast(corpus), "--workers", "0", "--no-progress")
     one_error(code, err, words, path.name)
     assert not out.exists() or not any(out.rglob("*"))
@@ -441,16 +418,16 @@ PIPELINE_ERRORS = [
 @pytest.mark.parametrize("name, words", PIPELINE_ERRORS)
 def test_bad_pipeline_is_one_error_line(corpus, tmp_path, capsys, name, words):
     path = corpus / "pipelines" / f"{name}.yaml"
-    code, err = cli(capsys, "profiler", "info", corpus / "plate", "-p", path)
+    code, err = run_cli(capsys, "profiler", "info", corpus / "plate", "-p", path)
     one_error(code, err, *words, path.name)
     out = tmp_path / "out"
-    code, err = cli(capsys, "profiler", "extract", corpus / "plate", "-o", out, "-p", path, "--no-progress")
+    code, err = run_cli(capsys, "profiler", "extract", corpus / "plate", "-o", out, "-p", path, "--no-progress")
     one_error(code, err, *words)
     assert not out.exists()
 
 
 def test_yaml_error_names_the_line(corpus, capsys):
-    code, err = cli(capsys, "profiler", "info", corpus / "plate", "-p", corpus / "pipelines" / "tab_indent.yaml")
+    code, err = run_cli(capsys, "profiler", "info", corpus / "plate", "-p", corpus / "pipelines" / "tab_indent.yaml")
     assert code == 2 and "line 10" in err, err
 
 
@@ -481,7 +458,7 @@ def test_real_console_script_prints_one_line_and_exit_2(corpus):
     ("model_config_schema", ["gbm.json: model file has no n_features entry", "written by cellfusion 0.0.1"]),
 ])
 def test_model_from_another_version_is_one_error_line(corpus, tmp_path, capsys, name, words):
-    code, err = cli(capsys, "fusion", "predict", corpus / name, corpus / "profiles.parquet", "-o", tmp_path / "pred")
+    code, err = run_cli(capsys, "fusion", "predict", corpus / name, corpus / "profiles.parquet", "-o", tmp_path / "pred")
     one_error(code, err, *words)
     assert not (tmp_path / "pred").exists()
 

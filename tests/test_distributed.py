@@ -7,21 +7,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import assert_same_outputs
 from profiler.distributed import dask_client, default_workers
 from profiler.errors import ConfigError, InputError
 from profiler.extract import extract
 
-OUTPUTS = ("single_cell.parquet", "image.parquet", "profiles.parquet")
 
 
 @pytest.fixture(scope="module")
 def serial_run(small_plate, tmp_path_factory) -> Path:
     return extract(small_plate, tmp_path_factory.mktemp("serial"), workers=0, progress=False)
-
-
-def assert_same_outputs(a: Path, b: Path) -> None:
-    for name in OUTPUTS:
-        pd.testing.assert_frame_equal(pd.read_parquet(a / name), pd.read_parquet(b / name), check_exact=True)
 
 
 def test_two_worker_local_cluster_gives_the_serial_rows(small_plate, serial_run, tmp_path):

@@ -7,38 +7,9 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import GroupKFold, cross_val_predict
 
+from conftest import make_profiles
 from fusion.gbm import GBMClassifier, join_embeddings
 from profiler.errors import InputError
-
-# planted signal of each synthetic class: (feature, shift in control-MAD units)
-PLANTED = {"Big": ("Nuclei_AreaShape_Area", 4.0), "Bright": ("Cells_Intensity_MeanIntensity_Tubulin", 4.0),
-           "Long": ("Cells_AreaShape_Eccentricity", -4.0)}
-NOISE = ("Nuclei_Intensity_MeanIntensity_DNA", "Cytoplasm_Texture_Contrast_Actin_3_00_256",
-         "Cells_AreaShape_Solidity", "Nuclei_Granularity_2_DNA", "Cells_Correlation_Correlation_DNA_Tubulin")
-
-
-def make_profiles(n_per_class: int = 8, seed: int = 0, n_plates: int = 1) -> pd.DataFrame:
-    """A normalized per-well profile table with planted effects (DMSO = control)."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    classes = ["DMSO", *PLANTED]
-    wells = [f"{r}{c:02d}" for r in "ABCDEFGHIJKLMNOP" for c in range(1, 25)]
-    k = 0
-    for plate in range(n_plates):
-        for cls in classes:
-            for _ in range(n_per_class * (2 if cls == "DMSO" else 1)):
-                row = {"Metadata_Plate": f"P{plate}", "Metadata_Well": wells[k % len(wells)],
-                       "Metadata_Compound": cls, "Metadata_Control": "negative" if cls == "DMSO" else "",
-                       "Metadata_Object_Count": int(rng.integers(80, 120))}
-                for f in [p[0] for p in PLANTED.values()] + list(NOISE):
-                    row[f] = rng.normal()
-                if cls in PLANTED:
-                    f, shift = PLANTED[cls]
-                    row[f] += shift
-                rows.append(row)
-                k += 1
-    return pd.DataFrame(rows)
-
 
 def _xy(df):
     feats = [c for c in df.columns if not c.startswith("Metadata_")]

@@ -13,7 +13,7 @@ from fusion.gbm import GBMClassifier
 from fusion.predict import load_gbm
 from fusion.train import GBM_FILE, train
 from profiler.errors import ModelFileError
-from test_gbm import make_profiles
+from conftest import make_profiles
 
 
 @pytest.fixture(scope="module")

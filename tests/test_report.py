@@ -12,7 +12,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, t
 from fusion import metrics
 from fusion.report import FIGURES, report
 from fusion.train import train
-from test_gbm import make_profiles
+from conftest import make_profiles
 
 
 def test_scores_match_sklearn_and_baselines():

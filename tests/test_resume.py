@@ -14,10 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import assert_same_outputs
 from profiler.config import load_pipeline
 from profiler.extract import extract
 
-OUTPUTS = ("single_cell.parquet", "image.parquet", "profiles.parquet")
 PROFILER = Path(sys.executable).with_name("profiler")
 
 
@@ -25,11 +25,6 @@ PROFILER = Path(sys.executable).with_name("profiler")
 def reference(small_plate, tmp_path_factory) -> Path:
     """An uninterrupted run."""
     return extract(small_plate, tmp_path_factory.mktemp("reference"), workers=0, progress=False)
-
-
-def assert_same_outputs(a: Path, b: Path) -> None:
-    for name in OUTPUTS:
-        pd.testing.assert_frame_equal(pd.read_parquet(a / name), pd.read_parquet(b / name), check_exact=True)
 
 
 def sites_of(out: Path) -> dict:

@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 
 from fusion.stack import StackedClassifier, cell_to_well_proba, meta_out_of_fold_proba, stack_inputs
 from profiler.errors import InputError, ModelFileError
-from test_gbm import make_profiles
+from conftest import make_profiles
 
 CLASSES = np.array(["a", "b", "c"])
 
