@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import xgboost as xgb
 
 from fusion import explain
 from fusion.gbm import GBMClassifier
-from test_gbm import PLANTED, make_profiles
+from conftest import PLANTED, make_profiles
 
 
 def _fit():
@@ -35,8 +36,20 @@ def test_top_features_find_the_planted_feature_with_its_direction():
     for cls, (feature, shift) in PLANTED.items():
         assert top[cls][0]["feature"] == feature, top[cls]
         assert top[cls][0]["direction"] == ("higher" if shift > 0 else "lower")
-    # the control class is compared with every other row
-    assert top["DMSO"][0]["direction"] in ("higher", "lower")
+    # a treated class is compared with the control rows, the control class with every other row
+    for cls, rows in top.items():
+        ref = control if cls != "DMSO" else (y != "DMSO")
+        for r in rows:
+            assert r["class_mean"] == pytest.approx(X.loc[y == cls, r["feature"]].mean(), rel=1e-12)
+            assert r["reference_mean"] == pytest.approx(X.loc[ref, r["feature"]].mean(), rel=1e-12), (cls, r)
+            assert r["direction"] == ("higher" if r["class_mean"] > r["reference_mean"] else "lower")
+    # DMSO's top features are the planted ones, seen from the other side: lower where a class was
+    # shifted up, higher where one was shifted down
+    shifts = dict(PLANTED.values())
+    dmso = [r for r in top["DMSO"] if r["feature"] in shifts]
+    assert dmso and dmso[0] is top["DMSO"][0], top["DMSO"]
+    for r in dmso:
+        assert r["direction"] == ("lower" if shifts[r["feature"]] > 0 else "higher"), r
 
 
 def test_feature_groups_from_cellprofiler_names():
