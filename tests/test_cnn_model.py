@@ -96,13 +96,98 @@ def test_preprocess_percentiles_resize_and_filters():
     assert float(t.min()) >= 0 and float(t.max()) <= 1
     assert pre.transform(x, resize=False).shape == (6, 2, 20, 20)
     img = Preprocessor(image_size=20, scope="image", clahe=True, denoise_sigma=1.0).fit(x).transform(x)
-    plain = Preprocessor(image_size=20, scope="image").fit(x).transform(x)
-    assert img.shape == plain.shape and not torch.allclose(img, plain)
+    assert img.shape == (6, 2, 20, 20) and float(img.min()) >= 0 and float(img.max()) <= 1
     assert Preprocessor.from_dict(pre.to_dict()).lo_ == pre.lo_
     with pytest.raises(InputError):
         pre.transform(x[..., :1])
     with pytest.raises(ConfigError):
         Preprocessor(scope="plate")
+
+
+def _reference_crops() -> np.ndarray:
+    """Crops spanning 0 … 1000: fitted percentiles map about 10 → 0 and 998 → 1."""
+    return np.random.default_rng(0).integers(0, 1001, size=(4, 32, 32, 1)).astype(np.uint16)
+
+
+def _low_contrast(n=3, side=64, seed=0) -> np.ndarray:
+    """Smooth texture in 450 … 550: a tenth of the fitted range, i.e. 0.45 … 0.55 after scaling."""
+    from scipy.ndimage import gaussian_filter
+
+    tex = gaussian_filter(np.random.default_rng(seed).normal(size=(n, side, side)), (0, 2, 2))
+    return (500 + 50 * tex / np.abs(tex).max())[..., None].astype(np.float32)
+
+
+def test_clahe_spreads_a_low_contrast_crop_and_keeps_its_order():
+    from scipy.stats import spearmanr
+
+    ref, x = _reference_crops(), _low_contrast()
+    plain = Preprocessor(image_size=64).fit(ref).transform(x).numpy()
+    eq = Preprocessor(image_size=64, clahe=True).fit(ref).transform(x).numpy()
+    assert eq.shape == plain.shape and eq.min() >= 0 and eq.max() <= 1
+    for p, e in zip(plain, eq):
+        # contrast: the values used span (almost) the whole range instead of a tenth of it
+        assert e.std() > 5 * p.std(), (e.std(), p.std())
+        occupied = [np.count_nonzero(np.histogram(v, bins=20, range=(0, 1))[0]) for v in (p, e)]
+        assert occupied[0] <= 4 and occupied[1] >= 15, occupied
+        # equalization maps each tile monotonically: brighter pixels stay (mostly) brighter
+        assert spearmanr(p.ravel(), e.ravel())[0] > 0.8
+    # a horizontal ramp stays a non-decreasing ramp, stretched, and constant down each column
+    ramp = np.tile(np.linspace(450, 550, 64, dtype=np.float32), (64, 1))[None, ..., None]
+    r = Preprocessor(image_size=64, clahe=True).fit(ref).transform(ramp).numpy()[0, 0]
+    r0 = Preprocessor(image_size=64).fit(ref).transform(ramp).numpy()[0, 0]
+    assert np.diff(r, axis=1).min() >= 0
+    assert np.ptp(r) > 3 * np.ptp(r0)
+    assert np.abs(r - r[:1]).max() < 1e-5
+
+
+def test_denoise_smooths_noise_and_keeps_the_mean():
+    x = np.random.default_rng(1).uniform(400, 600, size=(2, 48, 48, 1)).astype(np.float32)
+    ref = _reference_crops()
+    plain = Preprocessor(image_size=48).fit(ref).transform(x)
+    smooth = Preprocessor(image_size=48, denoise_sigma=1.0).fit(ref).transform(x)
+    assert float(smooth.std()) < 0.5 * float(plain.std())
+    torch.testing.assert_close(smooth.mean((1, 2, 3)), plain.mean((1, 2, 3)), atol=2e-3, rtol=0)
+
+
+def _smooth_images(n=8, side=64, seed=3) -> torch.Tensor:
+    from scipy.ndimage import gaussian_filter
+
+    sm = gaussian_filter(np.random.default_rng(seed).random((n, 1, side, side)), (0, 0, 3, 3))
+    return torch.from_numpy(0.2 + 0.6 * (sm - sm.min()) / (sm.max() - sm.min())).float()
+
+
+def test_elastic_is_a_smooth_bounded_seeded_displacement():
+    side, alpha = 64, 0.06
+    # a coordinate image: bilinear sampling of a linear function returns the sampled position, so
+    # (output - input) is the displacement field in pixels (channel 0: x, channel 1: y)
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
+    coords = torch.from_numpy(np.stack([xx, yy, xx])[None].repeat(4, 0))
+    e = elastic(coords, torch.Generator().manual_seed(0), 1.0, alpha, 4)
+    assert e.shape == coords.shape
+    disp = (e - coords)[:, :2]
+    inner = disp[:, :, 8:-8, 8:-8]                  # away from the reflected border
+    limit = 2 * alpha * (side - 1) / 2              # the coarse field's amplitude, in pixels
+    assert 0.5 * limit < float(inner.abs().max()) < 1.5 * limit
+    # smooth: neighbouring pixels move alike (a per-pixel random field would differ by ~limit)
+    assert float(inner.diff(dim=-1).abs().max()) < 1.0 and float(inner.diff(dim=-2).abs().max()) < 1.0
+    assert torch.equal(e[:, 0], e[:, 2])            # one field per image, the same for every channel
+    # zero strength is the identity; the seed decides the field
+    torch.testing.assert_close(elastic(coords, torch.Generator().manual_seed(0), 1.0, 0.0, 4), coords,
+                               atol=1e-4, rtol=0)
+    assert torch.equal(e, elastic(coords, torch.Generator().manual_seed(0), 1.0, alpha, 4))
+    assert not torch.allclose(e, elastic(coords, torch.Generator().manual_seed(1), 1.0, alpha, 4))
+    # on a smooth image the pixel values are moved, not changed: range, mean and quantiles kept
+    sm = _smooth_images()
+    es = elastic(sm, torch.Generator().manual_seed(3), 1.0, alpha, 4)
+    assert float(es.min()) >= float(sm.min()) - 1e-6 and float(es.max()) <= float(sm.max()) + 1e-6
+    torch.testing.assert_close(es.mean((1, 2, 3)), sm.mean((1, 2, 3)), atol=0.02, rtol=0)
+    q = torch.linspace(0.05, 0.95, 19)
+    assert float((torch.quantile(es.flatten(1), q, dim=1) - torch.quantile(sm.flatten(1), q, dim=1)).abs().max()) < 0.03
+    # p is the share of images deformed; the others come back unchanged
+    many = sm.repeat(8, 1, 1, 1)
+    out = elastic(many, torch.Generator().manual_seed(0), 0.5, alpha, 4)
+    changed = (out - many).abs().flatten(1).amax(1) > 1e-4
+    assert 0.25 < float(changed.float().mean()) < 0.75
 
 
 def test_augment_seeded_and_shape_preserving():
@@ -115,8 +200,6 @@ def test_augment_seeded_and_shape_preserving():
     # flips/rot90 permute pixels: per-image sums are kept
     f = flip_rot90(x, torch.Generator().manual_seed(0))
     assert torch.allclose(f.sum((1, 2, 3)), x.sum((1, 2, 3)), atol=1e-4)
-    e = elastic(x, torch.Generator().manual_seed(0), 1.0, 0.1, 4)
-    assert e.shape == x.shape and not torch.allclose(e, x)
     assert Augment.from_dict(aug.to_dict()) == aug
 
 
