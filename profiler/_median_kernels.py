@@ -18,7 +18,7 @@ kernels are compiled on first use and cached on disk (``cache=True``).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 NBINS = 2048  # 11 bits per level
 _DIGIT = 11
@@ -145,30 +145,30 @@ def _column_median(u, start, stop, keys, hist, consts, out, r, j):
     out[r, j, 1] = (k2 & absmask) if k2 & sign else ~k2
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def run_medians(u, starts, stops, consts, out):
-    """Bit patterns of the two middle values of u[starts[r]:stops[r], j] for every run r and column j.
+@njit(nogil=True, cache=True)
+def run_medians(u, starts, stops, consts, out, c0, c1):
+    """Bit patterns of the two middle values of u[starts[r]:stops[r], j] for every run r and column
+    c0 <= j < c1 (threads share a block by taking disjoint column ranges; the GIL is released).
 
     u: the block's float bits viewed as uint32/uint64 (rows × columns, column-major for speed);
     out: (runs, columns, 2) of the same uint type; an all-NaN run gives NaN bits.
     """
     n_runs = starts.shape[0]
-    n_cols = u.shape[1]
-    longest = 0
+    longest = 1
     for r in range(n_runs):
         longest = max(longest, stops[r] - starts[r])
-    for j in prange(n_cols):
-        keys = np.empty(max(longest, 1), u.dtype)
-        hist = np.empty(NBINS, np.int32)
+    keys = np.empty(longest, u.dtype)
+    hist = np.empty(NBINS, np.int32)
+    for j in range(c0, c1):
         for r in range(n_runs):
             _column_median(u, starts[r], stops[r], keys, hist, consts, out, r, j)
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def run_sums(x, starts, stops, sums, counts):
-    """NaN-skipping float64 sums and counts of x[starts[r]:stops[r], j] into sums/counts[r, j]."""
+@njit(nogil=True, cache=True)
+def run_sums(x, starts, stops, sums, counts, c0, c1):
+    """NaN-skipping float64 sums and counts of x[starts[r]:stops[r], j] into sums/counts[r, j], c0 <= j < c1."""
     n_runs = starts.shape[0]
-    for j in prange(x.shape[1]):
+    for j in range(c0, c1):
         for r in range(n_runs):
             s = 0.0
             c = 0
@@ -181,20 +181,34 @@ def run_sums(x, starts, stops, sums, counts):
             counts[r, j] = c
 
 
-def medians(block: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
-    """float64 (runs × columns) NaN-skipping medians of the row runs of a float32/float64 block."""
+def _run(kernel, n_cols: int, args: tuple, pool, parts: int) -> None:
+    """kernel(*args, c0, c1) over column ranges, on the thread pool when there is one."""
+    if pool is None or parts <= 1 or n_cols < 2:
+        kernel(*args, 0, n_cols)
+        return
+    edges = np.linspace(0, n_cols, min(parts, n_cols) + 1).astype(np.int64)
+    futures = [pool.submit(kernel, *args, int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    for f in futures:
+        f.result()
+
+
+def medians(block: np.ndarray, starts: np.ndarray, stops: np.ndarray, *, pool=None, parts: int = 1) -> np.ndarray:
+    """float64 (runs × columns) NaN-skipping medians of the row runs of a float32/float64 block
+    (``pool``: a thread pool that computes ``parts`` column ranges at once)."""
     block = np.asarray(block)
     utype = np.uint32 if block.dtype == np.float32 else np.uint64
     out = np.empty((len(starts), block.shape[1], 2), utype)
-    run_medians(block.view(utype), np.asarray(starts, np.int64), np.asarray(stops, np.int64),
-                constants(block.dtype), out)
+    _run(run_medians, block.shape[1], (block.view(utype), np.asarray(starts, np.int64), np.asarray(stops, np.int64),
+                                       constants(block.dtype), out), pool, parts)
     mid = out.view(block.dtype).astype(np.float64)
     return (mid[..., 0] + mid[..., 1]) / 2
 
 
-def sums_counts(block: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sums_counts(block: np.ndarray, starts: np.ndarray, stops: np.ndarray, *, pool=None,
+                parts: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """float64 NaN-skipping sums and int64 counts (runs × columns) of the row runs of a block."""
     sums = np.empty((len(starts), block.shape[1]), np.float64)
     counts = np.empty((len(starts), block.shape[1]), np.int64)
-    run_sums(block, np.asarray(starts, np.int64), np.asarray(stops, np.int64), sums, counts)
+    _run(run_sums, block.shape[1], (block, np.asarray(starts, np.int64), np.asarray(stops, np.int64), sums, counts),
+         pool, parts)
     return sums, counts

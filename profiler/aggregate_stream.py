@@ -65,9 +65,10 @@ def warm_up() -> None:
     from profiler import _median_kernels as k
 
     for dt in (np.float32, np.float64):
-        block = np.zeros((3, 1), dt, order="F")
-        k.medians(block, np.array([0]), np.array([3]))
-        k.sums_counts(block, np.array([0]), np.array([3]))
+        block = np.zeros((4, 2), dt, order="F")
+        for b in (block, block[1:]):  # a whole read, and a row range of one (another array layout)
+            k.medians(b, np.array([0]), np.array([3]))
+            k.sums_counts(b, np.array([0]), np.array([3]))
 
 
 def aggregate_parquet(source: str | Path | Sequence[str | Path], *, strata: Sequence[str] = (PLATE, WELL),
@@ -307,8 +308,6 @@ def _stream(plan: _Plan, files: list[Path], strata: list[str], meta: list[str], 
     import os
     from concurrent.futures import ThreadPoolExecutor
 
-    import numba
-
     from profiler import _median_kernels as kern
 
     f32 = all(t in (pa.float32(), pa.float16()) for t in plan.feature_types)
@@ -321,48 +320,44 @@ def _stream(plan: _Plan, files: list[Path], strata: list[str], meta: list[str], 
     per_col = (2 * _STAGE_ROWS + lookahead * _TASK_ROWS) * np.dtype(np_dtype).itemsize
     width = max(1, min(n_feats, int(memory_mb * 1e6 / 2 // per_col))) if n_feats else 1
     bounds = np.concatenate([[0], np.cumsum([g.rows for g in plan.groups])])
-    prev_threads = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(n_threads, numba.config.NUMBA_NUM_THREADS)))
-    try:
-        with ThreadPoolExecutor(n_threads) as pool:
-            for c0 in range(0, n_feats, width):
-                names = feats[c0:c0 + width]
-                cs = slice(c0, c0 + len(names))
-                stage: list[np.ndarray] = []   # blocks of rows [row0, row0 + staged)
-                row0, staged, gi = 0, 0, 0     # gi: first group not yet aggregated
-                for x in _blocks(plan, files, names, dtype, pool, lookahead):
-                    stage.append(x)
-                    staged += x.shape[0]
-                    last = len(plan.groups) if row0 + staged == bounds[-1] else None
-                    if staged < _STAGE_ROWS and last is None:
+    parts = 4 * n_threads if n_threads > 1 else 1  # column ranges per kernel call (load balance)
+    with ThreadPoolExecutor(n_threads) as pool, ThreadPoolExecutor(n_threads) as work:
+        for c0 in range(0, n_feats, width):
+            names = feats[c0:c0 + width]
+            cs = slice(c0, c0 + len(names))
+            stage: list[np.ndarray] = []   # blocks of rows [row0, row0 + staged)
+            row0, staged, gi = 0, 0, 0     # gi: first group not yet aggregated
+            for x in _blocks(plan, files, names, dtype, pool, lookahead):
+                stage.append(x)
+                staged += x.shape[0]
+                last = len(plan.groups) if row0 + staged == bounds[-1] else None
+                if staged < _STAGE_ROWS and last is None:
+                    continue
+                end = row0 + staged
+                # the groups that end inside the stage: those that start in x are aggregated in
+                # place, those that start in earlier blocks are copied together first
+                gj = n_groups if last is not None else int(np.searchsorted(bounds, end, "right")) - 1
+                if gj <= gi:
+                    continue
+                xs = end - x.shape[0]
+                gk = min(gj, int(np.searchsorted(bounds, xs, "left")))
+                for a, b, buf, at in ((gi, gk, None, 0), (gk, gj, x, xs)):
+                    if b <= a:
                         continue
-                    end = row0 + staged
-                    # the groups that end inside the stage: those that start in x are aggregated in
-                    # place, those that start in earlier blocks are copied together first
-                    gj = n_groups if last is not None else int(np.searchsorted(bounds, end, "right")) - 1
-                    if gj <= gi:
-                        continue
-                    xs = end - x.shape[0]
-                    gk = min(gj, int(np.searchsorted(bounds, xs, "left")))
-                    for a, b, buf, at in ((gi, gk, None, 0), (gk, gj, x, xs)):
-                        if b <= a:
-                            continue
-                        if buf is None:
-                            buf, at = _rows(stage, row0, int(bounds[a]), int(bounds[b]), np_dtype), int(bounds[a])
-                        starts, stops = bounds[a:b] - at, bounds[a + 1:b + 1] - at
-                        if operation == "median":
-                            res[a:b, cs] = kern.medians(buf, starts, stops)
-                        else:
-                            sums, counts = kern.sums_counts(buf, starts, stops)
-                            with np.errstate(invalid="ignore", divide="ignore"):
-                                res[a:b, cs] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-                    used = int(bounds[gj])
-                    stage = [_rows(stage, row0, used, end, np_dtype)] if used < end else []
-                    row0, staged, gi = used, end - used, gj
-                if gi != n_groups:  # the scan and the reads disagree: a file changed meanwhile
-                    raise InputError("the per-cell files changed while they were aggregated", path=files[0])
-    finally:
-        numba.set_num_threads(prev_threads)
+                    if buf is None:
+                        buf, at = _rows(stage, row0, int(bounds[a]), int(bounds[b]), np_dtype), int(bounds[a])
+                    starts, stops = bounds[a:b] - at, bounds[a + 1:b + 1] - at
+                    if operation == "median":
+                        res[a:b, cs] = kern.medians(buf, starts, stops, pool=work, parts=parts)
+                    else:
+                        sums, counts = kern.sums_counts(buf, starts, stops, pool=work, parts=parts)
+                        with np.errstate(invalid="ignore", divide="ignore"):
+                            res[a:b, cs] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+                used = int(bounds[gj])
+                stage = [_rows(stage, row0, used, end, np_dtype)] if used < end else []
+                row0, staged, gi = used, end - used, gj
+            if gi != n_groups:  # the scan and the reads disagree: a file changed meanwhile
+                raise InputError("the per-cell files changed while they were aggregated", path=files[0])
     # the table: strata, count, constant metadata (the Arrow types of the first file), features
     order = sorted(range(n_groups), key=lambda i: plan.groups[i].key)
     schema = pq.read_schema(files[0])
