@@ -92,6 +92,10 @@ from profiler.synthetic import PHENOTYPES, make_example_plate
 plate_dir = make_example_plate(OUT / "plate", seed=0, **PLATE_ARGS)
 platemap = pd.read_csv(plate_dir / "platemap.csv")
 print(sorted(p.name for p in plate_dir.glob("*.tif"))[:6], "...")
+# every well of the plate map has its three channels; every planted compound and DMSO are on the plate
+assert len(platemap) == PLATE_ARGS["n_wells"]
+assert len(list(plate_dir.glob("*.tif"))) == 3 * PLATE_ARGS["n_wells"] * PLATE_ARGS["n_sites"]
+assert set(platemap.compound) == {"DMSO", *PHENOTYPES}
 platemap.head(8)
 '''),
         md('''
@@ -138,6 +142,8 @@ extract_dir = extract(plate_dir, OUT / "extract", pipeline="example", workers=0 
                       progress=False, overlays=True)
 manifest = read_manifest(extract_dir)
 print(sorted(p.name for p in extract_dir.iterdir()))
+assert all((extract_dir / f).is_file() for f in ("single_cell.parquet", "image.parquet", "profiles.parquet"))
+assert len(list((extract_dir / "overlays").glob("*.png"))) == PLATE_ARGS["n_wells"] * PLATE_ARGS["n_sites"]
 {k: manifest[k] for k in ("command", "outputs") if k in manifest}
 '''),
         md('''
@@ -163,6 +169,9 @@ sc = pd.read_parquet(extract_dir / "single_cell.parquet")
 feats = feature_columns(sc)
 print(f"{len(sc)} cells, {len(metadata_columns(sc))} metadata columns, {len(feats)} features")
 print(pd.Series([parse_feature(f).group(with_channel=False) for f in feats]).value_counts().to_string())
+# cells were found in every well, and the features hold numbers
+assert sc["Metadata_Well"].nunique() == len(platemap) and len(sc) >= 5 * len(platemap)
+assert sc["Nuclei_AreaShape_Area"].gt(0).all()
 sc[metadata_columns(sc)[:6] + ["Nuclei_AreaShape_Area", "Cells_Intensity_MeanIntensity_Tubulin"]].head()
 '''),
         md('''
@@ -174,6 +183,10 @@ number of cells in the well. Enlargin's nuclei should stand out:
 prof = pd.read_parquet(extract_dir / "profiles.parquet")
 print(f"{len(prof)} wells × {len(feature_columns(prof))} features after feature selection")
 feature = "Nuclei_AreaShape_Area"
+assert len(prof) == len(platemap)
+# the planted effect is visible: every Enlargin well has larger nuclei than every DMSO well
+by = prof.groupby("Metadata_Compound")[feature]
+assert by.min()["Enlargin"] > by.max()["DMSO"], by.describe()
 ax = prof.boxplot(column=feature, by="Metadata_Compound", figsize=(7, 3.5), grid=False)
 ax.set_ylabel(f"{feature}\\n(robust z vs DMSO)")
 ax.set_title(""); plt.suptitle(""); plt.show()
@@ -191,6 +204,9 @@ from fusion.train import train
 
 model_dir = train(extract_dir / "profiles.parquet", OUT / "model", label="Metadata_Compound", seed=0)
 scores = json.loads((model_dir / "metrics.json").read_text())["scores"]
+assert all(0 <= s["value"] <= 1 for s in scores.values())
+if not SMALL:   # the default plate has 4+ wells per compound: the model must beat "always DMSO"
+    assert scores["accuracy"]["value"] > scores["accuracy"]["majority"] + 0.15, scores["accuracy"]
 pd.DataFrame({name: {"model": s["value"], "majority-class baseline": s["majority"], "chance": s["chance"]}
               for name, s in scores.items()}).T.round(3)
 '''),
@@ -212,6 +228,7 @@ from fusion.report import report
 
 html_path = report(model_dir)
 print("open", html_path)
+assert html_path.is_file() and "Confusion matrix" in html_path.read_text(encoding="utf-8")
 for name in ("metrics_vs_baseline.png", "confusion_matrix.png", "shap_bar.png", "group_attributions.png"):
     display(Image(filename=str(html_path.parent / "figures" / name)))
 '''),
@@ -298,6 +315,9 @@ if HAVE_DATA:
     profiles[feats] = (profiles[feats] - profiles[feats].mean()) / profiles[feats].std()
     print(f"{len(profiles)} wells, {len(feats)} features, {profiles[MOA].nunique()} MoAs (DMSO included), "
           f"{profiles[COMPOUND].nunique()} compounds, {profiles[BATCH].nunique()} batches")
+    # the published design: 12 MoAs + DMSO, 38 compounds + DMSO, 10 weeks; every well annotated
+    assert (profiles[MOA].nunique(), profiles[COMPOUND].nunique(), profiles[BATCH].nunique()) == (13, 39, 10)
+    assert profiles[[PLATE, WELL]].notna().all().all() and not profiles.duplicated([PLATE, WELL]).any()
     display(profiles[MOA].value_counts().to_frame("wells"))
 else:
     print("skipped: no BBBC021 data")
@@ -317,6 +337,8 @@ warnings.filterwarnings("ignore", category=pd.errors.PerformanceWarning)  # wide
 if HAVE_DATA:
     ev = evaluate(profiles, with_map=not SMALL, null_size=1000 if SMALL else 10000, seed=0)
     print("\\n".join(ev.lines()))
+    # nearest neighbours find the MoA far above chance, also across batches
+    assert ev.nsc.accuracy > ev.nsc.chance + 0.3 and ev.nscb.accuracy > ev.nscb.chance + 0.3
     display(pd.Series(ev.nsc.per_moa, name="NSC accuracy per MoA").sort_values().to_frame())
 else:
     print("skipped: no BBBC021 data")
@@ -338,6 +360,8 @@ if HAVE_DATA:
     model_dir = train(treated, OUT / "model_moa", label=MOA, group_by=COMPOUND,
                       n_splits=3 if SMALL else 5, seed=0, include_cell_count=False, gbm_params=gbm)
     scores = json.loads((model_dir / "metrics.json").read_text())["scores"]
+    # compounds the model never saw: still far better than always answering the most common MoA
+    assert scores["accuracy"]["value"] > scores["accuracy"]["majority"] + 0.2, scores["accuracy"]
     display(pd.DataFrame({k: {"model": s["value"], "majority-class": s["majority"], "chance": s["chance"]}
                           for k, s in scores.items()}).T.round(3))
 else:
@@ -404,6 +428,8 @@ if HAVE_DATA and HAVE_CROPS:
                       batch_size=64, val_fraction=0.0, device="cpu", seed=0)
     cnn.fit(sub.images[tr], y[tr], groups=groups[tr])
     proba = cnn.predict_proba(sub.images[te])
+    assert proba.shape == (len(te), len(cnn.classes_)) and np.allclose(proba.sum(axis=1), 1, atol=1e-4)
+    assert not set(groups[tr]) & set(groups[te])    # the test compounds were never trained on
     pred = cnn.classes_[proba.argmax(1)]
     majority = pd.Series(y[tr]).mode()[0]
     print(f"trained on {len(tr)} crops of {len(set(groups[tr]))} compounds, tested on {len(te)} crops "
@@ -419,6 +445,7 @@ if HAVE_DATA and HAVE_CROPS:
     print(f"well-level accuracy (soft vote) {np.mean(well_proba.idxmax(axis=1) == well_true):.3f} "
           f"on {len(well_proba)} wells")
     emb = well_embeddings(cnn.embed(sub.images[te]), test_meta)
+    assert len(emb) == len(well_proba)
     print(f"per-well CNN embeddings for `fusion train --embeddings`: {emb.shape[0]} wells × "
           f"{sum(c.startswith('Embedding_') for c in emb.columns)} dimensions")
 elif HAVE_DATA:
@@ -498,6 +525,7 @@ margin = booster.predict(xgb.DMatrix(train_df[features].to_numpy(np.float32)), o
 values = np.stack([shap_df.loc[shap_df["Class"] == c, features].to_numpy() for c in classes], axis=-1)
 recon = base + values.sum(axis=1)                     # (wells, classes)
 print("largest |base + Σ SHAP − model output|:", float(np.abs(recon - margin.reshape(recon.shape)).max()))
+assert float(np.abs(recon - margin.reshape(recon.shape)).max()) < 1e-3   # SHAP adds up to the model's output
 '''),
         md('''
 The contributions for one Enlargin well, towards the class Enlargin — the largest few in either direction:
@@ -576,6 +604,9 @@ for compound, ph in PHENOTYPES.items():
                   "top feature": top[0] + (" ✓" if top[0] in truth else ""),
                   "top feature's group": explain.feature_group(top[0]),
                   "group with the largest attribution": groups[compound].idxmax()})
+assert len(table) == len(PHENOTYPES)
+if not SMALL:   # on the default plate every compound's top ten holds at least one planted feature
+    assert all(int(r["top-10 features that carry the planted effect"].split("/")[0]) >= 1 for r in table), table
 pd.DataFrame(table)
 '''),
         md('''
@@ -608,6 +639,7 @@ for site in sites[: 4 if SMALL else 8]:
     cells.append(crops)
     values_.append(meas.set_index("Metadata_ObjectNumber").loc[numbers, feature].to_numpy())
 crops, vals = np.concatenate(cells), np.concatenate(values_)
+assert len(crops) == len(vals) >= 10 and np.isfinite(vals).all()
 order = np.argsort(vals)
 pick = np.r_[order[:5], order[-5:]]
 fig, axes = plt.subplots(1, 10, figsize=(13, 1.9))
