@@ -250,7 +250,10 @@ def fit_outlier_model(sample: pd.DataFrame, *, contamination: float = 0.01, n_co
     a, center, scale = a[:, ok], center[ok], scale[ok]
     z = _squash(_z(a, center, scale))
     k = int(max(1, min(n_components, len(feats), (n - 1) // 3)))
-    pca = PCA(n_components=k, svd_solver="full").fit(z)
+    # randomized SVD (seeded) for wide samples: the full SVD of 10,000 cells x 1,500 features holds
+    # several copies of the sample; the leading k components are what the model keeps
+    solver = "randomized" if min(z.shape) > 500 and k < 0.5 * min(z.shape) else "full"
+    pca = PCA(n_components=k, svd_solver=solver, random_state=seed).fit(z)
     comps = pca.components_
     t = (z - pca.mean_) @ comps.T
     import warnings

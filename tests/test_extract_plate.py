@@ -68,7 +68,7 @@ def test_single_cell_is_the_sites_in_plate_order_with_platemap_and_row_groups(sm
     # a small buffer gives one row group per flush, and the file reads the same
     import profiler.extract as ex
 
-    monkeypatch.setattr(ex, "ROW_GROUP_ROWS", 50)
+    monkeypatch.setattr(ex, "ROW_GROUP_BYTES", 50_000)
     out = tmp_path / "rg"
     reuse_sites(reference, out)
     extract(small_plate, out, pipeline=FAST, workers=0, progress=False)
