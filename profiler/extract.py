@@ -60,6 +60,8 @@ LOCK = ".extract.lock"
 #: bytes of cells buffered before a row group of single_cell.parquet is written: memory stays bounded
 #: whatever the number of features (≈ 5,000 cells of 1,500 float64 features), row groups stay few
 ROW_GROUP_BYTES = 64 * 2**20
+#: feature values the per-well aggregation holds at once (profiler.aggregate_stream's memory_mb)
+AGGREGATE_MEMORY_MB = 256
 
 
 # ---------------------------------------------------------------------------------------------
@@ -649,7 +651,8 @@ def build_plate_profiles(single_cell: Path, plan: Mapping[str, Any], *, source: 
     from profiler.profiles import NEGATIVE_CONTROL_QUERY, apply_recipe
 
     recipe = plan["recipe"]
-    prof = aggregate_parquet(source or single_cell, operation=recipe.get("aggregate", "median"))
+    prof = aggregate_parquet(source or single_cell, operation=recipe.get("aggregate", "median"),
+                             memory_mb=AGGREGATE_MEMORY_MB)
     if fractions is not None:
         prof = ol.add_well_columns(prof, fractions)
     if plan["normalize"]:
