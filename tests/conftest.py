@@ -63,9 +63,9 @@ def fast_pipeline(tmp_path_factory) -> Path:
     return path
 
 
-def run_cli(capsys, tool: str, *args: str) -> tuple[int, str]:
+def run_cli_out(capsys, tool: str, *args: str) -> tuple[int, str, str]:
     """Run ``profiler``/``fusion`` ARGS as the console script does (run_main: error → exit 2) in this
-    process; returns (exit status, stderr with rich's line wrapping undone). A traceback fails the test."""
+    process; returns (exit status, stdout, stderr with rich's line wrapping undone). A traceback fails the test."""
     import sys
 
     from profiler._cli_util import run_main
@@ -84,9 +84,15 @@ def run_cli(capsys, tool: str, *args: str) -> tuple[int, str]:
         code = exc.code if isinstance(exc.code, int) else 1
     finally:
         sys.argv = old
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    return code, " ".join(err.split())
+    cap = capsys.readouterr()
+    assert "Traceback" not in cap.err, cap.err
+    return code, cap.out, " ".join(cap.err.split())
+
+
+def run_cli(capsys, tool: str, *args: str) -> tuple[int, str]:
+    """:func:`run_cli_out` without stdout: (exit status, stderr with rich's line wrapping undone)."""
+    code, _, err = run_cli_out(capsys, tool, *args)
+    return code, err
 
 
 # --- synthetic per-well profiles (fusion tests) -----------------------------------------------------

@@ -4,7 +4,6 @@ baselines; `profiler cluster` writes its folder or one error line."""
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pandas as pd
@@ -12,6 +11,7 @@ import pytest
 
 from profiler.cluster import (cluster, compound_trajectories, dtw_distances, hierarchical_clusters,
                               resample, resampled_euclidean_distances, score_clusters)
+from conftest import run_cli_out
 from profiler.errors import InputError
 
 N_FEATURES = 12
@@ -130,22 +130,7 @@ def test_shuffled_distances_lose_the_groups():
 
 
 def _cli(capsys, *args: str) -> tuple[int, str, str]:
-    from profiler._cli_util import run_main
-    from profiler.cli import app
-
-    capsys.readouterr()
-    old = sys.argv
-    sys.argv = ["profiler", *map(str, args)]
-    try:
-        run_main(app)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = old
-    cap = capsys.readouterr()
-    assert "Traceback" not in cap.err, cap.err
-    return code, cap.out, " ".join(cap.err.split())
+    return run_cli_out(capsys, "profiler", *args)
 
 
 def test_cli_writes_clusters_figure_and_manifest(tmp_path, capsys):
