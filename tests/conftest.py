@@ -136,3 +136,14 @@ def assert_same_outputs(a: Path, b: Path, names: tuple[str, ...] = EXTRACT_OUTPU
     """The extract output tables ``names`` of run folders ``a`` and ``b`` are equal, value for value."""
     for name in names:
         pd.testing.assert_frame_equal(pd.read_parquet(a / name), pd.read_parquet(b / name), check_exact=True)
+
+
+@pytest.fixture
+def torch_one_thread():
+    """torch on one thread for the test (CPU tests stay repeatable and do not fight over the cores)."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

@@ -11,12 +11,7 @@ from fusion.cnn.cbam import CBAM
 from fusion.cnn.train import TrainConfig, build_model, train_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.mark.parametrize("name, stages", [

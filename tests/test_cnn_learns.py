@@ -22,12 +22,7 @@ from fusion.cnn.ensemble import CNNEnsemble
 CLASSES = np.array(["zeta_ch0", "alpha_ch1", "mid_both"])  # sorted order: alpha, mid, zeta
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def blob_crops(counts, size=24, seed=0):

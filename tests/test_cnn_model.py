@@ -14,12 +14,7 @@ from fusion.cnn.resnet import CBAMNet
 from profiler.errors import ConfigError, InputError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def test_output_shapes_and_head_widths():

@@ -14,12 +14,7 @@ from fusion.cnn.train import TrainConfig, load_model, save_model, train_model
 from profiler.errors import ConfigError, InputError, ModelFileError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _toy(n=36, size=16, seed=0):

@@ -22,12 +22,7 @@ SIZE = 32
 SMALL = dict(backbone="resnet10t", image_size=SIZE, batch_size=32, device="cpu", seed=0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def synthetic_crops(n: int = 96, size: int = SIZE, seed: int = 0) -> np.ndarray:

@@ -23,7 +23,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from fusion.cnn.augment import Augment
-from fusion.cnn.preprocess import Preprocessor
+from fusion.cnn.preprocess import Preprocessor, check_crop_stack
 from fusion.cnn.presets import PRESETS  # CNNEnsemble settings by name (used by train_cnn)
 from fusion.cnn.train import TrainConfig, infer, load_model, resolve_device, save_model, train_model
 from profiler import io
@@ -122,7 +122,7 @@ class CNNEnsemble(ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------------ estimator API
     def fit(self, X: np.ndarray, y: Sequence, groups: Sequence | None = None) -> "CNNEnsemble":
         configs = self.member_configs()
-        X = _check_x(X)
+        X = check_crop_stack(X)
         y = np.asarray(y)
         if len(y) != len(X):
             raise InputError(f"{len(X)} crops but {len(y)} labels")
@@ -151,7 +151,7 @@ class CNNEnsemble(ClassifierMixin, BaseEstimator):
 
     def _infer(self, X: np.ndarray, batch_size: int = 256) -> tuple[list[np.ndarray], list[np.ndarray]]:
         self._check_fitted()
-        X = _check_x(X)
+        X = check_crop_stack(X)
         if X.shape[-1] != self.n_channels_:
             raise InputError(f"crops have {X.shape[-1]} channels; the ensemble was trained on {self.n_channels_}")
         xt = self.preprocessor_.transform(X, resize=False)
@@ -234,14 +234,6 @@ class CNNEnsemble(ClassifierMixin, BaseEstimator):
 
 def _plain(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
-
-
-def _check_x(X) -> np.ndarray:
-    if not hasattr(X, "ndim") or X.ndim != 4:
-        raise InputError(f"X must be a crop array (N, H, W, C), got shape {getattr(X, 'shape', None)}")
-    if len(X) == 0:
-        raise InputError("X holds no crops")
-    return X
 
 
 def _validation_split(y: np.ndarray, groups, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -132,3 +132,12 @@ def _check(x) -> np.ndarray:
     if x.shape[0] == 0:
         raise InputError("no crops given (N = 0)")
     return x
+
+
+def check_crop_stack(X) -> np.ndarray:
+    """``X`` if it is a non-empty (N, H, W, C) crop array, else an :class:`InputError` (the CNN models' input check)."""
+    if not hasattr(X, "ndim") or X.ndim != 4:
+        raise InputError(f"X must be a crop array (N, H, W, C), got shape {getattr(X, 'shape', None)}")
+    if len(X) == 0:
+        raise InputError("X holds no crops")
+    return X

@@ -43,7 +43,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from torch import nn
 
 from fusion.cnn.augment import SIMCLR, Augment
-from fusion.cnn.preprocess import Preprocessor
+from fusion.cnn.preprocess import Preprocessor, check_crop_stack
 from fusion.cnn.resnet import CBAMNet
 from fusion.cnn.train import _autocast, _deterministic, _prepare, recalibrate_batchnorm, resolve_device
 from profiler import io
@@ -364,7 +364,7 @@ class SSLEmbedder(TransformerMixin, BaseEstimator):
     def fit(self, X: np.ndarray, y: Any = None) -> "SSLEmbedder":
         """Train on raw crops (N, H, W, C); ``y`` is ignored (no labels are used)."""
         config = self.make_config()
-        X = _check_x(X)
+        X = check_crop_stack(X)
         self.n_channels_ = int(X.shape[-1])
         self.preprocessor_ = Preprocessor(image_size=self.image_size, low=self.low, high=self.high,
                                           scope=self.normalize).fit(X, seed=self.seed)
@@ -380,7 +380,7 @@ class SSLEmbedder(TransformerMixin, BaseEstimator):
 
     def _tensor(self, X: np.ndarray) -> torch.Tensor:
         self._check_fitted()
-        X = _check_x(X)
+        X = check_crop_stack(X)
         if X.shape[-1] != self.n_channels_:
             raise InputError(f"crops have {X.shape[-1]} channels; the model was trained on {self.n_channels_}")
         return self.preprocessor_.transform(X, resize=False)
@@ -496,14 +496,6 @@ def _manifest(model_dir: Path) -> dict[str, Any]:
 def is_ssl_model(model_dir: str | Path) -> bool:
     """True when ``model_dir``'s manifest says it holds a self-supervised model (kind "ssl")."""
     return _manifest(Path(model_dir)).get("kind") == KIND
-
-
-def _check_x(X) -> np.ndarray:
-    if not hasattr(X, "ndim") or X.ndim != 4:
-        raise InputError(f"X must be a crop array (N, H, W, C), got shape {getattr(X, 'shape', None)}")
-    if len(X) == 0:
-        raise InputError("X holds no crops")
-    return X
 
 
 # ---------------------------------------------------------------------------------------- file level
