@@ -110,7 +110,7 @@ def cellprofiler_bin() -> Path:
 
 #: CellProfiler's radial centres break ties by NumPy 1.26's argsort order, which differs on CPUs with
 #: AVX-512 (NumPy 1.26 then sorts with x86-simd-sort). Our engine reproduces the portable introsort
-#: (profiler.measure._kernels.numpy1_argsort), so the reference run pins NumPy to it: the same
+#: (profiler.measure._cp_parity_sort.numpy1_argsort), so the reference run pins NumPy to it: the same
 #: reference on every machine. (Without this, on an AVX-512 machine 23 radial features of the
 #: BBBC021 site fall below r = 0.99: parity 0.9824 instead of 0.9969.)
 CP_ENV = {"NPY_DISABLE_CPU_FEATURES": "AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL"}

@@ -142,12 +142,13 @@ def test_zernike_matches_cellprofiler_bit_for_bit_circle():
     """Regression: CellProfiler zeroes the pixels whose normalised ρ² exceeds 1 by round-off (pixels on
     the enclosing circle), so its Zernike values (degree ≥ 6 most visibly) depend on the circle's radius
     to the last bit. We reproduce centrosome's circle algorithm and that rule exactly."""
-    from profiler.measure import _kernels as K
+    from profiler.measure._hull import cp_enclosing_circles
+    from profiler.measure._labels import pixel_scan
 
     lab = _cp_zernike_shapes()
     lab64 = lab.astype(np.int64)
-    _, bbox, _, _ = K.pixel_scan(lab64, 4)
-    ci, cj, r = K.cp_enclosing_circles(lab64, 4, bbox)
+    _, bbox, _, _ = pixel_scan(lab64, 4)
+    ci, cj, r = cp_enclosing_circles(lab64, 4, bbox)
     for k, (hi, hj, hr) in enumerate(_CP_MEC, start=1):
         assert (ci[k], cj[k], r[k]) == (float.fromhex(hi), float.fromhex(hj), float.fromhex(hr))
     out = areashape(lab, None, n_objects=4, advanced=False)

@@ -17,7 +17,10 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from profiler.measure import _kernels as K
+from profiler.measure._distance import edt_with_border, geodesic_from_centers, label_edt
+from profiler.measure._hull import cp_enclosing_circles
+from profiler.measure._labels import pixel_scan, radii_by_label, sorted_by_label, sorted_group_stats
+from profiler.measure._radix import sort_float32_by_label
 from profiler.measure import measure_objects
 from profiler.measure.areashape import ZERNIKE_INDEXES, areashape
 from profiler.measure.intensity import intensity
@@ -72,7 +75,7 @@ def test_label_edt_matches_scipy(field):
     lab, _, n = field
     lab64 = lab.astype(np.int64)
     for border in (True, False):
-        fast = K.label_edt(lab64, border)
+        fast = label_edt(lab64, border)
         slow = np.zeros(lab.shape)
         for k in _objects(lab, n):
             m = lab == k
@@ -127,8 +130,8 @@ def _heap_geodesic(lab, ci, cj, n):
 def test_geodesic_bucket_queue_equals_heap_dijkstra(field):
     lab, _, n = field
     lab64 = lab.astype(np.int64)
-    ci, cj = _centers(lab64, K.label_edt(lab64, False), n)
-    fast = K.geodesic_from_centers(lab64, ci, cj, n)
+    ci, cj = _centers(lab64, label_edt(lab64, False), n)
+    fast = geodesic_from_centers(lab64, ci, cj, n)
     np.testing.assert_array_equal(fast, _heap_geodesic(lab64, ci, cj, n))
 
 
@@ -207,8 +210,8 @@ def _zernike_direct(lab, k, ci, cj, r, weight, nn, mm):
 def test_zernike_by_runs_equals_direct_evaluation(field):
     lab, images, n = field
     lab64 = lab.astype(np.int64)
-    area, bbox, _, _ = K.pixel_scan(lab64, n)
-    mec_i, mec_j, mec_r = K.cp_enclosing_circles(lab64, n, bbox)
+    area, bbox, _, _ = pixel_scan(lab64, n)
+    mec_i, mec_j, mec_r = cp_enclosing_circles(lab64, n, bbox)
     shape = areashape(lab, None, n_objects=n, advanced=False)
     rad = radial_distribution(lab, {"f32": images["f32"]}, n_objects=n)
     ones = np.ones(lab.shape)
@@ -244,7 +247,7 @@ def test_radix_sort_by_label_equals_per_label_numpy_sort():
     vals = np.concatenate([rng.normal(0, 1, m - 60), np.zeros(10), -np.zeros(10), np.full(10, np.inf),
                            np.full(10, -np.inf), np.full(20, 0.5)]).astype(np.float32)
     rng.shuffle(vals)
-    got = K.sort_float32_by_label(lab, vals)
+    got = sort_float32_by_label(lab, vals)
     want = np.concatenate([np.sort(vals[lab == k]) for k in range(1, 40)]).astype(np.float64)
     assert got.dtype == np.float64
     np.testing.assert_array_equal(got, want)  # -0.0 == +0.0 (np.sort leaves their order open)
@@ -255,16 +258,16 @@ def test_radii_counting_equals_sorted_statistics(field):
     bit for bit (mean summed in ascending order), and the sorting fallback for inexact distances."""
     lab, _, n = field
     lab64 = lab.astype(np.int64)
-    d = K.label_edt(lab64, True)
+    d = label_edt(lab64, True)
     sel = lab64.ravel() > 0
     dl, dv = lab64.ravel()[sel], d.ravel()[sel]
-    want = K.sorted_group_stats(*K.sorted_by_label(dl, dv, n), n)
-    got = K.radii_by_label(dl, dv, n)
+    want = sorted_group_stats(*sorted_by_label(dl, dv, n), n)
+    got = radii_by_label(dl, dv, n)
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
     inexact = dv * 1.1  # not square roots of integers: the sorting path
-    want = K.sorted_group_stats(*K.sorted_by_label(dl, inexact, n), n)
-    for a, b in zip(K.radii_by_label(dl, inexact, n), want):
+    want = sorted_group_stats(*sorted_by_label(dl, inexact, n), n)
+    for a, b in zip(radii_by_label(dl, inexact, n), want):
         np.testing.assert_array_equal(a, b)
 
 
@@ -276,4 +279,4 @@ def test_edt_with_border_derived_from_inside_transform(field):
     cases += [(rng.integers(0, 4, (h, w)) * (rng.random((h, w)) < 0.7)).astype(np.int64)
               for h, w in rng.integers(1, 30, (40, 2))]
     for lab64 in cases:
-        np.testing.assert_array_equal(K.edt_with_border(K.label_edt(lab64, False)), K.label_edt(lab64, True))
+        np.testing.assert_array_equal(edt_with_border(label_edt(lab64, False)), label_edt(lab64, True))

@@ -92,36 +92,36 @@ class LabelContext:
         return self._get("grouped", make)
 
     def shape_scan(self):
-        """(area, bbox, perimeter, euler) from :func:`_kernels.pixel_scan`."""
-        from profiler.measure import _kernels as K
+        """(area, bbox, perimeter, euler) from :func:`_labels.pixel_scan`."""
+        from profiler.measure._labels import pixel_scan
 
-        return self._get("scan", lambda: K.pixel_scan(self.labels, self.n))
+        return self._get("scan", lambda: pixel_scan(self.labels, self.n))
 
     def hull(self):
         """(min_feret, max_feret, mec_i, mec_j, mec_r, convex_area): Feret and convex area from
-        :func:`_kernels.hull_features`, the circle from :func:`_kernels.cp_enclosing_circles`."""
-        from profiler.measure import _kernels as K
+        :func:`_hull.hull_features`, the circle from :func:`_hull.cp_enclosing_circles`."""
+        from profiler.measure._hull import cp_enclosing_circles, hull_candidates, hull_features
 
         def make():
-            ii, jj, starts = K.hull_candidates(self.labels, self.n)
+            ii, jj, starts = hull_candidates(self.labels, self.n)
             bbox = self.shape_scan()[1]
-            min_f, max_f, conv = K.hull_features(ii, jj, starts, self.n, bbox, True)
+            min_f, max_f, conv = hull_features(ii, jj, starts, self.n, bbox, True)
             # the enclosing circle exactly as CellProfiler computes it (its Zernike features
             # depend on the radius to the last bit, see cp_enclosing_circles)
-            mec_i, mec_j, mec_r = K.cp_enclosing_circles(self.labels, self.n, bbox)
+            mec_i, mec_j, mec_r = cp_enclosing_circles(self.labels, self.n, bbox)
             return min_f, max_f, mec_i, mec_j, mec_r, conv
 
         return self._get("hull", make)
 
     def edt(self, border_is_background: bool) -> np.ndarray:
-        """Label-wise Euclidean distance transform (:func:`_kernels.label_edt`). The variant in
+        """Label-wise Euclidean distance transform (:func:`_distance.label_edt`). The variant in
         which the outside of the image is background is derived from the other one
-        (:func:`_kernels.edt_with_border`), so the two cost one transform."""
-        from profiler.measure import _kernels as K
+        (:func:`_distance.edt_with_border`), so the two cost one transform."""
+        from profiler.measure._distance import edt_with_border, label_edt
 
         if border_is_background:
-            return self._get(("edt", True), lambda: K.edt_with_border(self.edt(False)))
-        return self._get(("edt", False), lambda: K.label_edt(self.labels, False))
+            return self._get(("edt", True), lambda: edt_with_border(self.edt(False)))
+        return self._get(("edt", False), lambda: label_edt(self.labels, False))
 
 
 def label_context(labels: np.ndarray, n_objects: int, context: LabelContext | None = None) -> LabelContext:

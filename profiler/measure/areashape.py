@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from profiler.measure import _kernels as K
+from profiler.measure._labels import radii_by_label
+from profiler.measure._moments import moments, zernike_indexes, zernike_magnitudes_by_runs
 from profiler.measure._util import LabelContext, label_context
 from profiler.measure.registry import FeatureDoc, register
 
-ZERNIKE_INDEXES = K.zernike_indexes(9)
+ZERNIKE_INDEXES = zernike_indexes(9)
 
 _D = "dimensionless"
 _FEATURES = [
@@ -94,7 +95,7 @@ def zernike_shape(lab_img: np.ndarray, n: int, mec_i: np.ndarray, mec_j: np.ndar
     """Zernike shape magnitudes (n+1, n_zernike) of every object; NaN where r = 0 or absent."""
     ok = mec_r > 0  # single-pixel and absent objects: NaN below
     rad = np.where(ok, mec_r, 1.0)
-    mag = K.zernike_magnitudes_by_runs(lab_img, n, mec_i, mec_j, rad, ZERNIKE_INDEXES)[:, 0]
+    mag = zernike_magnitudes_by_runs(lab_img, n, mec_i, mec_j, rad, ZERNIKE_INDEXES)[:, 0]
     with np.errstate(divide="ignore", invalid="ignore"):
         z = mag / (np.pi * mec_r[:, None] ** 2)
     z[~(mec_r > 0)] = np.nan
@@ -114,7 +115,7 @@ def areashape(labels: np.ndarray, images=None, *, n_objects: int, zernike: bool 
     area = np.where(present, area_i, np.nan).astype(np.float64)
     perim = np.where(present, geo["perimeter"], np.nan)
 
-    m, mu = K.moments(lab_img, n, bbox, area_i)
+    m, mu = moments(lab_img, n, bbox, area_i)
     # first-order central moments are 0 by definition (what is summed is round-off of order 1e-8
     # on large objects; CellProfiler's is of order 1e-10): write the exact value
     mu[:, 0, 1] = 0.0
@@ -145,7 +146,7 @@ def areashape(labels: np.ndarray, images=None, *, n_objects: int, zernike: bool 
         min_f, max_f, mec_i, mec_j, mec_r, conv = ctx.hull()
 
         pidx, dl = ctx.pixels()
-        max_r, mean_r, med_r = K.radii_by_label(dl, ctx.edt(True).ravel()[pidx], n)
+        max_r, mean_r, med_r = radii_by_label(dl, ctx.edt(True).ravel()[pidx], n)
 
     s = slice(1, n + 1)
     out: dict[str, np.ndarray] = {

@@ -23,7 +23,8 @@ from collections.abc import Mapping
 import numba as nb
 import numpy as np
 
-from profiler.measure import _kernels as K
+from profiler.measure._labels import group_by_label, label_starts
+from profiler.measure._radix import sort_float32_by_label
 from profiler.measure._util import LabelContext, label_context
 from profiler.measure.registry import FeatureDoc, register
 
@@ -183,7 +184,7 @@ def intensity(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objects
     edge = _edge_mask(lab_img).ravel()[idx]
     cnt = ctx.counts().astype(np.float64)
     ci, cj = ctx.centroid()
-    starts = K.label_starts(lab, n)
+    starts = label_starts(lab, n)
     s = slice(1, n + 1)
     out: dict[str, np.ndarray] = {}
     absent = cnt == 0
@@ -216,9 +217,9 @@ def intensity(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objects
         v32 = raw.astype(np.float32, copy=False)
         if raw.dtype == np.float32 or np.array_equal(v32, v):
             # one uint64 sort of (label, value) keys for all objects
-            vs = K.sort_float32_by_label(lab, v32)
+            vs = sort_float32_by_label(lab, v32)
         else:
-            vs = _sort_groups(v[K.group_by_label(lab, n)[0]], starts, n)
+            vs = _sort_groups(v[group_by_label(lab, n)[0]], starts, n)
         q = _quantiles_mad(vs, starts, n)
         out[f"Intensity_LowerQuartileIntensity_{ch}"] = q[s, 0]
         out[f"Intensity_MedianIntensity_{ch}"] = q[s, 1]

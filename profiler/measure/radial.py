@@ -24,7 +24,9 @@ from collections.abc import Mapping
 import numba as nb
 import numpy as np
 
-from profiler.measure import _kernels as K
+from profiler.measure._cp_parity_sort import numpy1_argsort
+from profiler.measure._distance import geodesic_from_centers
+from profiler.measure._moments import zernike_indexes, zernike_magnitudes_by_runs
 from profiler.measure._util import LabelContext, label_context
 from profiler.measure.registry import FeatureDoc, register
 
@@ -68,7 +70,7 @@ def _centers_from_order(labels: np.ndarray, order: np.ndarray, n: int):
 def _centers(labels: np.ndarray, dist: np.ndarray, n: int):
     """Each object's point farthest from its edge, ties broken as CellProfiler 5 breaks them (the
     order NumPy 1.26's unstable argsort gives equal distances over the whole image)."""
-    order = K.numpy1_argsort(np.ascontiguousarray(dist, np.float64).ravel())
+    order = numpy1_argsort(np.ascontiguousarray(dist, np.float64).ravel())
     return _centers_from_order(labels, order, n)
 
 
@@ -135,7 +137,7 @@ def radial_geometry(labels: np.ndarray, n: int, bin_count: int,
     lab_img = ctx.labels
     d_edge = ctx.edt(False)
     ci, cj = _centers(lab_img, d_edge, n)
-    d_center = K.geodesic_from_centers(lab_img, ci, cj, n)
+    d_center = geodesic_from_centers(lab_img, ci, cj, n)
     pidx, plab = ctx.pixels()
     ii, jj = ctx.rows_cols()
     good, bins, wedge = _bins_wedges(pidx, plab, ii, jj, d_center.ravel(), d_edge.ravel(), ci, cj, bin_count)
@@ -181,14 +183,14 @@ def radial_distribution(labels: np.ndarray, images: Mapping[str, np.ndarray], *,
             out[f"RadialDistribution_MeanFrac_{sfx}"] = np.where(present, mean_frac[:, b], np.nan)
             out[f"RadialDistribution_RadialCV_{sfx}"] = np.where(present, cv[:, b], np.nan)
     if int(zernike_degree) >= 0 and chans:
-        zidx = K.zernike_indexes(int(zernike_degree))
+        zidx = zernike_indexes(int(zernike_degree))
         area = ctx.shape_scan()[0]
         _, _, mec_i, mec_j, mec_r, _ = ctx.hull()
         ok = mec_r > 0  # single-pixel and absent objects: NaN below
         w = np.stack([np.asarray(images[ch]) for ch in chans])
         if w.dtype not in (np.float32, np.float64):
             w = w.astype(np.float64)
-        mag = K.zernike_magnitudes_by_runs(lab_img, n, mec_i, mec_j, np.where(ok, mec_r, 1.0), zidx, w)
+        mag = zernike_magnitudes_by_runs(lab_img, n, mec_i, mec_j, np.where(ok, mec_r, 1.0), zidx, w)
         with np.errstate(divide="ignore", invalid="ignore"):
             mag = mag / area[:, None, None]
         mag[~(mec_r > 0)] = np.nan
