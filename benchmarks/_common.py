@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from profiler.shared_data import SHARED_DATA, shared_path  # noqa: F401  (SHARED_DATA: re-exported)
+from cellfusion_core.shared_data import SHARED_DATA, shared_path  # noqa: F401  (SHARED_DATA: re-exported)
 
 REPO = Path(__file__).resolve().parents[1]
 

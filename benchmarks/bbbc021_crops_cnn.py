@@ -75,7 +75,7 @@ def main(argv=None) -> None:
     from fusion.cnn.ensemble import CNNEnsemble
     from fusion.cnn.train import resolve_device
     from fusion.data import load_crops
-    from profiler.names import COMPOUND, CONCENTRATION, MOA, PLATE
+    from cellfusion_core.names import COMPOUND, CONCENTRATION, MOA, PLATE
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -34,9 +34,9 @@ from scipy.spatial.distance import pdist, squareform  # noqa: E402
 from benchmarks._common import emit, require_shared  # noqa: E402
 from profiler.cluster import (compound_trajectories, dtw_distances, hierarchical_clusters,  # noqa: E402
                               resampled_euclidean_distances, score_clusters)
-from profiler.columns import control_mask  # noqa: E402
+from cellfusion_core.columns import control_mask  # noqa: E402
 from profiler.ingest import read_bbbc021_wells  # noqa: E402
-from profiler.names import MOA  # noqa: E402
+from cellfusion_core.names import MOA  # noqa: E402
 from profiler.profiles import apply_recipe  # noqa: E402
 
 METRICS = (("ari", "adjusted Rand index"), ("purity", "purity"), ("nn1_accuracy", "1-NN MoA accuracy"),

@@ -56,7 +56,7 @@ FAMILIES = ("AreaShape", "Intensity", "Texture", "Correlation", "RadialDistribut
 # --------------------------------------------------------------------------------------- shared
 def _normalize(wells: pd.DataFrame, by: str = "Metadata_Plate") -> pd.DataFrame:
     """mad_robustize to the DMSO wells of each ``by`` group (plate; batch where plates lack DMSO)."""
-    from profiler.names import CONTROL, feature_columns
+    from cellfusion_core.names import CONTROL, feature_columns
     from profiler.profiles import normalize
 
     wells = wells.copy()
@@ -81,7 +81,7 @@ def _treatment_accuracy(y: np.ndarray, proba: np.ndarray, classes: np.ndarray, t
 def ljosa(args) -> None:
     from fusion.gbm import GBMClassifier
     from profiler.evaluate import nsc_nscb, treatment_profiles
-    from profiler.names import feature_columns
+    from cellfusion_core.names import feature_columns
 
     base = require_shared("bbbc021")
     t0 = time.perf_counter()
@@ -179,7 +179,7 @@ def crop_features(images: np.ndarray, seg_params: dict) -> pd.DataFrame:
 def _crop_wells(args):
     """The crop set (first N crops per well), its per-well profiles (normalized) and the feature names."""
     from fusion.data import load_crops
-    from profiler.names import feature_columns
+    from cellfusion_core.names import feature_columns
     from profiler.profiles import aggregate
 
     path = require_shared("bbbc021", "crops", "bbbc021_crops.tif")
@@ -196,7 +196,7 @@ def _crop_wells(args):
     else:
         feats_df = crop_features(cs.images, {"nuclei": {"min_diameter": 8, "max_diameter": 60}})
         cache.parent.mkdir(parents=True, exist_ok=True)
-        from profiler.io import write_parquet
+        from cellfusion_core.io import write_parquet
 
         write_parquet(feats_df, cache)
     feats_df = feats_df.replace([np.inf, -np.inf], np.nan)  # e.g. FormFactor of a zero-perimeter cytoplasm

@@ -32,7 +32,7 @@ def ljosa_moa_table() -> pd.DataFrame:
     """The normalized, annotated, DMSO-free Ljosa per-well table."""
     from benchmarks.bbbc021_fusion import _normalize
     from profiler.ingest import read_bbbc021_wells
-    from profiler.names import feature_columns
+    from cellfusion_core.names import feature_columns
 
     wells = read_bbbc021_wells(require_shared("bbbc021"))
     drop = [c for c in feature_columns(wells) if "Location" in c or "Center" in c or "Number" in c

@@ -4,7 +4,7 @@ Two answers on the same normalised table (preset ``default``: per-plate mad_robu
 wells, variance and NaN filters; no MoA label is used anywhere here):
 
 1. ``fusion train --label perturbed``: XGBoost, DMSO wells (the one control rule of
-   profiler.columns) vs every other well, out-of-fold on compound-grouped folds (a compound's wells
+   cellfusion_core.columns) vs every other well, out-of-fold on compound-grouped folds (a compound's wells
    are never in training and test at once; DMSO wells grouped by plate). Printed per fold seed:
    ROC AUC beside the majority baseline (0.5), accuracy beside the majority class, and the
    fraction of DMSO wells called perturbed (false-positive rate at p = 0.5).
@@ -37,7 +37,7 @@ from benchmarks._common import emit, require_shared  # noqa: E402
 from fusion.train import OOF_FILE, train  # noqa: E402
 from profiler.evaluate import phenotypic_activity  # noqa: E402
 from profiler.ingest import read_bbbc021_wells  # noqa: E402
-from profiler.names import COMPOUND, CONCENTRATION  # noqa: E402
+from cellfusion_core.names import COMPOUND, CONCENTRATION  # noqa: E402
 from profiler.profiles import apply_recipe  # noqa: E402
 
 

@@ -177,7 +177,7 @@ def cross_batch_agreement(profiles) -> float:
     from scipy.stats import rankdata
 
     from profiler.evaluate import is_control, treatment_profiles
-    from profiler.names import BATCH, COMPOUND, feature_columns
+    from cellfusion_core.names import BATCH, COMPOUND, feature_columns
 
     feats = feature_columns(profiles)
     t = treatment_profiles(profiles[~is_control(profiles)], features=feats)

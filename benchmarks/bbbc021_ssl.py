@@ -156,7 +156,7 @@ def classical_features(images: np.ndarray, chunk: int = 1024) -> tuple[pd.DataFr
 
 def per_well(values: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
     """Mean of the cells per plate × well; the well's Metadata_* columns kept."""
-    from profiler.names import PLATE, WELL
+    from cellfusion_core.names import PLATE, WELL
 
     meta_cols = [c for c in meta.columns if str(c).startswith("Metadata_")]
     table = pd.concat([meta[meta_cols].reset_index(drop=True), values.reset_index(drop=True)], axis=1)
@@ -175,7 +175,7 @@ def clean(wells: pd.DataFrame) -> pd.DataFrame:
 
 def scores(wells: pd.DataFrame, normalized: bool) -> dict:
     from profiler.evaluate import nsc_nscb, treatment_profiles
-    from profiler.names import BATCH
+    from cellfusion_core.names import BATCH
     from profiler.profiles import normalize
 
     wells = clean(wells)

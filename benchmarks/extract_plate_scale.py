@@ -57,7 +57,7 @@ def fabricate(work: Path, n_cells: int, n_features: int, cells_per_site: int, se
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from profiler import io
+    from cellfusion_core import io
     from profiler.config import load_pipeline
     from profiler.partitions import SITES_DIR, _input_signature, pipeline_hash, site_stem
     from profiler.plate import discover

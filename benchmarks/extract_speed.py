@@ -218,7 +218,7 @@ def site_stages(pipeline: Path, plate: Path, repeat: int) -> dict[str, float]:
     of ``repeat``, per-image caches cleared): read, QC, illumination correction (the plate's
     functions, computed beforehand, untimed), segment, measure (every family, 3 compartments), write
     the site's partition."""
-    from profiler import io
+    from cellfusion_core import io
     from profiler.config import load_pipeline
     from profiler.illum import apply_illumination, config_params, plate_illumination
     from profiler.plate import discover, read_site

@@ -30,8 +30,8 @@ import pandas as pd
 
 from fusion.gbm import join_embeddings
 from fusion.oof import align_proba, expand_folds
-from profiler.errors import InputError
-from profiler.names import PLATE, WELL
+from cellfusion_core.errors import InputError
+from cellfusion_core.names import PLATE, WELL
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from profiler._cli_util import COLUMN_OPTION_HELP, err_console, run_main, setup_logging
+from cellfusion_core.cli import COLUMN_OPTION_HELP, err_console, run_main, setup_logging
 
 app = typer.Typer(help="Profiles (+ single-cell crops) → XGBoost / CNN / stacked models → predictions and SHAP reports.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)

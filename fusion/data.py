@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from profiler.errors import InputError
-from profiler.names import (BATCH, COMPOUND, CONCENTRATION, CONTROL, MOA, OBJECT_NUMBER, PLATE, SITE, WELL)
+from cellfusion_core.errors import InputError
+from cellfusion_core.names import (BATCH, COMPOUND, CONCENTRATION, CONTROL, MOA, OBJECT_NUMBER, PLATE, SITE, WELL)
 
 CROPS_TIF = "crops.tif"
 CROPS_TABLE = "crops.parquet"

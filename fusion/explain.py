@@ -3,7 +3,7 @@
 * :func:`shap_values` — exact TreeSHAP (``shap.TreeExplainer``) per class → array (rows, features, classes).
 * :func:`class_importance` — mean |SHAP| per feature and class.
 * :func:`group_attributions` — those summed into interpretable groups parsed from the CellProfiler
-  names with :func:`profiler.names.parse_feature` ("Nuclei · AreaShape", "Cells · Texture · Tubulin");
+  names with :func:`cellfusion_core.names.parse_feature` ("Nuclei · AreaShape", "Cells · Texture · Tubulin");
   the CNN ensemble's per-well embeddings (``Embedding_*``) form the group "CNN embedding", and
   :func:`group_share` says how much of each class's attribution a group carries.
 * :func:`top_features` — per class the top features, with their direction: is the feature higher
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from profiler.names import CELL_COUNT, is_metadata, parse_feature
+from cellfusion_core.names import CELL_COUNT, is_metadata, parse_feature
 
 __all__ = ["shap_values", "class_importance", "feature_group", "group_attributions", "group_share", "top_features",
            "stack_weights", "cnn_attention_maps"]

@@ -23,8 +23,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 from sklearn.utils.class_weight import compute_sample_weight
 
-from profiler.errors import InputError
-from profiler.names import PLATE, WELL
+from cellfusion_core.errors import InputError
+from cellfusion_core.names import PLATE, WELL
 
 __all__ = ["GBMClassifier", "join_embeddings"]
 

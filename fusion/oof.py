@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, cross_val_predict
 
-from profiler.columns import ColumnSpec, control_mask
-from profiler.errors import InputError
+from cellfusion_core.columns import ColumnSpec, control_mask
+from cellfusion_core.errors import InputError
 
 __all__ = ["Folds", "Grouping", "choose_grouping", "grouping_limits", "grouped_folds", "fold_index", "expand_folds", "align_proba", "cross_val_proba",
            "out_of_fold_proba"]
@@ -75,7 +75,7 @@ def choose_grouping(profiles: pd.DataFrame, label: str, columns: ColumnSpec,
     * ``group_by`` given: its column(s), as given.
     * ``label`` is not the compound and the table has a compound column: by compound (no compound
       in a training and a test fold at once — the honest test for a mechanism-of-action label).
-      Negative-control rows (:func:`profiler.columns.control_mask`) are one compound seen on every
+      Negative-control rows (:func:`cellfusion_core.columns.control_mask`) are one compound seen on every
       plate; they are grouped by plate (by well on a single plate), so the control class is learnt
       from other plates' controls.
     * ``label`` is the compound: by plate when there are ≥ 2 plates (replicate plates held out),

@@ -25,9 +25,9 @@ from fusion import modelio
 from fusion.gbm import GBMClassifier, join_embeddings
 from fusion.train import CNN_DIR, GBM_CONFIG, GBM_EMB_CONFIG, GBM_EMB_FILE, GBM_FILE, PROBA_PREFIX, STACK_FILE, \
     read_profiles
-from profiler import io
-from profiler.errors import InputError, ModelFileError
-from profiler.names import metadata_columns
+from cellfusion_core import io
+from cellfusion_core.errors import InputError, ModelFileError
+from cellfusion_core.names import metadata_columns
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ import pandas as pd
 
 from fusion import explain, metrics, modelio
 from fusion.train import OOF_FILE, PROBA_PREFIX, SHAP_FILE, TRAIN_FILE
-from profiler import io
-from profiler.errors import ModelFileError
+from cellfusion_core import io
+from cellfusion_core.errors import ModelFileError
 
 log = logging.getLogger(__name__)
 
@@ -432,7 +432,7 @@ def _render_examples(sc_path: Path, crops: tuple[Path, Path], explained: dict[st
                      n_features: int = 6, n_cells: int = 5, seed: int = 0) -> tuple[str | None, str]:
     import tifffile
 
-    from profiler.names import OBJECT_NUMBER, PLATE, SITE, WELL
+    from cellfusion_core.names import OBJECT_NUMBER, PLATE, SITE, WELL
 
     tif, tab_path = crops
     table = pd.read_parquet(tab_path)
@@ -688,7 +688,7 @@ def fig_plate(plate: str, wells: pd.DataFrame, classes: list[str], colours: dict
 
 def _plate_section(oof: pd.DataFrame, classes: list[str], fig_dir: Path) -> str:
     """Per plate a plate map (see :func:`fig_plate`); or a note saying why there is none."""
-    from profiler.names import CELL_COUNT, PLATE, WELL
+    from cellfusion_core.names import CELL_COUNT, PLATE, WELL
 
     title = "<h2>Plate view</h2>"
     if WELL not in oof.columns:

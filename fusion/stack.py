@@ -41,7 +41,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 
-from profiler.errors import InputError, ModelFileError
+from cellfusion_core.errors import InputError, ModelFileError
 
 __all__ = ["StackedClassifier", "stack_inputs", "cell_to_well_proba", "meta_out_of_fold_proba", "FORMAT"]
 

@@ -23,7 +23,7 @@ and which classes it leaves unpredictable (a class with a single compound cannot
 when compounds are held out) with the accuracy ceiling that implies.
 
 The table's columns keep their names: the compound, concentration, MoA, batch columns and the
-negative controls are resolved by :func:`profiler.columns.resolve_columns` (ours, the common
+negative controls are resolved by :func:`cellfusion_core.columns.resolve_columns` (ours, the common
 pycytominer/JUMP/LINCS names, or the names given).
 """
 
@@ -40,10 +40,10 @@ import pandas as pd
 from fusion import explain, metrics, modelio
 from fusion.oof import choose_grouping, cross_val_proba, fold_index, grouped_folds, grouping_limits
 from fusion.gbm import GBMClassifier, join_embeddings
-from profiler import io
-from profiler.errors import ConfigError, InputError
-from profiler.columns import ROLES, control_mask, resolve_columns
-from profiler.names import CELL_COUNT, PLATE, WELL, feature_columns, metadata_columns
+from cellfusion_core import io
+from cellfusion_core.errors import ConfigError, InputError
+from cellfusion_core.columns import ROLES, control_mask, resolve_columns
+from cellfusion_core.names import CELL_COUNT, PLATE, WELL, feature_columns, metadata_columns
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ PERTURBED_COLUMN = "Metadata_Perturbed"
 
 def perturbed_labels(profiles: pd.DataFrame, columns, path: Path | None = None) -> pd.DataFrame:
     """A copy of ``profiles`` with ``Metadata_Perturbed``: ``"control"`` on the negative-control rows
-    (:func:`profiler.columns.control_mask`, the one control rule), ``"perturbed"`` on every other row.
+    (:func:`cellfusion_core.columns.control_mask`, the one control rule), ``"perturbed"`` on every other row.
 
     Trained on it, a model answers "is this well perturbed?"; the default grouping then holds out
     whole compounds (the control rows grouped by plate), so the score is for compounds never seen.
@@ -154,7 +154,7 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
         (else wells) for the compound.
     compound, concentration, moa, batch, control:
         The table's column for each role and the negative-control rule (a compound value or a
-        pandas query), as :func:`profiler.columns.resolve_columns` takes them; default: ours or a
+        pandas query), as :func:`cellfusion_core.columns.resolve_columns` takes them; default: ours or a
         recognised pycytominer/JUMP/LINCS name.
     embeddings:
         Optional per-well CNN embeddings (``fusion embed``) appended to the features.

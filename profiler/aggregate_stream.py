@@ -37,8 +37,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from profiler.errors import ConfigError, InputError
-from profiler.names import CELL_COUNT, PLATE, WELL, is_metadata, is_profile_feature
+from cellfusion_core.errors import ConfigError, InputError
+from cellfusion_core.names import CELL_COUNT, PLATE, WELL, is_metadata, is_profile_feature
 
 _OPS = {"median": "quantile_cont({x}, 0.5)", "mean": "avg({x})"}
 ENGINES = ("auto", "stream", "duckdb")
@@ -78,7 +78,7 @@ def aggregate_parquet(source: str | Path | Sequence[str | Path], *, strata: Sequ
 
     ``source``: one file, a folder (its ``*.parquet`` files, recursively, sorted by path: e.g. the
     per-site files of ``profiler extract``) or a list of files (in that order). ``features`` default:
-    the columns :func:`profiler.names.is_profile_feature` accepts (position and numbering columns
+    the columns :func:`cellfusion_core.names.is_profile_feature` accepts (position and numbering columns
     stay in the per-cell table but are not aggregated). ``engine``: ``"auto"`` streams stratum by
     stratum when each stratum's rows are contiguous in file order and uses DuckDB otherwise (see the
     module docstring); ``"stream"`` or ``"duckdb"`` force one. ``threads``: CPU threads (default:

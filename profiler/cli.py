@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from profiler._cli_util import COLUMN_OPTION_HELP, err_console, run_main, setup_logging
+from cellfusion_core.cli import COLUMN_OPTION_HELP, err_console, run_main, setup_logging
 
 app = typer.Typer(help="Images → cells → CellProfiler-style features → per-well profiles.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -118,7 +118,7 @@ def aggregate(
     memory_mb: float = typer.Option(1500, help="Memory budget of the streaming aggregation."),
 ) -> None:
     """Per-cell Parquet → per-well profiles (streaming median/mean, normalize to controls, feature selection)."""
-    from profiler.errors import InputError
+    from cellfusion_core.errors import InputError
     from profiler.profiles import aggregate_command
 
     recipe: object = preset
@@ -173,11 +173,11 @@ def evaluate(
     differs from the controls."""
     import numpy as np
 
-    from profiler import io
-    from profiler.columns import NEGATIVE_CONTROL_QUERY, mark_controls, resolve_columns
-    from profiler.errors import InputError
+    from cellfusion_core import io
+    from cellfusion_core.columns import NEGATIVE_CONTROL_QUERY, mark_controls, resolve_columns
+    from cellfusion_core.errors import InputError
     from profiler.evaluate import evaluate as run, read_profiles
-    from profiler.names import feature_columns, metadata_columns
+    from cellfusion_core.names import feature_columns, metadata_columns
     from profiler.profiles import apply_recipe, control_variation_levels
 
     table = read_profiles(profiles)
@@ -253,8 +253,8 @@ def cluster(
 ) -> None:
     """Cluster compounds by their dose (or time) trajectories with DTW; score against a label when given."""
     from profiler.cluster import cluster_command
-    from profiler.columns import control_mask, resolve_columns
-    from profiler.errors import InputError
+    from cellfusion_core.columns import control_mask, resolve_columns
+    from cellfusion_core.errors import InputError
     from profiler.evaluate import read_profiles
 
     table = read_profiles(profiles)

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from profiler.errors import ConfigError, InputError
-from profiler.names import COMPOUND, CONCENTRATION, feature_columns
+from cellfusion_core.errors import ConfigError, InputError
+from cellfusion_core.names import COMPOUND, CONCENTRATION, feature_columns
 
 log = logging.getLogger(__name__)
 
@@ -388,7 +388,7 @@ def plot_clusters(result: ClusterResult, path: str | Path, compound: str) -> Pat
     import matplotlib.pyplot as plt
     from scipy.cluster.hierarchy import dendrogram
 
-    from profiler import io
+    from cellfusion_core import io
 
     names = result.table[compound].astype(str).tolist()
     label = result.parameters.get("label")
@@ -430,7 +430,7 @@ def cluster_command(profiles_path: str | Path, out_dir: str | Path, *, by: str =
     scores.json (with a label) and manifest.json into ``out_dir``. Everything is computed before the
     first file is written, so bad input leaves no partial folder. ``table``: the already-read table;
     ``columns``: the resolved column roles, recorded in the manifest."""
-    from profiler import io
+    from cellfusion_core import io
     from profiler.evaluate import read_profiles
 
     profiles_path = Path(profiles_path)

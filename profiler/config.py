@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from profiler.errors import ConfigError
+from cellfusion_core.errors import ConfigError
 
 # the built-in pipelines: package data of ``profiler`` (pyproject.toml [tool.setuptools.package-data])
 PIPELINES_DIR = resources.files("profiler") / "pipelines"

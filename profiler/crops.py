@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from profiler import io
-from profiler.errors import ConfigError, InputError
-from profiler.names import OBJECT_NUMBER
+from cellfusion_core import io
+from cellfusion_core.errors import ConfigError, InputError
+from cellfusion_core.names import OBJECT_NUMBER
 
 CROPS_TIF = "crops.tif"
 CROPS_TABLE = "crops.parquet"

@@ -19,7 +19,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
-from profiler.errors import ConfigError
+from cellfusion_core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

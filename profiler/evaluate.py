@@ -16,9 +16,9 @@
   FDR-corrected p-value (the per-treatment table behind the activity mAP; ``activity.parquet``).
 * :func:`evaluate` — all of the above on a per-well profile table.
 
-Every function takes a :class:`profiler.columns.ColumnSpec` (``columns=``): which columns hold the
+Every function takes a :class:`cellfusion_core.columns.ColumnSpec` (``columns=``): which columns hold the
 compound, concentration, MoA and batch, and which rows are negative controls (the one definition,
-:func:`profiler.columns.control_mask`). Without it the columns are resolved from the table — ours
+:func:`cellfusion_core.columns.control_mask`). Without it the columns are resolved from the table — ours
 (``Metadata_Compound`` …) or the common pycytominer/JUMP/LINCS names.
 """
 
@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from profiler.columns import ColumnSpec, control_mask, resolve_columns
-from profiler.errors import InputError
-from profiler.names import COMPOUND, CONCENTRATION, feature_columns
+from cellfusion_core.columns import ColumnSpec, control_mask, resolve_columns
+from cellfusion_core.errors import InputError
+from cellfusion_core.names import COMPOUND, CONCENTRATION, feature_columns
 
 TREATMENT = (COMPOUND, CONCENTRATION)
 
@@ -136,7 +136,7 @@ def _features(df: pd.DataFrame, features: Sequence[str] | None) -> list[str]:
 
 
 def is_control(df: pd.DataFrame, control: str | None = None, columns: ColumnSpec | None = None) -> np.ndarray:
-    """Negative-control rows (:func:`profiler.columns.control_mask`); ``control`` as ``--control``."""
+    """Negative-control rows (:func:`cellfusion_core.columns.control_mask`); ``control`` as ``--control``."""
     if columns is not None and control is not None:
         columns = ColumnSpec(**{**columns.to_dict(), "control": control})
     return control_mask(df, _spec(df, columns, control))
@@ -202,7 +202,7 @@ def nsc_nscb(treatments: pd.DataFrame, *, features: Sequence[str] | None = None,
              controls: np.ndarray | None = None) -> tuple[NNScore, NNScore | None]:
     """NSC and NSCB 1-NN accuracies (cosine) on a treatment table from :func:`treatment_profiles`.
 
-    ``controls`` marks the control treatments (default: :func:`profiler.columns.control_mask` on
+    ``controls`` marks the control treatments (default: :func:`cellfusion_core.columns.control_mask` on
     the treatment table); they are neither queries nor neighbours.
     """
     spec = _spec(treatments, columns, control)
@@ -375,7 +375,7 @@ def evaluate(profiles: pd.DataFrame, *, features: Sequence[str] | None = None,
              null_size: int = 10000, seed: int = 0) -> Evaluation:
     """NSC/NSCB on treatment medians (+ copairs mAP) for a per-well profile table.
 
-    ``columns`` (from :func:`profiler.columns.resolve_columns`) names the table's compound,
+    ``columns`` (from :func:`cellfusion_core.columns.resolve_columns`) names the table's compound,
     concentration, MoA and batch columns and the control rule; ``control`` alone overrides the
     control rule of the resolved columns.
     """

@@ -38,13 +38,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from profiler import io
+from cellfusion_core import io
 from profiler.config import AssayConfig, load_pipeline
 from profiler.crops import CROPS_TABLE, CROPS_TIF, crop_params, load_site_crops, write_crop_stack
-from profiler.errors import CellfusionError, ConfigError, InputError
+from cellfusion_core.errors import CellfusionError, ConfigError, InputError
 from profiler.illum import config_params as illum_params, illumination_path
 from profiler.illum import plate_illumination, save_illumination
-from profiler.names import CELL_COUNT, PLATE, SITE, WELL, is_metadata, is_profile_feature
+from cellfusion_core.names import CELL_COUNT, PLATE, SITE, WELL, is_metadata, is_profile_feature
 from profiler.partitions import SITES_DIR, base_record, load_done, pipeline_hash, printable, run_site, site_stem
 from profiler import outliers as ol
 from profiler.plate import PlateScan, Site, check_platemap, discover, read_platemap
@@ -392,7 +392,7 @@ def _flush(buffer, writer, crop_writer, meta_schema, kept_writer=None) -> None:
 def fit_plate_outliers(partitions: Sequence[Path], platemap: pd.DataFrame | None, params: Mapping[str, Any],
                        out_dir: Path) -> tuple[ol.OutlierModel | None, dict[str, Any]]:
     """Fit the per-cell outlier model on a bounded, seeded sample of the control wells' cells (the
-    platemap's negative controls, :func:`profiler.columns.control_mask`), reading each partition
+    platemap's negative controls, :func:`cellfusion_core.columns.control_mask`), reading each partition
     once; without a platemap or control cells, on a sample of all cells (the manifest says so).
     Writes ``OUT/outliers.json``. Returns ``(model or None, facts for the manifest)``."""
     import pyarrow as pa

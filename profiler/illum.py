@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from profiler import io
-from profiler.errors import ConfigError, InputError
+from cellfusion_core import io
+from cellfusion_core.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from profiler import io
-from profiler.errors import InputError
-from profiler.names import OBJECT_NUMBER, PLATE, SITE, WELL
+from cellfusion_core import io
+from cellfusion_core.errors import InputError
+from cellfusion_core.names import OBJECT_NUMBER, PLATE, SITE, WELL
 from profiler.plate import normalize_well
 
 log = logging.getLogger(__name__)

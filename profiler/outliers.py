@@ -35,7 +35,7 @@ wells; the orthogonal distance adds what lies off the controls' main axes of var
 defects, k = 40: ROC AUC 0.95 with it, 0.94 with the score distance alone; fused nuclei 0.96 / 0.93).
 
 The control cells of a plate come from the platemap by the project's one negative-control rule
-(:func:`profiler.columns.control_mask`); :func:`sample_partitions` draws a bounded, seeded sample
+(:func:`cellfusion_core.columns.control_mask`); :func:`sample_partitions` draws a bounded, seeded sample
 of them from the per-site partitions (one site in memory at a time).
 """
 
@@ -50,8 +50,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from profiler.errors import ConfigError, ModelFileError
-from profiler.names import PLATE, WELL, is_profile_feature
+from cellfusion_core.errors import ConfigError, ModelFileError
+from cellfusion_core.names import PLATE, WELL, is_profile_feature
 
 __all__ = ["SCORE", "FLAG", "FRACTION", "WELL_SCORE", "MODEL_FILE", "DEFAULTS", "OutlierModel",
            "outlier_params", "fit_outlier_model", "score_matrix", "score_cells", "sample_partitions",
@@ -278,11 +278,11 @@ def fit_outlier_model(sample: pd.DataFrame, *, contamination: float = 0.01, n_co
 # the plate: control wells, the bounded sample, per-well tallies and scores
 
 def control_wells(platemap: pd.DataFrame | None) -> set[str] | None:
-    """The platemap's negative-control wells (:func:`profiler.columns.control_mask`); ``None``
+    """The platemap's negative-control wells (:func:`cellfusion_core.columns.control_mask`); ``None``
     without a platemap or when it marks no control well."""
     if platemap is None or WELL not in platemap.columns:
         return None
-    from profiler.columns import control_mask
+    from cellfusion_core.columns import control_mask
 
     mask = control_mask(platemap)
     wells = set(platemap.loc[mask, WELL].astype(str))
@@ -362,9 +362,9 @@ def add_well_columns(profiles: pd.DataFrame, fractions: pd.DataFrame) -> pd.Data
     """Aggregated per-well ``profiles`` (before normalization) with ``Metadata_Outlier_Fraction``
     (from ``fractions``: plate, well, fraction — :meth:`OutlierTally.fractions`) and
     ``Metadata_Outlier_Well_Score`` (:func:`well_outlier_scores` against the negative-control wells
-    of :func:`profiler.columns.control_mask`; all wells when fewer than 3 are controls), inserted
+    of :func:`cellfusion_core.columns.control_mask`; all wells when fewer than 3 are controls), inserted
     after the metadata columns."""
-    from profiler.columns import control_mask
+    from cellfusion_core.columns import control_mask
 
     prof = profiles.copy()
     n_meta = sum(c.startswith("Metadata_") for c in prof.columns)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from skimage.segmentation import find_boundaries
 
-from profiler import io
+from cellfusion_core import io
 
 
 def _stretch(im: np.ndarray) -> np.ndarray:

@@ -22,11 +22,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from profiler import io
+from cellfusion_core import io
 from profiler.config import AssayConfig
 from profiler.crops import save_site_crops
-from profiler.errors import CellfusionError, ConfigError, InputError
-from profiler.names import PLATE, SITE, WELL
+from cellfusion_core.errors import CellfusionError, ConfigError, InputError
+from cellfusion_core.names import PLATE, SITE, WELL
 from profiler.plate import Site
 from profiler.site import process_site
 

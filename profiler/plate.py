@@ -46,8 +46,8 @@ import pandas as pd
 import tifffile
 
 from profiler.config import AssayConfig
-from profiler.errors import ConfigError, InputError
-from profiler.names import BATCH, COMPOUND, CONCENTRATION, CONTROL, WELL
+from cellfusion_core.errors import ConfigError, InputError
+from cellfusion_core.names import BATCH, COMPOUND, CONCENTRATION, CONTROL, WELL
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ Our code adapts and orchestrates; the operations themselves are pycytominer's
 * ``clip`` (bound normalized features) and :func:`typical_variation_normalize` (Ledoit–Wolf
   shrinkage whitening or TVN PCA whitening fit on the control wells) — regularized whitening that
   pycytominer's spherize does not offer;
-* aggregation of :func:`profiler.names.profile_feature_columns` only (position and numbering
+* aggregation of :func:`cellfusion_core.names.profile_feature_columns` only (position and numbering
   columns stay per cell);
 * named recipes (:data:`PRESETS`), so a pipeline YAML can say ``profiles: {preset: bbbc021_best}``.
 
@@ -37,9 +37,9 @@ import numpy as np
 import pandas as pd
 import pycytominer
 
-from profiler.columns import NEGATIVE_CONTROL_QUERY  # the one control definition, as a pycytominer query
-from profiler.errors import ConfigError, InputError
-from profiler.names import (
+from cellfusion_core.columns import NEGATIVE_CONTROL_QUERY  # the one control definition, as a pycytominer query
+from cellfusion_core.errors import ConfigError, InputError
+from cellfusion_core.names import (
     BATCH,
     CELL_COUNT,
     COMPOUND,
@@ -61,7 +61,7 @@ FEATURE_SELECT_OPERATIONS = ("variance_threshold", "correlation_threshold", "dro
                              "blocklist", "drop_outliers", "noise_removal")
 
 #: Features that describe where a cell is or how it is numbered, not what it looks like: the one
-#: definition in :mod:`profiler.names` (``is_profile_feature``) as a blocklist pattern.
+#: definition in :mod:`cellfusion_core.names` (``is_profile_feature``) as a blocklist pattern.
 POSITION_BLOCKLIST = (NON_PHENOTYPE_PATTERN,)
 
 #: Named recipes. Keys are :func:`apply_recipe` arguments.
@@ -170,7 +170,7 @@ def aggregate(single_cell: pd.DataFrame, *, strata: Sequence[str] = DEFAULT_STRA
               operation: str = "median", features: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per well: ``operation`` (median or mean) of every profile feature over the well's cells.
 
-    ``features`` default: :func:`profiler.names.profile_feature_columns` — position and numbering
+    ``features`` default: :func:`cellfusion_core.names.profile_feature_columns` — position and numbering
     columns (``Location_*``, ``AreaShape_Center_*``, ``Parent_*`` …) stay in the per-cell table but
     are not aggregated. Metadata columns that are constant within a well are carried over; the number
     of cells per well is ``Metadata_Object_Count`` (pycytominer's name). NaN values are skipped.
@@ -756,7 +756,7 @@ def aggregate_command(single_cell_path: str | Path, out_dir: str | Path, *, plat
     Aggregation streams the Parquet with DuckDB (memory bounded by ``memory_mb`` whatever the number
     of cells); then platemap annotation and the recipe's normalize → feature_select → whiten steps.
     """
-    from profiler import io
+    from cellfusion_core import io
     from profiler.aggregate_stream import aggregate_parquet
     from profiler.plate import read_platemap
 

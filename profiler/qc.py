@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from profiler.names import PLATE
+from cellfusion_core.names import PLATE
 
 QC_OUTLIER = "Metadata_QC_Outlier"
 QC_REASONS = "Metadata_QC_Reasons"

@@ -35,7 +35,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import filters, segmentation
 
-from profiler.errors import ConfigError
+from cellfusion_core.errors import ConfigError
 
 THRESHOLD_METHODS = ("otsu", "minimum_cross_entropy")
 

@@ -22,7 +22,7 @@ from profiler.config import AssayConfig
 from profiler.crops import site_crops
 from profiler.illum import apply_illumination
 from profiler.measure import DEFAULT_FAMILIES, measure_objects
-from profiler.names import OBJECT_NUMBER, PLATE, SITE, WELL
+from cellfusion_core.names import OBJECT_NUMBER, PLATE, SITE, WELL
 from profiler.overlays import overlay_rgb, write_overlay
 from profiler.plate import Site, read_site
 from profiler.qc import image_quality

@@ -56,8 +56,8 @@ import numpy as np
 import tifffile
 from scipy import ndimage
 
-from profiler.errors import ConfigError
-from profiler.io import atomic_path, write_json, write_manifest, write_text
+from cellfusion_core.errors import ConfigError
+from cellfusion_core.io import atomic_path, write_json, write_manifest, write_text
 
 __all__ = [
     "CAMERA_OFFSET", "CHANNELS", "CONTROL_COMPOUND", "DEFECT_KINDS", "MAX_ADU", "PHENOTYPES", "Phenotype",

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from profiler.shared_data import SHARED_DATA, shared_path
+from cellfusion_core.shared_data import SHARED_DATA, shared_path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = SHARED_DATA.parent
@@ -68,7 +68,7 @@ def run_cli_out(capsys, tool: str, *args: str) -> tuple[int, str, str]:
     process; returns (exit status, stdout, stderr with rich's line wrapping undone). A traceback fails the test."""
     import sys
 
-    from profiler._cli_util import run_main
+    from cellfusion_core.cli import run_main
 
     if tool == "profiler":
         from profiler.cli import app

@@ -13,7 +13,7 @@ import pytest
 from profiler import _median_kernels as kern
 from profiler import aggregate_stream as ags
 from profiler.aggregate_stream import aggregate_parquet
-from profiler.errors import ConfigError, InputError
+from cellfusion_core.errors import ConfigError, InputError
 from profiler.profiles import aggregate
 
 STRATA = ["Metadata_Plate", "Metadata_Well"]

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from profiler import io
+from cellfusion_core import io
 
 
 class Boom(Exception):

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from conftest import run_cli
-from profiler.errors import CellfusionError, InputError, ModelFileError
+from cellfusion_core.errors import CellfusionError, InputError, ModelFileError
 from profiler.extract import extract
 
 _spec = importlib.util.spec_from_file_location("badinput_generate", Path(__file__).parent / "badinput" / "generate.py")
@@ -293,7 +293,7 @@ def test_huge_image_is_refused_from_the_header_without_allocating(corpus, cases)
 
     path = corpus / cases["huge_image"]["path"]
     code = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30));"
-            "from profiler.plate import read_image; from profiler.errors import InputError\n"
+            "from profiler.plate import read_image; from cellfusion_core.errors import InputError\n"
             f"try:\n    read_image({str(path)!r})\nexcept InputError as e:\n    print(e)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr

@@ -131,7 +131,7 @@ def test_installed_entry_points(tool, tmp_path):
 def test_usage_errors_of_either_click_are_handled(monkeypatch, capsys):
     """typer >= 0.2x raises its vendored click's exceptions (typer._click), older typer the click
     package's: run_main turns both into a usage message and exit status 2."""
-    from profiler._cli_util import _click_types, run_main
+    from cellfusion_core.cli import _click_types, run_main
 
     raised = []
     for module in ("typer._click.exceptions", "click.exceptions"):
@@ -162,7 +162,7 @@ def test_usage_errors_of_either_click_are_handled(monkeypatch, capsys):
 
 def test_typer_exit_code_is_kept(monkeypatch):
     """Without standalone mode typer returns the code of `typer.Exit(code)`: run_main exits with it."""
-    from profiler._cli_util import run_main
+    from cellfusion_core.cli import run_main
 
     app = typer.Typer(add_completion=False)
 

@@ -12,7 +12,7 @@ import pytest
 from profiler.cluster import (cluster, compound_trajectories, dtw_distances, hierarchical_clusters,
                               resample, resampled_euclidean_distances, score_clusters)
 from conftest import run_cli_out
-from profiler.errors import InputError
+from cellfusion_core.errors import InputError
 
 N_FEATURES = 12
 

@@ -11,7 +11,7 @@ from fusion.cnn.balance import balanced_indices, class_weights
 from fusion.cnn.cbam import CBAM
 from fusion.cnn.preprocess import Preprocessor
 from fusion.cnn.resnet import CBAMNet
-from profiler.errors import ConfigError, InputError
+from cellfusion_core.errors import ConfigError, InputError
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -77,7 +77,7 @@ def test_local_safetensors_backbone_weights(tmp_path):
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "w.safetensors"))
     net = CBAMNet("resnet10t", 3, 2, pretrained_path=tmp_path / "w.safetensors")
     assert torch.equal(net.backbone.conv1[0].weight, ref.conv1[0].weight)
-    from profiler.errors import ModelFileError
+    from cellfusion_core.errors import ModelFileError
     with pytest.raises(ModelFileError):
         CBAMNet("resnet10t", 3, 2, pretrained_path=tmp_path / "missing.safetensors")
 

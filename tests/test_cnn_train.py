@@ -11,7 +11,7 @@ import torch
 
 from fusion.cnn.ensemble import CNNEnsemble, well_embeddings
 from fusion.cnn.train import TrainConfig, load_model, save_model, train_model
-from profiler.errors import ConfigError, InputError, ModelFileError
+from cellfusion_core.errors import ConfigError, InputError, ModelFileError
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

@@ -1,4 +1,4 @@
-"""profiler.columns: users' column names (pycytominer/JUMP/LINCS) and the one negative-control rule,
+"""cellfusion_core.columns: users' column names (pycytominer/JUMP/LINCS) and the one negative-control rule,
 used by `profiler evaluate` and `fusion train` through their CLIs."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from lincs_table import lincs_style_profiles
-from profiler.columns import NEGATIVE_CONTROL_QUERY, control_mask, mark_controls, resolve_columns
-from profiler.errors import ConfigError, InputError
+from cellfusion_core.columns import NEGATIVE_CONTROL_QUERY, control_mask, mark_controls, resolve_columns
+from cellfusion_core.errors import ConfigError, InputError
 
 
 def test_resolve_recognises_lincs_names_and_takes_given_ones():

@@ -8,7 +8,7 @@ import pytest
 
 from fusion.data import load_crops
 from profiler.crops import cut_crops, to_uint16, write_crops
-from profiler.errors import ConfigError, InputError
+from cellfusion_core.errors import ConfigError, InputError
 
 
 def _scene():

@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 from fusion.data import load_crops
-from profiler.errors import InputError
+from cellfusion_core.errors import InputError
 
 from conftest import require_shared
 

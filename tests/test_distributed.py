@@ -9,7 +9,7 @@ import pytest
 
 from conftest import assert_same_outputs
 from profiler.distributed import dask_client, default_workers
-from profiler.errors import ConfigError, InputError
+from cellfusion_core.errors import ConfigError, InputError
 from profiler.extract import extract
 
 

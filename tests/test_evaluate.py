@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from conftest import require_shared
-from profiler.errors import InputError
+from cellfusion_core.errors import InputError
 from profiler.evaluate import evaluate, nsc_nscb, treatment_profiles
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import example_pipeline, run_cli
 from profiler.extract import LOCK, extract, output_lock
-from profiler.names import PLATE, WELL, profile_feature_columns
+from cellfusion_core.names import PLATE, WELL, profile_feature_columns
 
 CONTROLS = ("B02", "B07", "B08")  # the DMSO wells of the small example plate
 

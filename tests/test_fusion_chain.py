@@ -11,7 +11,7 @@ import pytest
 
 from fusion.chain import chain_out_of_fold, fit_chain, match_crops, predict_chain, well_soft_vote, with_embeddings
 from fusion.gbm import GBMClassifier
-from profiler.errors import ConfigError, InputError
+from cellfusion_core.errors import ConfigError, InputError
 
 
 class RecordingCNN:

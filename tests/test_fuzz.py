@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from profiler.config import AssayConfig, load_pipeline
-from profiler.errors import ConfigError, InputError
-from profiler.names import COMPOUND, CONCENTRATION, CONTROL, WELL
+from cellfusion_core.errors import ConfigError, InputError
+from cellfusion_core.names import COMPOUND, CONCENTRATION, CONTROL, WELL
 from profiler.plate import read_platemap
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -9,7 +9,7 @@ from sklearn.model_selection import GroupKFold, cross_val_predict
 
 from conftest import make_profiles
 from fusion.gbm import GBMClassifier, join_embeddings
-from profiler.errors import InputError
+from cellfusion_core.errors import InputError
 
 def _xy(df):
     feats = [c for c in df.columns if not c.startswith("Metadata_")]

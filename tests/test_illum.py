@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from profiler.errors import ConfigError, InputError
+from cellfusion_core.errors import ConfigError, InputError
 from profiler.illum import (apply_illumination, config_params, illumination_function, load_illumination,
                             save_illumination)
 

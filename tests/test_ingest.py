@@ -11,9 +11,9 @@ import pycytominer
 import pytest
 
 from conftest import require_shared
-from profiler.errors import InputError
+from cellfusion_core.errors import InputError
 from profiler.ingest import ingest, read_cellprofiler_csv, read_cellprofiler_sqlite
-from profiler.names import profile_feature_columns
+from cellfusion_core.names import profile_feature_columns
 from profiler.profiles import aggregate
 
 

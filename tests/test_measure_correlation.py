@@ -7,7 +7,7 @@ import pytest
 import scipy.ndimage as ndi
 import scipy.stats
 
-from profiler.errors import ConfigError
+from cellfusion_core.errors import ConfigError
 from profiler.measure.correlation import costes_thresholds, correlation
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from profiler.errors import ConfigError
+from cellfusion_core.errors import ConfigError
 from profiler.measure.neighbors import neighbors
 
 

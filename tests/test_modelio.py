@@ -12,7 +12,7 @@ from fusion import modelio
 from fusion.gbm import GBMClassifier
 from fusion.predict import load_gbm
 from fusion.train import GBM_FILE, train
-from profiler.errors import ModelFileError
+from cellfusion_core.errors import ModelFileError
 from conftest import make_profiles
 
 

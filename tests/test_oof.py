@@ -10,7 +10,7 @@ from sklearn.model_selection import cross_val_predict
 
 from fusion.oof import align_proba, cross_val_proba, expand_folds, fold_index, grouped_folds, out_of_fold_proba
 from fusion.stack import meta_out_of_fold_proba, stack_inputs
-from profiler.errors import InputError
+from cellfusion_core.errors import InputError
 
 CLASSES = np.array(["A", "B", "C"])
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from profiler.errors import ConfigError, ModelFileError
+from cellfusion_core.errors import ConfigError, ModelFileError
 from profiler.outliers import (OutlierModel, OutlierTally, control_wells, fit_outlier_model, outlier_params,
                                sample_partitions, score_cells, well_outlier_scores)
 
@@ -165,7 +165,7 @@ def test_planted_defects_are_in_the_ground_truth(planted):
 
 
 def test_extract_writes_scores_flags_model_and_well_columns(planted):
-    from profiler.io import read_manifest
+    from cellfusion_core.io import read_manifest
     from profiler.outliers import load_model
 
     _, out = planted
@@ -211,7 +211,7 @@ def test_remove_outliers_leaves_flagged_cells_out_of_the_profiles(planted, tmp_p
     import shutil
 
     from profiler.extract import extract
-    from profiler.io import read_manifest
+    from cellfusion_core.io import read_manifest
 
     plate, out = planted
     out2 = tmp_path / "out"
@@ -231,7 +231,7 @@ def test_without_platemap_the_model_is_fitted_on_all_cells(planted, tmp_path):
     import shutil
 
     from profiler.extract import extract
-    from profiler.io import read_manifest
+    from cellfusion_core.io import read_manifest
 
     plate, out = planted
     bare = tmp_path / "plate"

@@ -80,7 +80,7 @@ def test_evaluate_cli_prints_and_writes_activity(tmp_path, capsys):
 
     import pandas as pd
 
-    from profiler._cli_util import run_main
+    from cellfusion_core.cli import run_main
     from profiler.cli import app
 
     src = tmp_path / "wells.csv"
@@ -143,7 +143,7 @@ def test_train_perturbed_finds_nothing_without_a_planted_effect(tmp_path):
 
 def test_train_perturbed_needs_controls(tmp_path):
     from fusion.train import train
-    from profiler.errors import InputError
+    from cellfusion_core.errors import InputError
 
     df = planted_wells().query("Metadata_Compound != 'DMSO'")
     with pytest.raises(InputError, match="negative-control rows"):

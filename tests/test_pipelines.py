@@ -10,7 +10,7 @@ import yaml
 
 import profiler
 from profiler.config import PIPELINES_DIR, builtin_pipelines, load_pipeline
-from profiler.errors import ConfigError
+from cellfusion_core.errors import ConfigError
 from profiler.measure import DEFAULT_FAMILIES, families
 
 BUILTIN = ["bbbc021", "cellpainting", "example"]

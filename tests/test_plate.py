@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from profiler.cli import app
 from profiler.config import load_pipeline
-from profiler.errors import ConfigError, InputError
+from cellfusion_core.errors import ConfigError, InputError
 from profiler.plate import check_platemap, discover, normalize_well, read_image, read_platemap, read_site
 from tests.conftest import require_shared
 

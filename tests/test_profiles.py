@@ -8,7 +8,7 @@ import pycytominer
 import pytest
 
 from profiler.aggregate_stream import aggregate_parquet
-from profiler.errors import ConfigError, InputError
+from cellfusion_core.errors import ConfigError, InputError
 from profiler.profiles import (POSITION_BLOCKLIST, PRESETS, aggregate, annotate, apply_recipe, asinh_features,
                                build_profiles, consensus, expand_blocklist, factor_analysis, feature_select, normalize,
                                select_reproducible, typical_variation_normalize)

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from profiler.config import load_pipeline
-from profiler.errors import CellfusionError
+from cellfusion_core.errors import CellfusionError
 from profiler.measure import families, measure_objects
 from profiler.plate import discover, normalize_well
 

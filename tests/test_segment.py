@@ -9,7 +9,7 @@ import tifffile
 from skimage.segmentation import clear_border
 
 from profiler.config import load_pipeline
-from profiler.errors import ConfigError
+from cellfusion_core.errors import ConfigError
 from profiler.plate import discover, read_site
 from profiler.segment import (cytoplasm, fill_label_holes, match_objects, propagate, segment_cells,
                               segment_nuclei, segment_site, threshold_value)

@@ -16,7 +16,7 @@ import torch
 
 from fusion.cnn.augment import SIMCLR, Augment, gaussian_blur, random_resized_crop
 from fusion.cnn.ssl import SSLEmbedder, embed_tensor, is_ssl_model, nt_xent
-from profiler.errors import ConfigError, ModelFileError
+from cellfusion_core.errors import ConfigError, ModelFileError
 
 SIZE = 32
 SMALL = dict(backbone="resnet10t", image_size=SIZE, batch_size=32, device="cpu", seed=0)

@@ -10,7 +10,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from fusion.stack import StackedClassifier, cell_to_well_proba, meta_out_of_fold_proba, stack_inputs
-from profiler.errors import InputError, ModelFileError
+from cellfusion_core.errors import InputError, ModelFileError
 from conftest import make_profiles
 
 CLASSES = np.array(["a", "b", "c"])
@@ -250,7 +250,7 @@ def test_train_with_crops_stacks_gbm_and_cnn(tmp_path):
 
 def test_unknown_stack_coupling_fails_before_training(tmp_path):
     from fusion.train import train
-    from profiler.errors import ConfigError
+    from cellfusion_core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="stack coupling"):
         train(make_profiles(n_per_class=3), tmp_path / "model", stack_coupling="geometric")

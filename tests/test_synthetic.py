@@ -14,7 +14,7 @@ import tifffile
 from skimage.filters import threshold_otsu
 from skimage.measure import regionprops
 
-from profiler.errors import ConfigError
+from cellfusion_core.errors import ConfigError
 from profiler.synthetic import (
     CAMERA_OFFSET, CHANNELS, CONTROL_COMPOUND, PHENOTYPES, make_example_plate,
     phenotypes_markdown, plate_layout,
@@ -230,7 +230,7 @@ def test_phenotypes_json_matches_code(plate):
 
 
 def test_phenotype_feature_names_follow_the_contract():
-    from profiler.names import parse_feature
+    from cellfusion_core.names import parse_feature
 
     for ph in PHENOTYPES.values():
         assert ph.features and len(set(ph.features)) == len(ph.features)

@@ -42,7 +42,7 @@ def families_without_docs() -> list[str]:
 
 def features_markdown() -> str:
     from profiler.measure import DEFAULT_FAMILIES, families
-    from profiler.names import COMPARTMENTS
+    from cellfusion_core.names import COMPARTMENTS
 
     fams = families()
     order = [n for n in DEFAULT_FAMILIES if n in fams] + sorted(n for n in fams if n not in DEFAULT_FAMILIES)
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             print("families without FeatureDoc entries: " + ", ".join(missing), file=sys.stderr)
         return 1 if bad else 0
-    from profiler.io import write_text
+    from cellfusion_core.io import write_text
 
     for path, text in outputs().items():
         write_text(text, path)

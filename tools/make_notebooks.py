@@ -136,7 +136,7 @@ a picture of the segmentation of every site.
 '''),
         code('''
 from profiler.extract import extract
-from profiler.io import read_manifest
+from cellfusion_core.io import read_manifest
 
 extract_dir = extract(plate_dir, OUT / "extract", pipeline="example", workers=0 if SMALL else None,
                       progress=False, overlays=True)
@@ -163,7 +163,7 @@ compound …) and CellProfiler-named features `<Compartment>_<Category>_<Feature
 The feature dictionary (`docs/features.md`) defines every one.
 '''),
         code('''
-from profiler.names import feature_columns, metadata_columns, parse_feature
+from cellfusion_core.names import feature_columns, metadata_columns, parse_feature
 
 sc = pd.read_parquet(extract_dir / "single_cell.parquet")
 feats = feature_columns(sc)
@@ -292,7 +292,7 @@ project's `Metadata_*` names, so every other function works on it unchanged.
         code('''
 import numpy as np
 import pandas as pd
-from profiler.names import BATCH, COMPOUND, CONCENTRATION, MOA, PLATE, WELL, feature_columns
+from cellfusion_core.names import BATCH, COMPOUND, CONCENTRATION, MOA, PLATE, WELL, feature_columns
 
 if HAVE_DATA:
     raw = pd.read_csv(SHARED / "ljosa2013_per_well_mean.csv.gz")
@@ -560,14 +560,14 @@ display(Image(filename=str(html_path.parent / "figures" / "shap_beeswarm.png")))
 ## 3. Feature groups
 
 Hundreds of features measure a few kinds of things. A CellProfiler name
-`<Compartment>_<Category>_<Feature>_<Channel>_<Parameters>` says which: `profiler.names.parse_feature`
+`<Compartment>_<Category>_<Feature>_<Channel>_<Parameters>` says which: `cellfusion_core.names.parse_feature`
 splits it, and `.group()` names the group "Compartment · Category · Channel". Summing importance per group
 answers "is it nuclear shape? tubulin intensity in the cytoplasm?" even when correlated features share the
 credit between them (SHAP splits credit among correlated features, so a single feature's rank is less
 reliable than its group's).
 '''),
         code('''
-from profiler.names import parse_feature
+from cellfusion_core.names import parse_feature
 
 for name in ("Nuclei_AreaShape_Area", "Cells_Intensity_StdIntensity_Tubulin",
              "Cytoplasm_Texture_InfoMeas1_Actin_3_00_256", "Cells_Correlation_Correlation_DNA_Tubulin"):
@@ -693,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{path} differs from tools/make_notebooks.py", file=sys.stderr)
                 bad += 1
         else:
-            from profiler.io import write_text
+            from cellfusion_core.io import write_text
 
             write_text(text, path)
             print(f"wrote {path.relative_to(REPO)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from profiler.errors import ConfigError
+from cellfusion_core.errors import ConfigError
 
 
 def balanced_indices(y: np.ndarray, *, target_per_class: int | None = None, max_per_class: int | None = None,

@@ -26,8 +26,8 @@ from fusion.cnn.augment import Augment
 from fusion.cnn.preprocess import Preprocessor, check_crop_stack
 from fusion.cnn.presets import PRESETS  # CNNEnsemble settings by name (used by train_cnn)
 from fusion.cnn.train import TrainConfig, infer, load_model, resolve_device, save_model, train_model
-from profiler import io
-from profiler.errors import ConfigError, InputError, ModelFileError
+from cellfusion_core import io
+from cellfusion_core.errors import ConfigError, InputError, ModelFileError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from profiler.errors import ConfigError, InputError
+from cellfusion_core.errors import ConfigError, InputError
 
 
 @dataclass

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from fusion.cnn.cbam import CBAM
-from profiler.errors import ConfigError, ModelFileError
+from cellfusion_core.errors import ConfigError, ModelFileError
 
 DEFAULT_DROPOUTS = (0.5, 0.3, 0.1)
 DEFAULT_HIDDEN = (1024, 512)

@@ -46,8 +46,8 @@ from fusion.cnn.augment import SIMCLR, Augment
 from fusion.cnn.preprocess import Preprocessor, check_crop_stack
 from fusion.cnn.resnet import CBAMNet
 from fusion.cnn.train import _autocast, _deterministic, _prepare, recalibrate_batchnorm, resolve_device
-from profiler import io
-from profiler.errors import ConfigError, InputError, ModelFileError
+from cellfusion_core import io
+from cellfusion_core.errors import ConfigError, InputError, ModelFileError
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,8 @@ from fusion.cnn.balance import balanced_indices, class_weights
 from fusion.cnn.ddp import convert_batchnorm, rank_world
 from fusion.cnn.preprocess import Preprocessor
 from fusion.cnn.resnet import DEFAULT_DROPOUTS, DEFAULT_HIDDEN, CBAMNet
-from profiler import io
-from profiler.errors import ConfigError, ModelFileError
+from cellfusion_core import io
+from cellfusion_core.errors import ConfigError, ModelFileError
 
 log = logging.getLogger(__name__)
 

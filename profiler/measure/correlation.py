@@ -558,7 +558,7 @@ def correlation(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objec
     """Colocalization features of every object for every channel pair (see the module docstring)."""
     method = str(costes_method).lower()
     if method not in _COSTES_METHODS:
-        from profiler.errors import ConfigError
+        from cellfusion_core.errors import ConfigError
 
         raise ConfigError(f"unknown Costes method {costes_method!r}",
                           hint=f"set features.Correlation.costes_method to one of {', '.join(_COSTES_METHODS)}")

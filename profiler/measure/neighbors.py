@@ -139,7 +139,7 @@ def _closest(ctx: LabelContext, n: int):
 
 
 def _scale_name(scale) -> tuple[str, float]:
-    from profiler.errors import ConfigError
+    from cellfusion_core.errors import ConfigError
 
     if isinstance(scale, str) and scale in ("Adjacent", "Expanded"):
         return scale, 1

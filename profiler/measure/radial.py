@@ -152,7 +152,7 @@ def radial_geometry(labels: np.ndarray, n: int, bin_count: int,
 def radial_distribution(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objects: int,
                         bin_count: int = 4, zernike_degree: int = 9,
                         context: LabelContext | None = None) -> dict[str, np.ndarray]:
-    from profiler.errors import ConfigError
+    from cellfusion_core.errors import ConfigError
 
     if int(bin_count) < 1:
         raise ConfigError(f"RadialDistribution bin_count must be at least 1, got {bin_count!r}",

@@ -70,7 +70,7 @@ def families() -> dict[str, Family]:
 
 
 def get_family(name: str) -> Family:
-    from profiler.errors import ConfigError
+    from cellfusion_core.errors import ConfigError
 
     try:
         return _REGISTRY[name]

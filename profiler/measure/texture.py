@@ -310,7 +310,7 @@ def texture(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objects: 
         scales = (scales,)
     gray_levels = int(gray_levels)
     if not 2 <= gray_levels <= 256:
-        from profiler.errors import ConfigError
+        from cellfusion_core.errors import ConfigError
 
         raise ConfigError(f"Texture gray_levels must be between 2 and 256, got {gray_levels}",
                           hint="set features.Texture.gray_levels in the pipeline YAML (CellProfiler's default is 256)")

@@ -351,7 +351,7 @@ def _model_cases(out: Path, cases: list[Case]) -> None:
     import pandas as pd
 
     from fusion.modelio import MODEL_FILES_KEY, MODEL_FORMAT_KEY
-    from profiler.io import file_sha256
+    from cellfusion_core.io import file_sha256
 
     def folder(name: str, manifest: dict, files: dict[str, bytes]) -> Path:
         d = out / name
@@ -538,7 +538,7 @@ def generate(out_dir: str | Path, *, size: int = 128, seed: int = 0) -> dict[str
     blob = pickle.dumps(_Marker(str(marker)), protocol=4)
     (mdir / "model.ubj").write_bytes(blob)
     from fusion.modelio import MODEL_FILES_KEY
-    from profiler.io import file_sha256
+    from cellfusion_core.io import file_sha256
 
     (mdir / "manifest.json").write_text(json.dumps({
         "command": "fusion train",

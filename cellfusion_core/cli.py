@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
-from profiler.errors import CellfusionError
+from cellfusion_core.errors import CellfusionError
 
 err_console = Console(stderr=True)
 
@@ -89,7 +89,7 @@ def run_main(app: typer.Typer) -> None:
 
 
 #: Help of the options that name a profile table's columns (``profiler evaluate``, ``fusion train``);
-#: the names tried by default are :data:`profiler.columns.CANDIDATES`.
+#: the names tried by default are :data:`cellfusion_core.columns.CANDIDATES`.
 COLUMN_OPTION_HELP = {
     "compound": "Compound column (default: Metadata_Compound, else a common pycytominer/JUMP/LINCS name such as "
                 "Metadata_pert_iname or Metadata_broad_sample).",

@@ -169,7 +169,7 @@ def write_manifest(
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:
     """Read ``out_dir/manifest.json``; a clear error if it is missing or malformed."""
-    from profiler.errors import InputError
+    from cellfusion_core.errors import InputError
 
     path = Path(out_dir) / MANIFEST
     if not path.is_file():

@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from profiler.errors import ConfigError, InputError
-from profiler.names import BATCH, COMPOUND, CONCENTRATION, CONTROL, MOA, PLATE, WELL
+from cellfusion_core.errors import ConfigError, InputError
+from cellfusion_core.names import BATCH, COMPOUND, CONCENTRATION, CONTROL, MOA, PLATE, WELL
 
 __all__ = ["ROLES", "CANDIDATES", "CONTROL_MARKERS", "DEFAULT_CONTROL_COMPOUNDS", "NEGATIVE_CONTROL_QUERY",
            "ColumnSpec", "resolve_columns", "control_mask", "mark_controls"]
