@@ -162,7 +162,8 @@ def test_dense_ranks_from_image_codes_equal_unique_ranks():
     """RWC ranks of images off the 16-bit grid (e.g. illumination-corrected) from the image's dense codes
     == np.unique's dense ranks of the object pixels (signed zeros equal, infinities ordered); NaN images
     are refused by the codes and fall back."""
-    from profiler.measure.correlation import _dense_codes_f32, _dense_rank, _object_ranks
+    from profiler.measure._radix import dense_codes_f32
+    from profiler.measure.correlation import _dense_rank, _object_ranks
 
     rng = np.random.default_rng(5)
     img = (rng.random(4000) * rng.choice([1.0, 1e-3, 7.0], 4000)).astype(np.float32)
@@ -171,10 +172,10 @@ def test_dense_ranks_from_image_codes_equal_unique_ranks():
     img[40:45] = np.inf
     img[45:50] = -np.inf
     img[50:300] = img[300:550]  # ties
-    ok, codes = _dense_codes_f32(img.view(np.uint32))
+    ok, codes = dense_codes_f32(img.view(np.uint32))
     assert ok
     for _ in range(5):
         idx = np.sort(rng.choice(img.size, rng.integers(1, img.size), replace=False))
         np.testing.assert_array_equal(_object_ranks(img, img[idx], idx, None, codes), _dense_rank(img[idx]))
     img[7] = np.nan
-    assert not _dense_codes_f32(img.view(np.uint32))[0]
+    assert not dense_codes_f32(img.view(np.uint32))[0]

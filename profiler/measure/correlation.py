@@ -34,6 +34,7 @@ from collections.abc import Mapping
 import numba
 import numpy as np
 
+from profiler.measure._radix import dense_codes_f32
 from profiler.measure._util import LabelContext, label_context
 from profiler.measure.granularity import fingerprint
 from profiler.measure.registry import FeatureDoc, register
@@ -379,58 +380,14 @@ def _costes_cached(fp1: tuple, fp2: tuple, img1: np.ndarray, img2: np.ndarray, s
 
 # --------------------------------------------------------------------------- per-object measures
 
-@numba.njit(cache=True, nogil=True)
-def _dense_codes_f32(bits: np.ndarray):  # pragma: no cover - numba
-    """Dense codes of float32 values given as their uint32 bits: code = rank of the value among the
-    distinct values (−0.0 = +0.0), by an LSD radix argsort (three 11-bit passes). Returns
-    (ok, codes); ok is False when a value is NaN (the caller then ranks as np.unique does)."""
-    m = bits.shape[0]
-    a = np.empty(m, np.uint32)
-    ia = np.empty(m, np.int32)
-    for t in range(m):
-        u = bits[t]
-        if (u & np.uint32(0x7F800000)) == np.uint32(0x7F800000) and (u & np.uint32(0x007FFFFF)) != 0:
-            return False, np.empty(0, np.int32)
-        if u == np.uint32(0x80000000):  # -0.0 equals +0.0
-            u = np.uint32(0)
-        a[t] = ~u if u & np.uint32(0x80000000) else u | np.uint32(0x80000000)
-        ia[t] = t
-    b = np.empty(m, np.uint32)
-    ib = np.empty(m, np.int32)
-    cnt = np.empty(2049, np.int64)
-    for sh in (0, 11, 22):
-        cnt[:] = 0
-        for t in range(m):
-            cnt[((a[t] >> np.uint32(sh)) & np.uint32(2047)) + 1] += 1
-        if cnt.max() == m:
-            continue
-        for i in range(2048):
-            cnt[i + 1] += cnt[i]
-        for t in range(m):
-            d = (a[t] >> np.uint32(sh)) & np.uint32(2047)
-            q = cnt[d]
-            b[q] = a[t]
-            ib[q] = ia[t]
-            cnt[d] = q + 1
-        a, b = b, a
-        ia, ib = ib, ia
-    codes = np.empty(m, np.int32)
-    code = -1
-    for t in range(m):
-        if t == 0 or a[t] != a[t - 1]:
-            code += 1
-        codes[ia[t]] = code
-    return True, codes
-
-
 _CODES_CACHE: OrderedDict[tuple, np.ndarray | None] = OrderedDict()
 
 
 def _codes_cached(fp: tuple, img32: np.ndarray) -> np.ndarray | None:
-    """Dense codes of a float32 channel off the 16-bit grid (:func:`_dense_codes_f32`), once per image;
-    None when it has NaN."""
+    """Dense codes of a float32 channel off the 16-bit grid
+    (:func:`profiler.measure._radix.dense_codes_f32`), once per image; None when it has NaN."""
     if fp not in _CODES_CACHE:
-        ok, codes = _dense_codes_f32(np.ascontiguousarray(img32, dtype=np.float32).ravel().view(np.uint32))
+        ok, codes = dense_codes_f32(np.ascontiguousarray(img32, dtype=np.float32).ravel().view(np.uint32))
         _CODES_CACHE[fp] = codes if ok else None
         while len(_CODES_CACHE) > 12:
             _CODES_CACHE.popitem(last=False)
