@@ -26,6 +26,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import emit, require_shared  # noqa: E402
+from cellfusion_core.layout import METRICS_FILE  # noqa: E402
 
 
 def ljosa_moa_table() -> pd.DataFrame:
@@ -56,7 +57,7 @@ def main(argv=None) -> None:
             t0 = time.perf_counter()
             out = train(table, Path(tmp) / f"{name}_{seed}", label="Metadata_MoA", group_by=group_by,
                         n_splits=args.folds, seed=seed)
-            m = json.loads((out / "metrics.json").read_text())
+            m = json.loads((out / METRICS_FILE).read_text())
             acc, g = m["scores"]["accuracy"], m["grouping"]
             emit(f"bbbc021_ljosa_fusion_train_moa_accuracy_{name}_grouping", round(acc["value"], 4), "fraction",
                  round(acc["majority"], 4), baseline_kind="majority MoA", ci95=[round(v, 4) for v in acc["ci95"]],

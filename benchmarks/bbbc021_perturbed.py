@@ -34,7 +34,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from benchmarks._common import emit, require_shared  # noqa: E402
-from fusion.train import OOF_FILE, train  # noqa: E402
+from cellfusion_core.layout import METRICS_FILE, OOF_FILE  # noqa: E402
+from fusion.train import train  # noqa: E402
 from profiler.evaluate import phenotypic_activity  # noqa: E402
 from profiler.ingest import read_bbbc021_wells  # noqa: E402
 from cellfusion_core.names import COMPOUND, CONCENTRATION  # noqa: E402
@@ -61,7 +62,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             with contextlib.redirect_stdout(sys.stderr):  # the progress bar: stdout holds the JSON lines only
                 out = train(prof, Path(tmp) / "model", label="perturbed", seed=seed, n_jobs=args.jobs)
-            m = json.loads((out / "metrics.json").read_text())
+            m = json.loads((out / METRICS_FILE).read_text())
             oof = pd.read_parquet(out / OOF_FILE)
         auc, acc = m["scores"]["roc_auc"], m["scores"]["accuracy"]
         bal = m["scores"]["balanced_accuracy"]

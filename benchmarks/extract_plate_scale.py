@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from benchmarks._common import emit  # noqa: E402
+from cellfusion_core.layout import MANIFEST, PROFILES, SINGLE_CELL, SITES_DIR  # noqa: E402
 
 PLATE = "SCALE01"
 CHANNELS = ("w1", "w2", "w3")
@@ -59,7 +60,7 @@ def fabricate(work: Path, n_cells: int, n_features: int, cells_per_site: int, se
 
     from cellfusion_core import io
     from profiler.config import load_pipeline
-    from profiler.partitions import SITES_DIR, _input_signature, pipeline_hash, site_stem
+    from profiler.partitions import _input_signature, pipeline_hash, site_stem
     from profiler.plate import discover
     from profiler.qc import image_quality
 
@@ -96,7 +97,7 @@ def fabricate(work: Path, n_cells: int, n_features: int, cells_per_site: int, se
     scan = discover(plate_dir, config)
     sites_dir = out / SITES_DIR
     sites_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*out.glob("*.parquet"), out / "manifest.json"]:
+    for stale in [*out.glob("*.parquet"), out / MANIFEST]:
         stale.unlink(missing_ok=True)
     comps = ("Nuclei", "Cells", "Cytoplasm")
     feats = [f"{comps[j % 3]}_Intensity_Synthetic{j:04d}_DNA" for j in range(n_features)]
@@ -170,14 +171,14 @@ def part_merge(args, work: Path) -> None:
     gen_s = time.perf_counter() - t0
     cmd = [str(PROFILER), "extract", str(plate_dir), "-o", str(out), "--workers", "0", "--no-progress"]
     wall, peak_mb, rc = run_measured(cmd)
-    manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
+    manifest = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).is_file() else {}
     sites = manifest.get("sites", {})
     if rc or sites.get("reused") != n_sites:
         raise SystemExit(f"the run did not reuse every fabricated site (exit {rc}, reused {sites.get('reused')} of "
                          f"{n_sites}): the numbers would not measure the merge; is the code being edited meanwhile?")
     common = dict(cells=args.cells, features=args.features, sites=n_sites, reused=sites.get("reused"),
                   processed=sites.get("processed"), returncode=rc, fabricate_s=round(gen_s, 1), wall_s=round(wall, 1),
-                  profiles_rows=manifest.get("outputs", {}).get("profiles.parquet", {}).get("rows"))
+                  profiles_rows=manifest.get("outputs", {}).get(PROFILES, {}).get("rows"))
     emit("plate_scale peak_rss", round(peak_mb, 1), "MB", baseline="target < 2000 MB", **common)
     emit("plate_scale cells_per_s", round(args.cells / wall, 1), "cells/s",
          baseline="merge + aggregate + recipe, every site reused; whole `profiler extract` process", **common)
@@ -230,9 +231,9 @@ def part_dask(args, work: Path) -> None:
         if rc:
             raise SystemExit(f"extract with {workers} worker(s) failed (exit {rc})")
         walls[workers] = wall
-        cells[workers] = len(pd.read_parquet(out / "single_cell.parquet", columns=["Metadata_ObjectNumber"]))
-    same = pd.read_parquet(work / "dask1" / "single_cell.parquet").equals(pd.read_parquet(work / "dask2" / "single_cell.parquet"))
-    n_cols = len(pd.read_parquet(work / "dask1" / "single_cell.parquet").columns)
+        cells[workers] = len(pd.read_parquet(out / SINGLE_CELL, columns=["Metadata_ObjectNumber"]))
+    same = pd.read_parquet(work / "dask1" / SINGLE_CELL).equals(pd.read_parquet(work / "dask2" / SINGLE_CELL))
+    n_cols = len(pd.read_parquet(work / "dask1" / SINGLE_CELL).columns)
     common = dict(sites=args.wells * args.sites, size=args.size, channels=5, cells=cells[1], columns=n_cols,
                   identical_outputs=same, cpus=os.cpu_count(), load_avg_1min=load)
     for w in (1, 2):

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 
 from benchmarks._common import emit, peak_rss_mb  # noqa: E402
+from cellfusion_core.layout import SINGLE_CELL  # noqa: E402
 from profiler.extract import extract  # noqa: E402
 from profiler.synthetic import make_example_plate  # noqa: E402
 
@@ -38,7 +39,7 @@ def run(plate: Path, out: Path, workers: int, repeats: int) -> tuple[float, int,
         t0 = time.perf_counter()
         extract(plate, dest, workers=workers, resume=False, progress=False)
         best = min(best, time.perf_counter() - t0)
-    cells = len(pd.read_parquet(dest / "single_cell.parquet", columns=["Metadata_ObjectNumber"]))
+    cells = len(pd.read_parquet(dest / SINGLE_CELL, columns=["Metadata_ObjectNumber"]))
     return best, cells, dest
 
 
@@ -58,8 +59,8 @@ def main() -> None:
         results = {}
         for workers in (0, 1, 2):
             results[workers] = run(plate, work / "out", workers, args.repeats)
-        ref = pd.read_parquet(results[0][2] / "single_cell.parquet")
-        identical = all(ref.equals(pd.read_parquet(results[w][2] / "single_cell.parquet")) for w in (1, 2))
+        ref = pd.read_parquet(results[0][2] / SINGLE_CELL)
+        identical = all(ref.equals(pd.read_parquet(results[w][2] / SINGLE_CELL)) for w in (1, 2))
         base_wall, cells, _ = results[0]
         common = dict(sites=n_sites, size=args.size, cells=cells, cpus=os.cpu_count(), identical_outputs=identical)
         emit("extract_scale.serial.cells_per_s", round(cells / base_wall, 2), "cells/s",

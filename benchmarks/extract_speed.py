@@ -63,6 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from benchmarks._common import REPO, emit, peak_rss_mb, require_shared  # noqa: E402
+from cellfusion_core.layout import SINGLE_CELL  # noqa: E402
 from benchmarks.parity_vs_cellprofiler import (  # noqa: E402
     COMPARTMENTS, CP_ENV, RESULTS, cellprofiler_bin, cpmeasure_features, dataset_files, load_dataset,
     run_cellprofiler,
@@ -177,7 +178,7 @@ def all_families_pipeline(root: Path) -> Path:
 def _cells_written(out: Path) -> int:
     import pyarrow.parquet as pq
 
-    return int(pq.read_metadata(out / "single_cell.parquet").num_rows)
+    return int(pq.read_metadata(out / SINGLE_CELL).num_rows)
 
 
 def timed_extract(plate: Path, out: Path, pipeline: Path) -> dict:

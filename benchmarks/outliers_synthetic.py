@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from benchmarks._common import emit  # noqa: E402
+from cellfusion_core.layout import OUTLIERS_MODEL, SINGLE_CELL  # noqa: E402
 from profiler.synthetic import DEFECT_KINDS  # noqa: E402
 
 
@@ -73,10 +74,10 @@ def run(plate_dir: Path, out_dir: Path, *, wells: int, sites: int, size: int, de
 
     make_example_plate(plate_dir, n_wells=wells, n_sites=sites, size=size, seed=seed, defects=defects)
     extract(plate_dir, out_dir, workers=0, progress=False)
-    model = load_model(out_dir / "outliers.json")
+    model = load_model(out_dir / OUTLIERS_MODEL)
     cols = ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_Control", "Metadata_Outlier_Score",
             "Metadata_Outlier", "Nuclei_Location_Center_X", "Nuclei_Location_Center_Y"]
-    cells = pd.read_parquet(out_dir / "single_cell.parquet", columns=cols)
+    cells = pd.read_parquet(out_dir / SINGLE_CELL, columns=cols)
     kinds = defect_truth(cells, plate_dir)
     score = cells["Metadata_Outlier_Score"].to_numpy()
     res = {"default": flag_metrics(kinds, cells["Metadata_Outlier"].to_numpy(), score)}

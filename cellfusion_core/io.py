@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-MANIFEST = "manifest.json"
+from cellfusion_core.layout import MANIFEST
 
 _VERSIONED = (
     "cellfusion", "numpy", "pandas", "pyarrow", "scikit-image", "scipy", "tifffile",

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from cellfusion_core.cli import COLUMN_OPTION_HELP, err_console, run_main, setup_logging
+from cellfusion_core.layout import METRICS_FILE
 
 app = typer.Typer(help="Profiles (+ single-cell crops) → XGBoost / CNN / stacked models → predictions and SHAP reports.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -64,7 +65,7 @@ def train(
                   compound=compound, concentration=concentration, moa=moa, batch=batch, control=control)
     import json
 
-    m = json.loads((path / "metrics.json").read_text())
+    m = json.loads((path / METRICS_FILE).read_text())
     acc, g = m["scores"]["accuracy"], m["grouping"]
     typer.echo(f"out-of-fold accuracy {acc['value']:.3f} (majority baseline {acc['majority']:.3f}; {m['n']} rows)")
     typer.echo(f"folds: {g['reason']}")

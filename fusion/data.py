@@ -19,10 +19,8 @@ import numpy as np
 import pandas as pd
 
 from cellfusion_core.errors import InputError
+from cellfusion_core.layout import CROPS_TABLE, CROPS_TIF
 from cellfusion_core.names import (BATCH, COMPOUND, CONCENTRATION, CONTROL, MOA, OBJECT_NUMBER, PLATE, SITE, WELL)
-
-CROPS_TIF = "crops.tif"
-CROPS_TABLE = "crops.parquet"
 
 ALIASES = {
     "plate": PLATE, "well": WELL, "site": SITE, "compound": COMPOUND, "concentration": CONCENTRATION,

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from cellfusion_core.errors import ModelFileError
-from cellfusion_core.io import MANIFEST, file_sha256, write_bytes, write_json
+from cellfusion_core.io import file_sha256, write_bytes, write_json
+from cellfusion_core.layout import MANIFEST
 
 __all__ = [
     "MODEL_FILES_KEY", "check_not_pickle", "load_json_model", "load_xgb_booster", "model_file_entry",

@@ -23,10 +23,11 @@ import pandas as pd
 
 from fusion import modelio
 from fusion.gbm import GBMClassifier, join_embeddings
-from fusion.train import CNN_DIR, GBM_CONFIG, GBM_EMB_CONFIG, GBM_EMB_FILE, GBM_FILE, PROBA_PREFIX, STACK_FILE, \
-    read_profiles
+from fusion.train import PROBA_PREFIX, read_profiles
 from cellfusion_core import io
 from cellfusion_core.errors import InputError, ModelFileError
+from cellfusion_core.layout import (CNN_DIR, GBM_CONFIG, GBM_EMB_CONFIG, GBM_EMB_FILE, GBM_FILE, MANIFEST,
+                                   PREDICTIONS_FILE, STACK_FILE)
 from cellfusion_core.names import metadata_columns
 
 log = logging.getLogger(__name__)
@@ -147,13 +148,13 @@ def predict(model_dir: str | Path, profiles: str | Path, out: str | Path | None 
     pred = predict_proba_table(model_dir, table, embeddings, crops=crops, device=device)
     out = Path(out) if out is not None else profiles.parent / "predictions"
     if out.suffix != ".parquet":
-        out = out / "predictions.parquet"
-    existing = out.parent / io.MANIFEST
+        out = out / PREDICTIONS_FILE
+    existing = out.parent / MANIFEST
     if existing.is_file() and io.read_manifest(out.parent).get("command") != "fusion predict":
         raise InputError("this folder holds another command's output (its manifest.json would be overwritten)",
                          path=out.parent, hint="write predictions to their own folder with -o")
     io.write_parquet(pred, out)
-    inputs = {"profiles": profiles, "model_manifest": Path(model_dir) / io.MANIFEST}
+    inputs = {"profiles": profiles, "model_manifest": Path(model_dir) / MANIFEST}
     if embeddings is not None:
         inputs["embeddings"] = Path(embeddings)
     if crops is not None:

@@ -28,9 +28,11 @@ import numpy as np
 import pandas as pd
 
 from fusion import explain, metrics, modelio
-from fusion.train import OOF_FILE, PROBA_PREFIX, SHAP_FILE, TRAIN_FILE
+from fusion.train import PROBA_PREFIX
 from cellfusion_core import io
 from cellfusion_core.errors import ModelFileError
+from cellfusion_core.layout import (ATTENTION_FILE, CROPS_TABLE, CROPS_TIF, EXPLAIN_FILE, FIGURES_DIR, OOF_FILE,
+                                   REPORT_HTML, SHAP_FILE, SINGLE_CELL, TRAIN_FILE)
 
 log = logging.getLogger(__name__)
 
@@ -303,15 +305,15 @@ def report(model_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write ``model_dir/report.html`` (or ``out``) and its PNG figures beside it; returns the HTML path."""
     model_dir = Path(model_dir)
     manifest = modelio.verify_model_dir(model_dir)
-    out = Path(out) if out is not None else model_dir / "report.html"
-    fig_dir = out.parent / "figures"
+    out = Path(out) if out is not None else model_dir / REPORT_HTML
+    fig_dir = out.parent / FIGURES_DIR
     classes = [str(c) for c in manifest["classes"]]
     oof = _read_parquet(model_dir, OOF_FILE)
     y = oof["Label"].astype(str).to_numpy()
     pred = oof["Prediction"].astype(str).to_numpy()
     proba = oof[[PROBA_PREFIX + c for c in classes]].to_numpy(dtype=float)
     summary = metrics.classification_summary(y, pred, proba, classes)
-    explained = json.loads((model_dir / "explain.json").read_text(encoding="utf-8"))
+    explained = json.loads((model_dir / EXPLAIN_FILE).read_text(encoding="utf-8"))
     train_df = _read_parquet(model_dir, TRAIN_FILE)
     shap_df = _read_parquet(model_dir, SHAP_FILE)
     feats = [str(f) for f in manifest["features"]]
@@ -394,7 +396,7 @@ def _example_cells(model_dir: Path, manifest: dict[str, Any], explained: dict[st
     if not prof:
         return None, "the model was trained from an in-memory table, so its single-cell data is unknown."
     extract_dir = Path(prof).parent
-    sc_path = extract_dir / "single_cell.parquet"
+    sc_path = extract_dir / SINGLE_CELL
     if not sc_path.is_file():
         return None, f"no single_cell.parquet beside the profiles ({extract_dir})."
     crops = _find_crops(extract_dir)
@@ -406,7 +408,6 @@ def _example_cells(model_dir: Path, manifest: dict[str, Any], explained: dict[st
 
 def _find_crops(extract_dir: Path) -> tuple[Path, Path] | None:
     """``crops.tif`` + ``crops.parquet`` written by profiler in or under the extraction folder."""
-    from profiler.crops import CROPS_TABLE, CROPS_TIF
 
     for d in (extract_dir, extract_dir / "crops"):
         if (d / CROPS_TIF).is_file() and (d / CROPS_TABLE).is_file():
@@ -485,7 +486,7 @@ def _render_examples(sc_path: Path, crops: tuple[Path, Path], explained: dict[st
 
 def _attention_section(model_dir: Path, fig_dir: Path) -> str:
     """CBAM spatial attention of the CNN on example cells (only when a CNN was trained)."""
-    from fusion.train import ATTENTION_FILE, read_attention_examples
+    from fusion.train import read_attention_examples
 
     path = model_dir / ATTENTION_FILE
     if not path.is_file():

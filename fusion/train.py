@@ -42,24 +42,15 @@ from fusion.oof import choose_grouping, cross_val_proba, fold_index, grouped_fol
 from fusion.gbm import GBMClassifier, join_embeddings
 from cellfusion_core import io
 from cellfusion_core.errors import ConfigError, InputError
+from cellfusion_core.layout import (ATTENTION_FILE, CNN_DIR, EXPLAIN_FILE, GBM_CONFIG, GBM_EMB_CONFIG, GBM_EMB_FILE,
+                                   GBM_FILE, MANIFEST, METRICS_FILE, OOF_FILE, SHAP_FILE, STACK_FILE, TRAIN_FILE)
 from cellfusion_core.columns import ROLES, control_mask, resolve_columns
 from cellfusion_core.names import CELL_COUNT, PLATE, WELL, feature_columns, metadata_columns
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "read_profiles", "model_features", "perturbed_labels", "PERTURBED", "PERTURBED_COLUMN",
-           "GBM_FILE", "GBM_CONFIG", "STACK_FILE", "OOF_FILE", "TRAIN_FILE", "SHAP_FILE"]
+__all__ = ["train", "read_profiles", "model_features", "perturbed_labels", "PERTURBED", "PERTURBED_COLUMN"]
 
-GBM_FILE = "gbm.ubj"
-GBM_CONFIG = "gbm.json"
-GBM_EMB_FILE = "gbm_embeddings.ubj"
-GBM_EMB_CONFIG = "gbm_embeddings.json"
-STACK_FILE = "stack.json"
-OOF_FILE = "oof_predictions.parquet"
-TRAIN_FILE = "training_profiles.parquet"
-SHAP_FILE = "shap_values.parquet"
-CNN_DIR = "cnn"
-ATTENTION_FILE = "cnn_attention.parquet"
 
 # CNNEnsemble settings by name: "cpu" fits a 2-core machine, "full" is the published recipe (GPU).
 from fusion.cnn.presets import PRESETS as CNN_PRESETS  # noqa: E402  (torch-free module)
@@ -298,7 +289,7 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
     if cnn_model is not None:
         cnn_dir = cnn_model.save(out_dir / CNN_DIR)
         for f in sorted(cnn_dir.iterdir()):
-            if f.is_file() and f.name != io.MANIFEST:
+            if f.is_file() and f.name != MANIFEST:
                 model_files[f"{CNN_DIR}/{f.name}"] = modelio.model_file_entry(
                     f, "safetensors" if f.suffix == ".safetensors" else "json")
         model_files[GBM_EMB_FILE] = modelio.save_xgb(chain.gbm_embeddings, out_dir / GBM_EMB_FILE)
@@ -313,12 +304,12 @@ def train(profiles: str | Path | pd.DataFrame, out_dir: str | Path, *, label: st
     io.write_parquet(pd.concat([profiles[[c for c in meta_cols if c not in feats_exp]], X_exp], axis=1),
                      out_dir / TRAIN_FILE)
     io.write_parquet(shap_df, out_dir / SHAP_FILE)
-    io.write_json({**summary, "base_models": base_summaries, "grouping": grouping_info}, out_dir / "metrics.json")
+    io.write_json({**summary, "base_models": base_summaries, "grouping": grouping_info}, out_dir / METRICS_FILE)
     io.write_json({"label": label, "classes": list(classes), "expected_value": base.tolist(),
                    "top_features": top,
                    "class_importance": {c: imp[c].sort_values(ascending=False).to_dict() for c in imp.columns},
                    "group_attributions": {g: row.to_dict() for g, row in groups_imp.iterrows()}},
-                  out_dir / "explain.json")
+                  out_dir / EXPLAIN_FILE)
     modelio_params = {"label": label, "group_by": grouping.columns, "grouping": grouping.rule, "n_splits": len(splits),
                       "seed": seed, "include_cell_count": include_cell_count, "gbm": final.get_params(),
                       "gbm_rounds": final.n_rounds_, "cnn": cnn_model is not None,

@@ -211,7 +211,7 @@ def evaluate(
     if json_out is not None:
         io.write_json(ev.to_dict(), json_out)
     if out is not None:
-        from profiler.evaluate import ACTIVITY_FILE, SCORES_FILE
+        from cellfusion_core.layout import ACTIVITY_FILE, SCORES_FILE
 
         outputs = {SCORES_FILE: {}}
         io.write_json(ev.to_dict(), out / SCORES_FILE)

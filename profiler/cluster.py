@@ -34,21 +34,17 @@ import numpy as np
 import pandas as pd
 
 from cellfusion_core.errors import ConfigError, InputError
+from cellfusion_core.layout import CLUSTERS_FIGURE, CLUSTERS_FILE, DISTANCES_FILE, SCORES_FILE
 from cellfusion_core.names import COMPOUND, CONCENTRATION, feature_columns
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Trajectories", "compound_trajectories", "dtw_distances", "resampled_euclidean_distances",
            "resample", "hierarchical_clusters", "nearest_neighbours", "score_clusters", "ClusterResult",
-           "cluster", "cluster_command", "DISTANCES", "CLUSTERS_FILE", "DISTANCES_FILE", "FIGURE_FILE",
-           "SCORES_FILE"]
+           "cluster", "cluster_command", "DISTANCES"]
 
 DISTANCES = ("dtw", "euclidean")
 DTW_NORMALIZE = ("path", "none")
-CLUSTERS_FILE = "clusters.parquet"
-DISTANCES_FILE = "distances.parquet"
-FIGURE_FILE = "clusters.png"
-SCORES_FILE = "scores.json"
 
 
 @dataclass
@@ -443,8 +439,8 @@ def cluster_command(profiles_path: str | Path, out_dir: str | Path, *, by: str =
     dist = pd.DataFrame(result.distances, columns=names)
     dist.insert(0, compound, names)
     io.write_parquet(dist, out_dir / DISTANCES_FILE)
-    plot_clusters(result, out_dir / FIGURE_FILE, compound)
-    outputs = {CLUSTERS_FILE: {"rows": len(result.table)}, DISTANCES_FILE: {"rows": len(dist)}, FIGURE_FILE: {}}
+    plot_clusters(result, out_dir / CLUSTERS_FIGURE, compound)
+    outputs = {CLUSTERS_FILE: {"rows": len(result.table)}, DISTANCES_FILE: {"rows": len(dist)}, CLUSTERS_FIGURE: {}}
     if result.scores is not None:
         io.write_json(result.scores, out_dir / SCORES_FILE)
         outputs[SCORES_FILE] = {}

@@ -17,10 +17,9 @@ import pandas as pd
 
 from cellfusion_core import io
 from cellfusion_core.errors import ConfigError, InputError
+from cellfusion_core.layout import CROPS_TABLE, CROPS_TIF
 from cellfusion_core.names import OBJECT_NUMBER
 
-CROPS_TIF = "crops.tif"
-CROPS_TABLE = "crops.parquet"
 
 
 def cut_crops(labels: np.ndarray, images: Mapping[str, np.ndarray] | np.ndarray, size: int = 64, *,

@@ -245,8 +245,6 @@ def _chance_map(ap: pd.DataFrame, sameby: str) -> float:
     return float(frac.groupby(ap[sameby]).mean().mean())
 
 
-ACTIVITY_FILE = "activity.parquet"  # `profiler evaluate -o DIR`: phenotypic_activity's table
-SCORES_FILE = "scores.json"
 ACTIVITY_COLUMNS = ("n_wells", "mAP", "chance_mAP", "p_value", "corrected_p_value", "active", "scored")
 
 

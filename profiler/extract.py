@@ -40,12 +40,14 @@ import pandas as pd
 
 from cellfusion_core import io
 from profiler.config import AssayConfig, load_pipeline
-from profiler.crops import CROPS_TABLE, CROPS_TIF, crop_params, load_site_crops, write_crop_stack
+from profiler.crops import crop_params, load_site_crops, write_crop_stack
 from cellfusion_core.errors import CellfusionError, ConfigError, InputError
-from profiler.illum import config_params as illum_params, illumination_path
+from cellfusion_core.layout import (CROPS_TABLE, CROPS_TIF, EXTRACT_LOCK, IMAGE, OUTLIERS_MODEL, PLATEMAP_FILE, PROFILES, SINGLE_CELL,
+                                   SITES_DIR, illumination_file)
+from profiler.illum import config_params as illum_params
 from profiler.illum import plate_illumination, save_illumination
 from cellfusion_core.names import CELL_COUNT, PLATE, SITE, WELL, is_metadata, is_profile_feature
-from profiler.partitions import SITES_DIR, base_record, load_done, pipeline_hash, printable, run_site, site_stem
+from profiler.partitions import base_record, load_done, pipeline_hash, printable, run_site, site_stem
 from profiler import outliers as ol
 from profiler.plate import PlateScan, Site, check_platemap, discover, read_platemap
 from profiler.qc import flag_outliers, qc_params
@@ -53,10 +55,6 @@ from profiler.site import measure_site, process_site  # noqa: F401  (public: the
 
 log = logging.getLogger(__name__)
 
-SINGLE_CELL = "single_cell.parquet"
-IMAGE = "image.parquet"
-PROFILES = "profiles.parquet"
-LOCK = ".extract.lock"
 #: bytes of cells buffered before a row group of single_cell.parquet is written: memory stays bounded
 #: whatever the number of features (≈ 5,000 cells of 1,500 float64 features), row groups stay few
 ROW_GROUP_BYTES = 64 * 2**20
@@ -79,7 +77,7 @@ def output_lock(out_dir: Path) -> Iterator[None]:
 
     check_output_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / LOCK
+    path = out_dir / EXTRACT_LOCK
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
@@ -419,9 +417,9 @@ def fit_plate_outliers(partitions: Sequence[Path], platemap: pd.DataFrame | None
         return None, info
     model = ol.fit_outlier_model(sample, contamination=float(params["contamination"]),
                                  n_components=int(params["n_components"]), seed=int(params["seed"]), fit_on=fit_on)
-    io.write_json(model.to_dict(), out_dir / ol.MODEL_FILE)
+    io.write_json(model.to_dict(), out_dir / OUTLIERS_MODEL)
     info.update({"fit_on": fit_on, "n_fit": model.n_fit, "features": len(model.features),
-                 "components": len(model.location), "threshold": model.threshold, "model": ol.MODEL_FILE})
+                 "components": len(model.location), "threshold": model.threshold, "model": OUTLIERS_MODEL})
     return model, info
 
 
@@ -471,8 +469,8 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
     config = load_pipeline(pipeline)
     check_output_dir(out_dir)
     scan = discover(plate_dir, config)
-    if platemap is None and (plate_dir / "platemap.csv").is_file():
-        platemap = plate_dir / "platemap.csv"
+    if platemap is None and (plate_dir / PLATEMAP_FILE).is_file():
+        platemap = plate_dir / PLATEMAP_FILE
     pm = read_platemap(platemap) if platemap is not None else None  # fail before hours of work
     wells_without_images = check_platemap(pm, {s.well for s in scan.sites}, platemap) if pm is not None else []
     plan = plan_profiles(config, scan, pm, platemap, plate_dir)
@@ -508,7 +506,7 @@ def _extract_locked(plate_dir: Path, out_dir: Path, config: AssayConfig, scan: P
     if illum_cfg["enabled"]:  # once per plate and channel, before the sites run
         functions = plate_illumination(scan.complete_sites, config.channel_names, illum_cfg)
         for (plate, ch), fn in functions.items():
-            path = save_illumination(fn, illumination_path(out_dir, plate, ch))
+            path = save_illumination(fn, illumination_file(out_dir, plate, ch))
             illum_files[f"{plate}/{ch}"] = str(path.relative_to(out_dir))
         site_kwargs["illumination"] = functions
     if overlays:
@@ -590,7 +588,7 @@ def _extract_locked(plate_dir: Path, out_dir: Path, config: AssayConfig, scan: P
     if outl["enabled"]:
         model, extra["outliers"] = fit_plate_outliers(partitions, pm, outl, out_dir)
         if model is not None:
-            outputs[ol.MODEL_FILE] = {"features": len(model.features), "fit_on": model.fit_on}
+            outputs[OUTLIERS_MODEL] = {"features": len(model.features), "fit_on": model.fit_on}
             if outl["remove"]:
                 kept = out_dir / ".single_cell.kept.tmp"  # input of the profiles; removed once they are built
     else:

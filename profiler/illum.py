@@ -180,10 +180,6 @@ def plate_illumination(sites: Sequence[Any], channels: Sequence[str], params: di
     return out
 
 
-def illumination_path(out_dir: str | Path, plate: str, channel: str) -> Path:
-    return Path(out_dir) / "illum" / f"{plate}_{channel}.npy"
-
-
 def save_illumination(function: np.ndarray, path: str | Path) -> Path:
     """Write one function as ``.npy`` (atomically; no pickle)."""
     with io.atomic_path(path) as tmp:

@@ -25,6 +25,7 @@ import pandas as pd
 
 from cellfusion_core import io
 from cellfusion_core.errors import InputError
+from cellfusion_core.layout import SINGLE_CELL
 from cellfusion_core.names import OBJECT_NUMBER, PLATE, SITE, WELL
 from profiler.plate import normalize_well
 
@@ -238,10 +239,10 @@ def ingest(source: str | Path, out_dir: str | Path, *, platemap: str | Path | No
     if platemap is not None:
         cells = annotate(cells, read_platemap(platemap), allow_unimaged_wells=allow_unimaged_wells)
         inputs["platemap"] = Path(platemap)
-    io.write_parquet(cells, out_dir / "single_cell.parquet")
+    io.write_parquet(cells, out_dir / SINGLE_CELL)
     io.write_manifest(out_dir, command="profiler ingest", inputs=inputs,
                       parameters={"allow_unimaged_wells": allow_unimaged_wells},
-                      outputs={"single_cell.parquet": {"rows": len(cells), "columns": cells.shape[1],
+                      outputs={SINGLE_CELL: {"rows": len(cells), "columns": cells.shape[1],
                                                        "wells": int(cells.groupby([PLATE, WELL]).ngroups)}})
     return out_dir
 

@@ -53,7 +53,7 @@ import pandas as pd
 from cellfusion_core.errors import ConfigError, ModelFileError
 from cellfusion_core.names import PLATE, WELL, is_profile_feature
 
-__all__ = ["SCORE", "FLAG", "FRACTION", "WELL_SCORE", "MODEL_FILE", "DEFAULTS", "OutlierModel",
+__all__ = ["SCORE", "FLAG", "FRACTION", "WELL_SCORE", "DEFAULTS", "OutlierModel",
            "outlier_params", "fit_outlier_model", "score_matrix", "score_cells", "sample_partitions",
            "control_wells", "OutlierTally", "well_outlier_scores", "add_well_columns", "load_model"]
 
@@ -61,7 +61,6 @@ SCORE = "Metadata_Outlier_Score"
 FLAG = "Metadata_Outlier"
 FRACTION = "Metadata_Outlier_Fraction"
 WELL_SCORE = "Metadata_Outlier_Well_Score"
-MODEL_FILE = "outliers.json"
 FORMAT_VERSION = 2   # 2: z-scores squashed (sign · log1p) before PCA
 _MAD_TO_SD = 1.4826
 

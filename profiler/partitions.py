@@ -32,7 +32,6 @@ from profiler.site import process_site
 
 log = logging.getLogger(__name__)
 
-SITES_DIR = "sites"
 RECORD_VERSION = 1
 
 

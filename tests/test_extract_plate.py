@@ -16,7 +16,8 @@ import pycytominer
 import pytest
 
 from conftest import example_pipeline, run_cli
-from profiler.extract import LOCK, extract, output_lock
+from cellfusion_core.layout import EXTRACT_LOCK
+from profiler.extract import extract, output_lock
 from cellfusion_core.names import PLATE, WELL, profile_feature_columns
 
 CONTROLS = ("B02", "B07", "B08")  # the DMSO wells of the small example plate
@@ -189,7 +190,7 @@ def test_a_second_run_into_the_same_folder_is_refused_and_a_dead_lock_holder_fre
     with output_lock(out):
         code, err = run_cli(capsys, "profiler", "extract", small_plate, "-o", out, *fast_cli)
     assert code == 2 and "another `profiler extract` is writing to this folder" in err, err
-    assert (out / LOCK).is_file()  # left behind, but not held: the next run goes ahead
+    assert (out / EXTRACT_LOCK).is_file()  # left behind, but not held: the next run goes ahead
     with output_lock(out):
         pass
 

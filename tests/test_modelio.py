@@ -11,7 +11,8 @@ import pytest
 from fusion import modelio
 from fusion.gbm import GBMClassifier
 from fusion.predict import load_gbm
-from fusion.train import GBM_FILE, train
+from cellfusion_core.layout import GBM_FILE
+from fusion.train import train
 from cellfusion_core.errors import ModelFileError
 from conftest import make_profiles
 

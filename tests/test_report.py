@@ -84,7 +84,7 @@ def test_example_cells_from_crops(tmp_path):
     """With single_cell.parquet and crops beside the profiles, the report shows example cells."""
     import tifffile
 
-    from profiler.crops import CROPS_TABLE, CROPS_TIF
+    from cellfusion_core.layout import CROPS_TABLE, CROPS_TIF
 
     prof = make_profiles(n_per_class=4)
     ext = tmp_path / "extract"

@@ -28,12 +28,12 @@ from fusion.cnn.presets import PRESETS  # CNNEnsemble settings by name (used by 
 from fusion.cnn.train import TrainConfig, infer, load_model, resolve_device, save_model, train_model
 from cellfusion_core import io
 from cellfusion_core.errors import ConfigError, InputError, ModelFileError
+from cellfusion_core.layout import ENSEMBLE_JSON, cnn_member
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BACKBONES = ("resnet34", "resnet50", "resnet101", "resnet50", "resnet34")
 DEFAULT_DROPOUT_SCHEDULES = ((0.5, 0.3, 0.1), (0.5, 0.3, 0.1), (0.5, 0.3, 0.1), (0.4, 0.25, 0.1), (0.6, 0.4, 0.2))
-ENSEMBLE_JSON = "ensemble.json"
 
 
 class CNNEnsemble(ClassifierMixin, BaseEstimator):
@@ -187,7 +187,7 @@ class CNNEnsemble(ClassifierMixin, BaseEstimator):
         out_dir.mkdir(parents=True, exist_ok=True)
         files = []
         for i, (model, cfg) in enumerate(zip(self.members_, self.configs_)):
-            p = save_model(model, cfg, out_dir / f"member_{i}", in_chans=self.n_channels_,
+            p = save_model(model, cfg, out_dir / cnn_member(i), in_chans=self.n_channels_,
                            n_classes=len(self.classes_), extra={"history": self.histories_[i]})
             files.append(p.name)
         params = self.get_params()

@@ -48,13 +48,12 @@ from fusion.cnn.resnet import CBAMNet
 from fusion.cnn.train import _autocast, _deterministic, _prepare, recalibrate_batchnorm, resolve_device
 from cellfusion_core import io
 from cellfusion_core.errors import ConfigError, InputError, ModelFileError
+from cellfusion_core.layout import MANIFEST, SSL_CONFIG, SSL_WEIGHTS
 
 log = logging.getLogger(__name__)
 
 METHODS = ("simclr", "autoencoder")
 KIND = "ssl"
-WEIGHTS = "ssl.safetensors"
-CONFIG = "ssl.json"
 FORMAT = "cellfusion-ssl/1"
 #: the views of the autoencoder: the 8 symmetries of the square, nothing else
 AUTOENCODER_AUGMENT = Augment(flips=True, elastic_p=0.0, erase_p=0.0, jitter_gain=0.0, jitter_offset=0.0)
@@ -422,16 +421,16 @@ class SSLEmbedder(TransformerMixin, BaseEstimator):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
-        with io.atomic_path(out_dir / WEIGHTS) as tmp:
+        with io.atomic_path(out_dir / SSL_WEIGHTS) as tmp:
             save_file(state, str(tmp))
         params = self.get_params()
         io.write_json({"format": FORMAT, "params": params, "config": self.config_.to_dict(),
                        "n_channels": self.n_channels_, "embedding_dim": self.embedding_dim,
-                       "preprocessor": self.preprocessor_.to_dict(), "history": self.history_}, out_dir / CONFIG)
-        files = {WEIGHTS: model_file_entry(out_dir / WEIGHTS, "safetensors"),
-                 CONFIG: model_file_entry(out_dir / CONFIG, "json")}
+                       "preprocessor": self.preprocessor_.to_dict(), "history": self.history_}, out_dir / SSL_CONFIG)
+        files = {SSL_WEIGHTS: model_file_entry(out_dir / SSL_WEIGHTS, "safetensors"),
+                 SSL_CONFIG: model_file_entry(out_dir / SSL_CONFIG, "json")}
         io.write_manifest(out_dir, command=command, inputs=inputs, parameters=params,
-                          outputs={WEIGHTS: {"kind": "safetensors"}, CONFIG: {}},
+                          outputs={SSL_WEIGHTS: {"kind": "safetensors"}, SSL_CONFIG: {}},
                           extra={"kind": KIND, "method": self.method, MODEL_FILES_KEY: files, **(extra or {})},
                           hash_inputs=False)
         return out_dir
@@ -449,8 +448,8 @@ class SSLEmbedder(TransformerMixin, BaseEstimator):
         if manifest.get("kind") != KIND:
             raise ModelFileError("this folder does not hold a self-supervised model (manifest kind is "
                                  f"{manifest.get('kind')!r})", path=model_dir, hint="point at a folder written by `fusion train-ssl`")
-        raw_cfg = verify_model_file(model_dir, CONFIG, manifest)
-        raw_w = verify_model_file(model_dir, WEIGHTS, manifest)
+        raw_cfg = verify_model_file(model_dir, SSL_CONFIG, manifest)
+        raw_w = verify_model_file(model_dir, SSL_WEIGHTS, manifest)
         try:
             spec = json.loads(raw_cfg.decode("utf-8"))
             if spec.get("format") != FORMAT:
@@ -467,20 +466,20 @@ class SSLEmbedder(TransformerMixin, BaseEstimator):
             est.preprocessor_ = Preprocessor.from_dict(spec["preprocessor"])
             model = build_ssl_model(est.config_, est.n_channels_)
         except (KeyError, TypeError, ValueError, UnicodeDecodeError, ConfigError) as exc:
-            raise ModelFileError(f"{CONFIG} is malformed ({exc})", path=model_dir / CONFIG) from exc
+            raise ModelFileError(f"{SSL_CONFIG} is malformed ({exc})", path=model_dir / SSL_CONFIG) from exc
         try:
             state = load_safetensors(raw_w)
             model.load_state_dict(state, strict=True)
         except Exception as exc:  # safetensors' own errors, or shapes that do not fit
-            raise ModelFileError(f"weights do not fit the model described in {CONFIG} ({exc})",
-                                 path=model_dir / WEIGHTS) from exc
+            raise ModelFileError(f"weights do not fit the model described in {SSL_CONFIG} ({exc})",
+                                 path=model_dir / SSL_WEIGHTS) from exc
         model.eval()
         est.model_ = model
         return est
 
 
 def _manifest(model_dir: Path) -> dict[str, Any]:
-    path = model_dir / io.MANIFEST
+    path = model_dir / MANIFEST
     if not model_dir.is_dir():
         raise ModelFileError("model folder not found", path=model_dir,
                              hint="pass the folder written by `fusion train-ssl` or `fusion train-cnn`")
