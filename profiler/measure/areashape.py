@@ -107,6 +107,20 @@ def zernike_shape(lab_img: np.ndarray, n: int, mec_i: np.ndarray, mec_j: np.ndar
           defaults={"zernike": True, "advanced": True})
 def areashape(labels: np.ndarray, images=None, *, n_objects: int, zernike: bool = True,
               advanced: bool = True, context: LabelContext | None = None) -> dict[str, np.ndarray]:
+    """Size and shape of every object (``AreaShape_<Feature>``), as CellProfiler 5's
+    MeasureObjectSizeShape (2-D) computes them: area, perimeter, form factor, axes, eccentricity,
+    orientation, solidity, extent, Euler number, bounding box, centre, radii, Feret diameters and
+    (see the module docstring for each definition) the optional groups below.
+
+    Inputs: ``labels``, an (H, W) integer label image with objects 1..``n_objects`` (numbers absent
+    from it get NaN rows); ``images`` is ignored; ``context``, the label image's shared intermediates
+    (:class:`~profiler.measure._util.LabelContext`), built here when not given.
+
+    Settings (pipeline YAML ``features: {AreaShape: {...}}``): ``zernike`` (default true) adds
+    ``AreaShape_Zernike_n_m`` for n ≤ 9 on the minimum enclosing circle; ``advanced`` (default
+    true) adds the spatial, central, normalized and Hu moments and the inertia tensor with its
+    eigenvalues (CellProfiler's "Calculate the advanced features").
+    """
     n = int(n_objects)
     ctx = label_context(labels, n, context)
     geo = shape_geometry(labels, n, ctx)

@@ -512,7 +512,21 @@ def correlation(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objec
                 threshold_percentage: float = 15.0, costes_method: str = "faster",
                 costes_scale: float | str | None = "auto",
                 context: LabelContext | None = None) -> dict[str, np.ndarray]:
-    """Colocalization features of every object for every channel pair (see the module docstring)."""
+    """Colocalization features of every object for every pair of channels
+    (``Correlation_<Feature>_<a>_<b>``: Correlation, Manders, RWC, Overlap, K, Costes), as
+    CellProfiler 5's MeasureColocalization within objects (definitions in the module docstring).
+
+    Inputs: ``labels``, an (H, W) integer label image with objects 1..``n_objects`` (numbers absent
+    from it get NaN rows); ``images``: channel name → (H, W) float image on CellProfiler's scale
+    (raw / dtype max), every pair i < j in their order; ``context``, the label image's shared intermediates
+    (:class:`~profiler.measure._util.LabelContext`), built here when not given.
+
+    Settings (pipeline YAML ``features: {Correlation: {...}}``): ``threshold_percentage`` (pixels
+    at or above this percentage of the object's maximum count as "above"; default 15),
+    ``costes_method`` (``faster`` — CellProfiler 5's default —, ``fast`` or ``accurate``) and
+    ``costes_scale`` (the images' dtype maximum for Costes' threshold steps: 255, 65535 or
+    ``auto``, which picks 255 when every pixel lies on the 8-bit grid).
+    """
     method = str(costes_method).lower()
     if method not in _COSTES_METHODS:
         from cellfusion_core.errors import ConfigError

@@ -354,9 +354,17 @@ def _feature_docs() -> list[FeatureDoc]:
 def granularity(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objects: int,
                 subsample_size: float = 0.25, image_sample_size: float = 0.25, element_size: int = 10,
                 spectrum_length: int = 16, context: LabelContext | None = None) -> dict[str, np.ndarray]:
-    """Granular spectrum of every object (``Granularity_<n>_<channel>``), CellProfiler's definition.
+    """Granular spectrum of every object (``Granularity_<n>_<channel>``), as CellProfiler 5's
+    MeasureGranularity computes it (on the whole subsampled image, then averaged per object; module
+    docstring).
 
-    Parameters match MeasureGranularity: ``subsample_size`` (subsampling factor for the
+    Inputs: ``labels``, an (H, W) integer label image with objects 1..``n_objects`` (numbers absent
+    from it get NaN rows); ``images``: channel name → (H, W) float image on CellProfiler's scale
+    (raw / dtype max); ``context``, the label image's shared intermediates
+    (:class:`~profiler.measure._util.LabelContext`), built here when not given.
+
+    Settings (pipeline YAML ``features: {Granularity: {...}}``), as MeasureGranularity's:
+    ``subsample_size`` (subsampling factor for the
     measurement), ``image_sample_size`` (further subsampling for background removal),
     ``element_size`` (radius of the background-removal disk, in subsampled pixels) and
     ``spectrum_length`` (number of spectrum points).

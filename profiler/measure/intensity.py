@@ -176,6 +176,18 @@ def _stats(lab, v, edge, ii, jj, n):
           features=_FEATURES)
 def intensity(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objects: int,
               context: LabelContext | None = None) -> dict[str, np.ndarray]:
+    """Intensity statistics of every object in every channel (``Intensity_<Feature>_<channel>``
+    and ``Location_CenterMassIntensity_*`` / ``Location_MaxIntensity_*``), as CellProfiler 5's
+    MeasureObjectIntensity: integrated, mean, std, min, max, quartiles, median, MAD and mass
+    displacement over the object's pixels and over its edge pixels (module docstring).
+
+    Inputs: ``labels``, an (H, W) integer label image with objects 1..``n_objects`` (numbers absent
+    from it get NaN rows); ``images``: channel name → (H, W) float image on CellProfiler's scale
+    (raw / dtype max); ``context``, the label image's shared intermediates
+    (:class:`~profiler.measure._util.LabelContext`), built here when not given.
+
+    Settings: none (CellProfiler's module has none besides the choice of images and objects).
+    """
     n = int(n_objects)
     ctx = label_context(labels, n, context)
     lab_img = ctx.labels

@@ -157,6 +157,18 @@ def _scale_name(scale) -> tuple[str, float]:
           "nearest objects", features=_FEATURES, defaults={"scales": ("Adjacent",)})
 def neighbors(labels: np.ndarray, images=None, *, n_objects: int, scales=("Adjacent",),
               context: LabelContext | None = None) -> dict[str, np.ndarray]:
+    """Neighbour counts, touching percentage, closest objects and the angle between the two closest
+    (``Neighbors_<Feature>_<scale>``) of every object, as CellProfiler 5's MeasureObjectNeighbors
+    with the objects as their own neighbours (definitions in the module docstring).
+
+    Inputs: ``labels``, an (H, W) integer label image with objects 1..``n_objects`` (numbers absent
+    from it get NaN rows); ``images`` is ignored; ``context``, the label image's shared intermediates
+    (:class:`~profiler.measure._util.LabelContext`), built here when not given.
+
+    Settings (pipeline YAML ``features: {Neighbors: {...}}``): ``scales``, a list of neighbour
+    methods, each ``"Adjacent"`` (default), ``"Expanded"`` (expand until adjacent) or a positive
+    whole number of pixels (within that distance); each scale adds its own set of columns.
+    """
     n = int(n_objects)
     ctx = label_context(labels, n, context)
     lab0 = ctx.labels

@@ -152,11 +152,26 @@ def radial_geometry(labels: np.ndarray, n: int, bin_count: int,
 def radial_distribution(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objects: int,
                         bin_count: int = 4, zernike_degree: int = 9,
                         context: LabelContext | None = None) -> dict[str, np.ndarray]:
+    """Radial intensity distribution of every object in every channel, as CellProfiler 5's
+    MeasureObjectIntensityDistribution with scaled bins and each object's own centre:
+    ``RadialDistribution_FracAtD/MeanFrac/RadialCV_<channel>_<k>of<bin_count>`` and
+    ``RadialDistribution_ZernikeMagnitude_<channel>_<n>_<m>`` (definitions in the module docstring).
+
+    Inputs: ``labels``, an (H, W) integer label image with objects 1..``n_objects`` (numbers absent
+    from it get NaN rows); ``images``: channel name → (H, W) float image on CellProfiler's scale
+    (raw / dtype max); ``context``, the label image's shared intermediates
+    (:class:`~profiler.measure._util.LabelContext`), built here when not given.
+
+    Settings (pipeline YAML ``features: {RadialDistribution: {...}}``): ``bin_count`` (number of
+    radial bins, ≥ 1; default 4) and ``zernike_degree`` (highest Zernike order n of the intensity
+    Zernike magnitudes, default 9; a negative value leaves them out).
+    """
     from cellfusion_core.errors import ConfigError
 
     if int(bin_count) < 1:
         raise ConfigError(f"RadialDistribution bin_count must be at least 1, got {bin_count!r}",
-                          hint="set features.params.RadialDistribution.bin_count to e.g. 4")
+                          hint="set features.RadialDistribution.bin_count in the pipeline YAML to e.g. 4 "
+                               "(CellProfiler's default)")
     n = int(n_objects)
     nb_ = int(bin_count)
     ctx = label_context(labels, n, context)

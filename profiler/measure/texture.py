@@ -305,7 +305,17 @@ def _haralick_levels(qo: np.ndarray, geometry, n_objects: int) -> np.ndarray:
           defaults={"scales": (3,), "gray_levels": 256})
 def texture(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objects: int,
             scales: Sequence[int] = (3,), gray_levels: int = 256) -> dict[str, np.ndarray]:
-    """``Texture_<Feature>_<channel>_<scale>_<direction:02d>_<gray_levels>`` for every object."""
+    """The 13 Haralick features of every object for every channel, scale and direction
+    (``Texture_<Feature>_<channel>_<scale>_<direction:02d>_<gray_levels>``), as CellProfiler's
+    MeasureTexture computes them (definitions in the module docstring).
+
+    Inputs: ``labels`` (H, W) integer label image, objects 1..``n_objects`` (absent numbers get NaN
+    rows); ``images``: channel name → (H, W) float image on CellProfiler's scale (raw / dtype max).
+
+    Settings (pipeline YAML ``features: {Texture: {...}}``): ``scales`` (pixel offsets of the
+    co-occurrence pairs, default [3]) and ``gray_levels`` (2–256, default 256: the number of grey
+    levels the whole image is quantized to).
+    """
     if isinstance(scales, int):
         scales = (scales,)
     gray_levels = int(gray_levels)
