@@ -199,8 +199,8 @@ def evaluate(
                    "(observed / permuted variance; 1 = sampling noise):")
         for name, v in lv.items():
             typer.echo(f"  {name:30s} median ratio {v['median_ratio']:.2f}, {v['fraction_above_2']:.0%} of features > 2")
-    if preset:
-        table = apply_recipe(table, preset)
+    if preset:  # fit on the rows mark_controls marked (the given --control rule), not the default rule
+        table = apply_recipe(table, preset, samples=NEGATIVE_CONTROL_QUERY)
     ev = run(table, columns=spec, with_map=with_map, seed=seed)
     for line in ev.lines():
         typer.echo(line)

@@ -9,7 +9,7 @@ import pytest
 
 from profiler.aggregate_stream import aggregate_parquet
 from cellfusion_core.errors import ConfigError, InputError
-from profiler.profiles import (POSITION_BLOCKLIST, PRESETS, aggregate, annotate, apply_recipe, asinh_features,
+from profiler.profiles import (NEGATIVE_CONTROL_QUERY, POSITION_BLOCKLIST, PRESETS, aggregate, annotate, apply_recipe, asinh_features,
                                build_profiles, consensus, expand_blocklist, factor_analysis, feature_select, normalize,
                                select_reproducible, typical_variation_normalize)
 
@@ -78,8 +78,15 @@ def test_normalize_to_controls_per_plate():
 
 def test_plate_without_controls_names_the_plate_unless_all():
     prof = annotate(aggregate(cells()), platemap())
-    prof.loc[prof["Metadata_Plate"] == "P2", "Metadata_Control"] = ""
-    with pytest.raises(InputError, match="plate 'P2' has no control wells"):
+    p2 = prof["Metadata_Plate"] == "P2"
+    prof.loc[p2, "Metadata_Control"] = ""
+    # the one control rule (cellfusion_core.columns.control_mask): P2's DMSO wells are still controls
+    normalize(prof, method="mad_robustize")
+    # the marker alone, as a pycytominer query: P2 has none
+    with pytest.raises(InputError, match="plate 'P2' has no control wells matching \"Metadata_Control"):
+        normalize(prof, method="mad_robustize", samples=NEGATIVE_CONTROL_QUERY)
+    prof.loc[p2, "Metadata_Compound"] = "X"
+    with pytest.raises(InputError, match="plate 'P2' has no control wells matching the negative-control rule"):
         normalize(prof, method="mad_robustize")
     out = normalize(prof, method="mad_robustize", samples="all")
     assert len(out) == len(prof)
