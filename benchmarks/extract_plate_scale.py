@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from benchmarks._common import emit  # noqa: E402
-from cellfusion_core.layout import MANIFEST, PROFILES, SINGLE_CELL, SITES_DIR  # noqa: E402
+from cellfusion_core.layout import MANIFEST, PLATEMAP_FILE, PROFILES, SINGLE_CELL, SITES_DIR, site_record, site_table  # noqa: E402
 
 PLATE = "SCALE01"
 CHANNELS = ("w1", "w2", "w3")
@@ -91,7 +91,7 @@ def fabricate(work: Path, n_cells: int, n_features: int, cells_per_site: int, se
     rows = ["well,compound,concentration,control"]
     for i, w in enumerate(wells):
         rows.append(f"{w},DMSO,0,negative" if i % 8 == 0 else f"{w},Cmpd{i % 5},1.0,")
-    (plate_dir / "platemap.csv").write_text("\n".join(rows) + "\n")
+    (plate_dir / PLATEMAP_FILE).write_text("\n".join(rows) + "\n")
 
     config = load_pipeline("example")
     scan = discover(plate_dir, config)
@@ -119,7 +119,7 @@ def fabricate(work: Path, n_cells: int, n_features: int, cells_per_site: int, se
         cols["Nuclei_Location_Center_Y"] = pa.array(rng.uniform(0, 1000, n))
         cols["Cells_Parent_Nuclei"] = pa.array(np.arange(1, n + 1, dtype=np.int64))
         stem = site_stem(site)
-        part = sites_dir / f"{stem}.parquet"
+        part = sites_dir / site_table(stem)
         if not reuse:
             pq.write_table(pa.table(cols), part, compression="zstd")
         done.append((site, stem, part, n))
@@ -130,7 +130,7 @@ def fabricate(work: Path, n_cells: int, n_features: int, cells_per_site: int, se
                   "Count_Nuclei": n, "Count_Cells": n}
         io.write_json({"site": stem, "pipeline_hash": phash, "inputs": _input_signature(site), "status": "ok",
                        "record": record, "partition": {"file": part.name, "rows": n, "sha256": io.file_sha256(part)}},
-                      sites_dir / f"{stem}.json")
+                      sites_dir / site_record(stem))
     marker.write_text(json.dumps(key))
     return plate_dir, out, len(scan.sites)
 

@@ -63,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from benchmarks._common import REPO, emit, peak_rss_mb, require_shared  # noqa: E402
-from cellfusion_core.layout import SINGLE_CELL  # noqa: E402
+from cellfusion_core.layout import PLATEMAP_FILE, SINGLE_CELL  # noqa: E402
 from benchmarks.parity_vs_cellprofiler import (  # noqa: E402
     COMPARTMENTS, CP_ENV, RESULTS, cellprofiler_bin, cpmeasure_features, dataset_files, load_dataset,
     run_cellprofiler,
@@ -156,7 +156,7 @@ def make_plate(root: Path, copies: int, platemap: bool = True) -> Path:
                 copy = np.minimum(copy.astype(np.int64) + k // 4, np.iinfo(img.dtype).max).astype(img.dtype)
             tifffile.imwrite(plate / f.name.replace("_B02_", f"_{well}_"), np.ascontiguousarray(copy))
     if platemap:
-        (plate / "platemap.csv").write_text("well,compound,control\n"
+        (plate / PLATEMAP_FILE).write_text("well,compound,control\n"
                                             + "".join(f"{w},DMSO,negative\n" for w in wells))
     return plate
 

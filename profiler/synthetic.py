@@ -58,6 +58,7 @@ from scipy import ndimage
 
 from cellfusion_core.errors import ConfigError
 from cellfusion_core.io import atomic_path, write_json, write_manifest, write_text
+from cellfusion_core.layout import PLATEMAP_FILE
 
 __all__ = [
     "CAMERA_OFFSET", "CHANNELS", "CONTROL_COMPOUND", "DEFECT_KINDS", "MAX_ADU", "PHENOTYPES", "Phenotype",
@@ -733,7 +734,7 @@ def make_example_plate(out_dir: str | Path, *, plate: str = "EXAMPLE01", n_wells
     wr.writerow(["well", "compound", "concentration", "control"])
     for spec in layout:
         wr.writerow([spec.well, spec.compound, repr(spec.concentration), spec.control])
-    write_text(buf.getvalue(), out / "platemap.csv")
+    write_text(buf.getvalue(), out / PLATEMAP_FILE)
 
     if write_truth:
         for ch, f in illumination.items():
@@ -761,7 +762,7 @@ def make_example_plate(out_dir: str | Path, *, plate: str = "EXAMPLE01", n_wells
     write_manifest(out, command="profiler example-plate", parameters=parameters,
                    outputs={"images": {"files": len(site_rows) * len(CHANNELS),
                                        "channels": CHANNELS},
-                            "platemap.csv": {"rows": len(layout)},
+                            PLATEMAP_FILE: {"rows": len(layout)},
                             "cells": {"total": sum(r[-1] for r in site_rows)}})
     return out
 
