@@ -156,7 +156,7 @@ def crop_features(images: np.ndarray, seg_params: dict) -> pd.DataFrame:
     """One row of features per crop (the object at the centre); NaN rows where nothing was found."""
     from rich.progress import Progress
 
-    from profiler.measure import measure_objects
+    from profiler.measure import ImageCache, measure_objects
     from profiler.segment import segment_site
 
     rows: list[dict] = []
@@ -168,8 +168,10 @@ def crop_features(images: np.ndarray, seg_params: dict) -> pd.DataFrame:
             obj = _central_object(seg.nuclei)
             row: dict = {}
             if obj:
+                cache = ImageCache()  # the crop's whole-image intermediates, shared by its compartments
                 for comp, lab in (("Nuclei", seg.nuclei), ("Cells", seg.cells), ("Cytoplasm", seg.cytoplasm)):
-                    df = measure_objects(lab, im, compartment=comp, families=FAMILIES, n_objects=seg.n_objects)
+                    df = measure_objects(lab, im, compartment=comp, families=FAMILIES, n_objects=seg.n_objects,
+                                         image_cache=cache)
                     row.update(df.iloc[obj - 1].to_dict())
             rows.append(row)
             bar.advance(task)

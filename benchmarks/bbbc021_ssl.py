@@ -125,7 +125,7 @@ def _centre_nuclei(dapi: np.ndarray, n: int, cols: int, pitch: int, crop: int, p
 
 def classical_features(images: np.ndarray, chunk: int = 1024) -> tuple[pd.DataFrame, int]:
     """profiler.measure on each crop (see module doc) → (features, row i = crop i; NaN rows where no nucleus)."""
-    from profiler.measure import measure_objects
+    from profiler.measure import ImageCache, measure_objects
     from profiler.segment import cytoplasm, segment_cells
 
     n, crop = len(images), images.shape[1]
@@ -139,7 +139,9 @@ def classical_features(images: np.ndarray, chunk: int = 1024) -> tuple[pd.DataFr
         cells = segment_cells(nuclei, chans["Actin"], seeds=seeds, threshold_method="otsu", regularization=0.05,
                               fill_holes=True)
         cyto = cytoplasm(cells, nuclei)
-        tables = [measure_objects(lab, chans, compartment=comp, families=FAMILIES, n_objects=len(block))
+        cache = ImageCache()  # the mosaic's whole-image intermediates, shared by its compartments
+        tables = [measure_objects(lab, chans, compartment=comp, families=FAMILIES, n_objects=len(block),
+                                  image_cache=cache)
                   for comp, lab in (("Nuclei", nuclei), ("Cells", cells), ("Cytoplasm", cyto))]
         part = pd.concat(tables, axis=1)
         present = np.zeros(len(block), bool)

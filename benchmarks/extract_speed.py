@@ -70,37 +70,30 @@ from benchmarks.parity_vs_cellprofiler import (  # noqa: E402
 )
 
 
-def _clear_image_caches() -> None:
-    """Forget the per-image caches so that every timed site starts cold (no reuse across sites)."""
-    from profiler.measure import correlation, granularity
-
-    granularity._CACHE.clear()
-    correlation._COSTES_CACHE.clear()
-    correlation._LEVELS_CACHE.clear()
-    correlation._CODES_CACHE.clear()
-
-
 def measure_site_all(images, labels, n: int) -> None:
     """Every registered family on the three compartments: one ``measure_objects`` call per
-    compartment, exactly as ``profiler.extract.measure_site`` does."""
-    from profiler.measure import families, measure_objects
+    compartment sharing one new (cold) image cache, exactly as ``profiler.site.measure_site`` does."""
+    from profiler.measure import ImageCache, families, measure_objects
 
+    cache = ImageCache()
     for comp in COMPARTMENTS:
-        measure_objects(labels[comp], images, compartment=comp, families=list(families()), n_objects=n)
+        measure_objects(labels[comp], images, compartment=comp, families=list(families()), n_objects=n,
+                        image_cache=cache)
 
 
 def family_breakdown(images, labels, n: int) -> dict[str, float]:
     """CPU seconds per family for one cold site: the families called one by one in
-    ``measure_objects``' order with one shared ``LabelContext`` per compartment (as it does)."""
+    ``measure_objects``' order with one shared ``LabelContext`` per compartment (as it does) and one
+    new (cold) image cache for the site."""
     import inspect
 
-    from profiler.measure import families, get_family
+    from profiler.measure import ImageCache, families, get_family
     from profiler.measure._util import LabelContext
 
-    _clear_image_caches()
+    cache = ImageCache()
     per_family: dict[str, float] = {}
     for comp in COMPARTMENTS:
-        context = LabelContext(labels[comp], n)
+        context = LabelContext(labels[comp], n, cache)
         for name in families():
             fam = get_family(name)
             kw = dict(fam.defaults)
@@ -136,9 +129,8 @@ def make_plate(root: Path, copies: int, platemap: bool = True) -> Path:
     """A plate folder of ``copies`` wells (B02, B03 …), each with one site made from the real site s1,
     and (``platemap``) a platemap that marks every well a DMSO negative control.
 
-    The copies are made distinct, so that no per-image cache (granularity spectra, Costes
-    thresholds, intensity levels, keyed by image content) is reused from one site to the next as
-    it would be for identical files: copy k is the field flipped in one of four ways (k mod 4) with
+    The copies are made distinct (no site repeats another's pixels; the per-image intermediates,
+    granularity spectra, Costes thresholds, intensity levels, live one site anyway): copy k is the field flipped in one of four ways (k mod 4) with
     ⌊k / 4⌋ added to every raw 16-bit value (12-bit data, so nothing saturates). Same image
     content, same cells."""
     import tifffile
@@ -187,7 +179,6 @@ def timed_extract(plate: Path, out: Path, pipeline: Path) -> dict:
 
     from profiler.extract import extract
 
-    _clear_image_caches()  # nothing left from an earlier run in this process
     w0, c0 = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -235,7 +226,6 @@ def site_stages(pipeline: Path, plate: Path, repeat: int) -> dict[str, float]:
     best: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(max(1, repeat)):
-            _clear_image_caches()
             t: dict[str, float] = {}
             c = time.process_time()
             images = read_site(site)
@@ -411,13 +401,11 @@ def main(argv=None) -> int:
 
     # warm-up: loads numba's cached kernels (one-time per process)
     t0 = time.perf_counter()
-    _clear_image_caches()
     measure_site_all(images, labels, n)
     warm = time.perf_counter() - t0
 
     best_wall, best_cpu, cpus = float("inf"), float("inf"), []
     for _ in range(max(1, args.repeat)):
-        _clear_image_caches()
         w0, c0 = time.perf_counter(), time.process_time()
         measure_site_all(images, labels, n)
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0

@@ -174,15 +174,17 @@ def load_dataset(name: str, cp_out: Path):
 
 def our_features(images, labels, n_by_comp) -> tuple[dict[str, pd.DataFrame], dict[str, float], list[str]]:
     """All registered families on each compartment; returns (tables, seconds per family, errors)."""
-    from profiler.measure import families, measure_objects
+    from profiler.measure import ImageCache, families, measure_objects
 
     out, seconds, errors = {}, {}, []
+    cache = ImageCache()  # one site: whole-image intermediates shared by the compartments, as extract
     for comp in COMPARTMENTS:
         parts = []
         for fam in families():
             t0 = time.perf_counter()
             try:
-                df = measure_objects(labels[comp], images, compartment=comp, families=[fam], n_objects=n_by_comp[comp])
+                df = measure_objects(labels[comp], images, compartment=comp, families=[fam],
+                                     n_objects=n_by_comp[comp], image_cache=cache)
             except Exception as exc:  # report, keep measuring the other families
                 errors.append(f"{comp}/{fam}: {type(exc).__name__}: {exc}")
                 continue

@@ -21,7 +21,7 @@ import pandas as pd
 from profiler.config import AssayConfig
 from profiler.crops import site_crops
 from profiler.illum import apply_illumination
-from profiler.measure import DEFAULT_FAMILIES, measure_objects
+from profiler.measure import DEFAULT_FAMILIES, ImageCache, measure_objects
 from cellfusion_core.names import OBJECT_NUMBER, PLATE, SITE, WELL
 from profiler.overlays import overlay_rgb, write_overlay
 from profiler.plate import Site, read_site
@@ -36,10 +36,13 @@ def measure_site(seg, images: Mapping[str, np.ndarray], features: Mapping[str, A
     families = features.get("families", list(DEFAULT_FAMILIES))
     params = {k: v for k, v in features.items() if k != "families"}
     n = seg.n_objects
+    # whole-image intermediates (Granularity's spectrum, Correlation's levels and Costes thresholds)
+    # are computed once for the site's images and shared by the three compartments
+    cache = ImageCache()
     tables = []
     for comp, labels in (("Nuclei", seg.nuclei), ("Cells", seg.cells), ("Cytoplasm", seg.cytoplasm)):
         tables.append(measure_objects(labels, images, compartment=comp, families=families,
-                                      params=params, n_objects=n))
+                                      params=params, n_objects=n, image_cache=cache))
     out = pd.concat(tables, axis=1)
     out.insert(0, OBJECT_NUMBER, np.arange(1, n + 1))
     return out

@@ -18,13 +18,14 @@ import pandas as pd
 from profiler.measure import (  # noqa: F401
     areashape, correlation, granularity, intensity, location, neighbors, radial, texture,
 )
-from profiler.measure._util import LabelContext
+from profiler.measure._util import ImageCache, LabelContext
 from profiler.measure.registry import FeatureDoc, families, get_family, register
 
 DEFAULT_FAMILIES = ("AreaShape", "Intensity", "RadialDistribution", "Texture", "Granularity", "Correlation",
                     "Neighbors", "Location")
 
-__all__ = ["FeatureDoc", "families", "get_family", "register", "measure_objects", "DEFAULT_FAMILIES"]
+__all__ = ["FeatureDoc", "families", "get_family", "register", "measure_objects", "DEFAULT_FAMILIES",
+           "ImageCache"]
 
 
 def measure_objects(
@@ -35,6 +36,7 @@ def measure_objects(
     families: Sequence[str] = DEFAULT_FAMILIES,
     params: Mapping[str, Mapping[str, Any]] | None = None,
     n_objects: int | None = None,
+    image_cache: ImageCache | None = None,
 ) -> pd.DataFrame:
     """Measure every object of ``labels`` with the named families.
 
@@ -52,6 +54,10 @@ def measure_objects(
         family name → keyword parameters for that family (merged over its defaults).
     n_objects:
         Number of rows; defaults to ``labels.max()``. Objects absent from ``labels`` get NaN.
+    image_cache:
+        The site's :class:`ImageCache`: pass the same one for every compartment of a site so that
+        whole-image intermediates (Granularity's spectrum, Correlation's levels and Costes
+        thresholds) are computed once per site; a new one (this call only) when not given.
 
     Returns
     -------
@@ -67,7 +73,7 @@ def measure_objects(
     params = params or {}
     columns: dict[str, np.ndarray] = {}
     # intermediates shared by the families that accept a ``context`` (pixel lists, hulls, EDTs)
-    context = LabelContext(labels, n)
+    context = LabelContext(labels, n, image_cache)
     for fam_name in families:
         fam = get_family(fam_name)
         kw = {**fam.defaults, **params.get(fam_name, {})}

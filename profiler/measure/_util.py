@@ -28,6 +28,39 @@ def nan_where_empty(values: np.ndarray, count: np.ndarray) -> np.ndarray:
     return out
 
 
+class ImageCache:
+    """Whole-image intermediates of one site's channel images, shared by its compartments.
+
+    Some families compute things that depend on a channel image alone, not on the objects:
+    Granularity's spectrum of openings, Correlation's 16-bit levels, dense codes and Costes
+    thresholds. Nuclei, Cells and Cytoplasm are measured on the same images, so each of these is
+    computed once per site and kept here.
+
+    Lifetime: one site. :func:`profiler.site.measure_site` makes one per site and passes it to
+    :func:`profiler.measure.measure_objects` for every compartment; ``measure_objects`` called
+    without one (and a family called on its own) makes a new one, used for that call only. Nothing
+    outlives the object: there is no module-level cache.
+
+    Entries are keyed by the image objects themselves (identity, not content) and the settings
+    they depend on; the cache holds a reference to every key image, so an id cannot be reused by
+    another array while it lives. The images must not be changed in place while the cache is in use.
+    """
+
+    def __init__(self):
+        self._store: dict[tuple, tuple] = {}
+
+    def get(self, kind: str, images: tuple, settings: tuple, make):
+        """``make()`` for (kind, these image objects, settings), computed on first use and kept."""
+        key = (kind, tuple(id(img) for img in images), settings)
+        hit = self._store.get(key)
+        if hit is None:
+            hit = self._store[key] = (images, make())
+        return hit[1]
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+
 class LabelContext:
     """Intermediates of one label image shared by the families that need them.
 
@@ -38,12 +71,16 @@ class LabelContext:
     :func:`profiler.measure.measure_objects` builds one per label image and passes it to the
     families that take a ``context`` keyword; a family called on its own builds its own
     (:func:`label_context`), so each family stays a pure function of (labels, images, params).
+
+    ``images``: the site's :class:`ImageCache` (whole-image intermediates shared with the other
+    compartments of the site); a new one when not given.
     """
 
-    def __init__(self, labels: np.ndarray, n_objects: int):
+    def __init__(self, labels: np.ndarray, n_objects: int, images: ImageCache | None = None):
         self.source = labels
         self.labels = np.ascontiguousarray(labels, dtype=np.int64)
         self.n = int(n_objects)
+        self.images = images if images is not None else ImageCache()
         self._cache: dict = {}
 
     def _get(self, key, make):
@@ -125,8 +162,9 @@ class LabelContext:
 
 
 def label_context(labels: np.ndarray, n_objects: int, context: LabelContext | None = None) -> LabelContext:
-    """``context`` when it was built for this label image and object count, else a new one."""
+    """``context`` when it was built for this label image and object count, else a new one (sharing
+    ``context``'s :class:`ImageCache` when there is one)."""
     if (context is not None and context.n == int(n_objects)
             and (context.source is labels or context.labels is labels)):
         return context
-    return LabelContext(labels, n_objects)
+    return LabelContext(labels, n_objects, context.images if context is not None else None)

@@ -28,15 +28,13 @@ object (CellProfiler's convention); an object with no such pixel gets 0 (Manders
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping
 
 import numba
 import numpy as np
 
 from profiler.measure._radix import dense_codes_f32
-from profiler.measure._util import LabelContext, label_context
-from profiler.measure.granularity import fingerprint
+from profiler.measure._util import ImageCache, LabelContext, label_context
 from profiler.measure.registry import FeatureDoc, register
 
 _COSTES_METHODS = ("faster", "fast", "accurate")
@@ -154,17 +152,10 @@ class _Levels:
         return cls(lv, order, below) if ok else None
 
 
-_LEVELS_CACHE: OrderedDict[tuple, _Levels | None] = OrderedDict()
-
-
-def _levels_cached(fp: tuple, img: np.ndarray) -> _Levels | None:
-    if fp not in _LEVELS_CACHE:
-        _LEVELS_CACHE[fp] = _Levels.build(img) if np.asarray(img).dtype == np.float32 else None
-        while len(_LEVELS_CACHE) > 12:
-            _LEVELS_CACHE.popitem(last=False)
-    else:
-        _LEVELS_CACHE.move_to_end(fp)
-    return _LEVELS_CACHE[fp]
+def _levels_cached(cache: ImageCache, img: np.ndarray) -> _Levels | None:
+    """The channel's :class:`_Levels` (None off the 16-bit grid or not float32), once per image and site."""
+    return cache.get("correlation_levels", (img,), (),
+                     lambda: _Levels.build(img) if np.asarray(img).dtype == np.float32 else None)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -354,46 +345,36 @@ def _infer_scale(*imgs: np.ndarray) -> float:
     return 255.0
 
 
-_COSTES_CACHE: OrderedDict[tuple, tuple[float, float]] = OrderedDict()
-
-
-def _costes_cached(fp1: tuple, fp2: tuple, img1: np.ndarray, img2: np.ndarray, scale,
+def _costes_cached(cache: ImageCache, img1: np.ndarray, img2: np.ndarray, scale,
                    method: str) -> tuple[float, float]:
-    key = (fp1, fp2, str(scale), method)
-    hit = _COSTES_CACHE.get(key)
-    if hit is None:
+    """Costes' threshold pair of a channel pair over the whole image, once per pair and site."""
+
+    def make() -> tuple[float, float]:
         s = _infer_scale(img1, img2) if scale in (None, "auto") else float(scale)
-        X, Y = _levels_cached(fp1, img1), _levels_cached(fp2, img2)
+        X, Y = _levels_cached(cache, img1), _levels_cached(cache, img2)
         x, y = np.asarray(img1).ravel(), np.asarray(img2).ravel()
         if X is not None and Y is not None:  # on the 16-bit grid: no NaN
-            hit = _costes(x, y, s, method, X, Y) if x.size else (np.inf, np.inf)
-        else:
-            if np.isnan(x.sum()) or np.isnan(y.sum()):  # CellProfiler drops NaN pixels (none in real images)
-                ok = ~(np.isnan(x) | np.isnan(y))
-                x, y = x[ok], y[ok]
-            hit = _costes(x, y, s, method, None, None) if x.size else (np.inf, np.inf)
-        _COSTES_CACHE[key] = hit
-        while len(_COSTES_CACHE) > 32:
-            _COSTES_CACHE.popitem(last=False)
-    return hit
+            return _costes(x, y, s, method, X, Y) if x.size else (np.inf, np.inf)
+        if np.isnan(x.sum()) or np.isnan(y.sum()):  # CellProfiler drops NaN pixels (none in real images)
+            ok = ~(np.isnan(x) | np.isnan(y))
+            x, y = x[ok], y[ok]
+        return _costes(x, y, s, method, None, None) if x.size else (np.inf, np.inf)
+
+    return cache.get("correlation_costes", (img1, img2), (str(scale), method), make)
 
 
 # --------------------------------------------------------------------------- per-object measures
 
-_CODES_CACHE: OrderedDict[tuple, np.ndarray | None] = OrderedDict()
-
-
-def _codes_cached(fp: tuple, img32: np.ndarray) -> np.ndarray | None:
+def _codes_cached(cache: ImageCache, img: np.ndarray, img32: np.ndarray) -> np.ndarray | None:
     """Dense codes of a float32 channel off the 16-bit grid
-    (:func:`profiler.measure._radix.dense_codes_f32`), once per image; None when it has NaN."""
-    if fp not in _CODES_CACHE:
+    (:func:`profiler.measure._radix.dense_codes_f32`), once per image and site (``img32``: ``img``
+    as flat float32); None when it has NaN."""
+
+    def make() -> np.ndarray | None:
         ok, codes = dense_codes_f32(np.ascontiguousarray(img32, dtype=np.float32).ravel().view(np.uint32))
-        _CODES_CACHE[fp] = codes if ok else None
-        while len(_CODES_CACHE) > 12:
-            _CODES_CACHE.popitem(last=False)
-    else:
-        _CODES_CACHE.move_to_end(fp)
-    return _CODES_CACHE[fp]
+        return codes if ok else None
+
+    return cache.get("correlation_codes", (img,), (), make)
 
 
 def _dense_rank(v: np.ndarray) -> np.ndarray:
@@ -518,8 +499,8 @@ def correlation(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objec
 
     Inputs: ``labels``, an (H, W) integer label image with objects 1..``n_objects`` (numbers absent
     from it get NaN rows); ``images``: channel name → (H, W) float image on CellProfiler's scale
-    (raw / dtype max), every pair i < j in their order; ``context``, the label image's shared intermediates
-    (:class:`~profiler.measure._util.LabelContext`), built here when not given.
+    (raw / dtype max), every pair i < j in their order; ``context``, the label image's shared
+    intermediates (:class:`~profiler.measure._util.LabelContext`), built here when not given.
 
     Settings (pipeline YAML ``features: {Correlation: {...}}``): ``threshold_percentage`` (pixels
     at or above this percentage of the object's maximum count as "above"; default 15),
@@ -536,19 +517,20 @@ def correlation(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objec
     labels = np.asarray(labels)
     names = list(images)
     n = n_objects
-    idx, lab, starts = label_context(labels, n, context).grouped()
+    ctx = label_context(labels, n, context)
+    cache = ctx.images  # whole-image levels, codes and Costes thresholds, shared by the site's compartments
+    idx, lab, starts = ctx.grouped()
     nonempty = np.diff(starts) > 0
     empty = ~nonempty
     frac = np.float32(float(threshold_percentage) / 100.0)
 
     # per channel: pixels, above-threshold mask, thresholded sum, dense ranks
     per: dict[str, dict[str, np.ndarray]] = {}
-    fps = {ch: fingerprint(images[ch], context) for ch in names}
     for ch in names:
         img = np.ascontiguousarray(images[ch], dtype=np.float32).ravel()
         v64, above, thr_sum = _channel_pass(img, idx, starts, frac)
-        levels = _levels_cached(fps[ch], images[ch])
-        codes = _codes_cached(fps[ch], img) if levels is None and idx.size else None
+        levels = _levels_cached(cache, images[ch])
+        codes = _codes_cached(cache, images[ch], img) if levels is None and idx.size else None
         per[ch] = {"v": v64, "above": above, "thr_sum": thr_sum,
                    "rank": _object_ranks(img, img[idx], idx, levels, codes)}
 
@@ -559,7 +541,7 @@ def correlation(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objec
             pa, pb = per[a], per[b]
             ra, rb = pa["rank"], pb["rank"]
             R = float(max(ra.max(), rb.max()) + 1) if ra.size else 1.0
-            t1, t2 = _costes_cached(fps[a], fps[b], images[a], images[b], costes_scale, method)
+            t1, t2 = _costes_cached(cache, images[a], images[b], costes_scale, method)
             s = _pair_sums(pa["v"], pb["v"], starts, pa["above"], pb["above"], ra, rb, R, t1, t2)
             any_both = bool((pa["above"] & pb["above"]).any())
             any_costes = bool(s[:, 10].any() or s[:, 12].any()) or bool(((pa["v"] >= t1) & (pb["v"] >= t2)).any())

@@ -13,8 +13,8 @@ CellProfiler's definition (cellprofiler_library ``measure_granularity``), reprod
    mean of the *original* full-resolution image (CellProfiler's convention, kept as is).
 
 The whole-image part (steps 1–3) depends only on the channel, not on the objects: it is computed
-once per image content and reused for every compartment (a small cache keyed by a hash of the
-pixels). All 16 reconstructions come from one max-tree of the background-subtracted image
+once per image and site and reused for every compartment (kept in the site's
+:class:`~profiler.measure._util.ImageCache`). All 16 reconstructions come from one max-tree of the background-subtracted image
 (union-find over the pixels by decreasing value): the reconstruction of a marker under the image is,
 at each pixel, the best min(level, marker maximum of the subtree) over its ancestors, i.e. two
 linear passes per marker, and gives exactly ``skimage.morphology.reconstruction``'s result with a
@@ -25,8 +25,6 @@ is made).
 
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
 from collections.abc import Mapping
 
 import numba
@@ -279,39 +277,12 @@ def _upsample_weights(rows: np.ndarray, cols: np.ndarray, starts: np.ndarray, h:
     return indptr, indices[:nnz], data[:nnz]
 
 
-# --------------------------------------------------------------------------- whole-image spectrum (cached)
+# --------------------------------------------------------------------------- whole-image spectrum (once per site)
 
-def fingerprint(img: np.ndarray, context: LabelContext | None = None) -> tuple:
-    """Content key of an image for the per-image caches (SHA-1 of the pixels, shape and dtype).
-
-    With a ``context`` (one :func:`profiler.measure.measure_objects` call, during which the images
-    do not change) the key of each image object is computed once and shared by the families.
-    """
-    if context is not None:
-        hit = context._cache.get(("fingerprint", id(img)))
-        if hit is not None and hit[0] is img:
-            return hit[1]
-    a = np.ascontiguousarray(img)
-    fp = (hashlib.sha1(a.view(np.uint8).ravel()).digest(), a.shape, str(a.dtype))
-    if context is not None:
-        context._cache[("fingerprint", id(img))] = (img, fp)
-    return fp
-
-
-_CACHE: OrderedDict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray, tuple]] = OrderedDict()
-_CACHE_SIZE = 12
-
-
-def _spectrum_images(img: np.ndarray, fp: tuple, subsample_size: float, image_sample_size: float,
+def _spectrum_images(img: np.ndarray, subsample_size: float, image_sample_size: float,
                      element_size: int, spectrum_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
     """(h·w, spectrum_length) reconstructions on the subsampled grid (row pos[p] holds pixel p), pos,
     that grid's float shape and (h, w)."""
-    key = (fp, float(subsample_size), float(image_sample_size), int(element_size),
-           int(spectrum_length))
-    hit = _CACHE.get(key)
-    if hit is not None:
-        _CACHE.move_to_end(key)
-        return hit
     pixels, new_shape = _downsample(img, subsample_size)
     pixels = np.asarray(pixels, dtype=np.float64)
     # background removal: open a further-subsampled copy with a disk of radius element_size
@@ -332,11 +303,7 @@ def _spectrum_images(img: np.ndarray, fp: tuple, subsample_size: float, image_sa
     _reconstruct_tree(ppos, fs, recs)
     pos = np.empty(pixels.size, dtype=np.int32)
     pos[order] = np.arange(pixels.size, dtype=np.int32)
-    value = (recs, pos, new_shape, pixels.shape)
-    _CACHE[key] = value
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return value
+    return recs, pos, new_shape, pixels.shape
 
 
 # --------------------------------------------------------------------------- the family
@@ -370,17 +337,19 @@ def granularity(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objec
     ``spectrum_length`` (number of spectrum points).
     """
     labels = np.asarray(labels)
-    idx, lab, starts = label_context(labels, n_objects, context).grouped()
+    ctx = label_context(labels, n_objects, context)
+    idx, lab, starts = ctx.grouped()
     count = np.diff(starts).astype(np.float64)
     empty = count == 0
     H, W = labels.shape
     out: dict[str, np.ndarray] = {}
     op = None
+    settings = (float(subsample_size), float(image_sample_size), int(element_size), int(spectrum_length))
     for ch, img in images.items():
-        fp = fingerprint(img, context)
-        img = np.asarray(img)
-        recs, pos, new_shape, (h, w) = _spectrum_images(img, fp, subsample_size, image_sample_size,
-                                                        element_size, spectrum_length)
+        arr = np.asarray(img)
+        recs, pos, new_shape, (h, w) = ctx.images.get(
+            "granularity_spectrum", (img,), settings, lambda: _spectrum_images(arr, *settings))
+        img = arr
         if op is None:
             if subsample_size < 1:
                 fr = float(new_shape[0] - 1) / float(H - 1) if H > 1 else 0.0
