@@ -1,6 +1,6 @@
 """BBBC021 (Ljosa 2013 per-well means): do compounds' dose trajectories cluster by mechanism?
 
-Profiles: the per-well table with MoA (profiler.ingest.read_bbbc021_wells), normalised with the
+Profiles: the per-well table with MoA (profiler.datasets.read_bbbc021_wells), normalised with the
 project's preset ``bbbc021_best`` (chosen without MoA labels; docs/profiles.md). Each annotated
 compound's treatment medians, ordered by concentration, form its trajectory (DMSO left out; the
 table holds 38 compounds at 1–7 concentrations). Compared, each with the same scoring
@@ -35,7 +35,7 @@ from benchmarks._common import emit, require_shared  # noqa: E402
 from profiler.cluster import (compound_trajectories, dtw_distances, hierarchical_clusters,  # noqa: E402
                               resampled_euclidean_distances, score_clusters)
 from cellfusion_core.columns import control_mask  # noqa: E402
-from profiler.ingest import read_bbbc021_wells  # noqa: E402
+from profiler.datasets import read_bbbc021_wells  # noqa: E402
 from cellfusion_core.names import MOA  # noqa: E402
 from profiler.profiles import apply_recipe  # noqa: E402
 

@@ -32,7 +32,7 @@ from cellfusion_core.layout import METRICS_FILE  # noqa: E402
 def ljosa_moa_table() -> pd.DataFrame:
     """The normalized, annotated, DMSO-free Ljosa per-well table."""
     from benchmarks.bbbc021_fusion import _normalize
-    from profiler.ingest import read_bbbc021_wells
+    from profiler.datasets import read_bbbc021_wells
     from cellfusion_core.names import feature_columns
 
     wells = read_bbbc021_wells(require_shared("bbbc021"))

@@ -37,7 +37,7 @@ from benchmarks._common import emit, require_shared  # noqa: E402
 from cellfusion_core.layout import METRICS_FILE, OOF_FILE  # noqa: E402
 from fusion.train import train  # noqa: E402
 from profiler.evaluate import phenotypic_activity  # noqa: E402
-from profiler.ingest import read_bbbc021_wells  # noqa: E402
+from profiler.datasets import read_bbbc021_wells  # noqa: E402
 from cellfusion_core.names import COMPOUND, CONCENTRATION  # noqa: E402
 from profiler.profiles import apply_recipe  # noqa: E402
 

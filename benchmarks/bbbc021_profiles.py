@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import emit, require_shared  # noqa: E402
 from profiler.evaluate import evaluate, replicate_map  # noqa: E402
-from profiler.ingest import read_bbbc021_wells  # noqa: E402
+from profiler.datasets import read_bbbc021_wells  # noqa: E402
 from profiler.profiles import (POSITION_BLOCKLIST, PRESETS, apply_recipe, control_variation_levels,  # noqa: E402
                                feature_select, resolve_recipe)
 

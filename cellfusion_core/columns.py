@@ -15,9 +15,10 @@ The negative-control definition lives here, once (:func:`control_mask`):
   ignored), when its compound is ``DMSO``, or when its compound is empty (pycytominer/LINCS tables
   leave the compound of DMSO wells empty).
 
-:data:`NEGATIVE_CONTROL_QUERY` is the marker rule as a pycytominer ``samples`` query (the profile
-recipes normalize to it); :func:`mark_controls` writes any rule's mask into that marker column, so
-the query then selects the same rows.
+The profile steps (:mod:`profiler.profiles`) fit on :func:`control_mask`'s rows by default
+(``samples="controls"``). :data:`NEGATIVE_CONTROL_QUERY` is the marker alone as a pycytominer
+``samples`` query; :func:`mark_controls` writes any rule's mask into that marker column, so the
+query then selects the rows of that rule (e.g. a ``--control`` given by the user).
 """
 
 from __future__ import annotations
@@ -190,8 +191,8 @@ def mark_controls(df: pd.DataFrame, columns: ColumnSpec | None = None) -> pd.Dat
     """A copy of ``df`` whose ``Metadata_Control`` is ``"negative"`` exactly on :func:`control_mask`'s rows.
 
     Other rows keep their marker (``"positive"`` …) unless it said ``"negative"`` (then ``""``), so
-    :data:`NEGATIVE_CONTROL_QUERY` — the pycytominer ``samples`` query the profile recipes use —
-    selects the same rows as the given control rule.
+    :data:`NEGATIVE_CONTROL_QUERY` — the marker as a pycytominer ``samples`` query — selects the
+    same rows as the given control rule.
     """
     mask = control_mask(df, columns)
     out = df.copy()

@@ -7,15 +7,9 @@ from typing import Optional
 
 import typer
 
-from cellfusion_core.cli import COLUMN_OPTION_HELP, err_console, run_main, setup_logging
+from cellfusion_core.cli import COLUMN_OPTION_HELP, err_console, make_app, run_main
 
-app = typer.Typer(help="Images → cells → CellProfiler-style features → per-well profiles.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-
-
-@app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
-    setup_logging(verbose)
+app = make_app("Images → cells → CellProfiler-style features → per-well profiles.")
 
 
 @app.command("example-plate")
@@ -113,7 +107,8 @@ def aggregate(
                                            help="Use this pipeline's profiles: recipe (built-in name or YAML), "
                                                 "e.g. to rebuild the profiles of a `profiler extract` folder."),
     operation: Optional[str] = typer.Option(None, help="median or mean (default: the preset's)."),
-    samples: Optional[str] = typer.Option(None, help="Control query for normalization, or 'all' for whole-plate."),
+    samples: Optional[str] = typer.Option(None, help="Wells each plate is normalized to: 'controls' (default: the "
+                                                     "negative-control rule), 'all' (whole plate) or a pandas query."),
     allow_unimaged_wells: bool = typer.Option(False, help="Platemap wells without cells are a warning, not an error."),
     memory_mb: float = typer.Option(1500, help="Memory budget of the streaming aggregation."),
 ) -> None:

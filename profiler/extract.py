@@ -153,7 +153,7 @@ def rehearse_recipe(recipe: Mapping[str, Any], wells: pd.DataFrame, *, n_feature
     platemap without control wells, too few controls for whitening, a missing batch column … are
     found in a second, before hours of segmentation.
     """
-    from profiler.profiles import NEGATIVE_CONTROL_QUERY, apply_recipe
+    from profiler.profiles import CONTROLS, apply_recipe
 
     n_feat = max(n_features, int((recipe.get("factor_analysis") or {}).get("n_factors", 0)) + 1)
     rng = np.random.default_rng(seed)
@@ -161,7 +161,7 @@ def rehearse_recipe(recipe: Mapping[str, Any], wells: pd.DataFrame, *, n_feature
                          columns=[f"Cells_Rehearsal_Feature{i:03d}" for i in range(n_feat)])
     table = pd.concat([wells.reset_index(drop=True), feats], axis=1)
     table[CELL_COUNT] = 100
-    apply_recipe(table, recipe, samples=recipe.get("samples", NEGATIVE_CONTROL_QUERY))
+    apply_recipe(table, recipe, samples=recipe.get("samples", CONTROLS))
 
 
 def refused_up_front(site: Site, plate_dir: Path) -> bool:
@@ -285,24 +285,75 @@ def run_sites(sites: Sequence[Site], config: AssayConfig, sites_dir: Path, phash
 # ---------------------------------------------------------------------------------------------
 # the streaming merge
 
-def _annotated(part: pd.DataFrame, platemap: pd.DataFrame | None, path: Path) -> pd.DataFrame:
-    if platemap is not None:
-        n = len(part)
-        part = part.merge(platemap, on=WELL, how="left")
-        if len(part) != n:
-            raise InputError(f"the platemap lists well {part[WELL].iloc[0]} more than once", path=path,
-                             hint="list every well once in the platemap")
-    meta = [c for c in part.columns if is_metadata(c)]
-    return part[meta + [c for c in part.columns if c not in meta]]
-
-
-def merged_schema(partitions: Sequence[Path], platemap: pd.DataFrame | None):
-    """The Arrow schema of ``single_cell.parquet``: every partition's columns (types promoted where
-    sites differ, e.g. int and float) plus the platemap's, metadata first."""
+def _platemap_lookup(platemap: pd.DataFrame | None):
+    """``(well → platemap row, wells listed twice, the platemap's other columns as Arrow)`` for
+    :func:`_annotated_table`; ``None`` without a platemap."""
+    if platemap is None:
+        return None
     import pyarrow as pa
+
+    wells = [str(w) for w in platemap[WELL]]
+    index: dict[str, int] = {}
+    twice = set()
+    for i, w in enumerate(wells):
+        if w in index:
+            twice.add(w)
+        index.setdefault(w, i)
+    table = pa.Table.from_pandas(platemap.drop(columns=[WELL]), preserve_index=False)
+    return index, twice, table
+
+
+def _annotated_table(part, schema, lookup, path: Path, *, outliers: ol.OutlierModel | None = None,
+                     tally: ol.OutlierTally | None = None):
+    """One site's partition (a :class:`pyarrow.Table`) as rows of ``single_cell.parquet``: the
+    platemap's columns joined on the well (``lookup``: :func:`_platemap_lookup`), with
+    ``outliers`` the cells' scores and flags (counted in ``tally``), columns in ``schema``'s order
+    and types (a column this site lacks is null). The same table as a left merge of the partition
+    with the platemap in pandas converted by ``pa.Table.from_pandas(…, schema=schema)``, without the
+    pandas round trip (which cost more than the site's Parquet read and write together)."""
+    import pyarrow as pa
+
+    n = part.num_rows
+    cols: dict[str, Any] = {name: part[name] for name in part.column_names}
+    if lookup is not None:
+        index, twice, pm = lookup
+        wells = [str(w) for w in part[WELL].to_pylist()]
+        if twice and any(w in twice for w in wells):
+            raise InputError(f"the platemap lists well {wells[0]} more than once", path=path,
+                             hint="list every well once in the platemap")
+        rows = pm.take(pa.array([index.get(w) for w in wells], type=pa.int64()))
+        for name in pm.column_names:
+            cols[name] = rows[name]
+    if outliers is not None:
+        score, flag = ol.score_cells(outliers, part)
+        cols[ol.SCORE] = pa.array(score, type=pa.float64(), from_pandas=True)
+        cols[ol.FLAG] = pa.array(flag, type=pa.bool_())
+        if tally is not None:
+            tally.add(part, flag)
+    arrays = []
+    for f in schema:
+        col = cols.get(f.name)
+        if col is None:
+            arrays.append(pa.nulls(n, f.type))
+        else:
+            arrays.append(col if col.type == f.type else col.cast(f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def partition_schemas(partitions: Sequence[Path]) -> list:
+    """The Arrow schema of every partition (read once per run: the outlier fit and the merge share them)."""
     import pyarrow.parquet as pq
 
-    schemas = [pq.read_schema(p).remove_metadata() for p in partitions]
+    return [pq.read_schema(p).remove_metadata() for p in partitions]
+
+
+def merged_schema(partitions: Sequence[Path], platemap: pd.DataFrame | None, *, schemas: Sequence | None = None):
+    """The Arrow schema of ``single_cell.parquet``: every partition's columns (types promoted where
+    sites differ, e.g. int and float) plus the platemap's, metadata first. ``schemas``: the
+    partitions' schemas if already read (:func:`partition_schemas`)."""
+    import pyarrow as pa
+
+    schemas = list(partition_schemas(partitions) if schemas is None else schemas)
     if platemap is not None:
         pm = pa.Schema.from_pandas(platemap, preserve_index=False).remove_metadata()
         schemas.append(pa.schema([f for f in pm if f.name != WELL]))
@@ -315,7 +366,8 @@ def merged_schema(partitions: Sequence[Path], platemap: pd.DataFrame | None):
 def stream_single_cell(partitions: Sequence[Path], out_dir: Path, platemap: pd.DataFrame | None,
                        platemap_path: Path | None, *, crops: Sequence[Path] | None = None,
                        channels: Sequence[str] | None = None, outliers: ol.OutlierModel | None = None,
-                       tally: ol.OutlierTally | None = None, kept: Path | None = None) -> dict[str, Any]:
+                       tally: ol.OutlierTally | None = None, kept: Path | None = None,
+                       schemas: Sequence | None = None) -> dict[str, Any]:
     """Write ``single_cell.parquet`` (and with ``crops`` the crop stack and its table) from the
     site partitions, in the order given, one site in memory at a time.
 
@@ -329,12 +381,12 @@ def stream_single_cell(partitions: Sequence[Path], out_dir: Path, platemap: pd.D
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = merged_schema(partitions, platemap)
+    schema = merged_schema(partitions, platemap, schemas=schemas)
     if outliers is not None:
         n_meta = sum(is_metadata(f.name) for f in schema)
         schema = schema.insert(n_meta, pa.field(ol.SCORE, pa.float64())).insert(n_meta + 1, pa.field(ol.FLAG, pa.bool_()))
     meta_schema = pa.schema([f for f in schema if is_metadata(f.name)])
-    rows = 0
+    rows = buffered = 0
     buffer: list[pa.Table] = []
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(io.atomic_path(out_dir / SINGLE_CELL))
@@ -345,18 +397,16 @@ def stream_single_cell(partitions: Sequence[Path], out_dir: Path, platemap: pd.D
             crop_writer = stack.enter_context(pq.ParquetWriter(crop_tmp, meta_schema, compression="zstd"))
         if kept is not None and outliers is not None:
             kept_writer = stack.enter_context(pq.ParquetWriter(kept, schema, compression="zstd"))
+        lookup = _platemap_lookup(platemap)
         for part_path in partitions:
-            part = _annotated(pd.read_parquet(part_path), platemap, platemap_path or part_path)
-            if outliers is not None:
-                part[ol.SCORE], part[ol.FLAG] = ol.score_cells(outliers, part)
-                if tally is not None:
-                    tally.add(part, part[ol.FLAG].to_numpy())
-            table = pa.Table.from_pandas(part, schema=schema, preserve_index=False)
+            table = _annotated_table(pq.read_table(part_path), schema, lookup, platemap_path or part_path,
+                                     outliers=outliers, tally=tally)
             buffer.append(table)
+            buffered += table.nbytes  # (summing the buffer's nbytes anew each site was quadratic)
             rows += len(table)
-            if sum(t.nbytes for t in buffer) >= ROW_GROUP_BYTES:
+            if buffered >= ROW_GROUP_BYTES:
                 _flush(buffer, writer, crop_writer, meta_schema, kept_writer)
-                buffer = []
+                buffer, buffered = [], 0
         if buffer:
             _flush(buffer, writer, crop_writer, meta_schema, kept_writer)
         if crops is not None:  # the stack last: its table is complete only if the stack is
@@ -388,14 +438,14 @@ def _flush(buffer, writer, crop_writer, meta_schema, kept_writer=None) -> None:
 
 
 def fit_plate_outliers(partitions: Sequence[Path], platemap: pd.DataFrame | None, params: Mapping[str, Any],
-                       out_dir: Path) -> tuple[ol.OutlierModel | None, dict[str, Any]]:
+                       out_dir: Path, *, schemas: Sequence | None = None) -> tuple[ol.OutlierModel | None, dict[str, Any]]:
     """Fit the per-cell outlier model on a bounded, seeded sample of the control wells' cells (the
     platemap's negative controls, :func:`cellfusion_core.columns.control_mask`), reading each partition
     once; without a platemap or control cells, on a sample of all cells (the manifest says so).
     Writes ``OUT/outliers.json``. Returns ``(model or None, facts for the manifest)``."""
     import pyarrow as pa
 
-    schema = merged_schema(partitions, None)
+    schema = merged_schema(partitions, None, schemas=schemas)
     feats = [f.name for f in schema if is_profile_feature(f.name)
              and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))]
     wells = ol.control_wells(platemap)
@@ -585,8 +635,9 @@ def _extract_locked(plate_dir: Path, out_dir: Path, config: AssayConfig, scan: P
         raise InputError(f"no site yielded any cells ({reasons})", path=plate_dir,
                          hint=f"see {out_dir / IMAGE} for every site's status")
     model, tally, kept = None, ol.OutlierTally(), None
+    schemas = partition_schemas(partitions)
     if outl["enabled"]:
-        model, extra["outliers"] = fit_plate_outliers(partitions, pm, outl, out_dir)
+        model, extra["outliers"] = fit_plate_outliers(partitions, pm, outl, out_dir, schemas=schemas)
         if model is not None:
             outputs[OUTLIERS_MODEL] = {"features": len(model.features), "fit_on": model.fit_on}
             if outl["remove"]:
@@ -596,7 +647,7 @@ def _extract_locked(plate_dir: Path, out_dir: Path, config: AssayConfig, scan: P
     try:
         outputs.update(stream_single_cell(partitions, out_dir, pm, platemap,
                                           crops=crop_parts if want_crops else None, channels=config.channel_names,
-                                          outliers=model, tally=tally, kept=kept))
+                                          outliers=model, tally=tally, kept=kept, schemas=schemas))
     except OSError as exc:  # disk full, quota, a vanished folder: the finished sites stay for the rerun
         raise InputError(f"could not write the per-cell table ({exc.strerror or exc}); no partial file is left, "
                          f"and the {len(partitions)} finished site(s) under {sites_dir} are kept",
@@ -646,7 +697,7 @@ def build_plate_profiles(single_cell: Path, plan: Mapping[str, Any], *, source: 
     ``Metadata_Outlier_Well_Score`` (:func:`profiler.outliers.well_outlier_scores` against the
     control wells, before normalization)."""
     from profiler.aggregate_stream import aggregate_parquet
-    from profiler.profiles import NEGATIVE_CONTROL_QUERY, apply_recipe
+    from profiler.profiles import CONTROLS, apply_recipe
 
     recipe = plan["recipe"]
     prof = aggregate_parquet(source or single_cell, operation=recipe.get("aggregate", "median"),
@@ -654,7 +705,7 @@ def build_plate_profiles(single_cell: Path, plan: Mapping[str, Any], *, source: 
     if fractions is not None:
         prof = ol.add_well_columns(prof, fractions)
     if plan["normalize"]:
-        prof = apply_recipe(prof, recipe, samples=recipe.get("samples", NEGATIVE_CONTROL_QUERY))
+        prof = apply_recipe(prof, recipe, samples=recipe.get("samples", CONTROLS))
     return prof
 
 

@@ -245,32 +245,3 @@ def ingest(source: str | Path, out_dir: str | Path, *, platemap: str | Path | No
                       outputs={SINGLE_CELL: {"rows": len(cells), "columns": cells.shape[1],
                                                        "wells": int(cells.groupby([PLATE, WELL]).ngroups)}})
     return out_dir
-
-
-# --------------------------------------------------------------------------------------------
-# BBBC021 (Ljosa 2013 per-well profiles)
-
-def read_bbbc021_wells(folder: str | Path) -> pd.DataFrame:
-    """The Ljosa 2013 BBBC021 per-well mean profiles with our metadata names.
-
-    Adds Metadata_Compound/Concentration (image table), Metadata_MoA (MoA table), Metadata_Batch
-    (``WeekN`` prefix of the plate) and Metadata_Control (``negative`` for DMSO).
-    """
-    folder = Path(folder)
-    files = {k: folder / v for k, v in {"wells": "ljosa2013_per_well_mean.csv.gz",
-                                        "image": "BBBC021_v1_image.csv.gz", "moa": "BBBC021_v1_moa.csv"}.items()}
-    for p in files.values():
-        if not p.is_file():
-            raise InputError("BBBC021 file missing", path=p)
-    wells = pd.read_csv(files["wells"]).rename(columns={"Image_Metadata_Plate": PLATE, "Image_Metadata_Well": WELL})
-    img = pd.read_csv(files["image"])
-    meta = (img.groupby(["Image_Metadata_Plate_DAPI", "Image_Metadata_Well_DAPI"])
-            [["Image_Metadata_Compound", "Image_Metadata_Concentration"]].first().reset_index())
-    meta.columns = [PLATE, WELL, "Metadata_Compound", "Metadata_Concentration"]
-    moa = pd.read_csv(files["moa"]).rename(columns={"compound": "Metadata_Compound",
-                                                    "concentration": "Metadata_Concentration", "moa": "Metadata_MoA"})
-    meta = meta.merge(moa, how="left", on=["Metadata_Compound", "Metadata_Concentration"])
-    meta["Metadata_Batch"] = meta[PLATE].str.split("_").str[0]
-    meta["Metadata_Control"] = np.where(meta["Metadata_Compound"] == "DMSO", "negative", "")
-    out = meta.merge(wells, on=[PLATE, WELL], how="inner")
-    return out.reset_index(drop=True)

@@ -63,7 +63,7 @@ def test_evaluate_map_and_bad_input():
 
 def test_bbbc021_naive_zscore_reference():
     folder = require_shared("bbbc021")
-    from profiler.ingest import read_bbbc021_wells
+    from profiler.datasets import read_bbbc021_wells
     from profiler.profiles import apply_recipe
 
     wells = read_bbbc021_wells(folder)
@@ -79,7 +79,7 @@ def test_bbbc021_preset_meets_the_target():
     """The preset (levels from the DMSO wells, mean cosine over bound × whitening settings) keeps
     NSC ≥ 0.90 and NSCB ≥ 0.80 on the Ljosa table (measured 0.922 / 0.848; benchmarks/bbbc021_profiles.py)."""
     folder = require_shared("bbbc021")
-    from profiler.ingest import read_bbbc021_wells
+    from profiler.datasets import read_bbbc021_wells
     from profiler.profiles import apply_recipe
 
     ev = evaluate(apply_recipe(read_bbbc021_wells(folder), "bbbc021_best"), with_map=False)
