@@ -17,6 +17,8 @@ import math
 import numba as nb
 import numpy as np
 
+from profiler.measure._labels import run_end
+
 _INF = np.inf
 
 
@@ -106,9 +108,7 @@ def label_edt(labels: np.ndarray, border_is_background: bool) -> np.ndarray:
         j = 0
         while j < w:
             lab = labels[i, j]
-            e = j
-            while e + 1 < w and labels[i, e + 1] == lab:
-                e += 1
+            e = run_end(labels, i, j)
             if lab != 0:
                 ns = 0
                 if j > 0 or border_is_background:

@@ -17,36 +17,49 @@ import math
 import numba as nb
 import numpy as np
 
+from profiler.measure._labels import run_end
+
 _INF = np.inf
 
 
 @nb.njit(cache=True)
 def hull_candidates(labels: np.ndarray, n: int):
-    """Pixels at either end of a horizontal run, grouped by label: (ii, jj, starts)."""
-    h, w = labels.shape
+    """Pixels at either end of a horizontal run, grouped by label (raster order within each
+    label): (ii, jj, starts)."""
     cnt = np.zeros(n + 2, np.int64)
-    for i in range(h):
-        for j in range(w):
-            lab = labels[i, j]
-            if lab <= 0 or lab > n:
-                continue
-            if j == 0 or labels[i, j - 1] != lab or j == w - 1 or labels[i, j + 1] != lab:
-                cnt[lab + 1] += 1
+    _run_ends(labels, n, cnt, cnt, np.empty(0, np.float64), np.empty(0, np.float64), False)  # count
     starts = np.cumsum(cnt)
     pos = starts.copy()
     ii = np.empty(starts[-1], np.float64)
     jj = np.empty(starts[-1], np.float64)
-    for i in range(h):
-        for j in range(w):
-            lab = labels[i, j]
-            if lab <= 0 or lab > n:
-                continue
-            if j == 0 or labels[i, j - 1] != lab or j == w - 1 or labels[i, j + 1] != lab:
-                p = pos[lab]
-                ii[p] = i
-                jj[p] = j
-                pos[lab] += 1
+    _run_ends(labels, n, cnt, pos, ii, jj, True)
     return ii, jj, starts
+
+
+@nb.njit(cache=True)
+def _run_ends(labels, n, cnt, pos, ii, jj, fill):  # pragma: no cover - numba
+    """Walk the runs of objects 1..n in raster order; for the pixel at each end of a run (one for
+    a one-pixel run) count it in cnt[label + 1] (``fill`` False) or write it at pos[label] (True)."""
+    h, w = labels.shape
+    for i in range(h):
+        j = 0
+        while j < w:
+            lab = labels[i, j]
+            e = run_end(labels, i, j)
+            if lab > 0 and lab <= n:
+                c = j
+                while True:
+                    if fill:
+                        p = pos[lab]
+                        ii[p] = i
+                        jj[p] = c
+                        pos[lab] += 1
+                    else:
+                        cnt[lab + 1] += 1
+                    if c == e:
+                        break
+                    c = e
+            j = e + 1
 
 
 @nb.njit(cache=True)

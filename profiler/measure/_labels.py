@@ -19,6 +19,18 @@ import numba as nb
 import numpy as np
 
 
+@nb.njit(cache=True, nogil=True)
+def run_end(labels: np.ndarray, i: int, j: int) -> int:  # pragma: no cover - numba
+    """Last column of the horizontal run of equal labels in row ``i`` that starts at column ``j``
+    (the run-length scan shared by the kernels that walk a label image run by run)."""
+    w = labels.shape[1]
+    lab = labels[i, j]
+    e = j
+    while e + 1 < w and labels[i, e + 1] == lab:
+        e += 1
+    return e
+
+
 @nb.njit(cache=True)
 def group_by_label(lab: np.ndarray, n: int):
     """Counting sort of pixel indices by label: (order, starts) with starts of length n + 2.

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from profiler.measure._labels import run_end
+
 
 @nb.njit(cache=True)
 def moments(labels: np.ndarray, n: int, bbox: np.ndarray, area: np.ndarray):
@@ -25,15 +27,7 @@ def moments(labels: np.ndarray, n: int, bbox: np.ndarray, area: np.ndarray):
             lab = labels[i, j]
             if lab <= 0 or lab > n:
                 continue
-            r = float(i - bbox[lab, 0])
-            c = float(j - bbox[lab, 1])
-            rp = 1.0
-            for p in range(4):
-                cq = 1.0
-                for q in range(4):
-                    m[lab, p, q] += rp * cq
-                    cq *= c
-                rp *= r
+            _add_powers(m[lab], float(i - bbox[lab, 0]), float(j - bbox[lab, 1]))
     mu = np.zeros((n + 1, 4, 4))
     cr = np.zeros(n + 1)
     cc = np.zeros(n + 1)
@@ -46,16 +40,20 @@ def moments(labels: np.ndarray, n: int, bbox: np.ndarray, area: np.ndarray):
             lab = labels[i, j]
             if lab <= 0 or lab > n:
                 continue
-            r = (i - bbox[lab, 0]) - cr[lab]
-            c = (j - bbox[lab, 1]) - cc[lab]
-            rp = 1.0
-            for p in range(4):
-                cq = 1.0
-                for q in range(4):
-                    mu[lab, p, q] += rp * cq
-                    cq *= c
-                rp *= r
+            _add_powers(mu[lab], (i - bbox[lab, 0]) - cr[lab], (j - bbox[lab, 1]) - cc[lab])
     return m, mu
+
+
+@nb.njit(cache=True, nogil=True)
+def _add_powers(acc, r, c):  # pragma: no cover - numba
+    """acc[p, q] += r^p · c^q for p, q < 4 (one pixel's share of the moments)."""
+    rp = 1.0
+    for p in range(4):
+        cq = 1.0
+        for q in range(4):
+            acc[p, q] += rp * cq
+            cq *= c
+        rp *= r
 
 
 def zernike_indexes(degree: int) -> list[tuple[int, int]]:
@@ -123,9 +121,7 @@ def run_poly_moments(labels, n, ci, cj, rad, weights, use_weights, deg):
         j = 0
         while j < w:
             k = labels[i, j]
-            e = j
-            while e + 1 < w and labels[i, e + 1] == k:
-                e += 1
+            e = run_end(labels, i, j)
             if k > 0 and k <= n:
                 r = rad[k]
                 y = (i - ci[k]) / r
