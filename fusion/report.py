@@ -12,15 +12,17 @@ per class the top features with their direction; example cells from the highest 
 of each top feature (when single-cell crops are available; otherwise the section says why not).
 
 Every number comes from files in the model folder (out-of-fold predictions, SHAP values), so the
-report can be rebuilt without retraining.
+report can be rebuilt without retraining. The page itself is rendered from the jinja2 templates in
+``fusion/templates/`` with autoescape on (see :func:`_env`): this module computes data, the templates
+hold all markup.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import json
 import logging
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -206,87 +208,63 @@ def fig_groups(groups: pd.DataFrame, path: Path, top: int = 15) -> Path:
 
 
 # -- HTML ------------------------------------------------------------------------------------
-def _img(path: Path, alt: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"/><figcaption>' \
-           f'{html.escape(alt)}</figcaption></figure>'
+# The page is rendered from jinja2 templates shipped in fusion/templates/ (report.html.j2, plate.html.j2,
+# _macros.html.j2, report.css) with autoescape on: the functions below gather plain data (text, numbers,
+# base64 PNGs) and never build markup themselves, so a label, feature, plate or path cannot inject any.
+@lru_cache(maxsize=1)
+def _env():
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    env = Environment(loader=PackageLoader("fusion", "templates"),
+                      autoescape=select_autoescape(["html", "html.j2"], default=True),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["fmt"] = _fmt
+    env.filters["f3"] = lambda v: f"{v:.3f}"
+    env.filters["pct1"] = lambda v: f"{v:.1%}"
+    return env
+
+
+def _render(template: str, **context: Any) -> str:
+    return _env().get_template(template).render(**context)
+
+
+def _img(path: Path, alt: str) -> dict[str, str]:
+    """A figure for the templates: the PNG at ``path`` embedded as base64, with its caption."""
+    return {"alt": alt, "data": base64.b64encode(path.read_bytes()).decode("ascii")}
 
 
 def _fmt(v: float) -> str:
     return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
 
 
-def _metrics_table(summary: dict[str, Any]) -> str:
-    rows = []
-    for n, s in summary["scores"].items():
-        rows.append(f"<tr><td>{n.replace('_', ' ')}</td><td><b>{_fmt(s['value'])}</b> "
-                    f"[{_fmt(s['ci95'][0])}, {_fmt(s['ci95'][1])}]</td>"
-                    f"<td>{_fmt(s['majority'])} [{_fmt(s['majority_ci95'][0])}, {_fmt(s['majority_ci95'][1])}]</td>"
-                    f"<td>{_fmt(s['chance'])}</td></tr>")
-    return ("<table><tr><th>score</th><th>model (95 % CI)</th><th>majority class (95 % CI)</th>"
-            "<th>chance</th></tr>" + "".join(rows) + "</table>")
-
-
-def _per_class_table(summary: dict[str, Any], aucs: dict[str, dict[str, float]]) -> str:
-    rows = []
-    for c, s in summary["per_class"].items():
-        rows.append(f"<tr><td>{html.escape(c)}</td><td>{_fmt(s['precision'])}</td><td>{_fmt(s['recall'])}</td>"
-                    f"<td><b>{_fmt(s['f1'])}</b></td><td>{_fmt(s['majority_f1'])}</td>"
-                    f"<td>{_fmt(aucs['roc'].get(c))}</td><td>{_fmt(aucs['pr'].get(c))}</td><td>{s['support']}</td></tr>")
-    return ("<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>F1 of majority baseline</th>"
-            "<th>ROC AUC</th><th>average precision</th><th>rows</th></tr>" + "".join(rows) + "</table>")
-
-
-def _top_table(top: dict[str, list[dict[str, Any]]], k: int = 5) -> str:
-    parts = []
-    for c, rows in top.items():
-        items = "".join(
-            f"<tr><td>{i + 1}</td><td><code>{html.escape(r['feature'])}</code></td><td>{html.escape(r['group'])}</td>"
-            f"<td>{r['mean_abs_shap']:.3f}</td><td class='{r['direction']}'>{r['direction']}</td>"
-            f"<td>{_fmt(r['class_mean'])}</td><td>{_fmt(r['reference_mean'])}</td></tr>"
-            for i, r in enumerate(rows[:k]))
-        parts.append(f"<h3>{html.escape(c)}</h3><table><tr><th>#</th><th>feature</th><th>group</th>"
-                     f"<th>mean |SHAP|</th><th>vs controls</th><th>class mean</th><th>control mean</th></tr>"
-                     f"{items}</table>")
-    return "".join(parts)
-
-
 def _warnings(summary: dict[str, Any]) -> list[str]:
+    """Banner texts (plain text; the template escapes them)."""
     out = []
     frac = summary["predicted_class_fractions"]
     top_cls, top_frac = max(frac.items(), key=lambda kv: kv[1])
     if top_frac >= ONE_CLASS_FRACTION:
         out.append(f"The model predicts (almost) only one class: {top_frac:.0%} of the out-of-fold predictions "
-                   f"are “{html.escape(top_cls)}”. Its scores say little about the other classes.")
+                   f"are “{top_cls}”. Its scores say little about the other classes.")
     acc = summary["scores"]["accuracy"]
     if acc["value"] <= acc["majority"]:
         out.append(f"The model does not beat the majority-class baseline: out-of-fold accuracy "
                    f"{acc['value']:.3f} vs {acc['majority']:.3f} for always predicting "
-                   f"“{html.escape(summary['majority_class'])}”.")
+                   f"“{summary['majority_class']}”.")
     elif acc["ci95"][0] <= acc["majority"]:
         out.append(f"The accuracy's 95 % CI [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] includes the "
                    f"majority-class baseline ({acc['majority']:.3f}): the gain is not yet clear at this sample size.")
     return out
 
 
-_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#1a202c;padding:0 1em}
-table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #cbd5e0;padding:3px 8px;font-size:0.9em}
-th{background:#edf2f7}.warning{background:#fff5f5;border:2px solid #c53030;color:#742a2a;padding:0.8em;margin:1em 0}
-.note{background:#fffff0;border:1px solid #d69e2e;padding:0.6em}figure{margin:1em 0}img{max-width:100%}
-.higher{color:#c53030}.lower{color:#2b6cb0}code{font-size:0.9em}"""
-
-
-def _grouping_html(manifest: dict[str, Any]) -> str:
+def _grouping(manifest: dict[str, Any]) -> dict[str, Any]:
     """How the folds were grouped and why (manifest ``grouping``; older folders: the columns only)."""
     params = manifest.get("parameters", {})
-    cols = "</code> + <code>".join(html.escape(str(c)) for c in (params.get("group_by") or []))
     g = manifest.get("grouping")
-    if not g:
-        return f"grouped by <code>{cols}</code> (no group is in a training and a test fold at once)"
-    notes = "".join(f" Note: {html.escape(n)}." for n in g.get("notes", []))
-    return (f"grouped by <code>{cols}</code> ({g.get('n_groups')} groups; no group is in a training and a test "
-            f"fold at once) — <b>{html.escape(g.get('reason', ''))}</b>.{notes} Accuracy ceiling under this "
-            f"grouping: {g.get('accuracy_ceiling', 1.0):.3f}")
+    detail = None
+    if g:
+        detail = {"n_groups": g.get("n_groups"), "reason": g.get("reason", ""), "notes": list(g.get("notes", [])),
+                  "accuracy_ceiling": g.get("accuracy_ceiling", 1.0)}
+    return {"columns": [str(c) for c in (params.get("group_by") or [])], "detail": detail}
 
 
 def _grouping_warnings(manifest: dict[str, Any]) -> list[str]:
@@ -295,8 +273,8 @@ def _grouping_warnings(manifest: dict[str, Any]) -> list[str]:
     single = g.get("single_group_classes") or {}
     if not single:
         return []
-    listed = ", ".join(f"{html.escape(str(c))} ({n} rows)" for c, n in single.items())
-    return [f"{len(single)} class(es) lie in a single {html.escape(str(g.get('rule')))} group and cannot be predicted "
+    listed = ", ".join(f"{c} ({n} rows)" for c, n in single.items())
+    return [f"{len(single)} class(es) lie in a single {g.get('rule')} group and cannot be predicted "
             f"out of fold: {listed}. The accuracy ceiling they imply is {g.get('accuracy_ceiling', 1.0):.3f}; "
             "judge the scores against it."]
 
@@ -332,66 +310,45 @@ def report(model_dir: str | Path, out: str | Path | None = None) -> Path:
     figs["group_attributions.png"] = fig_groups(groups, fig_dir / "group_attributions.png")
 
     params = manifest.get("parameters", {})
-    warn = "".join(f'<div class="warning"><b>Warning.</b> {w}</div>' for w in _warnings(summary) + _grouping_warnings(manifest))
-    stack_html = ""
-    if "stack_weights" in manifest:
-        stack_html = ("<h2>Stacked model: weight on each base model</h2><table><tr><th>base model</th>"
-                      "<th>share of meta-learner |coefficients|</th></tr>" +
-                      "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td></tr>"
-                              for k, v in manifest["stack_weights"].items()) + "</table>")
-    examples_html = _examples_section(model_dir, manifest, explained, fig_dir)
-    attention_html = _attention_section(model_dir, fig_dir)
-    base_html = _models_section(model_summaries(oof, classes, manifest, summary), fig_dir)
-    plate_html = _plate_section(oof, classes, fig_dir)
-    share_html = _embedding_share_section(importance)
-    body = f"""<!doctype html><html><head><meta charset="utf-8"><title>cellfusion report</title>
-<style>{_CSS}</style></head><body>
-<h1>cellfusion model report</h1>
-<p>Model folder <code>{html.escape(str(model_dir.resolve()))}</code> · label <code>{html.escape(str(params.get('label')))}</code>
-· {summary['n']} rows · {len(classes)} classes · {len(feats)} features ·
-cross-validation: {params.get('n_splits')} folds {_grouping_html(manifest)}. Final model: {html.escape(str(manifest.get('final_model')))}.</p>
-{warn}
-<h2>Scores (out-of-fold) beside the baselines</h2>
-<p>Majority class = always predicting “{html.escape(summary['majority_class'])}”; chance = guessing with the label
-frequencies (uniform for balanced and top-3 accuracy). Brackets: bootstrap 95 % CIs over rows.</p>
-{_metrics_table(summary)}
-{_img(figs['metrics_vs_baseline.png'], 'Scores beside the majority-class and chance baselines')}
-<h2>Per class</h2>{_per_class_table(summary, {'roc': roc, 'pr': pr})}
-{_img(figs['confusion_matrix.png'], 'Confusion matrix of the out-of-fold predictions')}
-{_img(figs['roc_curves.png'], 'ROC curves per class')}
-{_img(figs['pr_curves.png'], 'Precision-recall curves per class')}
-<h2>What drove the calls (SHAP, final XGBoost model{' on profiles + CNN embeddings' if manifest.get('explained_model') == 'gbm_embeddings' else ''})</h2>
-{_img(figs['shap_bar.png'], 'SHAP bar plot: mean |SHAP| per feature, stacked by class')}
-{_img(figs['shap_beeswarm.png'], 'SHAP beeswarm per class')}
-{_img(figs['group_attributions.png'], 'Attribution per feature group')}
-{share_html}
-{stack_html}
-{base_html}
-{plate_html}
-{attention_html}
-<h2>Top features per class</h2>
-<p>“vs controls”: the feature's mean in the class's rows compared with the negative-control rows
-(for the control class itself, with every other row).</p>
-{_top_table(explained['top_features'])}
-{examples_html}
-</body></html>"""
-    io.write_text(body, out)
+    context = {
+        "model_dir": str(model_dir.resolve()), "label": str(params.get("label")), "summary": summary,
+        "classes": classes, "n_features": len(feats), "n_splits": params.get("n_splits"),
+        "grouping": _grouping(manifest), "final_model": str(manifest.get("final_model")),
+        "warnings": _warnings(summary) + _grouping_warnings(manifest),
+        "aucs": {"roc": roc, "pr": pr},
+        "figures": {
+            "metrics": _img(figs["metrics_vs_baseline.png"], "Scores beside the majority-class and chance baselines"),
+            "confusion": _img(figs["confusion_matrix.png"], "Confusion matrix of the out-of-fold predictions"),
+            "roc": _img(figs["roc_curves.png"], "ROC curves per class"),
+            "pr": _img(figs["pr_curves.png"], "Precision-recall curves per class"),
+            "shap_bar": _img(figs["shap_bar.png"], "SHAP bar plot: mean |SHAP| per feature, stacked by class"),
+            "shap_beeswarm": _img(figs["shap_beeswarm.png"], "SHAP beeswarm per class"),
+            "groups": _img(figs["group_attributions.png"], "Attribution per feature group")},
+        "explained_model": manifest.get("explained_model"),
+        "stack_weights": {str(k): v for k, v in manifest.get("stack_weights", {}).items()},
+        # the sections below draw their figures in the order the f-string report did
+        "examples": _examples_section(model_dir, manifest, explained, fig_dir),
+        "attention": _attention_section(model_dir, fig_dir),
+        "models": _models_section(model_summaries(oof, classes, manifest, summary), fig_dir),
+        "plate": _plate_view(oof, classes, fig_dir),
+        "embedding_share": _embedding_share_section(importance),
+        "top_features": explained["top_features"], "top_k": 5,
+    }
+    io.write_text(_render("report.html.j2", **context), out)
     log.info("report written to %s", out)
     return out
 
 
-def _examples_section(model_dir: Path, manifest: dict[str, Any], explained: dict[str, Any], fig_dir: Path) -> str:
-    """Example cells from the top features' highest and lowest deciles, or a note saying why not."""
+def _examples_section(model_dir: Path, manifest: dict[str, Any], explained: dict[str, Any],
+                      fig_dir: Path) -> dict[str, Any]:
+    """Example cells from the top features' highest and lowest deciles (``figure``), or why not (``reason``)."""
     part, reason = _example_cells(model_dir, manifest, explained, fig_dir)
-    if part:
-        return "<h2>Example cells per top feature</h2>" + part
-    return ("<h2>Example cells per top feature</h2><p class='note'>No example cells are shown: "
-            + html.escape(reason) + "</p>")
+    return {"figure": part, "reason": reason}
 
 
 def _example_cells(model_dir: Path, manifest: dict[str, Any], explained: dict[str, Any],
-                   fig_dir: Path) -> tuple[str | None, str]:
-    """(HTML, "") with example-cell figures, or (None, reason)."""
+                   fig_dir: Path) -> tuple[dict[str, str] | None, str]:
+    """(figure, "") with the example-cell figure, or (None, reason)."""
     prof = manifest.get("inputs", {}).get("profiles", {}).get("path")
     if not prof:
         return None, "the model was trained from an in-memory table, so its single-cell data is unknown."
@@ -430,7 +387,7 @@ def _crop_rgb(crop: np.ndarray) -> np.ndarray:
 
 
 def _render_examples(sc_path: Path, crops: tuple[Path, Path], explained: dict[str, Any], fig_dir: Path,
-                     n_features: int = 6, n_cells: int = 5, seed: int = 0) -> tuple[str | None, str]:
+                     n_features: int = 6, n_cells: int = 5, seed: int = 0) -> tuple[dict[str, str] | None, str]:
     import tifffile
 
     from cellfusion_core.names import OBJECT_NUMBER, PLATE, SITE, WELL
@@ -484,13 +441,13 @@ def _render_examples(sc_path: Path, crops: tuple[Path, Path], explained: dict[st
     return _img(path, "Example cells from the lowest and highest deciles of each top feature"), ""
 
 
-def _attention_section(model_dir: Path, fig_dir: Path) -> str:
+def _attention_section(model_dir: Path, fig_dir: Path) -> dict[str, str] | None:
     """CBAM spatial attention of the CNN on example cells (only when a CNN was trained)."""
     from fusion.train import read_attention_examples
 
     path = model_dir / ATTENTION_FILE
     if not path.is_file():
-        return ""
+        return None
     z = read_attention_examples(path)
     crops, maps, labels, pred = z["crops"], z["maps"], z["labels"], z["predicted"]
     plt = _plt()
@@ -511,7 +468,7 @@ def _attention_section(model_dir: Path, fig_dir: Path) -> str:
     fig.suptitle("CNN (CBAM) spatial attention on example cells: crop (true → predicted) and attention overlay",
                  fontsize=8)
     out = _save(fig, fig_dir / "cnn_attention.png")
-    return "<h2>Where the CNN looked</h2>" + _img(out, "CBAM spatial attention maps on example cells")
+    return _img(out, "CBAM spatial attention maps on example cells")
 
 
 # -- base models side by side ----------------------------------------------------------------
@@ -563,43 +520,24 @@ def fig_models(summaries: dict[str, dict[str, Any]], path: Path) -> Path:
     return _save(fig, path)
 
 
-def _models_section(summaries: dict[str, dict[str, Any]], fig_dir: Path) -> str:
+def _models_section(summaries: dict[str, dict[str, Any]], fig_dir: Path) -> dict[str, Any] | None:
     """The base models and the stack side by side: each score with its CI, and the majority baseline."""
     if len(summaries) < 2:
-        return ""
-    names = list(next(iter(summaries.values()))["scores"])
-    head = "".join(f"<th>{n.replace('_', ' ')} (95 % CI)</th>" for n in names)
-
-    def cell(s):
-        return f"<td><b>{_fmt(s['value'])}</b> [{_fmt(s['ci95'][0])}, {_fmt(s['ci95'][1])}]</td>"
-
-    rows = "".join(f"<tr><td>{html.escape(BASE_LABELS.get(m, m))}</td>" + "".join(cell(s['scores'][n]) for n in names)
-                   + "</tr>" for m, s in summaries.items())
+        return None
     first = next(iter(summaries.values()))["scores"]
-    maj = "<tr><td>majority class</td>" + "".join(
-        f"<td>{_fmt(first[n]['majority'])} [{_fmt(first[n]['majority_ci95'][0])}, "
-        f"{_fmt(first[n]['majority_ci95'][1])}]</td>" for n in names) + "</tr>"
-    chance = "<tr><td>chance</td>" + "".join(f"<td>{_fmt(first[n]['chance'])}</td>" for n in names) + "</tr>"
     fig = fig_models(summaries, fig_dir / "model_comparison.png")
-    return ("<h2>Base models vs the stack (out-of-fold, same folds)</h2><p>Every model was evaluated on the same "
-            "grouped folds; the CNN inside each fold was trained on that fold's training wells only, so the "
-            "embeddings of held-out wells come from a network that never saw them. Brackets: bootstrap 95 % CIs "
-            f"over rows.</p><table><tr><th>model</th>{head}</tr>{rows}{maj}{chance}</table>"
-            + _img(fig, "Scores of the base models and the stack beside the majority-class baseline"))
+    return {"scores": list(first), "baseline": first,
+            "rows": [{"label": BASE_LABELS.get(m, m), "scores": s["scores"]} for m, s in summaries.items()],
+            "figure": _img(fig, "Scores of the base models and the stack beside the majority-class baseline")}
 
 
-def _embedding_share_section(importance: pd.DataFrame) -> str:
+def _embedding_share_section(importance: pd.DataFrame) -> dict[str, Any] | None:
     """How much of the explained XGBoost model's attribution the CNN embedding carries, per class."""
     groups = [explain.feature_group(f) for f in importance.index]
     if "CNN embedding" not in groups:
-        return ""
+        return None
     share = explain.group_share(importance, "CNN embedding")
-    rows = "".join(f"<tr><td>{html.escape(c)}</td><td>{v:.1%}</td></tr>" for c, v in share.items())
-    n_emb = sum(g == "CNN embedding" for g in groups)
-    return ("<h3>How much of a call the image embedding carries</h3><p>Share of the mean |SHAP| of the "
-            f"XGBoost model on profiles + CNN embeddings that falls on the {n_emb} <code>Embedding_*</code> "
-            f"features (group “CNN embedding”), per class and overall.</p><table><tr><th>class</th>"
-            f"<th>CNN embedding share</th></tr>{rows}</table>")
+    return {"shares": {str(c): v for c, v in share.items()}, "n_features": sum(g == "CNN embedding" for g in groups)}
 
 
 # -- plate view -------------------------------------------------------------------------------
@@ -687,18 +625,15 @@ def fig_plate(plate: str, wells: pd.DataFrame, classes: list[str], colours: dict
     return _save(fig, path)
 
 
-def _plate_section(oof: pd.DataFrame, classes: list[str], fig_dir: Path) -> str:
-    """Per plate a plate map (see :func:`fig_plate`); or a note saying why there is none."""
+def _plate_view(oof: pd.DataFrame, classes: list[str], fig_dir: Path) -> dict[str, Any]:
+    """Per plate a plate map (see :func:`fig_plate`) and a row of the plate table; or why there is none."""
     from cellfusion_core.names import CELL_COUNT, PLATE, WELL
 
-    title = "<h2>Plate view</h2>"
     if WELL not in oof.columns:
-        return title + f"<p class='note'>No plate view: the table has no <code>{WELL}</code> column.</p>"
+        return {"missing_column": WELL}
     pos = [parse_well(w) for w in oof[WELL]]
     if any(p is None for p in pos):
-        bad = [str(w) for w, p in zip(oof[WELL], pos) if p is None][:3]
-        return title + (f"<p class='note'>No plate view: well names such as {html.escape(', '.join(bad))} are not "
-                        "of the form row letter(s) + column number (A01, P24).</p>")
+        return {"missing_column": None, "bad_wells": [str(w) for w, p in zip(oof[WELL], pos) if p is None][:3]}
     df = oof.assign(_row=[p[0] for p in pos], _col=[p[1] for p in pos],
                     _plate=oof[PLATE].astype(str) if PLATE in oof.columns else "plate",
                     _n=oof[CELL_COUNT] if CELL_COUNT in oof.columns else np.nan,
@@ -708,22 +643,21 @@ def _plate_section(oof: pd.DataFrame, classes: list[str], fig_dir: Path) -> str:
     cmap = _plt().get_cmap("tab20" if len(classes) > 10 else "tab10")
     colours = {c: cmap(i % cmap.N) for i, c in enumerate(classes)}
     plates = list(dict.fromkeys(df["_plate"]))
-    parts, rows = [], []
+    figures, rows = [], []
     for k, plate in enumerate(plates):
         wells = df[df["_plate"] == plate]
-        acc = float((wells["Prediction"] == wells["Label"]).mean())
-        rows.append(f"<tr><td>{html.escape(plate)}</td><td>{len(wells)}</td><td>{acc:.3f}</td>"
-                    f"<td>{_fmt(float(wells['_n'].median())) if wells['_n'].notna().any() else '–'}</td></tr>")
+        rows.append({"plate": plate, "wells": len(wells),
+                     "accuracy": float((wells["Prediction"] == wells["Label"]).mean()),
+                     "median_cells": float(wells["_n"].median()) if wells["_n"].notna().any() else None})
         if k < MAX_PLATES:
             safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in plate)
             path = fig_plate(plate, wells, classes, colours, fig_dir / f"plate_{k:02d}_{safe}.png")
-            parts.append(_img(path, f"Plate {plate}: predicted class and probability per well, true class, "
-                                    "misclassified wells, cell count"))
-    more = (f"<p class='note'>Plate maps are drawn for the first {MAX_PLATES} of {len(plates)} plates; the "
-            "table lists all.</p>") if len(plates) > MAX_PLATES else ""
-    return (title + "<p>Each well of each plate as the screen was laid out: its colour is the final model's "
-            "out-of-fold predicted class, the colour's strength that class's probability, the inner dot the true "
-            "class; misclassified wells are crossed out in red. Right: the number of cells in the well "
-            "(few cells make a well's profile noisy).</p><table><tr><th>plate</th><th>wells</th>"
-            "<th>out-of-fold accuracy</th><th>median cells per well</th></tr>" + "".join(rows) + "</table>"
-            + more + "".join(parts))
+            figures.append(_img(path, f"Plate {plate}: predicted class and probability per well, true class, "
+                                      "misclassified wells, cell count"))
+    return {"missing_column": None, "bad_wells": [], "rows": rows, "figures": figures,
+            "n_plates": len(plates), "max_plates": MAX_PLATES}
+
+
+def _plate_section(oof: pd.DataFrame, classes: list[str], fig_dir: Path) -> str:
+    """The plate view on its own, as HTML (the template the report includes)."""
+    return _render("plate.html.j2", plate=_plate_view(oof, classes, fig_dir))

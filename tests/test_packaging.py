@@ -36,7 +36,7 @@ def _sources(dest: Path) -> Path:
     for lic in REPO.glob("LICEN[CS]E*"):
         shutil.copy2(lic, dest / lic.name)
     skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for pkg in ("profiler", "fusion"):
+    for pkg in ("cellfusion_core", "profiler", "fusion"):
         shutil.copytree(REPO / pkg, dest / pkg, ignore=skip)
     return dest
 
@@ -58,11 +58,14 @@ def installed(tmp_path_factory) -> Path:
     names = zipfile.ZipFile(wheels[0]).namelist()
     for required in ("profiler/pipelines/example.yaml", "profiler/pipelines/bbbc021.yaml",
                      "profiler/pipelines/cellpainting.yaml", "profiler/pipelines/cellprofiler/bbbc021.cppipe",
-                     "profiler/cli.py", "fusion/cli.py"):
+                     "profiler/cli.py", "fusion/cli.py", "fusion/templates/report.html.j2",
+                     "fusion/templates/plate.html.j2", "fusion/templates/_macros.html.j2",
+                     "fusion/templates/report.css"):
         assert required in names, f"{required} is not in the wheel"
-    # every module of the two packages (a folder without __init__.py would be left out) and pipeline
-    sources = {f.relative_to(src).as_posix() for pkg in ("profiler", "fusion") for f in (src / pkg).rglob("*")
-               if f.suffix in (".py", ".yaml", ".cppipe") and "__pycache__" not in f.parts}
+    # every module of the three packages (a folder without __init__.py would be left out) and pipeline
+    sources = {f.relative_to(src).as_posix() for pkg in ("cellfusion_core", "profiler", "fusion")
+               for f in (src / pkg).rglob("*")
+               if f.suffix in (".py", ".yaml", ".cppipe", ".j2", ".css") and "__pycache__" not in f.parts}
     assert sources - set(names) == set(), f"not in the wheel: {sorted(sources - set(names))}"
     target = root / "site"
     inst = subprocess.run(
@@ -78,14 +81,14 @@ def _env(target: Path) -> dict[str, str]:
 
 
 def test_installed_copy_is_imported_not_the_checkout(installed, tmp_path):
-    code = ("import profiler, fusion, profiler.config as c; "
+    code = ("import cellfusion_core, profiler, fusion, profiler.config as c; print(cellfusion_core.__file__); "
             "print(profiler.__file__); print(fusion.__file__); print(c.PIPELINES_DIR); "
             "print(','.join(c.builtin_pipelines()))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                          env=_env(installed), timeout=120)
     assert run.returncode == 0, run.stderr
-    prof, fus, pipes, names = run.stdout.strip().splitlines()
-    for path in (prof, fus, pipes):
+    core, prof, fus, pipes, names = run.stdout.strip().splitlines()
+    for path in (core, prof, fus, pipes):
         assert Path(path).resolve().is_relative_to(installed.resolve()), f"{path} is not in {installed}"
         assert not Path(path).resolve().is_relative_to(REPO), f"{path} comes from the checkout"
     assert names.split(",") == ["bbbc021", "cellpainting", "example"]
@@ -98,6 +101,19 @@ def test_installed_copy_is_imported_not_the_checkout(installed, tmp_path):
                              cwd=tmp_path, env=_env(installed), timeout=120)
         assert bad.returncode == 2 and "No such option" in bad.stderr, bad.stdout + bad.stderr
         assert "Traceback" not in bad.stderr
+
+
+def test_installed_report_templates_render(installed, tmp_path):
+    """fusion.report's jinja2 templates are package data: found and rendered from the installed copy."""
+    code = ("from fusion.report import _env, _render; "
+            "print(_env().loader.get_source(_env(), 'report.html.j2')[1]); "
+            "print(_render('plate.html.j2', plate={'missing_column': 'Metadata_<Well>'}))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env=_env(installed), timeout=120)
+    assert run.returncode == 0, run.stderr
+    template, html = run.stdout.split("\n", 1)
+    assert Path(template).resolve().is_relative_to(installed.resolve()), template
+    assert "No plate view: the table has no <code>Metadata_&lt;Well&gt;</code> column." in html
 
 
 def test_wheel_runs_example_plate_and_extract_elsewhere(installed, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from html.parser import HTMLParser
 
 import numpy as np
 import pandas as pd
@@ -130,3 +131,93 @@ def test_plate_view_one_map_per_plate_with_errors_and_cell_counts(tmp_path):
     assert "<td>P2</td><td>4</td><td>0.750</td>" in html
     bad = _plate_section(oof.assign(Metadata_Well="r01c01"), ["a", "b"], tmp_path / "x")
     assert "No plate view" in bad and "r01c01" in bad
+
+
+# -- the HTML: rendered from templates (autoescape), saying what the model folder says -------------
+class _Page(HTMLParser):
+    """A report's visible text, its tables (rows of whitespace-normalised cell texts) and its images."""
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.chunks: list[str] = []
+        self.tables: list[list[list[str]]] = []
+        self.images: list[str] = []
+        self._cell: list[str] | None = None
+        self.feed(text)
+        self.text = " ".join(" ".join(self.chunks).split())
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+        elif tag == "img":
+            self.images.append(dict(attrs)["alt"])
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.tables[-1][-1].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+
+    def handle_data(self, data):
+        self.chunks.append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def test_report_escapes_labels_features_plates_and_paths(tmp_path):
+    """Text from the user's files is shown as text: a label with <script>, a feature and a plate name with
+    & and markup characters, a model folder whose name has them too (XGBoost itself refuses '<' in feature
+    names, so the feature carries '>' and '&')."""
+    evil_label, evil_plate = "<script>alert('x')</script> & co", "P&<i>1</i>"
+    evil_feature = "Nuclei_AreaShape_Area&>Volume"
+    df = make_profiles(n_per_class=5)
+    df["Metadata_Compound"] = df["Metadata_Compound"].replace({"Big": evil_label})
+    df["Metadata_Plate"] = evil_plate
+    df = df.rename(columns={"Nuclei_AreaShape_Area": evil_feature})  # Big's planted feature: a top feature
+    model = train(df, tmp_path / "m<script>&", gbm_params={"n_estimators": 30}, n_splits=3)
+    raw = report(model).read_text()
+    assert "<script" not in raw and "<i>" not in raw
+    assert "&lt;script&gt;alert(" in raw and "P&amp;&lt;i&gt;1&lt;/i&gt;" in raw
+    page = _Page(raw)
+    assert str(model.resolve()) in page.text
+    rows = [r for t in page.tables for r in t]
+    assert any(r[0] == evil_label for r in rows), "the label's per-class row"
+    assert any(r[:2] == [evil_plate, str(len(df))] for r in rows), "the plate's row"
+    assert any(len(r) > 1 and r[1] == evil_feature for r in rows), "the feature in a top-feature table"
+    assert f"Plate {evil_plate}: predicted class" in " ".join(page.images)
+
+
+def test_report_tables_say_what_the_model_folder_says(model_dir):
+    """The rendered tables carry the scores computed from the out-of-fold predictions, the per-class
+    scores, and the top features of explain.json, in order and to three decimals."""
+    page = _Page(report(model_dir).read_text())
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    classes = [str(c) for c in manifest["classes"]]
+    oof = pd.read_parquet(model_dir / "oof_predictions.parquet")
+    s = metrics.classification_summary(oof["Label"].astype(str).to_numpy(), oof["Prediction"].astype(str).to_numpy(),
+                                       oof[[f"Probability_{c}" for c in classes]].to_numpy(dtype=float), classes)
+
+    def f(v):
+        return f"{v:.3f}"
+
+    scores, per_class = page.tables[0], page.tables[1]
+    assert scores[0] == ["score", "model (95 % CI)", "majority class (95 % CI)", "chance"]
+    assert scores[1:] == [[n.replace("_", " "), f"{f(v['value'])} [{f(v['ci95'][0])}, {f(v['ci95'][1])}]",
+                           f"{f(v['majority'])} [{f(v['majority_ci95'][0])}, {f(v['majority_ci95'][1])}]",
+                           f(v["chance"])] for n, v in s["scores"].items()]
+    assert [r[0] for r in per_class[1:]] == classes
+    for row in per_class[1:]:
+        c = s["per_class"][row[0]]
+        assert row[1:5] == [f(c["precision"]), f(c["recall"]), f(c["f1"]), f(c["majority_f1"])]
+        assert row[7] == str(c["support"])
+    top = json.loads((model_dir / "explain.json").read_text())["top_features"]
+    tables = [t for t in page.tables if t[0][:2] == ["#", "feature"]]
+    assert len(tables) == len(top)
+    for (cls, expected), table in zip(top.items(), tables):
+        assert [r[1] for r in table[1:]] == [e["feature"] for e in expected[:5]], cls
+        assert [r[4] for r in table[1:]] == [e["direction"] for e in expected[:5]], cls
+        assert [r[3] for r in table[1:]] == [f(e["mean_abs_shap"]) for e in expected[:5]], cls
+    assert f"{len(classes)} classes · {len(manifest['features'])} features" in page.text
