@@ -28,6 +28,18 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
+def make_app(help: str) -> typer.Typer:
+    """A command-line tool's typer app: ``--help`` when called bare, no shell-completion options, no
+    rich tracebacks (:func:`run_main` turns errors into one line), and ``--verbose``/``-v`` on the tool."""
+    app = typer.Typer(help=help, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+    @app.callback()
+    def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
+        setup_logging(verbose)
+
+    return app
+
+
 NOISY_LOGGERS = ("distributed", "dask", "numba", "matplotlib", "PIL", "fsspec", "asyncio", "tornado", "shap")
 
 

@@ -7,16 +7,10 @@ from typing import Optional
 
 import typer
 
-from cellfusion_core.cli import COLUMN_OPTION_HELP, err_console, run_main, setup_logging
+from cellfusion_core.cli import COLUMN_OPTION_HELP, err_console, make_app, run_main
 from cellfusion_core.layout import METRICS_FILE
 
-app = typer.Typer(help="Profiles (+ single-cell crops) → XGBoost / CNN / stacked models → predictions and SHAP reports.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-
-
-@app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
-    setup_logging(verbose)
+app = make_app("Profiles (+ single-cell crops) → XGBoost / CNN / stacked models → predictions and SHAP reports.")
 
 
 @app.command()

@@ -27,15 +27,21 @@ from profiler.plate import read_platemap
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def _read_platemap_bytes(data: bytes):
+def _parse_bytes(data: bytes, name: str, reader, refusal: type[Exception]):
+    """``reader`` on ``data`` saved as a file ``name``: its result, or None when it refuses with ``refusal``
+    (which must name the file and say what is wrong); any other exception fails the test."""
     with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "platemap.csv"
+        path = Path(d) / name
         path.write_bytes(data)
         try:
-            return read_platemap(path)
-        except InputError as exc:
-            assert "platemap.csv" in str(exc) and exc.problem  # names the file and says what is wrong
+            return reader(path)
+        except refusal as exc:
+            assert name in str(exc) and exc.problem  # names the file and says what is wrong
             return None
+
+
+def _read_platemap_bytes(data: bytes):
+    return _parse_bytes(data, "platemap.csv", read_platemap, InputError)
 
 
 # --------------------------------------------------------------------------------------- platemaps
@@ -156,14 +162,7 @@ _EXAMPLE = load_pipeline("example").to_dict()
 
 
 def _load_bytes(data: bytes):
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "pipeline.yaml"
-        path.write_bytes(data)
-        try:
-            return load_pipeline(path)
-        except ConfigError as exc:
-            assert "pipeline.yaml" in str(exc) and exc.problem
-            return None
+    return _parse_bytes(data, "pipeline.yaml", load_pipeline, ConfigError)
 
 
 _yaml_values = st.recursive(
