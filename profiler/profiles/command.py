@@ -21,6 +21,7 @@ def aggregate_command(single_cell_path: str | Path, out_dir: str | Path, *, plat
     of cells); then platemap annotation and the recipe's normalize → feature_select → whiten steps.
     """
     from cellfusion_core import io
+    from cellfusion_core.layout import PROFILES
     from profiler.plate import read_platemap
 
     rec = resolve_recipe(recipe)
@@ -32,9 +33,9 @@ def aggregate_command(single_cell_path: str | Path, out_dir: str | Path, *, plat
         inputs["platemap"] = Path(platemap)
     prof = apply_recipe(prof, rec, samples=samples)
     out_dir = Path(out_dir)
-    io.write_parquet(prof, out_dir / "profiles.parquet")
+    io.write_parquet(prof, out_dir / PROFILES)
     io.write_manifest(out_dir, command="profiler aggregate", inputs=inputs,
                       parameters={"recipe": rec, "aggregate": op, "samples": samples,
                                   "allow_unimaged_wells": allow_unimaged_wells},
-                      outputs={"profiles.parquet": {"rows": len(prof), "columns": prof.shape[1]}})
+                      outputs={PROFILES: {"rows": len(prof), "columns": prof.shape[1]}})
     return out_dir
