@@ -53,9 +53,10 @@ def pipeline_hash(config: AssayConfig) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-#: modules of ``profiler`` that never run inside a site task (their edits keep partitions valid)
-_NOT_PER_SITE = {"cli.py", "_cli_util.py", "synthetic.py", "evaluate.py", "distributed.py", "profiles.py",
-                 "extract.py", "partitions.py", "aggregate_stream.py", "ingest.py", "cluster.py",
+#: modules (and, ending in ``/``, subpackages) of ``profiler`` that never run inside a site task
+#: (their edits keep partitions valid)
+_NOT_PER_SITE = {"cli.py", "_cli_util.py", "synthetic.py", "evaluate.py", "distributed.py", "profiles/",
+                 "extract.py", "partitions.py", "aggregate_stream.py", "ingest.py", "datasets.py", "cluster.py",
                  "outliers.py"}
 
 
@@ -64,7 +65,8 @@ def _code_hash() -> str:
     h = hashlib.sha256()
     root = Path(__file__).resolve().parent
     for p in sorted(root.rglob("*.py")):
-        if p.relative_to(root).as_posix() in _NOT_PER_SITE:
+        rel = p.relative_to(root).as_posix()
+        if rel in _NOT_PER_SITE or rel.split("/", 1)[0] + "/" in _NOT_PER_SITE:
             continue
         h.update(p.relative_to(root).as_posix().encode())
         h.update(p.read_bytes())
