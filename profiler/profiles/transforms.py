@@ -15,7 +15,8 @@ functions below are the ones recipes and callers use:
 * :func:`typical_variation_normalize` (:class:`TypicalVariation`) — Ledoit–Wolf shrinkage ZCA
   whitening or TVN PCA whitening (Ando et al. 2017) fit on the controls: regularized whitening that
   pycytominer's ``spherize`` (``normalize(method="spherize")``) does not offer;
-* :func:`factor_analysis` — scikit-learn ``FactorAnalysis`` (Ljosa et al. 2013) fit on the controls;
+* :func:`factor_analysis` (:class:`FactorScores`) — scikit-learn ``FactorAnalysis`` (Ljosa et al.
+  2013) fit on the controls;
 * :func:`bound_ensemble` (:class:`BoundEnsemble`) — clip × TVN over a grid, blocks of unit length.
 """
 
@@ -113,8 +114,7 @@ class Asinh(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def fit(self, X, y=None):
         if not np.isfinite(self.scale) or self.scale <= 0:
             raise ConfigError(f"asinh scale must be a positive number, got {self.scale!r}")
-        if X is not None:
-            self.n_features_in_ = np.shape(X)[1]
+        self.n_features_in_ = np.shape(X)[1]
         return self
 
     def transform(self, X):
@@ -126,7 +126,7 @@ def clip_features(profiles: pd.DataFrame, bound: float) -> pd.DataFrame:
     feats = check_features(profiles, what="profile table")
     # in numpy: a frame built column by column has one block per column, and DataFrame.clip /
     # column-list assignment then work block by block (seconds for 2,000 features)
-    x = Clip(bound).transform(profiles[feats].to_numpy(dtype=np.float64, na_value=np.nan))
+    x = Clip(bound).fit_transform(profiles[feats].to_numpy(dtype=np.float64, na_value=np.nan))
     clipped = pd.DataFrame(x, index=profiles.index, columns=feats)
     return pd.concat([profiles.drop(columns=feats), clipped], axis=1)[profiles.columns]
 
@@ -137,10 +137,9 @@ def asinh_features(profiles: pd.DataFrame, scale: float = 1.0) -> pd.DataFrame:
     Linear for ``|x| << scale``, logarithmic beyond, sign kept: large robust z-scores are compressed
     instead of cut off at a hard bound (:func:`clip_features`), so strong phenotypes keep their order.
     """
-    step = Asinh(scale).fit(None)
     feats = check_features(profiles, what="profile table")
     out = profiles.copy()
-    out[feats] = step.transform(out[feats].to_numpy(dtype=np.float64))
+    out[feats] = Asinh(scale).fit_transform(out[feats].to_numpy(dtype=np.float64))
     return out
 
 
@@ -298,7 +297,7 @@ class BoundEnsemble(TransformerMixin, BaseEstimator):
         r = _columns(X)
         self.blocks_ = []   # (clip, epsilon, fitted TypicalVariation)
         for c in clips:
-            rc = Clip(float(c)).transform(r) if c is not None else r
+            rc = Clip(float(c)).fit_transform(r) if c is not None else r
             base = TypicalVariation(method="pca").fit(rc)
             self.blocks_.extend((c, float(e), base.with_epsilon(float(e))) for e in epss)
         return self
@@ -308,7 +307,7 @@ class BoundEnsemble(TransformerMixin, BaseEstimator):
         out, clipped = [], {}
         for k, (c, e, tvn) in enumerate(self.blocks_, start=1):
             if c not in clipped:
-                clipped[c] = Clip(float(c)).transform(x) if c is not None else x
+                clipped[c] = Clip(float(c)).fit_transform(x) if c is not None else x
             y = _columns(tvn.transform(clipped[c]))
             norm = np.linalg.norm(y, axis=1, keepdims=True)
             out.append(np.divide(y, norm, out=np.zeros_like(y), where=norm > 0))
