@@ -106,6 +106,124 @@ class _Subsets:
         return _pearson_from_sums(s)
 
 
+_BUCKETS = 65536
+#: r values the Costes searches compare with (r < 0, r > 0.45 …): an r this close to one is recomputed
+#: by a direct pass, so every decision is the one the direct pass would make
+_R_BOUNDARIES = np.array([0.0, 0.25, 0.35, 0.45])
+_R_TOLERANCE = 1e-6
+
+
+@numba.njit(cache=True, nogil=True)
+def _bucket(v: float, lo: float, scale: float, nb: int) -> int:  # pragma: no cover - numba
+    """floor((v − lo) · scale) clamped to 0 … nb − 1: non-decreasing in v, so a value below a
+    threshold never lies in a higher bucket than the threshold's."""
+    if not v > lo:
+        return 0
+    q = (v - lo) * scale
+    if q >= nb - 1:
+        return nb - 1
+    return int(q)
+
+
+@numba.njit(cache=True, nogil=True)
+def _bucket_sort(a: np.ndarray, b: np.ndarray, lo: float, scale: float, nb: int):  # pragma: no cover - numba
+    """``a`` and ``b`` reordered so that ``a``'s pixels are grouped by :func:`_bucket` (counting sort;
+    any order within a bucket), and where each bucket starts (length nb + 1)."""
+    n = a.shape[0]
+    bk = np.empty(n, np.int32)
+    start = np.zeros(nb + 1, np.int64)
+    for k in range(n):
+        q = _bucket(a[k], lo, scale, nb)
+        bk[k] = q
+        start[q + 1] += 1
+    for q in range(nb):
+        start[q + 1] += start[q]
+    a_s = np.empty(n, a.dtype)
+    b_s = np.empty(n, b.dtype)
+    fill = start[:nb].copy()
+    for k in range(n):
+        q = bk[k]
+        a_s[fill[q]] = a[k]
+        b_s[fill[q]] = b[k]
+        fill[q] += 1
+    return a_s, b_s, start
+
+
+@numba.njit(cache=True, nogil=True)
+def _band_sums(u: np.ndarray, v: np.ndarray, a: np.ndarray, b: np.ndarray, q_lo: int, q_hi: int,
+               start: np.ndarray, a_lo: float, a_hi: float, b_t: float, mx: float, my: float,
+               out: np.ndarray, sign: float) -> None:  # pragma: no cover - numba
+    """out += sign · (n, Σu', Σv', Σu'², Σv'², Σu'v') (u' = u − mx, v' = v − my) over the pixels of
+    buckets q_lo … q_hi with a_lo ≤ a < a_hi and not b < b_t (arrays in one channel's bucket order;
+    ``a``/``b`` are ``u``/``v`` in either role)."""
+    for k in range(start[q_lo], start[q_hi + 1]):
+        av = a[k]
+        if av >= a_lo and av < a_hi and not b[k] < b_t:
+            _add_moments(out, u[k] - mx, v[k] - my, sign)
+
+
+class _BandSubsets:
+    """Pearson r of the pixels with x < t1 or y < t2 for data off the 16-bit grid (illumination-
+    corrected images) without a pass over all pixels per candidate threshold pair.
+
+    The sums over that set are the sums over all pixels minus those over the quadrant
+    {x ≥ t1, y ≥ t2}. The quadrant's sums are carried from one candidate to the next: moving t2
+    (then t1) adds or removes the band of pixels between the old and the new threshold, found by a
+    counting sort of each channel into 65,536 value buckets (the band's end buckets are checked pixel
+    by pixel). The searches' candidates converge, so the bands shrink. The sums differ from a direct
+    pass (:class:`_Subsets`) only by rounding; an r within 1e-6 of a value the searches compare it with
+    (0, 0.25, 0.35, 0.45), a NaN or a near-constant subset is recomputed by that direct pass, so the
+    thresholds found are the direct pass's.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray):
+        self.exact = _Subsets(x, y)
+        self.mx, self.my = self.exact.mx, self.exact.my
+        self.total = np.zeros(6)
+        _subset_sums(x, y, np.inf, np.inf, self.mx, self.my, self.total)
+        self.sides = None
+        if x.size and np.isfinite(self.total).all() and self.total[0] == x.size:  # every pixel finite
+            self.sides = (self._side(x, y), self._side(y, x))
+        self.t1 = self.t2 = np.inf
+        self.quadrant = np.zeros(6)  # sums over {x ≥ t1, y ≥ t2}: empty at (inf, inf)
+
+    @staticmethod
+    def _side(a: np.ndarray, b: np.ndarray) -> tuple:
+        lo, hi = float(a.min()), float(a.max())
+        scale = (_BUCKETS - 1) / (hi - lo) if hi > lo else 0.0
+        a_s, b_s, start = _bucket_sort(a, b, lo, scale, _BUCKETS)
+        return a_s, b_s, start, lo, scale
+
+    def _move(self, t1: float, t2: float) -> None:
+        (xs, y_by_x, xstart, xlo, xscale), (ys, x_by_y, ystart, ylo, yscale) = self.sides
+        q, mx, my = self.quadrant, self.mx, self.my
+        if t2 != self.t2 and self.t1 != np.inf:  # {x ≥ t1_old}: y band between the two t2
+            lo, hi = min(t2, self.t2), max(t2, self.t2)
+            _band_sums(x_by_y, ys, ys, x_by_y, _bucket(lo, ylo, yscale, _BUCKETS),
+                       _bucket(hi, ylo, yscale, _BUCKETS), ystart, lo, hi, self.t1, mx, my, q,
+                       1.0 if t2 < self.t2 else -1.0)
+        if t1 != self.t1:  # {y ≥ t2}: x band between the two t1
+            lo, hi = min(t1, self.t1), max(t1, self.t1)
+            _band_sums(xs, y_by_x, xs, y_by_x, _bucket(lo, xlo, xscale, _BUCKETS),
+                       _bucket(hi, xlo, xscale, _BUCKETS), xstart, lo, hi, t2, mx, my, q,
+                       1.0 if t1 < self.t1 else -1.0)
+        self.t1, self.t2 = t1, t2
+
+    def pearson(self, t1: float, t2: float) -> tuple[int, float]:
+        t1, t2 = _f32(t1), _f32(t2)
+        if self.sides is None or np.isnan(t1) or np.isnan(t2):
+            return self.exact.pearson(t1, t2)
+        self._move(t1, t2)
+        s = self.total - self.quadrant
+        n, r = _pearson_from_sums(s)
+        if n >= 2:
+            vx, vy = s[3] - s[1] * s[1] / n, s[4] - s[2] * s[2] / n
+            if (not np.isfinite(r) or np.abs(_R_BOUNDARIES - r).min() < _R_TOLERANCE
+                    or vx <= _R_TOLERANCE * s[3] or vy <= _R_TOLERANCE * s[4] or n < 0.01 * self.total[0]):
+                return self.exact.pearson(t1, t2)
+        return n, r
+
+
 _GRID_LEVELS = 65536
 _GRID = np.arange(_GRID_LEVELS, dtype=np.float32) / np.float32(_GRID_LEVELS - 1)  # raw / 65535, as read
 
@@ -280,7 +398,7 @@ def _costes(x: np.ndarray, y: np.ndarray, scale: float, method: str, X: _Levels 
     else:
         x = np.ascontiguousarray(x, dtype=np.float64).ravel()
         y = np.ascontiguousarray(y, dtype=np.float64).ravel()
-        sub = _Subsets(x, y)
+        sub = _BandSubsets(x, y)
         x_max, y_max = float(x.max()), float(y.max())
     if method == "faster":
         left, right = 1.0, scale
