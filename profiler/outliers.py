@@ -218,9 +218,31 @@ def _matrix(df: pd.DataFrame, features: Sequence[str]) -> np.ndarray:
     return out
 
 
+def arrow_matrix(table, features: Sequence[str]) -> np.ndarray:
+    """:func:`_matrix` of a :class:`pyarrow.Table`: ``table``'s ``features`` as float64 (n, p), null
+    and missing columns NaN — the same values as ``_matrix(table.to_pandas(), features)`` without
+    building a DataFrame (a column of another type goes through pandas' coercion)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    out = np.full((table.num_rows, len(features)), np.nan)
+    names = set(table.column_names)
+    for j, f in enumerate(features):
+        if f not in names:
+            continue
+        col = table[f]
+        t = col.type
+        if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+            out[:, j] = pc.fill_null(col.cast(pa.float64()), np.nan).to_numpy()
+        else:
+            out[:, j] = pd.to_numeric(col.to_pandas(), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    return out
+
+
 def score_cells(model: OutlierModel, cells: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """``(score, flag)`` of every row of a per-cell table."""
-    s = score_matrix(model, _matrix(cells, model.features))
+    """``(score, flag)`` of every row of a per-cell table (a DataFrame or a :class:`pyarrow.Table`)."""
+    a = _matrix(cells, model.features) if isinstance(cells, pd.DataFrame) else arrow_matrix(cells, model.features)
+    s = score_matrix(model, a)
     return s, s > model.threshold
 
 
@@ -257,7 +279,13 @@ def fit_outlier_model(sample: pd.DataFrame, *, contamination: float = 0.01, n_co
     t = (z - pca.mean_) @ comps.T
     import warnings
 
-    with warnings.catch_warnings():
+    from threadpoolctl import threadpool_limits
+
+    # MinCovDet runs thousands of BLAS calls on k-column matrices: with one BLAS thread it takes about
+    # half the CPU time (no thread hand-offs; far less under load) and gives the same bits — the
+    # products split their output among threads, never a sum. The PCA above is left on the default
+    # threads: its LAPACK factorizations do change in the last bits with the thread count.
+    with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
         warnings.simplefilter("ignore", RuntimeWarning)  # "covariance matrix not full rank" on tiny samples
         mcd = MinCovDet(random_state=seed).fit(t)
     precision = np.linalg.pinv(mcd.covariance_)
@@ -302,14 +330,20 @@ def sample_partitions(partitions: Iterable[str | Path], features: Sequence[str],
     kept = np.empty((0, len(features)), dtype=np.float32)
     keys = np.empty(0)
     for i, path in enumerate(partitions):
-        names = set(pq.read_schema(path).names)
-        part = pd.read_parquet(path, columns=[c for c in [WELL, *features] if c in names])
-        if wells is not None:
-            part = part[part[WELL].astype(str).isin(wells)]
-        if not len(part):
+        pf = pq.ParquetFile(path)
+        names = set(pf.schema_arrow.names)
+        cols = [c for c in features if c in names]
+        if wells is not None:  # a site is one well: most partitions are skipped after reading the well column
+            inside = np.array([str(w) in wells for w in pf.read(columns=[WELL])[WELL].to_pylist()], dtype=bool)
+            if not inside.any():
+                continue
+            part = pf.read(columns=cols).filter(inside)
+        else:
+            part = pf.read(columns=cols)
+        if not part.num_rows:
             continue
-        x = _matrix(part, features).astype(np.float32)
-        kk = np.random.default_rng([int(seed), i]).random(len(part))
+        x = arrow_matrix(part, features).astype(np.float32)
+        kk = np.random.default_rng([int(seed), i]).random(part.num_rows)
         kept, keys = np.vstack([kept, x]), np.concatenate([keys, kk])
         if len(keys) > max_cells:
             best = np.argpartition(keys, max_cells - 1)[:max_cells]
@@ -325,7 +359,11 @@ class OutlierTally:
         self.counts: dict[tuple[str, str], list[int]] = {}
 
     def add(self, cells: pd.DataFrame, flags: np.ndarray) -> None:
-        keys = list(zip(cells[PLATE].astype(str), cells[WELL].astype(str)))
+        """Count ``cells`` (a DataFrame or a :class:`pyarrow.Table` with plate and well) and their ``flags``."""
+        if isinstance(cells, pd.DataFrame):
+            keys = list(zip(cells[PLATE].astype(str), cells[WELL].astype(str)))
+        else:
+            keys = list(zip(map(str, cells[PLATE].to_pylist()), map(str, cells[WELL].to_pylist())))
         for key, f in zip(keys, flags):
             c = self.counts.setdefault(key, [0, 0])
             c[0] += 1
