@@ -11,7 +11,8 @@ the tables of the same name)
     :data:`SINGLE_CELL`, :data:`IMAGE`, :data:`PROFILES`, :data:`OUTLIERS_MODEL`, :data:`CROPS_TIF`,
     :data:`CROPS_TABLE`, the per-site partitions under :data:`SITES_DIR` (:func:`site_table`,
     :func:`site_crops`, :func:`site_record`), the illumination functions under :data:`ILLUM_DIR`
-    (:func:`illumination_file`), and the run's lock :data:`EXTRACT_LOCK`.
+    (:func:`illumination_file`), the outline PNGs under :data:`OVERLAYS_DIR`, and the run's lock
+    :data:`EXTRACT_LOCK`.
 
 A plate folder (input)
     :data:`PLATEMAP_FILE`, read when ``--platemap`` is not given.
@@ -51,6 +52,7 @@ CROPS_TIF = "crops.tif"  #: single-cell crops, (cells, size, size, channels), fo
 CROPS_TABLE = "crops.parquet"  #: which cell each crop is (row i ↔ crop i)
 SITES_DIR = "sites"  #: finished sites' partitions (resumable runs)
 ILLUM_DIR = "illum"  #: per-plate, per-channel illumination functions (.npy)
+OVERLAYS_DIR = "overlays"  #: segmentation outlines per site (<site>.png), with --overlays
 EXTRACT_LOCK = ".extract.lock"  #: advisory lock held for the whole run
 
 # --- a plate folder (input) ------------------------------------------------------------------------
