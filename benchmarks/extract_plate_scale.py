@@ -38,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from benchmarks._common import emit  # noqa: E402
-from cellfusion_core.layout import MANIFEST, PLATEMAP_FILE, PROFILES, SINGLE_CELL, SITES_DIR, site_record, site_table  # noqa: E402
+from cellfusion_core.layout import (MANIFEST, PLATEMAP_FILE, PROFILES, SINGLE_CELL, SITES_DIR,  # noqa: E402
+                                    site_record_file, site_table_file)
 
 PLATE = "SCALE01"
 CHANNELS = ("w1", "w2", "w3")
@@ -119,7 +120,7 @@ def fabricate(work: Path, n_cells: int, n_features: int, cells_per_site: int, se
         cols["Nuclei_Location_Center_Y"] = pa.array(rng.uniform(0, 1000, n))
         cols["Cells_Parent_Nuclei"] = pa.array(np.arange(1, n + 1, dtype=np.int64))
         stem = site_stem(site)
-        part = sites_dir / site_table(stem)
+        part = sites_dir / site_table_file(stem)
         if not reuse:
             pq.write_table(pa.table(cols), part, compression="zstd")
         done.append((site, stem, part, n))
@@ -130,7 +131,7 @@ def fabricate(work: Path, n_cells: int, n_features: int, cells_per_site: int, se
                   "Count_Nuclei": n, "Count_Cells": n}
         io.write_json({"site": stem, "pipeline_hash": phash, "inputs": _input_signature(site), "status": "ok",
                        "record": record, "partition": {"file": part.name, "rows": n, "sha256": io.file_sha256(part)}},
-                      sites_dir / site_record(stem))
+                      sites_dir / site_record_file(stem))
     marker.write_text(json.dumps(key))
     return plate_dir, out, len(scan.sites)
 

@@ -9,8 +9,8 @@ Every output folder
 ``profiler extract PLATE_DIR -o OUT`` (and ``profiler ingest`` / ``profiler aggregate``, which write
 the tables of the same name)
     :data:`SINGLE_CELL`, :data:`IMAGE`, :data:`PROFILES`, :data:`OUTLIERS_MODEL`, :data:`CROPS_TIF`,
-    :data:`CROPS_TABLE`, the per-site partitions under :data:`SITES_DIR` (:func:`site_table`,
-    :func:`site_crops`, :func:`site_record`), the illumination functions under :data:`ILLUM_DIR`
+    :data:`CROPS_TABLE`, the per-site partitions under :data:`SITES_DIR` (:func:`site_table_file`,
+    :func:`site_crops_file`, :func:`site_record_file`), the illumination functions under :data:`ILLUM_DIR`
     (:func:`illumination_file`), the outline PNGs under :data:`OVERLAYS_DIR`, and the run's lock
     :data:`EXTRACT_LOCK`.
 
@@ -95,17 +95,17 @@ def illumination_file(out_dir: str | Path, plate: str, channel: str) -> Path:
     return Path(out_dir) / ILLUM_DIR / f"{plate}_{channel}.npy"
 
 
-def site_table(stem: str) -> str:
+def site_table_file(stem: str) -> str:
     """Inside :data:`SITES_DIR`: one finished site's cells (``<stem>.parquet``)."""
     return f"{stem}.parquet"
 
 
-def site_crops(stem: str) -> str:
+def site_crops_file(stem: str) -> str:
     """Inside :data:`SITES_DIR`: one finished site's crops (``<stem>.crops.npy``)."""
     return f"{stem}.crops.npy"
 
 
-def site_record(stem: str) -> str:
+def site_record_file(stem: str) -> str:
     """Inside :data:`SITES_DIR`: the record that vouches for a site's files (``<stem>.json``, written last)."""
     return f"{stem}.json"
 

@@ -26,7 +26,7 @@ from cellfusion_core import io
 from profiler.config import AssayConfig
 from profiler.crops import save_site_crops
 from cellfusion_core.errors import CellfusionError, ConfigError, InputError
-from cellfusion_core.layout import site_crops, site_record, site_table
+from cellfusion_core.layout import site_crops_file, site_record_file, site_table_file
 from cellfusion_core.names import PLATE, SITE, WELL
 from profiler.plate import Site
 from profiler.site import process_site
@@ -137,16 +137,16 @@ def run_site(site: Site, config: AssayConfig, sites_dir: str | Path, phash: str,
             entry["status"] = "error"
             entry["record"] = base_record(site, "error", str(exc).replace("\n  hint:", "; hint:"))
         else:
-            part = sites_dir / site_table(stem)
+            part = sites_dir / site_table_file(stem)
             io.write_parquet(cells, part)  # first the partition …
             entry["status"] = "ok"
             entry["record"] = record
             entry["partition"] = {"file": part.name, "rows": int(len(cells)), "sha256": io.file_sha256(part)}
             if len(result) > 2:  # --crops: the cells' crop stack, same rows
-                cpath = save_site_crops(result[2], sites_dir / site_crops(stem))
+                cpath = save_site_crops(result[2], sites_dir / site_crops_file(stem))
                 entry["crops"] = {"file": cpath.name, "rows": int(len(result[2])), "size": int(result[2].shape[1]),
                                   "sha256": io.file_sha256(cpath)}
-        io.write_json(entry, sites_dir / site_record(stem))  # … then the record that vouches for it
+        io.write_json(entry, sites_dir / site_record_file(stem))  # … then the record that vouches for it
     except ConfigError:
         raise
     except Exception as exc:  # a bug or a full disk, not the user's input: report it with the site named
@@ -169,7 +169,7 @@ def load_done(site: Site, sites_dir: str | Path, phash: str, crop_size: int | No
     """
     sites_dir = Path(sites_dir)
     stem = site_stem(site)
-    rec_path = sites_dir / site_record(stem)
+    rec_path = sites_dir / site_record_file(stem)
     if not rec_path.is_file():
         return None
     try:
