@@ -1,18 +1,26 @@
 """Numba kernels of :mod:`profiler.aggregate_stream`: exact NaN-skipping per-column medians and means
 of row runs of a column-major float block.
 
-The median is a radix select on the float bit patterns: each float is mapped to an unsigned key
-whose integer order is the float order (negative floats: all bits inverted; others: sign bit set),
-NaN is skipped. A histogram of 2,048 bins over the keys' range finds the bin holding the middle
-rank(s); only that bin's keys are kept and the range narrows by 11 bits per level, so a column
-costs about three passes over its values whatever their distribution (ties and heavy tails
-included); at most 48 candidates left are insertion-sorted. Both middle values are returned as
-keys, so an even count gives the mean of the two middle values (pandas' median) — exact, with no
-rounding anywhere but that final mean, computed by the caller in float64.
+The median of one column's run (its non-NaN values, ranks ``(m-1)//2`` and ``m//2``) is found by
+*counting* rather than sorting or moving values around, because a counting pass vectorises (SIMD,
+no branches) and costs a fraction of a nanosecond per value:
 
-The key width follows the block: float32 blocks use uint32 keys, float64 blocks uint64 keys
-(``consts`` carries the width's constants, so one compiled function serves each width). The
-kernels are compiled on first use and cached on disk (``cache=True``).
+1. a strided sample of 32 values (NaN skipped) gives seven thresholds around its middle (sample
+   ranks c-9, c-6, … c+9: values present in the run);
+2. one pass counts, for every threshold t, the values ``< t`` (and the NaNs): the middle ranks
+   fall in one bracket ``[t_k, t_k+1)`` of about a tenth of the values (a bracket beyond the
+   outer thresholds when the sample misled: still exact, only slower);
+3. if that bracket still holds more than 64 values, a second counting pass with seven thresholds
+   evenly spaced inside it narrows it again (real-valued data: to about 1 %);
+4. the bracket's values are gathered (a pass whose branch is rarely taken) and the wanted ranks
+   selected among them: a band select with three-way counts (values below / equal to / inside the
+   band ends, so ties and runs of equal values end at once), the few last ones by counting ranks.
+
+Every step is exact (comparisons only; no arithmetic on the values), so the result is the pandas
+median: the mean of the two middle values for an even count (computed by the caller in float64),
+NaN skipped, NaN for an all-NaN run; ±inf are ordinary values. float32 blocks stay float32 (no
+upcast) until that final mean. The kernels release the GIL (threads take disjoint column ranges)
+and are compiled on first use and cached on disk (``cache=True``).
 """
 
 from __future__ import annotations
@@ -20,148 +28,282 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-NBINS = 2048  # 11 bits per level
-_DIGIT = 11
-_SMALL = 48
-
-
-def constants(dtype: np.dtype) -> np.ndarray:
-    """[sign bit, abs mask, +inf bits, a NaN's bits] for float32 (uint32) or float64 (uint64)."""
-    if np.dtype(dtype) == np.float32:
-        return np.array([0x80000000, 0x7FFFFFFF, 0x7F800000, 0x7FC00000], np.uint32)
-    return np.array([1 << 63, (1 << 63) - 1, 0x7FF0000000000000, 0x7FF8000000000000], np.uint64)
+_SMALL = 32     # runs/brackets at most this long: ranks by counting (O(m^2), vectorised)
+_GATHER = 64    # a bracket with more values than this is narrowed by a second counting pass
+_SAMPLE = 32    # strided sample size of the first level
+_SPREAD = 3     # sample-rank distance between the seven first-level thresholds
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _as_key(tmp, v):
-    """v (an int) in the key type (numba would make uint64 + int64 a float64)."""
-    tmp[0] = v
-    return tmp[0]
+def _pick2(a, m, k1, k2):
+    """Values of ranks k1 <= k2 among a[:m] (no NaN; 0 <= k < m): each element's rank range by counting."""
+    v1 = a[0]
+    v2 = a[0]
+    f1 = False
+    f2 = False
+    for i in range(m):
+        v = a[i]
+        lt = 0
+        le = 0
+        for j in range(m):
+            u = a[j]
+            lt += u < v
+            le += u <= v
+        if lt <= k1 and k1 < le:
+            v1 = v
+            f1 = True
+        if lt <= k2 and k2 < le:
+            v2 = v
+            f2 = True
+        if f1 and f2:
+            break
+    return v1, v2
 
 
 @njit(nogil=True, cache=True)
-def _select(keys, cnt, mn, mx, r1, r2, hist):
-    """Keys at ranks r1 <= r2 (r2 - r1 <= 1) of keys[:cnt] whose values lie in [mn, mx]; keys is reused."""
-    tmp = np.empty(1, keys.dtype)
-    zero = _as_key(tmp, 0)
-    one = _as_key(tmp, 1)
+def _pick7(a, m, c, q, t):
+    """t[k] = the value of rank c + (k - 3) q (clamped to [0, m)) among a[:m] (no NaN), k = 0..6."""
+    for i in range(m):
+        v = a[i]
+        lt = 0
+        le = 0
+        for j in range(m):
+            u = a[j]
+            lt += u < v
+            le += u <= v
+        for k in range(7):
+            rk = min(max(c + (k - 3) * q, 0), m - 1)
+            if lt <= rk and rk < le:
+                t[k] = v
+
+
+@njit(nogil=True, cache=True)
+def _select(a, b, m, r1, r2, samp):
+    """Values at ranks r1 <= r2 of a[:m] (no NaN); a and b are work buffers of at least m values.
+
+    Each level takes a band [lo, hi] from a strided sample and counts the values below, equal to
+    lo, equal to hi and strictly inside; the inside ones move to the other buffer. The band ends
+    are values of a, so every level removes at least two values (it always ends)."""
     while True:
-        if mn == mx:
-            return mn, mn
-        if cnt <= _SMALL:
-            for a in range(1, cnt):
-                v = keys[a]
-                c = a - 1
-                while c >= 0 and keys[c] > v:
-                    keys[c + 1] = keys[c]
-                    c -= 1
-                keys[c + 1] = v
-            return keys[r1], keys[r2]
-        span = mx - mn
-        bits = 0
-        while span:
-            span >>= one
-            bits += 1
-        shift = _as_key(tmp, bits - _DIGIT) if bits > _DIGIT else zero
-        for b in range(NBINS):
-            hist[b] = 0
-        for i in range(cnt):
-            hist[(keys[i] - mn) >> shift] += 1
-        acc = 0
-        b1 = -1
-        b2 = -1
-        p1 = 0
-        for b in range(NBINS):
-            h = hist[b]
-            if b1 < 0 and acc + h > r1:
-                b1 = b
-                p1 = acc
-            if acc + h > r2:
-                b2 = b
-                break
-            acc += h
-        lo1 = mn + (_as_key(tmp, b1) << shift)
-        lo2 = mn + (_as_key(tmp, b2) << shift)
-        width = (one << shift) - one
-        if shift == zero:
-            return lo1, lo2
-        if b1 != b2:  # r1 is the largest key of bin b1, r2 the smallest of bin b2
-            hi1 = lo1 + width
-            k1 = zero
-            k2 = ~zero
-            for i in range(cnt):
-                kk = keys[i]
-                if kk <= hi1:
-                    if kk >= lo1 and kk > k1:
-                        k1 = kk
-                elif kk >= lo2 and kk < k2:
-                    k2 = kk
-            return k1, k2
-        hi = lo1 + width
+        if m <= _SMALL:
+            return _pick2(a, m, r1, r2)
+        s = 32
+        step = m // s
+        for i in range(s):
+            samp[i] = a[i * step + step // 2]
+        c = (r1 * s) // m
+        lo_k = max(c - 5, 0)
+        hi_k = min(c + 5, s - 1)
+        lo, hi = _pick2(samp, s, lo_k, hi_k)
+        below = 0
+        eqlo = 0
+        eqhi = 0
         w = 0
-        for i in range(cnt):  # keep bin b1's keys (branch-free)
-            kk = keys[i]
-            keys[w] = kk
-            w += (kk >= lo1) & (kk <= hi)
-        cnt = w
-        r1 -= p1
-        r2 -= p1
-        # the candidates' actual range (a small pass: usually few are left); equal keys end here
-        mn = keys[0]
-        mx = keys[0]
-        for i in range(1, cnt):
-            kk = keys[i]
-            if kk < mn:
-                mn = kk
-            if kk > mx:
-                mx = kk
-
-
-@njit(nogil=True, cache=True)
-def _column_median(u, start, stop, keys, hist, consts, out, r, j):
-    sign = consts[0]
-    absmask = consts[1]
-    inf = consts[2]
-    m = 0
-    mn = ~(sign - sign)
-    mx = sign - sign
-    for i in range(start, stop):
-        b = u[i, j]
-        if (b & absmask) > inf:  # NaN: skipped
+        for i in range(m):
+            v = a[i]
+            below += v < lo
+            eqlo += v == lo
+            eqhi += v == hi
+            b[w] = v
+            w += (v > lo) & (v < hi)
+        if lo == hi:
+            eqhi = 0
+        e2 = below + eqlo
+        e3 = e2 + w
+        e4 = e3 + eqhi
+        if r1 < below or r2 >= e4:  # the band missed: sort (rare; only the sample's bad luck)
+            srt = np.sort(a[:m])
+            return srt[r1], srt[r2]
+        if r1 >= e2 and r2 < e3:
+            a, b = b, a
+            m = w
+            r1 -= e2
+            r2 -= e2
             continue
-        k = ~b if b & sign else b | sign
-        keys[m] = k
-        m += 1
-        if k < mn:
-            mn = k
-        if k > mx:
-            mx = k
-    if m == 0:
-        out[r, j, 0] = consts[3]
-        out[r, j, 1] = consts[3]
-        return
-    k1, k2 = _select(keys, m, mn, mx, (m - 1) // 2, m // 2, hist)
-    out[r, j, 0] = (k1 & absmask) if k1 & sign else ~k1
-    out[r, j, 1] = (k2 & absmask) if k2 & sign else ~k2
+        if r1 < e2:
+            v1 = lo
+        elif r1 >= e3:
+            v1 = hi
+        else:  # r1 inside, r2 not: r1 is the largest inside value
+            v1 = b[0]
+            for i in range(1, w):
+                v1 = max(v1, b[i])
+        if r2 < e2:
+            v2 = lo
+        elif r2 >= e3:
+            v2 = hi
+        else:  # r2 inside, r1 not: r2 is the smallest inside value
+            v2 = b[0]
+            for i in range(1, w):
+                v2 = min(v2, b[i])
+        return v1, v2
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _count7(x, t, counts):
+    """counts[k] = #(x < t[k]) for the seven thresholds; returns the number of NaNs (vectorised)."""
+    t0 = t[0]
+    t1 = t[1]
+    t2 = t[2]
+    t3 = t[3]
+    t4 = t[4]
+    t5 = t[5]
+    t6 = t[6]
+    c0 = 0
+    c1 = 0
+    c2 = 0
+    c3 = 0
+    c4 = 0
+    c5 = 0
+    c6 = 0
+    nn = 0
+    for i in range(x.shape[0]):
+        v = x[i]
+        c0 += v < t0
+        c1 += v < t1
+        c2 += v < t2
+        c3 += v < t3
+        c4 += v < t4
+        c5 += v < t5
+        c6 += v < t6
+        nn += v != v
+    counts[0] = c0
+    counts[1] = c1
+    counts[2] = c2
+    counts[3] = c3
+    counts[4] = c4
+    counts[5] = c5
+    counts[6] = c6
+    return nn
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _bracket(t, counts, r, lo, hi, below, above):
+    """The bracket of rank r among thresholds t (counts[k] = #(v < t[k])), inside [lo, hi) whose
+    lower end has `below` values under it and upper end `above`: (lo, hi, below, above)."""
+    k = 0
+    while k < 7 and counts[k] <= r:
+        k += 1
+    if k > 0:
+        lo = t[k - 1]
+        below = counts[k - 1]
+    if k < 7:
+        hi = t[k]
+        above = counts[k]
+    return lo, hi, below, above
 
 
 @njit(nogil=True, cache=True)
-def run_medians(u, starts, stops, consts, out, c0, c1):
-    """Bit patterns of the two middle values of u[starts[r]:stops[r], j] for every run r and column
-    c0 <= j < c1 (threads share a block by taking disjoint column ranges; the GIL is released).
+def _gather(x, lo, hi, top, buf, expect):
+    """The values v of x with lo <= v < hi (v <= hi when top; NaN never) into buf; how many."""
+    w = 0
+    if expect * 8 > x.shape[0]:  # many: branch-free
+        for i in range(x.shape[0]):
+            v = x[i]
+            buf[w] = v
+            w += (v >= lo) & ((v < hi) | (top & (v == hi)))
+    else:  # few: one branch, rarely taken (the flags are summed: `and` would branch on v >= lo, a coin toss)
+        for i in range(x.shape[0]):
+            v = x[i]
+            keep = np.int32(v >= lo) + np.int32(v < hi) + np.int32(top & (v == hi))  # 2: lo <= v < hi (or == hi)
+            if keep >= 2:
+                buf[w] = v
+                w += 1
+    return w
 
-    u: the block's float bits viewed as uint32/uint64 (rows × columns, column-major for speed);
-    out: (runs, columns, 2) of the same uint type; an all-NaN run gives NaN bits.
-    """
+
+@njit(nogil=True, cache=True)
+def _rank_values(x, r1, r2, valid, t, counts, buf, buf2, samp):
+    """Values at ranks r1 <= r2 (r2 <= r1 + 1) of the non-NaN values of x (valid of them), given the
+    first-level thresholds t and their counts."""
+    inf = np.inf
+    lo, hi, below, above = _bracket(t, counts, r1, -inf, inf, 0, valid)
+    if not (r2 < above):  # r1 and r2 straddle a threshold: one at a time (brackets taken first:
+        # the calls below reuse t and counts)
+        lo2, hi2, below2, above2 = _bracket(t, counts, r2, -inf, inf, 0, valid)
+        v1, _ = _rank_values_in(x, r1, r1, lo, hi, below, above, t, counts, buf, buf2, samp)
+        v2, _ = _rank_values_in(x, r2, r2, lo2, hi2, below2, above2, t, counts, buf, buf2, samp)
+        return v1, v2
+    return _rank_values_in(x, r1, r2, lo, hi, below, above, t, counts, buf, buf2, samp)
+
+
+@njit(nogil=True, cache=True)
+def _rank_values_in(x, r1, r2, lo, hi, below, above, t, counts, buf, buf2, samp):
+    """Ranks r1 <= r2 (both in [below, above)) whose values lie in [lo, hi) ([lo, hi] when hi is +inf)."""
+    inf = np.inf
+    if above - below > _GATHER and lo > -inf and hi < inf:
+        # second level: seven thresholds evenly spaced inside the bracket (float64 arithmetic, then
+        # the block's type: monotone, so the counts still order the ranks)
+        a = np.float64(lo)
+        d = (np.float64(hi) - a) / 8.0
+        for k in range(7):
+            t[k] = a + d * (k + 1)
+        _count7(x, t, counts)
+        lo2, hi2, below2, above2 = _bracket(t, counts, r1, lo, hi, below, above)
+        if r2 < above2:
+            lo, hi, below, above = lo2, hi2, below2, above2
+    m = _gather(x, lo, hi, hi == inf, buf, above - below)
+    return _select(buf, buf2, m, r1 - below, r2 - below, samp)
+
+
+@njit(nogil=True, cache=True)
+def _column_median(x, buf, buf2, samp, t, counts):
+    """The two middle values (pandas' median: their mean) of the non-NaN values of x; NaN, NaN if none."""
+    n = x.shape[0]
+    nan = np.nan
+    if n <= _SMALL:
+        m = 0
+        for i in range(n):
+            v = x[i]
+            buf[m] = v
+            m += v == v
+        if m == 0:
+            return nan, nan
+        return _pick2(buf, m, (m - 1) // 2, m // 2)
+    step = n // _SAMPLE
+    s = 0
+    for i in range(_SAMPLE):
+        v = x[i * step + step // 2]
+        samp[s] = v
+        s += v == v
+    if s < 8:  # mostly NaN: gather the values
+        m = 0
+        for i in range(n):
+            v = x[i]
+            buf[m] = v
+            m += v == v
+        if m == 0:
+            return nan, nan
+        return _select(buf, buf2, m, (m - 1) // 2, m // 2, samp)
+    c = s // 2
+    q = max(1, (_SPREAD * s) // _SAMPLE)
+    _pick7(samp, s, c, q, t)
+    nn = _count7(x, t, counts)
+    valid = n - nn
+    if valid == 0:
+        return nan, nan
+    return _rank_values(x, (valid - 1) // 2, valid // 2, valid, t, counts, buf, buf2, samp)
+
+
+@njit(nogil=True, cache=True)
+def run_medians(x, starts, stops, out, c0, c1):
+    """float64 medians of x[starts[r]:stops[r], j] into out[r, j] for every run r and column
+    c0 <= j < c1 (threads share a block by taking disjoint column ranges; the GIL is released).
+    x: float32/float64, rows × columns (column-major: a run of a column is contiguous)."""
     n_runs = starts.shape[0]
     longest = 1
     for r in range(n_runs):
         longest = max(longest, stops[r] - starts[r])
-    keys = np.empty(longest, u.dtype)
-    hist = np.empty(NBINS, np.int32)
+    buf = np.empty(longest, x.dtype)
+    buf2 = np.empty(longest, x.dtype)
+    samp = np.empty(_SAMPLE, x.dtype)
+    t = np.empty(7, x.dtype)
+    counts = np.empty(7, np.int64)
+    xt = x.T  # C-contiguous when x is column-major: a run of a column is a contiguous slice
     for j in range(c0, c1):
         for r in range(n_runs):
-            _column_median(u, starts[r], stops[r], keys, hist, consts, out, r, j)
+            v1, v2 = _column_median(xt[j, starts[r]:stops[r]], buf, buf2, samp, t, counts)
+            out[r, j] = (np.float64(v1) + np.float64(v2)) / 2
 
 
 @njit(nogil=True, cache=True)
@@ -196,12 +338,13 @@ def medians(block: np.ndarray, starts: np.ndarray, stops: np.ndarray, *, pool=No
     """float64 (runs × columns) NaN-skipping medians of the row runs of a float32/float64 block
     (``pool``: a thread pool that computes ``parts`` column ranges at once)."""
     block = np.asarray(block)
-    utype = np.uint32 if block.dtype == np.float32 else np.uint64
-    out = np.empty((len(starts), block.shape[1], 2), utype)
-    _run(run_medians, block.shape[1], (block.view(utype), np.asarray(starts, np.int64), np.asarray(stops, np.int64),
-                                       constants(block.dtype), out), pool, parts)
-    mid = out.view(block.dtype).astype(np.float64)
-    return (mid[..., 0] + mid[..., 1]) / 2
+    if block.dtype not in (np.float32, np.float64):
+        block = block.astype(np.float64)
+    block = np.asfortranarray(block)  # a column's run contiguous (a copy only when it is not)
+    out = np.empty((len(starts), block.shape[1]), np.float64)
+    _run(run_medians, block.shape[1], (block, np.asarray(starts, np.int64), np.asarray(stops, np.int64), out),
+         pool, parts)
+    return out
 
 
 def sums_counts(block: np.ndarray, starts: np.ndarray, stops: np.ndarray, *, pool=None,

@@ -68,6 +68,7 @@ def warm_up() -> None:
         block = np.zeros((4, 2), dt, order="F")
         for b in (block, block[1:]):  # a whole read, and a row range of one (another array layout)
             k.medians(b, np.array([0]), np.array([3]))
+            k.medians(np.zeros((200, 2), dt, order="F"), np.array([0]), np.array([200]))
             k.sums_counts(b, np.array([0]), np.array([3]))
 
 
@@ -152,7 +153,6 @@ class _Plan:
 
 
 _TASK_ROWS = 65_536    # rows per read (whole row groups; at least one)
-_STAGE_ROWS = 16_384   # fewest rows per kernel call (small reads are gathered; a larger read is used in place)
 
 
 def _plain(arr: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -277,35 +277,77 @@ def _block(table: pa.Table, dtype: pa.DataType) -> np.ndarray:
     return batch.to_tensor(null_to_nan=True, row_major=False).to_numpy()
 
 
-def _read(path: Path, row_groups: list, names: list, dtype: pa.DataType) -> np.ndarray:
-    try:
-        return _block(pq.ParquetFile(path).read_row_groups(row_groups, columns=names, use_threads=False), dtype)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-        raise InputError(f"row groups {row_groups}: cannot read the features as numbers ({exc})", path=path) from exc
+class _Reader:
+    """Opens each file once per thread (its footer and schema are parsed once, not per read)."""
+
+    def __init__(self, files: list[Path]):
+        import threading
+
+        self.files = files
+        self.local = threading.local()
+
+    def read(self, fi: int, row_groups: list, names: list, dtype: pa.DataType) -> np.ndarray:
+        cache = self.local.__dict__.setdefault("files", {})
+        path = self.files[fi]
+        try:
+            if fi not in cache:
+                cache.clear()  # files are read in order: keep one open per thread
+                cache[fi] = pq.ParquetFile(path)
+            return _block(cache[fi].read_row_groups(row_groups, columns=names, use_threads=False), dtype)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+            raise InputError(f"row groups {row_groups}: cannot read the features as numbers ({exc})",
+                             path=path) from exc
 
 
-def _blocks(plan: _Plan, files: list[Path], names: list, dtype: pa.DataType, pool, lookahead: int):
-    """The feature blocks of every read task, in order, read ahead by a thread pool."""
-    from collections import deque
+def _task(reader: _Reader, task: tuple, row0: int, bounds: np.ndarray, names: list, dtype: pa.DataType,
+          operation: str):
+    """One read task, on a worker thread: decode its row groups (pyarrow releases the GIL), aggregate
+    the strata that lie wholly inside it (numba, GIL released) and hand back copies of the rows of
+    the strata cut by its first and last row: (first whole group, values of the whole groups,
+    [(group, rows) pieces])."""
+    from profiler import _median_kernels as kern
 
-    pending: deque = deque()
-    it = iter(plan.tasks)
-    for task in it:
-        pending.append(pool.submit(_read, files[task[0]], task[1], names, dtype))
-        if len(pending) >= lookahead:
-            break
-    while pending:
-        x = pending.popleft().result()
-        task = next(it, None)
-        if task is not None:
-            pending.append(pool.submit(_read, files[task[0]], task[1], names, dtype))
-        yield x
+    x = reader.read(task[0], task[1], names, dtype)
+    n = x.shape[0]
+    if n != task[2]:  # the scan and the reads disagree: a file changed meanwhile
+        raise InputError("the per-cell files changed while they were aggregated", path=reader.files[task[0]])
+    end = row0 + n
+    g0 = int(np.searchsorted(bounds, row0, "right")) - 1          # group of the first row
+    g1 = int(np.searchsorted(bounds, end - 1, "right")) - 1        # group of the last row
+    a = g0 if bounds[g0] == row0 else g0 + 1                       # first whole group
+    b = g1 + 1 if bounds[g1 + 1] == end else g1                    # past the last whole group
+    pieces = []
+    if a > g0:  # the first group started in an earlier task (the block may hold nothing else)
+        pieces.append((g0, np.array(x[:min(int(bounds[g0 + 1]), end) - row0])))
+    if b <= g1 and not (g1 == g0 and a > g0):  # the last group goes on in a later task
+        pieces.append((g1, np.array(x[int(bounds[g1]) - row0:])))
+    values = None
+    if b > a:
+        starts, stops = bounds[a:b] - row0, bounds[a + 1:b + 1] - row0
+        values = _aggregate(kern, x, starts, stops, operation)
+    return a, values, pieces
+
+
+def _aggregate(kern, x: np.ndarray, starts: np.ndarray, stops: np.ndarray, operation: str) -> np.ndarray:
+    if operation == "median":
+        return kern.medians(x, starts, stops)
+    sums, counts = kern.sums_counts(x, starts, stops)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
 def _stream(plan: _Plan, files: list[Path], strata: list[str], meta: list[str], feats: list[str],
             operation: str, memory_mb: float, threads: int | None) -> pd.DataFrame:
-    """Aggregate the strata of the plan: read column block by column block, stage by stage."""
+    """Aggregate the strata of the plan, read task by read task on a thread pool.
+
+    Each worker decodes one read task (about _TASK_ROWS rows of a block of feature columns) and
+    aggregates the strata wholly inside it, so decoding and the kernels of different tasks overlap
+    on all threads; the rows of a stratum cut by task edges come back as pieces, and the main
+    thread aggregates that stratum once its last piece has arrived. Tasks in flight: threads + 1,
+    each holding its block twice (Arrow, then numpy): the column blocks are sized so that they
+    stay under ``memory_mb`` (a well cut by task edges adds its rows once)."""
     import os
+    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     from profiler import _median_kernels as kern
@@ -314,49 +356,43 @@ def _stream(plan: _Plan, files: list[Path], strata: list[str], meta: list[str], 
     dtype, np_dtype = (pa.float32(), np.float32) if f32 else (pa.float64(), np.float64)
     n_groups, n_feats = len(plan.groups), len(feats)
     res = np.full((n_groups, n_feats), np.nan)
-    # column blocks: a stage plus the reads in flight hold at most memory_mb / 2 of values
     n_threads = max(1, int(threads or os.cpu_count() or 1))
-    lookahead = n_threads  # reads in flight: each holds one block (Arrow table, then its tensor)
-    per_col = (2 * _STAGE_ROWS + lookahead * _TASK_ROWS) * np.dtype(np_dtype).itemsize
-    width = max(1, min(n_feats, int(memory_mb * 1e6 / 2 // per_col))) if n_feats else 1
-    bounds = np.concatenate([[0], np.cumsum([g.rows for g in plan.groups])])
-    parts = 4 * n_threads if n_threads > 1 else 1  # column ranges per kernel call (load balance)
-    with ThreadPoolExecutor(n_threads) as pool, ThreadPoolExecutor(n_threads) as work:
+    in_flight = n_threads + 1
+    longest = max([t[2] for t in plan.tasks], default=1)
+    per_col = 2 * in_flight * longest * np.dtype(np_dtype).itemsize
+    width = max(1, min(n_feats, int(memory_mb * 1e6 // per_col))) if n_feats else 1
+    bounds = np.concatenate([[0], np.cumsum([g.rows for g in plan.groups])]).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum([t[2] for t in plan.tasks])]).astype(np.int64)
+    reader = _Reader(files)
+    with ThreadPoolExecutor(n_threads) as pool:
         for c0 in range(0, n_feats, width):
             names = feats[c0:c0 + width]
             cs = slice(c0, c0 + len(names))
-            stage: list[np.ndarray] = []   # blocks of rows [row0, row0 + staged)
-            row0, staged, gi = 0, 0, 0     # gi: first group not yet aggregated
-            for x in _blocks(plan, files, names, dtype, pool, lookahead):
-                stage.append(x)
-                staged += x.shape[0]
-                last = len(plan.groups) if row0 + staged == bounds[-1] else None
-                if staged < _STAGE_ROWS and last is None:
-                    continue
-                end = row0 + staged
-                # the groups that end inside the stage: those that start in x are aggregated in
-                # place, those that start in earlier blocks are copied together first
-                gj = n_groups if last is not None else int(np.searchsorted(bounds, end, "right")) - 1
-                if gj <= gi:
-                    continue
-                xs = end - x.shape[0]
-                gk = min(gj, int(np.searchsorted(bounds, xs, "left")))
-                for a, b, buf, at in ((gi, gk, None, 0), (gk, gj, x, xs)):
-                    if b <= a:
-                        continue
-                    if buf is None:
-                        buf, at = _rows(stage, row0, int(bounds[a]), int(bounds[b]), np_dtype), int(bounds[a])
-                    starts, stops = bounds[a:b] - at, bounds[a + 1:b + 1] - at
-                    if operation == "median":
-                        res[a:b, cs] = kern.medians(buf, starts, stops, pool=work, parts=parts)
-                    else:
-                        sums, counts = kern.sums_counts(buf, starts, stops, pool=work, parts=parts)
-                        with np.errstate(invalid="ignore", divide="ignore"):
-                            res[a:b, cs] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-                used = int(bounds[gj])
-                stage = [_rows(stage, row0, used, end, np_dtype)] if used < end else []
-                row0, staged, gi = used, end - used, gj
-            if gi != n_groups:  # the scan and the reads disagree: a file changed meanwhile
+            pending: deque = deque()
+            open_piece: tuple | None = None   # (group, [row blocks]) of the group cut by task edges
+            it = iter(range(len(plan.tasks)))
+            for i in it:
+                pending.append(pool.submit(_task, reader, plan.tasks[i], int(offsets[i]), bounds, names, dtype,
+                                           operation))
+                if len(pending) >= in_flight:
+                    break
+            while pending:
+                a, values, pieces = pending.popleft().result()
+                i = next(it, None)
+                if i is not None:
+                    pending.append(pool.submit(_task, reader, plan.tasks[i], int(offsets[i]), bounds, names,
+                                               dtype, operation))
+                if values is not None:
+                    res[a:a + values.shape[0], cs] = values
+                for g, rows in pieces:
+                    if open_piece is None or open_piece[0] != g:
+                        open_piece = (g, [])
+                    open_piece[1].append(rows)
+                    if sum(r.shape[0] for r in open_piece[1]) == bounds[g + 1] - bounds[g]:
+                        x = _concat(open_piece[1], np_dtype)
+                        res[g, cs] = _aggregate(kern, x, np.array([0]), np.array([x.shape[0]]), operation)[0]
+                        open_piece = None
+            if open_piece is not None:  # the scan and the reads disagree: a file changed meanwhile
                 raise InputError("the per-cell files changed while they were aggregated", path=files[0])
     # the table: strata, count, constant metadata (the Arrow types of the first file), features
     order = sorted(range(n_groups), key=lambda i: plan.groups[i].key)
@@ -373,18 +409,9 @@ def _stream(plan: _Plan, files: list[Path], strata: list[str], meta: list[str], 
     return pd.concat([head.reset_index(drop=True), body], axis=1)
 
 
-def _rows(stage: list[np.ndarray], row0: int, a: int, b: int, dtype) -> np.ndarray:
-    """Rows [a, b) of the staged blocks (the first starts at row row0): a view when one block holds them."""
-    parts, r = [], row0
-    for blk in stage:
-        lo, hi = max(a, r), min(b, r + blk.shape[0])
-        if lo < hi:
-            parts.append(blk[lo - r:hi - r])
-        r += blk.shape[0]
-    return parts[0] if len(parts) == 1 else _concat(parts, dtype)
-
-
 def _concat(blocks: list[np.ndarray], dtype) -> np.ndarray:
+    if len(blocks) == 1:
+        return np.asfortranarray(blocks[0])
     out = np.empty((sum(b.shape[0] for b in blocks), blocks[0].shape[1]), dtype, order="F")
     r = 0
     for b in blocks:

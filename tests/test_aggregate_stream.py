@@ -95,9 +95,8 @@ def test_stream_equals_pycytominer_on_site_files(tmp_path, op):
 
 @pytest.mark.parametrize("small_reads", [False, True])
 def test_stream_one_file_wells_across_row_groups_and_column_blocks(tmp_path, monkeypatch, small_reads):
-    if small_reads:  # wells straddle reads and kernel stages
+    if small_reads:  # wells straddle reads (a well cut into up to 7 pieces)
         monkeypatch.setattr(ags, "_TASK_ROWS", 5)
-        monkeypatch.setattr(ags, "_STAGE_ROWS", 7)
     df = plate_order_cells(seed=1)
     pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp_path / "cells.parquet", row_group_size=4)
     assert pq.ParquetFile(tmp_path / "cells.parquet").num_row_groups > len(COUNTS)
@@ -176,3 +175,36 @@ def test_median_kernel_exact(dtype):
             want = np.array([np.nanmean(a[s:e][:, [0, 1, 7]].astype(np.float64), axis=0)
                              for s, e in zip(starts, stops)])
         np.testing.assert_allclose(mean, want, rtol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_median_kernel_exact_hard_columns(dtype):
+    """Runs long enough for both counting levels, the straddled thresholds, the sample's failures."""
+    rng = np.random.default_rng(5)
+    for trial in range(12):
+        n = int(rng.choice([33, 64, 65, 200, 999, 1000, 1300, 4096, 5201, 20000]))
+        i = np.arange(n)
+        cols = [
+            rng.normal(100, 20, n),                                  # continuous
+            rng.integers(0, 64, n),                                  # 64 distinct values: ties
+            np.where(rng.random(n) < 0.97, 7.0, rng.normal(size=n)),  # one value almost everywhere
+            np.sort(rng.normal(size=n)),                             # sorted: the strided sample is exact
+            np.sort(rng.normal(size=n))[::-1],
+            (i % 2) * 1e6 + rng.normal(size=n),                      # period 2: a strided sample sees one mode
+            np.where(i % 32 == 16, 1e9, rng.normal(size=n)),         # outliers exactly where the sample looks
+            np.where(rng.random(n) < 0.95, np.nan, rng.normal(size=n)),  # mostly NaN
+            np.where(rng.random(n) < 0.3, np.nan, rng.integers(0, 3, n)),
+            rng.choice([-np.inf, np.inf, -0.0, 0.0, 1.0], n),
+            np.r_[np.full(n // 2, -1.0), np.full(n - n // 2, 1.0)],  # even count: the middles differ
+            rng.standard_cauchy(n) * 1e30,
+            np.full(n, np.nan),
+        ]
+        a = np.asfortranarray(np.column_stack(cols).astype(dtype))
+        cuts = np.unique(np.r_[0, rng.integers(0, n + 1, 2), n])
+        got = kern.medians(a, cuts[:-1], cuts[1:])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            want = np.array([np.nanmedian(a[s:e].astype(np.float64), axis=0) for s, e in zip(cuts[:-1], cuts[1:])])
+        np.testing.assert_array_equal(got, want, err_msg=f"n={n} cuts={cuts}")
+        # a C-ordered block gives the same (copied to column-major)
+        np.testing.assert_array_equal(kern.medians(np.ascontiguousarray(a), cuts[:-1], cuts[1:]), want)
