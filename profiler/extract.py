@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import traceback
 import uuid
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +45,8 @@ from cellfusion_core import io
 from profiler.config import AssayConfig, load_pipeline
 from profiler.crops import crop_params, load_site_crops, write_crop_stack
 from cellfusion_core.errors import CellfusionError, ConfigError, InputError
-from cellfusion_core.layout import (CROPS_TABLE, CROPS_TIF, EXTRACT_LOCK, IMAGE, OUTLIERS_MODEL, PLATEMAP_FILE, PROFILES, SINGLE_CELL,
-                                   SITES_DIR, illumination_file)
+from cellfusion_core.layout import (CROPS_TABLE, CROPS_TIF, EXTRACT_LOCK, IMAGE, OUTLIERS_MODEL, OVERLAYS_DIR,
+                                   PLATEMAP_FILE, PROFILES, SINGLE_CELL, SITES_DIR, illumination_file)
 from profiler.illum import config_params as illum_params
 from profiler.illum import plate_illumination, save_illumination
 from cellfusion_core.names import CELL_COUNT, PLATE, SITE, WELL, is_metadata, is_profile_feature
@@ -58,6 +61,8 @@ log = logging.getLogger(__name__)
 #: bytes of cells buffered before a row group of single_cell.parquet is written: memory stays bounded
 #: whatever the number of features (≈ 5,000 cells of 1,500 float64 features), row groups stay few
 ROW_GROUP_BYTES = 64 * 2**20
+#: sites read ahead (joined with the platemap and scored on a thread) while the merge writes one
+MERGE_READ_AHEAD = 2
 #: feature values the per-well aggregation holds at once (profiler.aggregate_stream's memory_mb)
 AGGREGATE_MEMORY_MB = 256
 
@@ -303,11 +308,10 @@ def _platemap_lookup(platemap: pd.DataFrame | None):
     return index, twice, table
 
 
-def _annotated_table(part, schema, lookup, path: Path, *, outliers: ol.OutlierModel | None = None,
-                     tally: ol.OutlierTally | None = None):
+def _annotated_table(part, schema, lookup, path: Path, *, outliers: ol.OutlierModel | None = None):
     """One site's partition (a :class:`pyarrow.Table`) as rows of ``single_cell.parquet``: the
     platemap's columns joined on the well (``lookup``: :func:`_platemap_lookup`), with
-    ``outliers`` the cells' scores and flags (counted in ``tally``), columns in ``schema``'s order
+    ``outliers`` the cells' scores and flags, columns in ``schema``'s order
     and types (a column this site lacks is null). The same table as a left merge of the partition
     with the platemap in pandas converted by ``pa.Table.from_pandas(…, schema=schema)``, without the
     pandas round trip (which cost more than the site's Parquet read and write together)."""
@@ -328,8 +332,6 @@ def _annotated_table(part, schema, lookup, path: Path, *, outliers: ol.OutlierMo
         score, flag = ol.score_cells(outliers, part)
         cols[ol.SCORE] = pa.array(score, type=pa.float64(), from_pandas=True)
         cols[ol.FLAG] = pa.array(flag, type=pa.bool_())
-        if tally is not None:
-            tally.add(part, flag)
     arrays = []
     for f in schema:
         col = cols.get(f.name)
@@ -398,9 +400,25 @@ def stream_single_cell(partitions: Sequence[Path], out_dir: Path, platemap: pd.D
         if kept is not None and outliers is not None:
             kept_writer = stack.enter_context(pq.ParquetWriter(kept, schema, compression="zstd"))
         lookup = _platemap_lookup(platemap)
-        for part_path in partitions:
-            table = _annotated_table(pq.read_table(part_path), schema, lookup, platemap_path or part_path,
-                                     outliers=outliers, tally=tally)
+
+        def prepared(part_path: Path):
+            return _annotated_table(pq.read_table(part_path), schema, lookup, platemap_path or part_path,
+                                    outliers=outliers)
+
+        # the next sites are read, joined and scored on a thread while this one writes (Parquet reads,
+        # compression and the scores' matrix products release the GIL): the merge runs on two cores
+        pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="merge-read"))
+        stack.callback(pool.shutdown, cancel_futures=True)  # an error: the reads ahead are dropped
+        ahead: deque = deque()
+        todo = iter(partitions)
+        for part_path in itertools.islice(todo, max(1, MERGE_READ_AHEAD)):
+            ahead.append(pool.submit(prepared, part_path))
+        while ahead:
+            table = ahead.popleft().result()
+            for part_path in itertools.islice(todo, 1):
+                ahead.append(pool.submit(prepared, part_path))
+            if outliers is not None and tally is not None:
+                tally.add(table, table.column(ol.FLAG).to_numpy())
             buffer.append(table)
             buffered += table.nbytes  # (summing the buffer's nbytes anew each site was quadratic)
             rows += len(table)
@@ -560,7 +578,7 @@ def _extract_locked(plate_dir: Path, out_dir: Path, config: AssayConfig, scan: P
             illum_files[f"{plate}/{ch}"] = str(path.relative_to(out_dir))
         site_kwargs["illumination"] = functions
     if overlays:
-        site_kwargs["overlays_dir"] = str(out_dir / "overlays")
+        site_kwargs["overlays_dir"] = str(out_dir / OVERLAYS_DIR)
     want_crops = bool(crop_cfg["enabled"])
     if want_crops:
         site_kwargs["crop_size"] = crop_cfg["size"]
