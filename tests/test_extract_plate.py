@@ -130,7 +130,8 @@ def test_without_platemap_writes_cells_and_raw_aggregates_and_says_normalization
 def test_platemap_without_controls_is_refused_before_any_image_is_read(small_plate, tmp_path, capsys, fast_cli):
     plate = copy_plate(small_plate, tmp_path / "plate")
     pm = pd.read_csv(plate / "platemap.csv")
-    pm["control"] = ""
+    pm["control"] = ""   # no marker, and no DMSO (or empty) compound: no control by the one rule (control_mask)
+    pm["compound"] = pm["compound"].replace("DMSO", "Vehicle")
     pm.to_csv(plate / "platemap.csv", index=False)
     out = tmp_path / "out"
     code, err = run_cli(capsys, "profiler", "extract", plate, "-o", out, *fast_cli)
