@@ -38,7 +38,7 @@ RECORD_VERSION = 1
 
 def pipeline_hash(config: AssayConfig) -> str:
     """SHA-256 of everything that decides a site's cells: the pipeline, the package version and
-    the package's source code.
+    the source code of ``profiler`` and ``cellfusion_core`` that runs in a site.
 
     Partitions written under another hash are recomputed, never reused.
     """
@@ -53,23 +53,27 @@ def pipeline_hash(config: AssayConfig) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-#: modules (and, ending in ``/``, subpackages) of ``profiler`` that never run inside a site task
-#: (their edits keep partitions valid)
-_NOT_PER_SITE = {"cli.py", "_cli_util.py", "synthetic.py", "evaluate.py", "distributed.py", "profiles/",
+#: modules (and, ending in ``/``, subpackages) of ``profiler`` and ``cellfusion_core`` that never run
+#: inside a site task (their edits keep partitions valid)
+_NOT_PER_SITE = {"cli.py", "shared_data.py", "synthetic.py", "evaluate.py", "distributed.py", "profiles/",
                  "extract.py", "partitions.py", "aggregate_stream.py", "ingest.py", "datasets.py", "cluster.py",
                  "outliers.py"}
 
 
-def _code_hash() -> str:
-    """SHA-256 over the ``profiler`` package's source: edited code never reuses old partitions."""
+def _code_hash(roots: tuple[Path, ...] = ()) -> str:
+    """SHA-256 over the source of ``profiler`` and of ``cellfusion_core`` (column names, file I/O and
+    layout that a site's table is written with; ``roots``: other package folders, for tests): edited
+    code never reuses old partitions."""
+    import cellfusion_core
+
     h = hashlib.sha256()
-    root = Path(__file__).resolve().parent
-    for p in sorted(root.rglob("*.py")):
-        rel = p.relative_to(root).as_posix()
-        if rel in _NOT_PER_SITE or rel.split("/", 1)[0] + "/" in _NOT_PER_SITE:
-            continue
-        h.update(p.relative_to(root).as_posix().encode())
-        h.update(p.read_bytes())
+    for root in roots or (Path(__file__).resolve().parent, Path(cellfusion_core.__file__).resolve().parent):
+        for p in sorted(root.rglob("*.py")):
+            rel = p.relative_to(root).as_posix()
+            if rel in _NOT_PER_SITE or rel.split("/", 1)[0] + "/" in _NOT_PER_SITE:
+                continue
+            h.update(f"{root.name}/{rel}".encode())
+            h.update(p.read_bytes())
     return h.hexdigest()
 
 

@@ -117,3 +117,24 @@ def test_changed_input_file_is_recomputed(small_plate, reference, tmp_path):
     os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 1_000_000_000))
     extract(plate, out, workers=0, progress=False)
     assert sites_of(out)["processed"] == 1
+
+
+def test_code_hash_covers_the_shared_core(tmp_path):
+    """An edit to cellfusion_core (column names, file I/O a site's table is written with) recomputes
+    the sites; an edit to a module that never runs in a site (cli.py) keeps them."""
+    from profiler.partitions import _code_hash
+
+    prof, core = tmp_path / "profiler", tmp_path / "cellfusion_core"
+    for folder in (prof, core):
+        folder.mkdir()
+        (folder / "__init__.py").write_text("")
+        (folder / "cli.py").write_text("HELP = 'a'\n")
+    (prof / "site.py").write_text("def f():\n    return 1\n")
+    (core / "names.py").write_text("PLATE = 'Metadata_Plate'\n")
+    before = _code_hash((prof, core))
+    assert _code_hash((prof, core)) == before
+    (core / "names.py").write_text("PLATE = 'Metadata_Plate_'\n")
+    edited = _code_hash((prof, core))
+    assert edited != before
+    (core / "cli.py").write_text("HELP = 'b'\n")
+    assert _code_hash((prof, core)) == edited
