@@ -43,10 +43,11 @@ print(f"outputs go to {OUT}" + ("  (small mode)" if SMALL else ""))
 
 # %%
 import pandas as pd
+from cellfusion_core import layout  # the file names inside every output folder
 from profiler.synthetic import PHENOTYPES, make_example_plate
 
 plate_dir = make_example_plate(OUT / "plate", seed=0, **PLATE_ARGS)
-platemap = pd.read_csv(plate_dir / "platemap.csv")
+platemap = pd.read_csv(plate_dir / layout.PLATEMAP_FILE)
 print(sorted(p.name for p in plate_dir.glob("*.tif"))[:6], "...")
 # every well of the plate map has its three channels; every planted compound and DMSO are on the plate
 assert len(platemap) == PLATE_ARGS["n_wells"]
@@ -98,15 +99,15 @@ extract_dir = extract(plate_dir, OUT / "extract", pipeline="example", workers=0 
                       progress=False, overlays=True)
 manifest = read_manifest(extract_dir)
 print(sorted(p.name for p in extract_dir.iterdir()))
-assert all((extract_dir / f).is_file() for f in ("single_cell.parquet", "image.parquet", "profiles.parquet"))
-assert len(list((extract_dir / "overlays").glob("*.png"))) == PLATE_ARGS["n_wells"] * PLATE_ARGS["n_sites"]
+assert all((extract_dir / f).is_file() for f in (layout.SINGLE_CELL, layout.IMAGE, layout.PROFILES))
+assert len(list((extract_dir / layout.OVERLAYS_DIR).glob("*.png"))) == PLATE_ARGS["n_wells"] * PLATE_ARGS["n_sites"]
 {k: manifest[k] for k in ("command", "outputs") if k in manifest}
 
 # %% [markdown]
 # Did the segmentation find the cells? Nuclei outlines and cell outlines drawn over the images:
 
 # %%
-overlay = sorted((extract_dir / "overlays").glob("*.png"))[0]
+overlay = sorted((extract_dir / layout.OVERLAYS_DIR).glob("*.png"))[0]
 plt.figure(figsize=(6, 6))
 plt.imshow(plt.imread(overlay))
 plt.title(overlay.name)
@@ -121,7 +122,7 @@ plt.show()
 # %%
 from cellfusion_core.names import feature_columns, metadata_columns, parse_feature
 
-sc = pd.read_parquet(extract_dir / "single_cell.parquet")
+sc = pd.read_parquet(extract_dir / layout.SINGLE_CELL)
 feats = feature_columns(sc)
 print(f"{len(sc)} cells, {len(metadata_columns(sc))} metadata columns, {len(feats)} features")
 print(pd.Series([parse_feature(f).group(with_channel=False) for f in feats]).value_counts().to_string())
@@ -136,7 +137,7 @@ sc[metadata_columns(sc)[:6] + ["Nuclei_AreaShape_Area", "Cells_Intensity_MeanInt
 # number of cells in the well. Enlargin's nuclei should stand out:
 
 # %%
-prof = pd.read_parquet(extract_dir / "profiles.parquet")
+prof = pd.read_parquet(extract_dir / layout.PROFILES)
 print(f"{len(prof)} wells × {len(feature_columns(prof))} features after feature selection")
 feature = "Nuclei_AreaShape_Area"
 assert len(prof) == len(platemap)
@@ -158,8 +159,8 @@ ax.set_title(""); plt.suptitle(""); plt.show()
 import json
 from fusion.train import train
 
-model_dir = train(extract_dir / "profiles.parquet", OUT / "model", label="Metadata_Compound", seed=0)
-scores = json.loads((model_dir / "metrics.json").read_text())["scores"]
+model_dir = train(extract_dir / layout.PROFILES, OUT / "model", label="Metadata_Compound", seed=0)
+scores = json.loads((model_dir / layout.METRICS_FILE).read_text())["scores"]
 assert all(0 <= s["value"] <= 1 for s in scores.values())
 if not SMALL:   # the default plate has 4+ wells per compound: the model must beat "always DMSO"
     assert scores["accuracy"]["value"] > scores["accuracy"]["majority"] + 0.15, scores["accuracy"]

@@ -116,6 +116,7 @@ else:
 
 # %%
 import json
+from cellfusion_core import layout  # the file names inside every output folder
 from fusion.train import train
 
 if HAVE_DATA:
@@ -123,7 +124,7 @@ if HAVE_DATA:
     gbm = dict(n_estimators=40, max_depth=2) if SMALL else {}
     model_dir = train(treated, OUT / "model_moa", label=MOA, group_by=COMPOUND,
                       n_splits=3 if SMALL else 5, seed=0, include_cell_count=False, gbm_params=gbm)
-    scores = json.loads((model_dir / "metrics.json").read_text())["scores"]
+    scores = json.loads((model_dir / layout.METRICS_FILE).read_text())["scores"]
     # compounds the model never saw: still far better than always answering the most common MoA
     assert scores["accuracy"]["value"] > scores["accuracy"]["majority"] + 0.2, scores["accuracy"]
     display(pd.DataFrame({k: {"model": s["value"], "majority-class": s["majority"], "chance": s["chance"]}
@@ -141,7 +142,7 @@ else:
 import matplotlib.pyplot as plt
 
 if HAVE_DATA:
-    explained = json.loads((model_dir / "explain.json").read_text())
+    explained = json.loads((model_dir / layout.EXPLAIN_FILE).read_text())
     groups = pd.DataFrame(explained["group_attributions"]).T   # group × class
     top = groups.sum(axis=1).sort_values().tail(12).index
     groups.loc[top].plot.barh(stacked=True, figsize=(8, 5), legend=False)

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import Image, display
 
+from cellfusion_core import layout  # the file names inside every output folder
 from fusion import explain
 from fusion.report import report
 from fusion.train import train
@@ -41,7 +42,7 @@ from profiler.synthetic import PHENOTYPES, make_example_plate
 plate_dir = make_example_plate(OUT / "plate", seed=0, **PLATE_ARGS)
 extract_dir = extract(plate_dir, OUT / "extract", pipeline="example", workers=0 if SMALL else None,
                       progress=False)
-model_dir = train(extract_dir / "profiles.parquet", OUT / "model", label="Metadata_Compound", seed=0)
+model_dir = train(extract_dir / layout.PROFILES, OUT / "model", label="Metadata_Compound", seed=0)
 html_path = report(model_dir)
 print("report:", html_path)
 
@@ -62,12 +63,12 @@ from fusion import modelio
 
 manifest = modelio.read_model_manifest(model_dir)
 features, classes = manifest["features"], manifest["classes"]
-shap_df = pd.read_parquet(model_dir / "shap_values.parquet")
-train_df = pd.read_parquet(model_dir / "training_profiles.parquet")
-explained = json.loads((model_dir / "explain.json").read_text())
+shap_df = pd.read_parquet(model_dir / layout.SHAP_FILE)
+train_df = pd.read_parquet(model_dir / layout.TRAIN_FILE)
+explained = json.loads((model_dir / layout.EXPLAIN_FILE).read_text())
 base = np.asarray(explained["expected_value"])
 
-booster = modelio.load_xgb_booster(model_dir, "gbm.ubj", manifest)
+booster = modelio.load_xgb_booster(model_dir, layout.GBM_FILE, manifest)
 margin = booster.predict(xgb.DMatrix(train_df[features].to_numpy(np.float32)), output_margin=True)
 values = np.stack([shap_df.loc[shap_df["Class"] == c, features].to_numpy() for c in classes], axis=-1)
 recon = base + values.sum(axis=1)                     # (wells, classes)
