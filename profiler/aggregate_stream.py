@@ -6,13 +6,16 @@ Two engines, same result (one row per stratum, sorted by the strata; see :func:`
   (plate, well, site), so a well's cells are one contiguous run of rows across the files, taken in
   the order given (a folder: its ``*.parquet`` files sorted by path). The strata and metadata
   columns are read first, row group by row group (cheap), to find each stratum's run; if every
-  stratum is one run, the feature columns are read row group by row group with pyarrow as
-  column-major float blocks and each stratum's exact median (or mean) is computed as soon as its
-  run is complete, by numba kernels in parallel over the columns (:mod:`profiler._median_kernels`:
-  a radix select on the float bits — exact, NaN skipped, the mean of the two middle values for an
-  even count, NaN for an all-NaN column, like pandas/pycytominer). Memory: one row group's block of
-  columns (at most ``memory_mb / 4``) plus the rows of the one stratum that spans row groups or
-  files — bounded by a well, not by the plate.
+  stratum is one run, the feature columns are read in tasks of whole row groups (about
+  ``_TASK_ROWS`` rows) on a pool of ``threads`` threads: each task decodes its rows with pyarrow
+  (GIL released) into a column-major float block and aggregates the strata that lie wholly inside
+  it with the numba kernels (:mod:`profiler._median_kernels`, GIL released: exact counting
+  selection — NaN skipped, the mean of the two middle values for an even count, NaN for an
+  all-NaN column, like pandas/pycytominer), so decoding and aggregating different tasks overlap on
+  every thread. The rows of a stratum cut by task edges come back as pieces; the main thread
+  aggregates that stratum when its last piece arrives. Memory: ``threads + 1`` tasks in flight,
+  each a block of columns (the column blocks are sized to stay under ``memory_mb``), plus the
+  rows of the stratum cut by task edges — bounded by a well, not by the plate.
 * **duckdb** (the fallback when a stratum's rows are *not* contiguous, e.g. a user's Parquet
   sorted by something else, or a stratum value is null): DuckDB streams the files and aggregates
   the features in batches sized so that one pass holds at most ``memory_mb`` of feature values (a
