@@ -112,9 +112,10 @@ def illumination_function(images: Iterable[np.ndarray], *, method: str = "median
         ii, jj = np.meshgrid(zi, zj, indexing="ij")
         smooth = ndi.map_coordinates(smooth, [ii, jj], order=1, mode="nearest")
     if rescale != "none":
-        pos = np.sort(smooth[smooth > 0].ravel())
-        if pos.size:
-            ref = pos[int(pos.size * ROBUST_FACTOR)] if rescale == "robust_minimum" else pos[pos.size // 2]
+        pos = smooth[smooth > 0].ravel()
+        if pos.size:  # the k-th smallest positive value (a partial sort gives the same element)
+            k = int(pos.size * ROBUST_FACTOR) if rescale == "robust_minimum" else pos.size // 2
+            ref = np.partition(pos, k)[k]
             if rescale == "robust_minimum":
                 smooth = np.maximum(smooth, ref)
             if ref > 0:
