@@ -4,7 +4,9 @@ the comparison of two extract runs' outputs."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,16 @@ def require_shared(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return require_shared()
+
+
+def load_script(path: Path, name: str):
+    """A script that is not in a package (tools/*.py, tests/badinput/generate.py) imported as module ``name``
+    (registered in sys.modules first: dataclasses look their module up there)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ docs/reliability.md lists every case, what the user sees and the test here that 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -16,14 +15,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import run_cli
+from conftest import load_script, run_cli
 from cellfusion_core.errors import CellfusionError, InputError, ModelFileError
 from profiler.extract import extract
 
-_spec = importlib.util.spec_from_file_location("badinput_generate", Path(__file__).parent / "badinput" / "generate.py")
-generate_mod = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = generate_mod  # dataclasses look their module up there
-_spec.loader.exec_module(generate_mod)
+generate_mod = load_script(Path(__file__).parent / "badinput" / "generate.py", "badinput_generate")
 
 
 def one_error(code: int, err: str, *words: str) -> None:

@@ -11,13 +11,14 @@ kernelspec naming ``sys.executable`` is written to a temporary folder that JUPYT
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from conftest import load_script
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -32,10 +33,7 @@ MIN_CHECKS = {"01_quickstart.ipynb": 12, "02_bbbc021_moa.ipynb": 7, "03_reading_
 
 
 def _generator():
-    spec = importlib.util.spec_from_file_location("make_notebooks", REPO / "tools" / "make_notebooks.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(REPO / "tools" / "make_notebooks.py", "make_notebooks")
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
