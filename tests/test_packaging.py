@@ -80,12 +80,16 @@ def _env(target: Path) -> dict[str, str]:
     return {**env, "PYTHONPATH": str(target), "COLUMNS": "120"}
 
 
+def _run(installed: Path, args: list[str], cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
+    """``args`` run in ``cwd`` with only the installed copy on the path (output captured as text)."""
+    return subprocess.run(args, capture_output=True, text=True, cwd=cwd, env=_env(installed), timeout=timeout)
+
+
 def test_installed_copy_is_imported_not_the_checkout(installed, tmp_path):
     code = ("import cellfusion_core, profiler, fusion, profiler.config as c; print(cellfusion_core.__file__); "
             "print(profiler.__file__); print(fusion.__file__); print(c.PIPELINES_DIR); "
             "print(','.join(c.builtin_pipelines()))")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
-                         env=_env(installed), timeout=120)
+    run = _run(installed, [sys.executable, "-c", code], tmp_path)
     assert run.returncode == 0, run.stderr
     core, prof, fus, pipes, names = run.stdout.strip().splitlines()
     for path in (core, prof, fus, pipes):
@@ -94,11 +98,9 @@ def test_installed_copy_is_imported_not_the_checkout(installed, tmp_path):
     assert names.split(",") == ["bbbc021", "cellpainting", "example"]
     # both console scripts of the wheel: help renders, a usage error is a usage message
     for tool in ("profiler", "fusion"):
-        ok = subprocess.run([str(installed / "bin" / tool), "--help"], capture_output=True, text=True,
-                            cwd=tmp_path, env=_env(installed), timeout=120)
+        ok = _run(installed, [str(installed / "bin" / tool), "--help"], tmp_path)
         assert ok.returncode == 0 and "Usage:" in ok.stdout, ok.stdout + ok.stderr
-        bad = subprocess.run([str(installed / "bin" / tool), "--bogus-option"], capture_output=True, text=True,
-                             cwd=tmp_path, env=_env(installed), timeout=120)
+        bad = _run(installed, [str(installed / "bin" / tool), "--bogus-option"], tmp_path)
         assert bad.returncode == 2 and "No such option" in bad.stderr, bad.stdout + bad.stderr
         assert "Traceback" not in bad.stderr
 
@@ -108,8 +110,7 @@ def test_installed_report_templates_render(installed, tmp_path):
     code = ("from fusion.report import _env, _render; "
             "print(_env().loader.get_source(_env(), 'report.html.j2')[1]); "
             "print(_render('plate.html.j2', plate={'missing_column': 'Metadata_<Well>'}))")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
-                         env=_env(installed), timeout=120)
+    run = _run(installed, [sys.executable, "-c", code], tmp_path)
     assert run.returncode == 0, run.stderr
     template, html = run.stdout.split("\n", 1)
     assert Path(template).resolve().is_relative_to(installed.resolve()), template
@@ -122,15 +123,12 @@ def test_wheel_runs_example_plate_and_extract_elsewhere(installed, tmp_path):
     assert exe.exists(), f"console script not installed: {sorted(p.name for p in installed.iterdir())}"
     work = tmp_path / "work"
     work.mkdir()
-    env = _env(installed)
-    plate = subprocess.run(
-        [str(exe), "example-plate", "plate", "--n-wells", "8", "--n-sites", "1", "--size", "256"],
-        capture_output=True, text=True, cwd=work, env=env, timeout=300)
+    plate = _run(installed, [str(exe), "example-plate", "plate", "--n-wells", "8", "--n-sites", "1", "--size", "256"],
+                 work, timeout=300)
     assert plate.returncode == 0, plate.stdout + plate.stderr
     assert (work / "plate" / "platemap.csv").is_file()
-    ext = subprocess.run(
-        [str(exe), "extract", "plate", "--pipeline", "example", "-o", "out", "--workers", "0", "--no-progress"],
-        capture_output=True, text=True, cwd=work, env=env, timeout=600)
+    ext = _run(installed, [str(exe), "extract", "plate", "--pipeline", "example", "-o", "out", "--workers", "0",
+                           "--no-progress"], work, timeout=600)
     assert ext.returncode == 0, ext.stdout + ext.stderr
     assert "Traceback" not in ext.stderr
     out = work / "out"
