@@ -271,17 +271,10 @@ def _scan(files: list[Path], strata: list[str], meta: list[str], feats: list[str
 # stream engine: the features
 
 
-def _block(table: pa.Table, dtype: pa.DataType) -> np.ndarray:
-    """The table as a column-major numpy block of ``dtype`` (nulls → NaN)."""
-    if any(f.type != dtype for f in table.schema):
-        table = table.cast(pa.schema([(f.name, dtype) for f in table.schema]))
-    batches = table.to_batches()  # one batch, without a copy, when every column has one chunk
-    batch = batches[0] if len(batches) == 1 else table.combine_chunks().to_batches()[0]
-    return batch.to_tensor(null_to_nan=True, row_major=False).to_numpy()
-
-
 class _Reader:
-    """Opens each file once per thread (its footer and schema are parsed once, not per read)."""
+    """Reads feature blocks on worker threads: each thread opens a file once (its footer and schema
+    are parsed once, not per read) and decodes into a column-major block it reuses from task to
+    task (a fresh block per task costs more in page faults than its copy)."""
 
     def __init__(self, files: list[Path]):
         import threading
@@ -290,13 +283,30 @@ class _Reader:
         self.local = threading.local()
 
     def read(self, fi: int, row_groups: list, names: list, dtype: pa.DataType) -> np.ndarray:
-        cache = self.local.__dict__.setdefault("files", {})
+        """The rows of the row groups × the columns ``names`` as a column-major ``dtype`` block
+        (nulls → NaN): a view of this thread's buffer, valid until its next read."""
+        loc = self.local.__dict__
+        cache = loc.setdefault("files", {})
         path = self.files[fi]
         try:
             if fi not in cache:
                 cache.clear()  # files are read in order: keep one open per thread
                 cache[fi] = pq.ParquetFile(path)
-            return _block(cache[fi].read_row_groups(row_groups, columns=names, use_threads=False), dtype)
+            table = cache[fi].read_row_groups(row_groups, columns=names, use_threads=False)
+            np_dtype = np.dtype(dtype.to_pandas_dtype())
+            size = table.num_rows * len(names)
+            buf = loc.get("buf")
+            if buf is None or buf.dtype != np_dtype or buf.size < size:
+                buf = loc["buf"] = np.empty(size, np_dtype)
+            out = buf[:size].reshape((table.num_rows, len(names)), order="F")  # column-major, contiguous
+            for j, col in enumerate(table.columns):
+                arr = _plain(col)
+                if arr.type != dtype:
+                    arr = arr.cast(dtype)
+                if arr.null_count:
+                    arr = pc.fill_null(arr, pa.scalar(np.nan, dtype))
+                out[:, j] = arr.to_numpy(zero_copy_only=False)
+            return out
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
             raise InputError(f"row groups {row_groups}: cannot read the features as numbers ({exc})",
                              path=path) from exc
