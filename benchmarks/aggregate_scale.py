@@ -11,7 +11,7 @@ float32 values instead, ~4 bytes per value on disk).
 
 Then, on the same files, each in its own child process (its own peak RSS), timed around the call:
 
-* ``stream median``: profiler.aggregate_stream.aggregate_parquet(operation="median") — the exact
+* ``stream median``: profiler.profiles.aggregate_stream.aggregate_parquet(operation="median") — the exact
   group-by-group median (numba); its one-off JIT compile is timed separately (``jit_seconds``).
 * ``duckdb avg``: DuckDB's plain ``avg`` of every feature grouped by plate and well (reference).
 * ``pyarrow read``: every feature column of every row group decoded by pyarrow (``--threads`` row
@@ -170,7 +170,7 @@ def child(method: str, folder: Path, threads: int, memory_mb: float) -> None:
         n = duckdb_avg(folder, threads) if method == "duckdb avg" else pyarrow_read(folder, threads)
         rec["seconds"], rec["cpu_seconds"] = time.perf_counter() - t0, _cpu_seconds() - c0
     else:
-        from profiler import aggregate_stream as ags
+        from profiler.profiles import aggregate_stream as ags
 
         t0 = time.perf_counter()
         ags.warm_up()  # the one-off numba compile (cached on disk after the first run)

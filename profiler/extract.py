@@ -12,7 +12,7 @@ Three jobs, three modules:
 ``OUT/single_cell.parquet``  one row per cell (Parquet row groups written site by site; never held in memory)
 ``OUT/image.parquet``        one row per site, with QC and skipped sites and why
 ``OUT/crops.tif``/``crops.parquet``  with ``--crops``: one crop per cell, written page by page
-``OUT/profiles.parquet``     per-well profiles from the streaming aggregation (:mod:`profiler.aggregate_stream`)
+``OUT/profiles.parquet``     per-well profiles from the streaming aggregation (:mod:`profiler.profiles.aggregate_stream`)
                              and the pipeline's recipe (:mod:`profiler.profiles`)
 ``OUT/outliers.json``        the per-cell outlier model (:mod:`profiler.outliers`), fitted on a sample of
                              control-well cells; every cell gets ``Metadata_Outlier_Score``/``Metadata_Outlier``
@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 ROW_GROUP_BYTES = 64 * 2**20
 #: sites read ahead (joined with the platemap and scored on a thread) while the merge writes one
 MERGE_READ_AHEAD = 2
-#: feature values the per-well aggregation holds at once (profiler.aggregate_stream's memory_mb)
+#: feature values the per-well aggregation holds at once (profiler.profiles.aggregate_stream's memory_mb)
 AGGREGATE_MEMORY_MB = 256
 
 
@@ -714,7 +714,7 @@ def build_plate_profiles(single_cell: Path, plan: Mapping[str, Any], *, source: 
     ``Metadata_Outlier_Fraction``; with it the aggregated profiles also get
     ``Metadata_Outlier_Well_Score`` (:func:`profiler.outliers.well_outlier_scores` against the
     control wells, before normalization)."""
-    from profiler.aggregate_stream import aggregate_parquet
+    from profiler.profiles.aggregate_stream import aggregate_parquet
     from profiler.profiles import CONTROLS, apply_recipe
 
     recipe = plan["recipe"]

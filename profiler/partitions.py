@@ -56,7 +56,7 @@ def pipeline_hash(config: AssayConfig) -> str:
 #: modules (and, ending in ``/``, subpackages) of ``profiler`` and ``cellfusion_core`` that never run
 #: inside a site task (their edits keep partitions valid)
 _NOT_PER_SITE = {"cli.py", "shared_data.py", "synthetic.py", "evaluate.py", "distributed.py", "profiles/",
-                 "extract.py", "partitions.py", "aggregate_stream.py", "ingest.py", "datasets.py", "cluster.py",
+                 "extract.py", "partitions.py", "ingest.py", "datasets.py", "cluster.py",
                  "outliers.py"}
 
 

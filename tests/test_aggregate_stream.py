@@ -1,4 +1,4 @@
-"""The streaming per-well aggregation (profiler.aggregate_stream) equals pycytominer's aggregate."""
+"""The streaming per-well aggregation (profiler.profiles.aggregate_stream) equals pycytominer's aggregate."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from profiler import _median_kernels as kern
-from profiler import aggregate_stream as ags
-from profiler.aggregate_stream import aggregate_parquet
+from profiler.profiles import _median_kernels as kern
+from profiler.profiles import aggregate_stream as ags
+from profiler.profiles.aggregate_stream import aggregate_parquet
 from cellfusion_core.errors import ConfigError, InputError
 from profiler.profiles import aggregate
 

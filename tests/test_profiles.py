@@ -1,4 +1,4 @@
-"""profiler.profiles and profiler.aggregate_stream: pycytominer parity, per-plate controls, recipes, bad input."""
+"""profiler.profiles and profiler.profiles.aggregate_stream: pycytominer parity, per-plate controls, recipes, bad input."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pycytominer
 import pytest
 
-from profiler.aggregate_stream import aggregate_parquet
+from profiler.profiles.aggregate_stream import aggregate_parquet
 from cellfusion_core.errors import ConfigError, InputError
 from profiler.profiles import (NEGATIVE_CONTROL_QUERY, POSITION_BLOCKLIST, PRESETS, aggregate, annotate, apply_recipe, asinh_features,
                                build_profiles, consensus, expand_blocklist, factor_analysis, feature_select, normalize,

@@ -6,7 +6,7 @@ are pycytominer's or scikit-learn's:
 
 * :mod:`~profiler.profiles.annotate` — platemap metadata onto cells or wells (``pycytominer.annotate``);
 * :mod:`~profiler.profiles.aggregate` — one row per well (``pycytominer.aggregate``; streamed from
-  Parquet by :mod:`profiler.aggregate_stream`) and per treatment (``pycytominer.consensus``);
+  Parquet by :mod:`profiler.profiles.aggregate_stream`) and per treatment (``pycytominer.consensus``);
 * :mod:`~profiler.profiles.normalize` — per plate to the controls (``pycytominer.normalize``), the
   control spread pooled per batch (``scale_by``), ``whiten`` (pycytominer's spherize);
 * :mod:`~profiler.profiles.select` — ``pycytominer.feature_select`` with pattern blocklists, and the

@@ -1,7 +1,7 @@
 """One row per well (pycytominer's ``aggregate``) and one row per treatment (pycytominer's ``consensus``).
 
 :func:`aggregate` is the in-memory form; per-cell Parquet that does not fit in memory is aggregated
-by the streaming engine :func:`profiler.aggregate_stream.aggregate_parquet` (exact per-well medians
+by the streaming engine :func:`profiler.profiles.aggregate_stream.aggregate_parquet` (exact per-well medians
 and means, memory bounded by a budget), re-exported here.
 """
 
@@ -21,7 +21,7 @@ from cellfusion_core.names import (
     metadata_columns,
     profile_feature_columns,
 )
-from profiler.aggregate_stream import aggregate_parquet
+from profiler.profiles.aggregate_stream import aggregate_parquet
 
 from .checks import DEFAULT_STRATA, check_features, check_strata
 

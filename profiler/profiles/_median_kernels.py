@@ -1,4 +1,4 @@
-"""Numba kernels of :mod:`profiler.aggregate_stream`: exact NaN-skipping per-column medians and means
+"""Numba kernels of :mod:`profiler.profiles.aggregate_stream`: exact NaN-skipping per-column medians and means
 of row runs of a column-major float block.
 
 The median of one column's run (its non-NaN values, ranks ``(m-1)//2`` and ``m//2``) is found by

@@ -9,7 +9,7 @@ Two engines, same result (one row per stratum, sorted by the strata; see :func:`
   stratum is one run, the feature columns are read in tasks of whole row groups (about
   ``_TASK_ROWS`` rows) on a pool of ``threads`` threads: each task decodes its rows with pyarrow
   (GIL released) into a column-major float block and aggregates the strata that lie wholly inside
-  it with the numba kernels (:mod:`profiler._median_kernels`, GIL released: exact counting
+  it with the numba kernels (:mod:`profiler.profiles._median_kernels`, GIL released: exact counting
   selection — NaN skipped, the mean of the two middle values for an even count, NaN for an
   all-NaN column, like pandas/pycytominer), so decoding and aggregating different tasks overlap on
   every thread. The rows of a stratum cut by task edges come back as pieces; the main thread
@@ -65,7 +65,7 @@ def _q(name: str) -> str:
 
 def warm_up() -> None:
     """Compile (or load from numba's on-disk cache) the streaming kernels now, e.g. before timing."""
-    from profiler import _median_kernels as k
+    from profiler.profiles import _median_kernels as k
 
     for dt in (np.float32, np.float64):
         block = np.zeros((4, 2), dt, order="F")
@@ -318,7 +318,7 @@ def _task(reader: _Reader, task: tuple, row0: int, bounds: np.ndarray, names: li
     the strata that lie wholly inside it (numba, GIL released) and hand back copies of the rows of
     the strata cut by its first and last row: (first whole group, values of the whole groups,
     [(group, rows) pieces])."""
-    from profiler import _median_kernels as kern
+    from profiler.profiles import _median_kernels as kern
 
     x = reader.read(task[0], task[1], names, dtype)
     n = x.shape[0]
@@ -363,7 +363,7 @@ def _stream(plan: _Plan, files: list[Path], strata: list[str], meta: list[str], 
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
-    from profiler import _median_kernels as kern
+    from profiler.profiles import _median_kernels as kern
 
     f32 = all(t in (pa.float32(), pa.float16()) for t in plan.feature_types)
     dtype, np_dtype = (pa.float32(), np.float32) if f32 else (pa.float64(), np.float64)
