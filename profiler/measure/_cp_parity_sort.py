@@ -156,3 +156,182 @@ def numpy1_argsort_values(v):
 def numpy1_argsort(v: np.ndarray) -> np.ndarray:
     """``np.argsort(v)`` exactly as NumPy 1.26 orders it (see :func:`numpy1_argsort_values`)."""
     return numpy1_argsort_values(np.ascontiguousarray(v, np.float64))[0]
+
+
+@nb.njit(cache=True)
+def _holds_wanted(wanted, lo, hi):
+    # does the sorted array ``wanted`` hold a value v with lo <= v <= hi?
+    a = 0
+    b = wanted.size
+    while a < b:  # first index with wanted[index] >= lo
+        m = (a + b) >> 1
+        if wanted[m] < lo:
+            a = m + 1
+        else:
+            b = m
+    return a < wanted.size and not (hi < wanted[a])
+
+
+@nb.njit(cache=True)
+def numpy1_argsort_partial(v, wanted):
+    """NumPy 1.26's ``argsort(v)`` (as :func:`numpy1_argsort_values`) carried out only where it
+    decides the final place of an element whose value is in ``wanted`` (sorted ascending).
+
+    Every quicksort partition leaves values ≤ the pivot on its left and ≥ it on its right, and
+    NumPy then sorts each side on its own (only the side's contents and the depth budget decide
+    what happens inside it). So each pending sub-array's values lie between two known bounds; a
+    sub-array whose bounds enclose no wanted value holds no wanted element and is left as it is.
+    Every other sub-array is treated exactly as NumPy 1.26 treats it (same pivots, swaps, depth
+    budget, insertion sort, heapsort), so every element whose value is wanted ends at the same
+    position, among the same neighbours, as in the full sort.
+
+    Returns (t, w, leaves): the partly sorted indices and values, and the ``leaves`` (start, end)
+    pairs (inclusive; rows of an (m, 2) array) of the finished pieces that may hold wanted values:
+    every wanted element lies in one of them, and there ``t`` and ``w`` equal the full sort's.
+    """
+    num = v.size
+    t = np.arange(num)
+    w = v.copy()
+    leaves = np.empty((64, 2), np.int64)
+    nl = 0
+    if num < 1 or wanted.size == 0:
+        return t, w, leaves[:0]
+    lo = w[0]
+    hi = w[0]
+    for i in range(num):
+        x = w[i]
+        if x < lo:
+            lo = x
+        if hi < x:
+            hi = x
+    if not _holds_wanted(wanted, lo, hi):
+        return t, w, leaves[:0]
+    if num < 2:
+        leaves[0, 0] = 0
+        leaves[0, 1] = 0
+        return t, w, leaves[:1]
+    stack = np.empty(256, np.int64)
+    depth = np.empty(128, np.int64)
+    bounds = np.empty(256, w.dtype)
+    sp = 0
+    dp = 0
+    pl = 0
+    pr = num - 1
+    cdepth = _msb(num) * 2
+    while True:
+        if cdepth < 0:
+            _aheapsort(w, t, pl, pr - pl + 1)
+        else:
+            while pr - pl > 15:
+                pm = pl + ((pr - pl) >> 1)
+                if w[pm] < w[pl]:
+                    w[pm], w[pl] = w[pl], w[pm]
+                    t[pm], t[pl] = t[pl], t[pm]
+                if w[pr] < w[pm]:
+                    w[pr], w[pm] = w[pm], w[pr]
+                    t[pr], t[pm] = t[pm], t[pr]
+                if w[pm] < w[pl]:
+                    w[pm], w[pl] = w[pl], w[pm]
+                    t[pm], t[pl] = t[pl], t[pm]
+                vp = w[pm]
+                pi = pl
+                pj = pr - 1
+                w[pm], w[pj] = w[pj], w[pm]
+                t[pm], t[pj] = t[pj], t[pm]
+                while True:
+                    pi += 1
+                    while w[pi] < vp:
+                        pi += 1
+                    pj -= 1
+                    while vp < w[pj]:
+                        pj -= 1
+                    if pi >= pj:
+                        break
+                    w[pi], w[pj] = w[pj], w[pi]
+                    t[pi], t[pj] = t[pj], t[pi]
+                pk = pr - 1
+                w[pi], w[pk] = w[pk], w[pi]
+                t[pi], t[pk] = t[pk], t[pi]
+                cdepth -= 1
+                # [pl, pi - 1] holds values in [lo, vp], [pi + 1, pr] values in [vp, hi]; the pivot
+                # itself is at its final place (a leaf of one when its value is wanted)
+                keep_l = _holds_wanted(wanted, lo, vp)
+                keep_r = _holds_wanted(wanted, vp, hi)
+                if keep_l or keep_r:
+                    if _holds_wanted(wanted, vp, vp):
+                        if nl == leaves.shape[0]:
+                            leaves = _grow(leaves)
+                        leaves[nl, 0] = pi
+                        leaves[nl, 1] = pi
+                        nl += 1
+                if keep_l and keep_r:
+                    # NumPy pushes the larger side and goes on with the smaller one
+                    if pi - pl < pr - pi:
+                        stack[sp] = pi + 1
+                        stack[sp + 1] = pr
+                        bounds[sp] = vp
+                        bounds[sp + 1] = hi
+                        sp += 2
+                        pr = pi - 1
+                        hi = vp
+                    else:
+                        stack[sp] = pl
+                        stack[sp + 1] = pi - 1
+                        bounds[sp] = lo
+                        bounds[sp + 1] = vp
+                        sp += 2
+                        pl = pi + 1
+                        lo = vp
+                    depth[dp] = cdepth
+                    dp += 1
+                elif keep_l:
+                    pr = pi - 1
+                    hi = vp
+                elif keep_r:
+                    pl = pi + 1
+                    lo = vp
+                else:
+                    if _holds_wanted(wanted, vp, vp):
+                        if nl == leaves.shape[0]:
+                            leaves = _grow(leaves)
+                        leaves[nl, 0] = pi
+                        leaves[nl, 1] = pi
+                        nl += 1
+                    pl = 1
+                    pr = 0  # nothing left here: an empty range
+                    break
+            for pi in range(pl + 1, pr + 1):
+                vi = t[pi]
+                vp = w[pi]
+                pj = pi
+                pk = pi - 1
+                while pj > pl and vp < w[pk]:
+                    t[pj] = t[pk]
+                    w[pj] = w[pk]
+                    pj -= 1
+                    pk -= 1
+                t[pj] = vi
+                w[pj] = vp
+        if pl <= pr:
+            if nl == leaves.shape[0]:
+                leaves = _grow(leaves)
+            leaves[nl, 0] = pl
+            leaves[nl, 1] = pr
+            nl += 1
+        if sp == 0:
+            break
+        sp -= 2
+        pl = stack[sp]
+        pr = stack[sp + 1]
+        lo = bounds[sp]
+        hi = bounds[sp + 1]
+        dp -= 1
+        cdepth = depth[dp]
+    return t, w, leaves[:nl]
+
+
+@nb.njit(cache=True)
+def _grow(a):
+    b = np.empty((2 * a.shape[0], 2), a.dtype)
+    b[:a.shape[0]] = a
+    return b

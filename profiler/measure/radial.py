@@ -24,7 +24,7 @@ from collections.abc import Mapping
 import numba as nb
 import numpy as np
 
-from profiler.measure._cp_parity_sort import numpy1_argsort
+from profiler.measure._cp_parity_sort import numpy1_argsort, numpy1_argsort_partial
 from profiler.measure._distance import geodesic_from_centers
 from profiler.measure._moments import zernike_indexes, zernike_magnitudes_by_runs
 from profiler.measure._util import LabelContext, label_context
@@ -67,11 +67,87 @@ def _centers_from_order(labels: np.ndarray, order: np.ndarray, n: int):
     return ci, cj
 
 
-def _centers(labels: np.ndarray, dist: np.ndarray, n: int):
-    """Each object's point farthest from its edge, ties broken as CellProfiler 5 breaks them (the
-    order NumPy 1.26's unstable argsort gives equal distances over the whole image)."""
+@nb.njit(cache=True)
+def _object_maxima(flat: np.ndarray, d: np.ndarray, n: int):
+    """Per label 1..n: the largest distance (-inf where absent), how many pixels have it and the
+    last of them in raster order; and the sorted distinct maxima of the labels where several
+    pixels tie for it."""
+    m = np.full(n + 1, -np.inf)
+    count = np.zeros(n + 1, np.int64)
+    where = np.full(n + 1, -1, np.int64)
+    for p in range(flat.size):
+        k = flat[p]
+        if 0 < k <= n:
+            x = d[p]
+            if x > m[k]:
+                m[k] = x
+                count[k] = 1
+                where[k] = p
+            elif x == m[k]:
+                count[k] += 1
+                where[k] = p
+    vals = np.empty(n, np.float64)
+    u = 0
+    for k in range(1, n + 1):
+        if count[k] > 1:
+            vals[u] = m[k]
+            u += 1
+    vals = np.sort(vals[:u])
+    v = 0
+    for x in vals:
+        if v == 0 or x != vals[v - 1]:
+            vals[v] = x
+            v += 1
+    return m, count, where, vals[:v].copy()
+
+
+@nb.njit(cache=True)
+def _centers_from_leaves(flat, t, w, leaves, m, count, where, n, width):
+    """Per label: its one pixel of largest distance, or, where several tie, the one the sort places
+    last (only the finished pieces ``leaves`` can hold such pixels)."""
+    best = np.full(n + 1, -1, np.int64)
+    for r in range(leaves.shape[0]):
+        for q in range(leaves[r, 0], leaves[r, 1] + 1):
+            p = t[q]
+            k = flat[p]
+            if 0 < k <= n and w[q] == m[k] and q > best[k]:
+                best[k] = q
+    ci = np.full(n + 1, -1, np.int64)
+    cj = np.full(n + 1, -1, np.int64)
+    for k in range(1, n + 1):
+        p = -1
+        if count[k] == 1:
+            p = where[k]
+        elif count[k] > 1:
+            p = t[best[k]]
+        if p >= 0:
+            ci[k] = p // width
+            cj[k] = p % width
+    return ci, cj
+
+
+def _centers_reference(labels: np.ndarray, dist: np.ndarray, n: int):
+    """:func:`_centers` the straightforward way: NumPy 1.26's argsort of the whole distance image,
+    then the last pixel of each label in that order (kept as the tests' oracle)."""
     order = numpy1_argsort(np.ascontiguousarray(dist, np.float64).ravel())
     return _centers_from_order(labels, order, n)
+
+
+def _centers(labels: np.ndarray, dist: np.ndarray, n: int):
+    """Each object's point farthest from its edge, ties broken as CellProfiler 5 breaks them (the
+    order NumPy 1.26's unstable argsort gives equal distances over the whole image).
+
+    An object whose largest distance is reached by one pixel has that pixel as its centre. For the
+    others the argsort of the whole image is carried out only where it places pixels whose
+    distance is the maximum of such an object
+    (:func:`~profiler.measure._cp_parity_sort.numpy1_argsort_partial`): those pixels end exactly
+    where the full sort puts them, so the last one of each label — the centre — is the full sort's
+    (:func:`_centers_reference`)."""
+    flat = np.ascontiguousarray(labels).ravel()
+    d = np.ascontiguousarray(dist, np.float64).ravel()
+    m, count, where, wanted = _object_maxima(flat, d, int(n))
+    t, w, leaves = numpy1_argsort_partial(d, wanted)
+    return _centers_from_leaves(flat, t, w, leaves, m, count, where, int(n), labels.shape[1])
 
 
 @nb.njit(cache=True)
