@@ -179,3 +179,29 @@ def test_dense_ranks_from_image_codes_equal_unique_ranks():
         np.testing.assert_array_equal(_object_ranks(img, img[idx], idx, None, codes), _dense_rank(img[idx]))
     img[7] = np.nan
     assert not dense_codes_f32(img.view(np.uint32))[0]
+
+
+def test_value_order_is_the_stable_argsort():
+    """value_order_f32: positions in value order == np.argsort(kind="stable") (−0.0 = +0.0 keep raster
+    order), the sorted values carry each pixel's own bits, codes == np.unique's dense ranks; NaN refused."""
+    from profiler.measure._radix import value_order_f32
+
+    rng = np.random.default_rng(11)
+    for size in (0, 1, 2, 5000):
+        img = (rng.random(size) * rng.choice([1.0, 1e-3, 7.0], size)).astype(np.float32)
+        if size > 100:
+            img[:20] = -0.0
+            img[20:40] = 0.0
+            img[rng.choice(size, 30)] = 0.0
+            img[rng.choice(size, 30)] = -0.0
+            img[40:45] = np.inf
+            img[45:50] = -np.inf
+            img[50:300] = img[300:550]  # ties
+        ok, codes, order, values = value_order_f32(img.view(np.uint32))
+        assert ok
+        expect = np.argsort(np.where(img == 0, np.float32(0), img), kind="stable")
+        np.testing.assert_array_equal(order, expect)
+        np.testing.assert_array_equal(values.view(np.uint32), img.view(np.uint32)[expect])
+        np.testing.assert_array_equal(codes, np.unique(img, return_inverse=True)[1].reshape(-1))
+    img[3] = np.nan
+    assert not value_order_f32(img.view(np.uint32))[0]

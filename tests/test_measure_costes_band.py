@@ -59,3 +59,51 @@ def test_r_near_a_decision_value_is_recomputed_directly(monkeypatch):
     monkeypatch.setattr(C._Subsets, "pearson", lambda self, a, b: calls.append((a, b)) or (0, 0.0))
     band.pearson(0.03, 0.03)
     assert calls, "an r within the tolerance of a decision value must come from the direct pass"
+
+
+def _sorts(x32, y32):
+    from profiler.measure._util import ImageCache
+
+    cache = ImageCache()
+    return C._value_sort_cached(cache, x32), C._value_sort_cached(cache, y32)
+
+
+@pytest.mark.filterwarnings("ignore:Degrees of freedom")  # the 1-pixel image's variances
+@pytest.mark.parametrize("method", ["faster", "fast", "accurate"])
+@pytest.mark.parametrize("scale", [65535.0, 255.0])
+def test_band_search_on_value_orders_finds_the_direct_thresholds(method, scale, monkeypatch):
+    """The bands grouped by the channels' value orders (shared with the RWC ranks) instead of a
+    bucket sort per pair: the direct pass's thresholds, also with ties, signed zeros and 1-pixel images."""
+    for seed in (2,):  # seeds 0 and 1: the test above
+        for x, y in _pairs(seed):
+            x = x.copy()
+            x[5, :7] = -0.0
+            x[6, :7] = 0.0
+            x32, y32 = x.ravel(), y.ravel()
+            x64, y64 = x32.astype(np.float64), y32.astype(np.float64)
+            got = C._costes(x64, y64, scale, method, None, None, _sorts(x32, y32))
+            assert got == _direct(x64, y64, scale, method, monkeypatch)
+            assert got == C._costes(x64, y64, scale, method, None, None)
+    one = np.array([0.25], np.float32)
+    np.testing.assert_array_equal(  # (0, NaN): equal NaNs
+        C._costes(one.astype(np.float64), one.astype(np.float64), scale, method, None, None, _sorts(one, one)),
+        _direct(one.astype(np.float64), one.astype(np.float64), scale, method, monkeypatch))
+
+
+def test_value_sort_sides_group_the_buckets_as_the_bucket_sort():
+    """Each bucket holds the same pixels (as a multiset of (a, b) pairs) whichever way it was grouped."""
+    rng = np.random.default_rng(7)
+    x = rng.gamma(2.0, 0.01, 30000).astype(np.float32)
+    y = (0.4 * x + rng.gamma(2.0, 0.01, 30000)).astype(np.float32)
+    x[:500] = x[500:1000]  # ties
+    sx, sy = _sorts(x, y)
+    for a, b, sa, sb in ((x, y, sx, sy), (y, x, sy, sx)):
+        a_s, b_s, start, lo, scale = C._BandSubsets._side(a.astype(np.float64), b.astype(np.float64))
+        a2, b2, start2, lo2, scale2 = C._BandSubsets._sorted_side(sa, sb)
+        assert (lo, scale) == (lo2, scale2)
+        np.testing.assert_array_equal(start, start2)
+        for q in np.flatnonzero(np.diff(start))[:: 97]:
+            sl = slice(start[q], start[q + 1])
+            one = sorted(zip(a_s[sl].tolist(), b_s[sl].tolist()))
+            two = sorted(zip(a2[sl].astype(np.float64).tolist(), b2[sl].astype(np.float64).tolist()))
+            assert one == two

@@ -6,8 +6,10 @@ Two users:
 
 * :func:`sort_float32_by_label` (Intensity's quartiles and MAD): each label's values sorted, the
   same values in the same order as ``np.sort`` applied to each label's values separately;
-* :func:`dense_codes_f32` (Correlation's RWC ranks off the 16-bit grid): the dense rank of every
-  pixel's value among the image's distinct values.
+* :func:`value_order_f32` / :func:`dense_codes_f32` (Correlation off the 16-bit grid; a sort of
+  unique uint64 keys by ``np.sort``, faster here than the radix sort with a payload): the pixels
+  in value order and the dense rank of every pixel's value among the image's distinct values (RWC
+  ranks; the value order also groups the pixels for the Costes threshold search).
 """
 
 from __future__ import annotations
@@ -27,28 +29,32 @@ def _f32_key(u):  # pragma: no cover - numba
 def radix_sort_u32(a, payload):  # pragma: no cover - numba
     """Stable LSD radix sort of the uint32 keys ``a``, ``payload`` (same length) moved along.
 
-    Three 11-bit counting passes; a pass whose digit is the same for every key is skipped. The
-    inputs are used as work buffers (their contents are undefined afterwards). Returns the sorted
-    (keys, payload).
+    Three 11-bit counting passes (the three digit histograms are counted in one read of the keys);
+    a pass whose digit is the same for every key is skipped. The inputs are used as work buffers
+    (their contents are undefined afterwards). Returns the sorted (keys, payload).
     """
     m = a.shape[0]
     b = np.empty(m, np.uint32)
     pb = np.empty_like(payload)
-    cnt = np.empty(2049, np.int64)
-    for sh in (0, 11, 22):
-        cnt[:] = 0
-        for t in range(m):
-            cnt[((a[t] >> np.uint32(sh)) & np.uint32(2047)) + 1] += 1
-        if cnt.max() == m:
+    cnt = np.zeros((3, 2049), np.int64)
+    for t in range(m):
+        u = a[t]
+        cnt[0, (u & np.uint32(2047)) + 1] += 1
+        cnt[1, ((u >> np.uint32(11)) & np.uint32(2047)) + 1] += 1
+        cnt[2, (u >> np.uint32(22)) + 1] += 1
+    for p in range(3):
+        sh = np.uint32(11 * p)
+        c = cnt[p]
+        if c.max() == m:
             continue
         for i in range(2048):
-            cnt[i + 1] += cnt[i]
+            c[i + 1] += c[i]
         for t in range(m):
-            d = (a[t] >> np.uint32(sh)) & np.uint32(2047)
-            q = cnt[d]
+            d = (a[t] >> sh) & np.uint32(2047)
+            q = c[d]
             b[q] = a[t]
             pb[q] = payload[t]
-            cnt[d] = q + 1
+            c[d] = q + 1
         a, b = b, a
         payload, pb = pb, payload
     return a, payload
@@ -91,26 +97,68 @@ def sort_float32_by_label(lab: np.ndarray, values32: np.ndarray) -> np.ndarray:
 
 
 @nb.njit(cache=True, nogil=True)
-def dense_codes_f32(bits: np.ndarray):  # pragma: no cover - numba
-    """Dense codes of float32 values given as their uint32 bits: code = rank of the value among the
-    distinct values (−0.0 = +0.0), by :func:`radix_sort_u32` of the values with their positions.
-    Returns (ok, codes); ok is False when a value is NaN (the caller then ranks as np.unique does)."""
+def _value_keys(bits: np.ndarray):  # pragma: no cover - numba
+    """(ok, keys): per pixel the uint64 key (order-preserving key of its float32 value, −0.0 = +0.0)
+    << 32 | position; ok False (keys empty) when a value is NaN."""
     m = bits.shape[0]
-    a = np.empty(m, np.uint32)
-    ia = np.empty(m, np.int32)
+    keys = np.empty(m, np.uint64)
     for t in range(m):
         u = bits[t]
         if (u & np.uint32(0x7F800000)) == np.uint32(0x7F800000) and (u & np.uint32(0x007FFFFF)) != 0:
-            return False, np.empty(0, np.int32)
+            return False, keys[:0]
         if u == np.uint32(0x80000000):  # -0.0 equals +0.0
             u = np.uint32(0)
-        a[t] = _f32_key(u)
-        ia[t] = t
-    a, ia = radix_sort_u32(a, ia)
+        keys[t] = (np.uint64(_f32_key(u)) << np.uint64(32)) | np.uint64(t)
+    return True, keys
+
+
+@nb.njit(cache=True, nogil=True)
+def _value_codes(keys: np.ndarray, bits: np.ndarray):  # pragma: no cover - numba
+    """From the sorted keys of :func:`_value_keys`: codes, order, sorted bits."""
+    m = keys.shape[0]
     codes = np.empty(m, np.int32)
+    order = np.empty(m, np.int32)
+    vals = np.empty(m, np.uint32)
     code = -1
+    prev = np.uint64(0)
     for t in range(m):
-        if t == 0 or a[t] != a[t - 1]:
+        k = keys[t]
+        hi = k >> np.uint64(32)
+        if t == 0 or hi != prev:
             code += 1
-        codes[ia[t]] = code
-    return True, codes
+            prev = hi
+        p = np.int64(k & np.uint64(0xFFFFFFFF))
+        codes[p] = code
+        order[t] = p
+        u = np.uint32(hi)  # the key's value: the pixel's own bits, but for a zero (its sign is kept)
+        if u == np.uint32(0x80000000):
+            vals[t] = bits[p]
+        else:
+            vals[t] = u & np.uint32(0x7FFFFFFF) if u & np.uint32(0x80000000) else ~u
+    return codes, order, vals
+
+
+def value_order_f32(bits: np.ndarray):
+    """The pixels of a float32 image (given as its uint32 bits) in value order: a sort of the
+    uint64 keys (value key << 32 | position), all distinct, so the order is the stable one (equal
+    values in raster order; −0.0 = +0.0) whatever algorithm ``np.sort`` uses. Returns
+    (ok, codes, order, sorted): ``codes`` the dense rank of each value among the distinct values,
+    ``order`` the positions (int32) in value order, ``sorted`` the values in that order (float32,
+    each pixel's own bits). ok is False when a value is NaN (the other outputs are then empty)."""
+    bits = np.ascontiguousarray(bits, dtype=np.uint32)
+    if bits.shape[0] >= 2 ** 31:
+        raise ValueError("value_order_f32: more than 2**31 - 1 values")
+    ok, keys = _value_keys(bits)
+    if not ok:
+        return False, np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.float32)
+    keys.sort()
+    codes, order, vals = _value_codes(keys, bits)
+    return True, codes, order, vals.view(np.float32)
+
+
+def dense_codes_f32(bits: np.ndarray):
+    """Dense codes of float32 values given as their uint32 bits: code = rank of the value among the
+    distinct values (−0.0 = +0.0), from :func:`value_order_f32`. Returns (ok, codes); ok is False
+    when a value is NaN (the caller then ranks as np.unique does)."""
+    ok, codes, order, vals = value_order_f32(bits)
+    return ok, codes

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 import numba
 import numpy as np
 
-from profiler.measure._radix import dense_codes_f32
+from profiler.measure._radix import value_order_f32
 from profiler.measure._util import ImageCache, LabelContext, label_context
 from profiler.measure.registry import FeatureDoc, register
 
@@ -94,7 +94,9 @@ def _pearson_from_sums(s: np.ndarray) -> tuple[int, float]:
 class _Subsets:
     """Pearson r of the pixels with x < t1 or y < t2 (one numba pass per candidate threshold pair)."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray):
+    def __init__(self, x: np.ndarray, y: np.ndarray, sorts=None):
+        """``sorts`` is ignored (the direct pass needs no pixel order; same signature as
+        :class:`_BandSubsets`)."""
         self.mx, self.my = float(x.mean()), float(y.mean())
         self.x, self.y = x, y
         self.base = np.zeros(6)
@@ -150,6 +152,57 @@ def _bucket_sort(a: np.ndarray, b: np.ndarray, lo: float, scale: float, nb: int)
 
 
 @numba.njit(cache=True, nogil=True)
+def _bucket_starts(a_sorted: np.ndarray, lo: float, scale: float, nb: int) -> np.ndarray:  # pragma: no cover
+    """Where each :func:`_bucket` starts (length nb + 1) in values sorted in ascending order."""
+    start = np.zeros(nb + 1, np.int64)
+    for k in range(a_sorted.shape[0]):
+        start[_bucket(a_sorted[k], lo, scale, nb) + 1] += 1
+    for q in range(nb):
+        start[q + 1] += start[q]
+    return start
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather(b: np.ndarray, order: np.ndarray) -> np.ndarray:  # pragma: no cover - numba
+    out = np.empty(order.shape[0], b.dtype)
+    for k in range(order.shape[0]):
+        out[k] = b[order[k]]
+    return out
+
+
+class _ValueSort:
+    """A float32 channel off the 16-bit grid with its pixels in value order (once per image and
+    site, :func:`_value_sort_cached`): ``codes`` (dense rank of each pixel's value, for RWC),
+    ``order`` (positions in value order), ``sorted`` (the values in that order) and, for the Costes
+    search, the start of each of :func:`_bucket`'s value buckets in that order."""
+
+    def __init__(self, img32: np.ndarray, codes: np.ndarray, order: np.ndarray, sorted_values: np.ndarray):
+        self.img32, self.codes, self.order, self.sorted = img32, codes, order, sorted_values
+        self._side = None
+
+    def side(self) -> tuple:
+        """(sorted values, start of each bucket, lo, scale) as :meth:`_BandSubsets._side` groups them."""
+        if self._side is None:
+            v = self.sorted
+            lo, hi = (float(v[0]), float(v[-1])) if v.size else (0.0, 0.0)
+            scale = (_BUCKETS - 1) / (hi - lo) if hi > lo else 0.0
+            self._side = (v, _bucket_starts(v, lo, scale, _BUCKETS), lo, scale)
+        return self._side
+
+
+def _value_sort_cached(cache: ImageCache, img: np.ndarray) -> _ValueSort | None:
+    """The channel's :class:`_ValueSort` (of its float32 values, by
+    :func:`profiler.measure._radix.value_order_f32`), once per image and site; None when it has NaN."""
+
+    def make() -> _ValueSort | None:
+        img32 = np.ascontiguousarray(img, dtype=np.float32).ravel()
+        ok, codes, order, values = value_order_f32(img32.view(np.uint32))
+        return _ValueSort(img32, codes, order, values) if ok else None
+
+    return cache.get("correlation_value_sort", (img,), (), make)
+
+
+@numba.njit(cache=True, nogil=True)
 def _band_sums(u: np.ndarray, v: np.ndarray, a: np.ndarray, b: np.ndarray, q_lo: int, q_hi: int,
                start: np.ndarray, a_lo: float, a_hi: float, b_t: float, mx: float, my: float,
                out: np.ndarray, sign: float) -> None:  # pragma: no cover - numba
@@ -176,14 +229,17 @@ class _BandSubsets:
     thresholds found are the direct pass's.
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray):
+    def __init__(self, x: np.ndarray, y: np.ndarray, sorts: tuple[_ValueSort, _ValueSort] | None = None):
         self.exact = _Subsets(x, y)
         self.mx, self.my = self.exact.mx, self.exact.my
         self.total = np.zeros(6)
         _subset_sums(x, y, np.inf, np.inf, self.mx, self.my, self.total)
         self.sides = None
         if x.size and np.isfinite(self.total).all() and self.total[0] == x.size:  # every pixel finite
-            self.sides = (self._side(x, y), self._side(y, x))
+            if sorts is None:
+                self.sides = (self._side(x, y), self._side(y, x))
+            else:  # the channels' value orders (shared with RWC and the other pairs) group the buckets
+                self.sides = (self._sorted_side(*sorts), self._sorted_side(*sorts[::-1]))
         self.t1 = self.t2 = np.inf
         self.quadrant = np.zeros(6)  # sums over {x ≥ t1, y ≥ t2}: empty at (inf, inf)
 
@@ -193,6 +249,13 @@ class _BandSubsets:
         scale = (_BUCKETS - 1) / (hi - lo) if hi > lo else 0.0
         a_s, b_s, start = _bucket_sort(a, b, lo, scale, _BUCKETS)
         return a_s, b_s, start, lo, scale
+
+    @staticmethod
+    def _sorted_side(a: _ValueSort, b: _ValueSort) -> tuple:
+        """:meth:`_side` from ``a``'s value order: the pixels of each bucket in ascending value
+        order instead of raster order (the sums differ only by rounding, which the tolerance covers)."""
+        a_s, start, lo, scale = a.side()
+        return a_s, _gather(b.img32, a.order), start, lo, scale
 
     def _move(self, t1: float, t2: float) -> None:
         (xs, y_by_x, xstart, xlo, xscale), (ys, x_by_y, ystart, ylo, yscale) = self.sides
@@ -389,8 +452,9 @@ def costes_thresholds(x: np.ndarray, y: np.ndarray, scale: float = 255.0, method
 
 
 def _costes(x: np.ndarray, y: np.ndarray, scale: float, method: str, X: _Levels | None,
-            Y: _Levels | None) -> tuple[float, float]:
-    """:func:`costes_thresholds` given the channels' 16-bit levels (None: off the grid, float path)."""
+            Y: _Levels | None, sorts: tuple[_ValueSort, _ValueSort] | None = None) -> tuple[float, float]:
+    """:func:`costes_thresholds` given the channels' 16-bit levels (None: off the grid, float path)
+    and, off the grid, optionally their value orders (``x``, ``y`` are then those channels' pixels)."""
     a, b = _regression(np.ravel(x), np.ravel(y))
     if X is not None and Y is not None and X.lv.size:
         sub = _LevelSubsets(X, Y)
@@ -398,7 +462,7 @@ def _costes(x: np.ndarray, y: np.ndarray, scale: float, method: str, X: _Levels 
     else:
         x = np.ascontiguousarray(x, dtype=np.float64).ravel()
         y = np.ascontiguousarray(y, dtype=np.float64).ravel()
-        sub = _BandSubsets(x, y)
+        sub = _BandSubsets(x, y, sorts)
         x_max, y_max = float(x.max()), float(y.max())
     if method == "faster":
         left, right = 1.0, scale
@@ -476,23 +540,24 @@ def _costes_cached(cache: ImageCache, img1: np.ndarray, img2: np.ndarray, scale,
         if np.isnan(x.sum()) or np.isnan(y.sum()):  # CellProfiler drops NaN pixels (none in real images)
             ok = ~(np.isnan(x) | np.isnan(y))
             x, y = x[ok], y[ok]
-        return _costes(x, y, s, method, None, None) if x.size else (np.inf, np.inf)
+            return _costes(x, y, s, method, None, None) if x.size else (np.inf, np.inf)
+        sorts = None
+        if x.dtype == np.float32 and y.dtype == np.float32 and x.size:
+            # the channels' value orders (shared with the RWC ranks and the other channel pairs)
+            sx, sy = _value_sort_cached(cache, img1), _value_sort_cached(cache, img2)
+            sorts = (sx, sy) if sx is not None and sy is not None else None
+        return _costes(x, y, s, method, None, None, sorts) if x.size else (np.inf, np.inf)
 
     return cache.get("correlation_costes", (img1, img2), (str(scale), method), make)
 
 
 # --------------------------------------------------------------------------- per-object measures
 
-def _codes_cached(cache: ImageCache, img: np.ndarray, img32: np.ndarray) -> np.ndarray | None:
-    """Dense codes of a float32 channel off the 16-bit grid
-    (:func:`profiler.measure._radix.dense_codes_f32`), once per image and site (``img32``: ``img``
-    as flat float32); None when it has NaN."""
-
-    def make() -> np.ndarray | None:
-        ok, codes = dense_codes_f32(np.ascontiguousarray(img32, dtype=np.float32).ravel().view(np.uint32))
-        return codes if ok else None
-
-    return cache.get("correlation_codes", (img,), (), make)
+def _codes_cached(cache: ImageCache, img: np.ndarray) -> np.ndarray | None:
+    """Dense codes of a channel's float32 values off the 16-bit grid (:class:`_ValueSort`), once
+    per image and site; None when it has NaN."""
+    vs = _value_sort_cached(cache, img)
+    return None if vs is None else vs.codes
 
 
 def _dense_rank(v: np.ndarray) -> np.ndarray:
@@ -648,7 +713,7 @@ def correlation(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objec
         img = np.ascontiguousarray(images[ch], dtype=np.float32).ravel()
         v64, above, thr_sum = _channel_pass(img, idx, starts, frac)
         levels = _levels_cached(cache, images[ch])
-        codes = _codes_cached(cache, images[ch], img) if levels is None and idx.size else None
+        codes = _codes_cached(cache, images[ch]) if levels is None and idx.size else None
         per[ch] = {"v": v64, "above": above, "thr_sum": thr_sum,
                    "rank": _object_ranks(img, img[idx], idx, levels, codes)}
 
