@@ -36,6 +36,7 @@ from scipy import ndimage as ndi
 from skimage import filters, segmentation
 
 from cellfusion_core.errors import ConfigError
+from profiler import _segment_kernels as _kernels
 
 THRESHOLD_METHODS = ("otsu", "minimum_cross_entropy")
 
@@ -264,13 +265,42 @@ def _cp_gaussian_smooth(image: np.ndarray, filter_size: float) -> np.ndarray:
     return img / np.outer(rows, cols)
 
 
+def _downsample(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """The image and labels sampled at the grid ``(i / factor, j / factor)``, as
+    ``ndi.map_coordinates(image, ij)`` (cubic spline, mode constant) and
+    ``ndi.map_coordinates(labels, ij, order=0)`` give them — but the image only where the sampled
+    label is not 0 (elsewhere 0.0: ``_local_maxima`` reads no other value).
+
+    Exactly the same numbers: the spline coefficients are scipy's own ``spline_filter`` (what
+    ``map_coordinates`` computes internally for ``prefilter=True``), and ``map_coordinates``
+    evaluates every point independently of the others, so evaluating a subset gives each point's
+    value bit for bit. The nearest-neighbour labels come from the row and column indices that
+    ``map_coordinates(order=0)`` picks on each axis (1-D calls on the same coordinates; an
+    out-of-range index reads 0 as the 2-D call does).
+    """
+    shape = np.array(image.shape) * factor
+    ri = np.arange(0, shape[0]).astype(float) / factor
+    rj = np.arange(0, shape[1]).astype(float) / factor
+    # index + 1 so that an out-of-range coordinate (cval 0) is told apart from index 0
+    ii = ndi.map_coordinates(np.arange(1, image.shape[0] + 1, dtype=np.float64), ri[None, :], order=0)
+    jj = ndi.map_coordinates(np.arange(1, image.shape[1] + 1, dtype=np.float64), rj[None, :], order=0)
+    ii, jj = ii.astype(np.int64), jj.astype(np.int64)
+    lab = np.asarray(labels)
+    padded = np.zeros((lab.shape[0] + 1, lab.shape[1] + 1), lab.dtype)
+    padded[1:, 1:] = lab
+    small_labels = padded[ii[:, None], jj[None, :]]
+    fi, fj = np.nonzero(small_labels)
+    small = np.zeros(small_labels.shape, np.float64)
+    if len(fi):
+        coeffs = ndi.spline_filter(image, 3, output=np.float64, mode="constant")
+        small[fi, fj] = ndi.map_coordinates(coeffs, np.stack([ri[fi], rj[fj]]), prefilter=False)
+    return small, small_labels
+
+
 def _maxima(image: np.ndarray, labels: np.ndarray, footprint: np.ndarray, factor: float) -> np.ndarray:
     """Local maxima (as one marker blob each), optionally found on a downsampled image."""
     if factor < 1.0:
-        shape = np.array(image.shape) * factor
-        ij = np.mgrid[0:shape[0], 0:shape[1]].astype(float) / factor
-        small = ndi.map_coordinates(image, ij)
-        small_labels = ndi.map_coordinates(labels, ij, order=0).astype(labels.dtype)
+        small, small_labels = _downsample(image, labels, factor)
     else:
         small, small_labels = image, labels
     fi, fj = np.nonzero(footprint)
@@ -353,7 +383,7 @@ def _declump(image: np.ndarray, labeled: np.ndarray, p: Mapping[str, Any]) -> np
         if dist is None:
             dist = ndi.distance_transform_edt(labeled > 0)
         surface = dist.max() - dist
-    return segmentation.watershed(surface, markers, connectivity=_EIGHT, mask=labeled > 0).astype(np.int32)
+    return _kernels.watershed(surface, markers, labeled)  # = skimage watershed, 8-connected, mask labeled > 0
 
 
 def _identify_primary(dna: np.ndarray, p: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, float]:

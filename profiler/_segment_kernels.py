@@ -1,0 +1,328 @@
+"""Compiled kernels of profiler/segment.py that replace library calls with the same results, bit for bit.
+
+* ``watershed`` — scikit-image's ``segmentation.watershed(image, markers, connectivity=8-neighbourhood,
+  mask=mask)`` (no compactness, no watershed line), without its padding, dtype copies and pointer heap:
+  the same binary heap, with the same push / pop / sift rules (Heapitem ordered by (value, age), markers
+  pushed with age 0 in raster order, every neighbour push with the next age, neighbours visited in
+  scikit-image's order — sorted by distance from the centre — and labelled when pushed, a pushed value
+  raised to the value of the pixel that pushed it). With identical operations on identical heaps the
+  pop order, ties included, is identical, and so is every label. tests/test_segment_kernels.py compares
+  it with scikit-image on random images with many ties.
+* ``label_hole_owners`` — for ``fill_label_holes``: which background components touch exactly one object.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+# scikit-image's neighbour order for the 3x3 footprint (_offsets_to_raveled_neighbors: by distance
+# from the centre, then raveled offset): (-1,0) (0,-1) (0,1) (1,0) (-1,-1) (-1,1) (1,-1) (1,1)
+_WS_DI = np.array([-1, 0, 0, 1, -1, -1, 1, 1], np.int64)
+_WS_DJ = np.array([0, -1, 1, 0, -1, 1, -1, 1], np.int64)
+
+
+@numba.njit(cache=True, nogil=True)
+def _ws_kernel(image, markers, mask, di, dj):  # pragma: no cover - compiled
+    m, n = image.shape
+    out = np.zeros((m, n), np.int32)
+    nmark = 0
+    for i in range(m):
+        for j in range(n):
+            if markers[i, j] != 0 and mask[i, j]:
+                out[i, j] = markers[i, j]
+                nmark += 1
+    cap = max(1024, 2 * nmark)
+    hv = np.empty(cap, np.float64)
+    ha = np.empty(cap, np.int64)
+    hx = np.empty(cap, np.int64)
+    size = 0
+    age = 1
+    # markers: pushed in raveled order with age 0 (push = sift up with a strict comparison)
+    for i in range(m):
+        for j in range(n):
+            if out[i, j] == 0:
+                continue
+            v = image[i, j]
+            x = np.int64(i) * n + j
+            k = size
+            size += 1
+            while k > 0:
+                par = (k - 1) // 2
+                if v < hv[par] or (v == hv[par] and 0 < ha[par]):
+                    hv[k] = hv[par]
+                    ha[k] = ha[par]
+                    hx[k] = hx[par]
+                    k = par
+                else:
+                    break
+            hv[k] = v
+            ha[k] = 0
+            hx[k] = x
+    while size > 0:
+        v0 = hv[0]
+        x0 = hx[0]
+        size -= 1
+        if size > 0:
+            # the last item moves to the top and sifts down: it swaps with the smaller child while that
+            # child is strictly smaller (left first, the right one only if strictly smaller than both)
+            v = hv[size]
+            a = ha[size]
+            x = hx[size]
+            k = 0
+            while True:
+                c = 2 * k + 1
+                if c >= size:
+                    break
+                sv = v
+                sa = a
+                s = k
+                if hv[c] < sv or (hv[c] == sv and ha[c] < sa):
+                    s = c
+                    sv = hv[c]
+                    sa = ha[c]
+                c2 = c + 1
+                if c2 < size and (hv[c2] < sv or (hv[c2] == sv and ha[c2] < sa)):
+                    s = c2
+                if s == k:
+                    break
+                hv[k] = hv[s]
+                ha[k] = ha[s]
+                hx[k] = hx[s]
+                k = s
+            hv[k] = v
+            ha[k] = a
+            hx[k] = x
+        i1 = x0 // n
+        j1 = x0 - i1 * n
+        lab = out[i1, j1]
+        for q in range(8):
+            i2 = i1 + di[q]
+            j2 = j1 + dj[q]
+            if i2 < 0 or i2 >= m or j2 < 0 or j2 >= n:
+                continue
+            if not mask[i2, j2] or out[i2, j2] != 0:
+                continue
+            age += 1
+            out[i2, j2] = lab
+            v = image[i2, j2]
+            if v < v0:
+                v = v0
+            if size == cap:
+                cap *= 2
+                nv = np.empty(cap, np.float64)
+                na = np.empty(cap, np.int64)
+                nx = np.empty(cap, np.int64)
+                nv[:size] = hv[:size]
+                na[:size] = ha[:size]
+                nx[:size] = hx[:size]
+                hv, ha, hx = nv, na, nx
+            x = np.int64(i2) * n + j2
+            k = size
+            size += 1
+            # a new item has the largest age so far: it rises only past strictly larger values
+            while k > 0:
+                par = (k - 1) // 2
+                if v < hv[par]:
+                    hv[k] = hv[par]
+                    ha[k] = ha[par]
+                    hx[k] = hx[par]
+                    k = par
+                else:
+                    break
+            hv[k] = v
+            ha[k] = age
+            hx[k] = x
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _ws_components_kernel(image, markers, comps, di, dj):  # pragma: no cover - compiled
+    """The watershed flooded one mask component at a time (comps: the 8-connected components of the
+    mask, numbered 1..K). Returns (labels, ok); ok is False when the shortcut cannot be shown to give
+    scikit-image's result (see ``watershed``) and nothing else should be read from the labels."""
+    m, n = image.shape
+    out = np.zeros((m, n), np.int32)
+    ncomp = 0
+    nmark = 0
+    for i in range(m):
+        for j in range(n):
+            c = comps[i, j]
+            if c > ncomp:
+                ncomp = c
+            if c != 0 and markers[i, j] != 0:
+                nmark += 1
+    # marker pixels bucketed by component, raster order kept within each component
+    start = np.zeros(ncomp + 2, np.int64)
+    for i in range(m):
+        for j in range(n):
+            c = comps[i, j]
+            if c != 0 and markers[i, j] != 0:
+                start[c + 1] += 1
+    for c in range(1, ncomp + 2):
+        start[c] += start[c - 1]
+    fill = start.copy()
+    mpos = np.empty(nmark, np.int64)
+    for i in range(m):
+        for j in range(n):
+            c = comps[i, j]
+            if c != 0 and markers[i, j] != 0:
+                v = image[i, j]
+                if v != v:
+                    return out, False
+                mpos[fill[c]] = np.int64(i) * n + j
+                fill[c] += 1
+                out[i, j] = markers[i, j]
+    cap = 1024
+    hv = np.empty(cap, np.float64)
+    ha = np.empty(cap, np.int64)
+    hx = np.empty(cap, np.int64)
+    age = 1
+    for c in range(1, ncomp + 1):
+        a0 = start[c]
+        a1 = start[c + 1]
+        if a1 == a0:
+            continue
+        # markers of one component tied on value must carry one label (see ``watershed``)
+        mv = np.empty(a1 - a0, np.float64)
+        for t in range(a0, a1):
+            mv[t - a0] = image[mpos[t] // n, mpos[t] % n]
+        order = np.argsort(mv)
+        for t in range(1, a1 - a0):
+            p0 = mpos[a0 + order[t - 1]]
+            p1 = mpos[a0 + order[t]]
+            if mv[order[t]] == mv[order[t - 1]] and out[p0 // n, p0 % n] != out[p1 // n, p1 % n]:
+                return out, False
+        size = 0
+        if a1 - a0 > cap:
+            cap = 2 * (a1 - a0)
+            hv = np.empty(cap, np.float64)
+            ha = np.empty(cap, np.int64)
+            hx = np.empty(cap, np.int64)
+        for t in range(a0, a1):
+            x = mpos[t]
+            v = image[x // n, x % n]
+            k = size
+            size += 1
+            while k > 0:
+                par = (k - 1) // 2
+                if v < hv[par]:
+                    hv[k] = hv[par]
+                    ha[k] = ha[par]
+                    hx[k] = hx[par]
+                    k = par
+                else:
+                    break
+            hv[k] = v
+            ha[k] = 0
+            hx[k] = x
+        while size > 0:
+            v0 = hv[0]
+            x0 = hx[0]
+            size -= 1
+            if size > 0:
+                v = hv[size]
+                a = ha[size]
+                x = hx[size]
+                k = 0
+                while True:
+                    ch = 2 * k + 1
+                    if ch >= size:
+                        break
+                    ch2 = ch + 1
+                    if ch2 < size and (hv[ch2] < hv[ch] or (hv[ch2] == hv[ch] and ha[ch2] < ha[ch])):
+                        ch = ch2
+                    if hv[ch] < v or (hv[ch] == v and ha[ch] < a):
+                        hv[k] = hv[ch]
+                        ha[k] = ha[ch]
+                        hx[k] = hx[ch]
+                        k = ch
+                    else:
+                        break
+                hv[k] = v
+                ha[k] = a
+                hx[k] = x
+            i1 = x0 // n
+            j1 = x0 - i1 * n
+            lab = out[i1, j1]
+            for q in range(8):
+                i2 = i1 + di[q]
+                j2 = j1 + dj[q]
+                if i2 < 0 or i2 >= m or j2 < 0 or j2 >= n:
+                    continue
+                c2 = comps[i2, j2]
+                if c2 == 0:
+                    continue
+                if c2 != c:
+                    return out, False  # not the mask's 8-connected components
+                if out[i2, j2] != 0:
+                    continue
+                age += 1
+                out[i2, j2] = lab
+                v = image[i2, j2]
+                if v != v:
+                    return out, False
+                if v < v0:
+                    v = v0
+                if size == cap:
+                    cap *= 2
+                    nv = np.empty(cap, np.float64)
+                    na = np.empty(cap, np.int64)
+                    nx = np.empty(cap, np.int64)
+                    nv[:size] = hv[:size]
+                    na[:size] = ha[:size]
+                    nx[:size] = hx[:size]
+                    hv, ha, hx = nv, na, nx
+                k = size
+                size += 1
+                while k > 0:
+                    par = (k - 1) // 2
+                    if v < hv[par]:
+                        hv[k] = hv[par]
+                        ha[k] = ha[par]
+                        hx[k] = hx[par]
+                        k = par
+                    else:
+                        break
+                hv[k] = v
+                ha[k] = age
+                hx[k] = np.int64(i2) * n + j2
+    return out, True
+
+
+def watershed_exact(image: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``skimage.segmentation.watershed(image, markers, connectivity=np.ones((3, 3)), mask=mask)``
+    as int32 (2-D only; no compactness, no watershed line): scikit-image's heap replayed step by step."""
+    image = np.ascontiguousarray(image, np.float64)
+    markers = np.ascontiguousarray(markers, np.int32)
+    mask = np.ascontiguousarray(mask, np.bool_)
+    if image.ndim != 2 or image.shape != markers.shape or image.shape != mask.shape:
+        raise ValueError(f"shapes differ or not 2-D: image {image.shape}, markers {markers.shape}, mask {mask.shape}")
+    return _ws_kernel(image, markers, mask, _WS_DI, _WS_DJ)
+
+
+def watershed(image: np.ndarray, markers: np.ndarray, components: np.ndarray) -> np.ndarray:
+    """``skimage.segmentation.watershed(image, markers, connectivity=np.ones((3, 3)), mask=components > 0)``
+    as int32, where ``components`` numbers the 8-connected components of the mask (``ndi.label``).
+
+    Flooding never crosses from one component into another, and within a component the heap pops its
+    items in (value, age) order — a strict order, ages being unique, except between markers (all age 0)
+    of equal value, which scikit-image's heap pops in an order that depends on everything else in it.
+    When such tied markers carry one label the order does not change the labels: they pop one after the
+    other, push the same pixels with the same values and label (pushed value = max(pixel, popped value)),
+    and the ages they hand out form one consecutive block, permuted, whose items again tie only among
+    themselves with one label. So the components are flooded one by one with small heaps (≈ 2x faster
+    than one heap for the whole image); if tied markers of one component carry different labels, if
+    ``components`` are not the mask's 8-connected components or the image holds NaN, the exact replay
+    of scikit-image's global heap (``watershed_exact``) is used instead.
+    """
+    image = np.ascontiguousarray(image, np.float64)
+    markers = np.ascontiguousarray(markers, np.int32)
+    components = np.ascontiguousarray(components, np.int32)
+    if image.ndim != 2 or image.shape != markers.shape or image.shape != components.shape:
+        raise ValueError(f"shapes differ or not 2-D: image {image.shape}, markers {markers.shape}, "
+                         f"components {components.shape}")
+    out, ok = _ws_components_kernel(image, markers, components, _WS_DI, _WS_DJ)
+    if ok:
+        return out
+    return _ws_kernel(image, markers, components > 0, _WS_DI, _WS_DJ)

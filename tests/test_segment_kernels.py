@@ -1,0 +1,103 @@
+"""The segmentation's fast kernels against the straightforward library calls they replace (the oracles),
+bit for bit, on random inputs full of ties and on edge cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from skimage import segmentation
+
+from profiler import _segment_kernels as K
+from profiler import segment as S
+
+EIGHT = np.ones((3, 3), bool)
+
+
+def _ws_oracle(image, markers, mask):
+    return segmentation.watershed(image, markers, connectivity=EIGHT, mask=mask).astype(np.int32)
+
+
+def _random_case(rng, t):
+    h, w = (int(x) for x in rng.integers(1, 50, 2))
+    levels = (2, 3, 7, 1000)[t % 4]                      # few levels: ties everywhere
+    img = rng.integers(0, levels, (h, w)).astype(np.float64) / levels
+    if t % 5 == 0:
+        img -= 0.5                                        # negative values too
+    mask = rng.random((h, w)) < (0.55, 0.8, 1.0)[t % 3]
+    markers = np.zeros((h, w), np.int32)
+    nm = int(rng.integers(0, 10))
+    markers[rng.integers(0, h, nm), rng.integers(0, w, nm)] = rng.integers(1, 6, nm)
+    if t % 2:
+        # marker blobs (one label each, ties inside them) as the declumping makes them
+        blobs, _ = ndi.label(ndi.binary_dilation(markers > 0, EIGHT) & (rng.random((h, w)) < 0.8), EIGHT)
+        markers = blobs.astype(np.int32)
+    return img, markers, mask
+
+
+def test_watershed_exact_replays_skimage():
+    rng = np.random.default_rng(0)
+    for t in range(400):
+        img, markers, mask = _random_case(rng, t)
+        assert np.array_equal(K.watershed_exact(img, markers, mask), _ws_oracle(img, markers, mask)), t
+
+
+def test_watershed_by_components_equals_skimage_and_takes_both_paths():
+    rng = np.random.default_rng(1)
+    fast = slow = 0
+    for t in range(600):
+        img, markers, mask = _random_case(rng, t)
+        comps = ndi.label(mask, EIGHT)[0].astype(np.int32)
+        _, ok = K._ws_components_kernel(np.ascontiguousarray(img), markers, comps, K._WS_DI, K._WS_DJ)
+        fast += bool(ok) and markers[mask].any()
+        slow += not ok
+        assert np.array_equal(K.watershed(img, markers, comps), _ws_oracle(img, markers, mask)), t
+    assert fast > 150 and slow > 20, (fast, slow)
+
+
+def test_watershed_components_shortcut_refuses_what_it_cannot_prove():
+    img = np.array([[0.5, 0.1, 0.5, 0.5, 0.1]])
+    mask = np.ones(img.shape, bool)
+    # tied markers of different labels in one component: the global heap decides, so fall back
+    markers = np.array([[1, 0, 2, 0, 0]], np.int32)
+    comps = np.ones(img.shape, np.int32)
+    assert not K._ws_components_kernel(img, markers, comps, K._WS_DI, K._WS_DJ)[1]
+    assert np.array_equal(K.watershed(img, markers, comps), _ws_oracle(img, markers, mask))
+    # "components" that are not the mask's 8-connected components
+    markers = np.array([[1, 0, 0, 0, 2]], np.int32)
+    split = np.array([[1, 1, 2, 2, 2]], np.int32)
+    assert not K._ws_components_kernel(img, markers, split, K._WS_DI, K._WS_DJ)[1]
+    assert np.array_equal(K.watershed(img, markers, split), _ws_oracle(img, markers, mask))
+    # NaN in the image
+    nan = img.copy()
+    nan[0, 3] = np.nan
+    assert not K._ws_components_kernel(nan, markers, comps, K._WS_DI, K._WS_DJ)[1]
+    assert np.array_equal(K.watershed(nan, markers, comps), _ws_oracle(nan, markers, mask))
+    # nothing to flood
+    empty = np.zeros((4, 4))
+    assert not K.watershed(empty, np.zeros((4, 4), np.int32), np.zeros((4, 4), np.int32)).any()
+
+
+def _downsample_oracle(image, labels, factor):
+    shape = np.array(image.shape) * factor
+    ij = np.mgrid[0:shape[0], 0:shape[1]].astype(float) / factor
+    return ndi.map_coordinates(image, ij), ndi.map_coordinates(labels, ij, order=0).astype(labels.dtype)
+
+
+@pytest.mark.parametrize("factor", [10 / 15, 10 / 11, 0.5, 10 / 37, 10 / 16.5])
+def test_downsample_equals_map_coordinates_where_read(factor):
+    rng = np.random.default_rng(int(factor * 1000))
+    for t in range(12):
+        h, w = (int(x) for x in rng.integers(3, 90, 2))
+        img = rng.random((h, w))
+        if t % 3 == 0:
+            img = np.round(img * 4) / 4
+        labels = ((rng.random((h, w)) < 0.35) * rng.integers(1, 5, (h, w))).astype(np.int32)
+        if t == 5:
+            labels[:] = 0
+        ref, ref_labels = _downsample_oracle(img, labels, factor)
+        small, small_labels = S._downsample(img, labels, factor)
+        assert small_labels.dtype == ref_labels.dtype and np.array_equal(small_labels, ref_labels)
+        read = ref_labels != 0       # _local_maxima reads the image only where the label is not 0
+        assert np.array_equal(small[read].view(np.int64), ref[read].view(np.int64))
+        assert not small[~read].any()
