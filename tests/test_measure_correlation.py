@@ -205,3 +205,59 @@ def test_value_order_is_the_stable_argsort():
         np.testing.assert_array_equal(codes, np.unique(img, return_inverse=True)[1].reshape(-1))
     img[3] = np.nan
     assert not value_order_f32(img.view(np.uint32))[0]
+
+
+def test_compact_ranks_equal_unique_ranks():
+    """Ranks of the object pixels' codes through the bit set == np.unique's dense ranks (codes at and
+    around word boundaries, ties, a single pixel, every code present)."""
+    from profiler.measure.correlation import _compact_ranks
+
+    rng = np.random.default_rng(12)
+    for n_codes in (1, 63, 64, 65, 128, 1000):
+        codes = rng.integers(0, n_codes, 3000).astype(np.int32)
+        codes[:n_codes] = np.arange(n_codes)
+        for idx in (np.arange(codes.size), np.sort(rng.choice(codes.size, 1 + rng.integers(codes.size), replace=False)),
+                    np.array([rng.integers(codes.size)])):
+            got = _compact_ranks(codes, idx.astype(np.int64), n_codes)
+            np.testing.assert_array_equal(got, np.unique(codes[idx], return_inverse=True)[1].reshape(-1))
+
+
+def test_regression_with_shared_channel_stats_is_the_same():
+    """The orthogonal regression from the channels' cached variances and means equals the one
+    computed from the pair (all pixels positive, zeros in one or both channels, a constant channel)."""
+    from profiler.measure.correlation import _float32_stats, _regression
+
+    rng = np.random.default_rng(13)
+    x = rng.gamma(2.0, 0.01, 5000).astype(np.float32)
+    y = (0.3 * x + rng.gamma(2.0, 0.01, 5000)).astype(np.float32)
+    xz, yz = x.copy(), y.copy()
+    xz[:300] = 0
+    yz[100:400] = 0
+    for a, b in ((x, y), (xz, y), (x, yz), (xz, yz), (np.full_like(x, 0.2), y)):
+        assert _regression(a, b, (_float32_stats(a), _float32_stats(b))) == _regression(a, b)
+
+
+def test_moment_sums_add_in_pixel_order():
+    """_subset_sums / _band_sums: exactly the running float64 sums of a plain loop (same order)."""
+    from profiler.measure.correlation import _band_sums, _subset_sums
+
+    rng = np.random.default_rng(14)
+    x, y = rng.random(500), rng.random(500)
+    mx, my = float(x.mean()), float(y.mean())
+    ref = [3.0, 0.5, -0.25, 1.0, 2.0, 0.125]
+    got = np.array(ref)
+    for xv, yv in zip(x, y):
+        if xv < 0.6 or yv < 0.3:
+            u, v = xv - mx, yv - my
+            ref = [ref[0] + 1.0, ref[1] + u, ref[2] + v, ref[3] + u * u, ref[4] + v * v, ref[5] + u * v]
+    _subset_sums(x, y, 0.6, 0.3, mx, my, got)
+    assert got.tolist() == ref
+    start = np.array([0, 200, 500], np.int64)
+    ref = [0.0] * 6
+    for k in range(200, 500):
+        if 0.2 <= x[k] < 0.9 and not y[k] < 0.4:
+            u, v = x[k] - mx, y[k] - my
+            ref = [ref[0] - 1.0, ref[1] - u, ref[2] - v, ref[3] - u * u, ref[4] - v * v, ref[5] - u * v]
+    got = np.zeros(6)
+    _band_sums(x, y, x, y, 1, 1, start, 0.2, 0.9, 0.4, mx, my, got, -1.0)
+    assert got.tolist() == ref

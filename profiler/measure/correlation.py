@@ -71,11 +71,21 @@ def _add_moments(out: np.ndarray, u: float, v: float, w: float) -> None:  # prag
 def _subset_sums(x: np.ndarray, y: np.ndarray, t1: float, t2: float, mx: float, my: float,
                  out: np.ndarray) -> None:  # pragma: no cover - numba
     """out += (n, Σu, Σv, Σu², Σv², Σuv) over pixels with x < t1 or y < t2 (u = x − mx, v = y − my)."""
+    # the running sums in locals (the same additions in the same order as into ``out``)
+    s0, s1, s2, s3, s4, s5 = out[0], out[1], out[2], out[3], out[4], out[5]
     for k in range(x.shape[0]):
         xv = x[k]
         yv = y[k]
         if xv < t1 or yv < t2:
-            _add_moments(out, xv - mx, yv - my, 1.0)
+            u = xv - mx
+            v = yv - my
+            s0 += 1.0
+            s1 += 1.0 * u
+            s2 += 1.0 * v
+            s3 += 1.0 * u * u
+            s4 += 1.0 * v * v
+            s5 += 1.0 * u * v
+    out[0], out[1], out[2], out[3], out[4], out[5] = s0, s1, s2, s3, s4, s5
 
 
 def _pearson_from_sums(s: np.ndarray) -> tuple[int, float]:
@@ -178,6 +188,7 @@ class _ValueSort:
 
     def __init__(self, img32: np.ndarray, codes: np.ndarray, order: np.ndarray, sorted_values: np.ndarray):
         self.img32, self.codes, self.order, self.sorted = img32, codes, order, sorted_values
+        self.n_codes = int(codes[order[-1]]) + 1 if order.size else 0
         self._side = None
 
     def side(self) -> tuple:
@@ -209,10 +220,20 @@ def _band_sums(u: np.ndarray, v: np.ndarray, a: np.ndarray, b: np.ndarray, q_lo:
     """out += sign · (n, Σu', Σv', Σu'², Σv'², Σu'v') (u' = u − mx, v' = v − my) over the pixels of
     buckets q_lo … q_hi with a_lo ≤ a < a_hi and not b < b_t (arrays in one channel's bucket order;
     ``a``/``b`` are ``u``/``v`` in either role)."""
+    # the running sums in locals (the same additions in the same order as into ``out``)
+    s0, s1, s2, s3, s4, s5 = out[0], out[1], out[2], out[3], out[4], out[5]
     for k in range(start[q_lo], start[q_hi + 1]):
         av = a[k]
         if av >= a_lo and av < a_hi and not b[k] < b_t:
-            _add_moments(out, u[k] - mx, v[k] - my, sign)
+            uk = u[k] - mx
+            vk = v[k] - my
+            s0 += sign
+            s1 += sign * uk
+            s2 += sign * vk
+            s3 += sign * uk * uk
+            s4 += sign * vk * vk
+            s5 += sign * uk * vk
+    out[0], out[1], out[2], out[3], out[4], out[5] = s0, s1, s2, s3, s4, s5
 
 
 class _BandSubsets:
@@ -415,24 +436,38 @@ class _LevelSubsets:
         return _pearson_from_sums(self.sums(t1, t2))
 
 
-def _regression(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+def _float32_stats(x: np.ndarray) -> tuple[float, float, bool]:
+    """(variance (ddof 1), mean, every pixel > 0) of a channel's float32 pixels, as :func:`_regression`
+    computes them."""
+    xs = np.asarray(x, dtype=np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.var(xs, ddof=1)), float(xs.mean()), bool(xs.size and xs.min() > 0)
+
+
+def _regression(x: np.ndarray, y: np.ndarray, stats: tuple | None = None) -> tuple[float, float]:
     """Orthogonal-regression line y = a·x + b over pixels where either channel is non-zero (CP).
 
     Variances and means are taken on the float32 pixels (as CellProfiler), the rest in float64.
+    ``stats``: the channels' :func:`_float32_stats` (shared by a channel's pairs), used when every
+    pixel of one of them is > 0.
     """
-    nz = (x > 0) | (y > 0)
-    if nz.all():  # no copy (the usual case: no pixel is 0 in both channels)
+    if stats is not None and (stats[0][2] or stats[1][2]):  # every pixel counts: no mask
+        (xvar, xmean, _), (yvar, ymean, _) = stats
         xs, ys = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.float32)
     else:
-        xs, ys = np.asarray(x[nz], dtype=np.float32), np.asarray(y[nz], dtype=np.float32)
+        nz = (x > 0) | (y > 0)
+        if nz.all():  # no copy (the usual case: no pixel is 0 in both channels)
+            xs, ys = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.float32)
+        else:
+            xs, ys = np.asarray(x[nz], dtype=np.float32), np.asarray(y[nz], dtype=np.float32)
+        xvar, xmean, _ = _float32_stats(xs)
+        yvar, ymean, _ = _float32_stats(ys)
     with np.errstate(divide="ignore", invalid="ignore"):
-        xvar = float(np.var(xs, ddof=1))
-        yvar = float(np.var(ys, ddof=1))
         zvar = float(np.var(xs + ys, ddof=1))
         covar = 0.5 * (zvar - (xvar + yvar))
         num = (yvar - xvar) + np.sqrt((yvar - xvar) ** 2 + 4 * covar * covar)
         a = np.float64(num) / np.float64(2 * covar)
-        b = float(ys.mean()) - a * float(xs.mean())
+        b = ymean - a * xmean
     return float(a), float(b)
 
 
@@ -452,10 +487,12 @@ def costes_thresholds(x: np.ndarray, y: np.ndarray, scale: float = 255.0, method
 
 
 def _costes(x: np.ndarray, y: np.ndarray, scale: float, method: str, X: _Levels | None,
-            Y: _Levels | None, sorts: tuple[_ValueSort, _ValueSort] | None = None) -> tuple[float, float]:
-    """:func:`costes_thresholds` given the channels' 16-bit levels (None: off the grid, float path)
-    and, off the grid, optionally their value orders (``x``, ``y`` are then those channels' pixels)."""
-    a, b = _regression(np.ravel(x), np.ravel(y))
+            Y: _Levels | None, sorts: tuple[_ValueSort, _ValueSort] | None = None,
+            stats: tuple | None = None) -> tuple[float, float]:
+    """:func:`costes_thresholds` given the channels' 16-bit levels (None: off the grid, float path),
+    optionally, off the grid, their value orders and the channels' :func:`_float32_stats` (``x``,
+    ``y`` are then those channels' pixels)."""
+    a, b = _regression(np.ravel(x), np.ravel(y), stats)
     if X is not None and Y is not None and X.lv.size:
         sub = _LevelSubsets(X, Y)
         x_max, y_max = float(_GRID[X.sorted_lv[-1]]), float(_GRID[Y.sorted_lv[-1]])
@@ -531,12 +568,16 @@ def _costes_cached(cache: ImageCache, img1: np.ndarray, img2: np.ndarray, scale,
                    method: str) -> tuple[float, float]:
     """Costes' threshold pair of a channel pair over the whole image, once per pair and site."""
 
+    def _stats():  # each channel's variance and mean, shared by its pairs
+        return tuple(cache.get("correlation_f32_stats", (img,), (), lambda img=img: _float32_stats(np.ravel(img)))
+                     for img in (img1, img2))
+
     def make() -> tuple[float, float]:
         s = _infer_scale(img1, img2) if scale in (None, "auto") else float(scale)
         X, Y = _levels_cached(cache, img1), _levels_cached(cache, img2)
         x, y = np.asarray(img1).ravel(), np.asarray(img2).ravel()
         if X is not None and Y is not None:  # on the 16-bit grid: no NaN
-            return _costes(x, y, s, method, X, Y) if x.size else (np.inf, np.inf)
+            return _costes(x, y, s, method, X, Y, None, _stats()) if x.size else (np.inf, np.inf)
         if np.isnan(x.sum()) or np.isnan(y.sum()):  # CellProfiler drops NaN pixels (none in real images)
             ok = ~(np.isnan(x) | np.isnan(y))
             x, y = x[ok], y[ok]
@@ -546,19 +587,12 @@ def _costes_cached(cache: ImageCache, img1: np.ndarray, img2: np.ndarray, scale,
             # the channels' value orders (shared with the RWC ranks and the other channel pairs)
             sx, sy = _value_sort_cached(cache, img1), _value_sort_cached(cache, img2)
             sorts = (sx, sy) if sx is not None and sy is not None else None
-        return _costes(x, y, s, method, None, None, sorts) if x.size else (np.inf, np.inf)
+        return _costes(x, y, s, method, None, None, sorts, _stats()) if x.size else (np.inf, np.inf)
 
     return cache.get("correlation_costes", (img1, img2), (str(scale), method), make)
 
 
 # --------------------------------------------------------------------------- per-object measures
-
-def _codes_cached(cache: ImageCache, img: np.ndarray) -> np.ndarray | None:
-    """Dense codes of a channel's float32 values off the 16-bit grid (:class:`_ValueSort`), once
-    per image and site; None when it has NaN."""
-    vs = _value_sort_cached(cache, img)
-    return None if vs is None else vs.codes
-
 
 def _dense_rank(v: np.ndarray) -> np.ndarray:
     """Dense rank (0 = smallest value) of ``v`` (CellProfiler's get_image_rank)."""
@@ -574,21 +608,49 @@ def _dense_rank(v: np.ndarray) -> np.ndarray:
     return np.unique(v, return_inverse=True)[1].reshape(-1)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _popcount64(x):  # pragma: no cover - numba
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
+@numba.njit(cache=True, nogil=True)
+def _compact_ranks(codes: np.ndarray, idx: np.ndarray, n_codes: int) -> np.ndarray:  # pragma: no cover
+    """Dense rank of ``codes[idx]`` among the distinct codes present there (codes 0 … n_codes − 1):
+    a bit set of the present codes and the count of set bits before each 64-bit word."""
+    n_words = (n_codes + 63) // 64
+    bits = np.zeros(n_words, np.uint64)
+    for k in range(idx.shape[0]):
+        c = codes[idx[k]]
+        bits[c >> 6] |= np.uint64(1) << np.uint64(c & 63)
+    before = np.empty(n_words, np.int64)
+    r = 0
+    for w in range(n_words):
+        before[w] = r
+        r += _popcount64(bits[w])
+    out = np.empty(idx.shape[0], np.int64)
+    for k in range(idx.shape[0]):
+        c = codes[idx[k]]
+        w = c >> 6
+        out[k] = before[w] + _popcount64(bits[w] & ((np.uint64(1) << np.uint64(c & 63)) - np.uint64(1)))
+    return out
+
+
 def _object_ranks(img: np.ndarray, v: np.ndarray, idx: np.ndarray, levels: _Levels | None,
-                  codes: np.ndarray | None = None) -> np.ndarray:
+                  codes: np.ndarray | None = None, n_codes: int | None = None) -> np.ndarray:
     """Dense ranks of the object pixels ``v`` (= img at ``idx``) over all of them (:func:`_dense_rank`),
     from the channel's 16-bit levels when it has them, else from its dense codes over the whole
-    image (:func:`_codes_cached`: the object pixels' distinct codes are in the order of their values)."""
+    image (:class:`_ValueSort`'s codes: the object pixels' distinct codes are in the order of their values;
+    ``n_codes``: their number, computed when not given)."""
     if v.size == 0 or (levels is None and codes is None):
         return _dense_rank(v)
     if levels is not None:
-        lv = levels.lv[idx]
-        present = np.zeros(_GRID_LEVELS, dtype=np.int64)
-    else:
-        lv = codes[idx]
-        present = np.zeros(int(codes.max()) + 1, dtype=np.int64)
-    present[lv] = 1
-    return (np.cumsum(present) - 1)[lv]
+        return _compact_ranks(levels.lv, np.asarray(idx, np.int64), _GRID_LEVELS)
+    if n_codes is None:
+        n_codes = int(codes.max()) + 1
+    return _compact_ranks(codes, np.asarray(idx, np.int64), int(n_codes))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -713,9 +775,10 @@ def correlation(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objec
         img = np.ascontiguousarray(images[ch], dtype=np.float32).ravel()
         v64, above, thr_sum = _channel_pass(img, idx, starts, frac)
         levels = _levels_cached(cache, images[ch])
-        codes = _codes_cached(cache, images[ch]) if levels is None and idx.size else None
+        vs = _value_sort_cached(cache, images[ch]) if levels is None and idx.size else None
+        codes, n_codes = (vs.codes, vs.n_codes) if vs is not None else (None, None)
         per[ch] = {"v": v64, "above": above, "thr_sum": thr_sum,
-                   "rank": _object_ranks(img, img[idx], idx, levels, codes)}
+                   "rank": _object_ranks(img, img[idx], idx, levels, codes, n_codes)}
 
     out: dict[str, np.ndarray] = {}
     for i1 in range(len(names) - 1):
