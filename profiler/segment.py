@@ -180,43 +180,12 @@ _EIGHT = np.ones((3, 3), bool)
 
 def _fill_binary_holes(mask: np.ndarray, max_area: float | None = None) -> np.ndarray:
     """Fill background components (4-connected) that do not touch the edge and are small enough."""
-    bg, n = ndi.label(~mask, _FOUR)
-    if n == 0:
-        return mask
-    edge = np.unique(np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]]))
-    fill = np.ones(n + 1, bool)
-    fill[edge] = False
-    fill[0] = False
-    if max_area is not None:
-        fill &= np.bincount(bg.ravel(), minlength=n + 1) < max_area
-    return mask | fill[bg]
+    return _kernels.fill_binary_holes(mask, max_area)
 
 
 def fill_label_holes(labels: np.ndarray) -> np.ndarray:
     """Fill background pockets (4-connected) that touch exactly one object and not the edge."""
-    bg, n = ndi.label(labels == 0, _FOUR)
-    if n == 0:
-        return labels
-    pairs = []
-    for a, b in ((bg[:-1, :], labels[1:, :]), (bg[1:, :], labels[:-1, :]),
-                 (bg[:, :-1], labels[:, 1:]), (bg[:, 1:], labels[:, :-1])):
-        sel = (a > 0) & (b > 0)
-        pairs.append(np.stack([a[sel], b[sel]], axis=1))
-    pairs = np.concatenate(pairs).astype(np.int64)
-    big = int(labels.max()) + 1
-    code = np.unique(pairs[:, 0] * big + pairs[:, 1])
-    pb, pl = code // big, code % big
-    owners = np.zeros(n + 1, np.int64)
-    n_owners = np.bincount(pb, minlength=n + 1)
-    owners[pb] = pl
-    edge = np.unique(np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]]))
-    ok = n_owners == 1
-    ok[edge] = False
-    ok[0] = False
-    out = labels.copy()
-    sel = ok[bg]
-    out[sel] = owners[bg[sel]]
-    return out
+    return _kernels.fill_label_holes(labels)
 
 
 def _strel_disk(radius: float) -> np.ndarray:
