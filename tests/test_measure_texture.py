@@ -131,3 +131,28 @@ def test_names_scales_and_gray_levels_through_measure_objects():
     assert df.shape == (1, 13 * 4 * 2)
     # 0.5 → level 128 of 256 → 128/255·63 → level 31 of 64
     assert df["Cells_Texture_SumAverage_Actin_3_00_64"].iloc[0] == pytest.approx(2 * 31)
+
+
+def test_pair_geometry_from_the_grouped_pixels_equals_the_image_scan():
+    """Texture's pairs found from LabelContext's grouped pixel list (two pointers per object) are the
+    image scan's: objects touching every border, holes, absent numbers, 1-pixel objects, all scales."""
+    from profiler.measure._util import LabelContext
+    from profiler.measure.texture import _pair_geometry
+
+    rng = np.random.default_rng(21)
+    for trial in range(6):
+        lab = rng.integers(0, 6, (37, 41)).astype(np.int32)
+        lab[lab == 3] = 0  # object 3 absent
+        if trial % 2:
+            lab[:, :5] = 2  # a block touching the left, top and bottom borders
+            lab[10, 20] = 7  # a 1-pixel object
+        n = 8
+        for scale in (1, 2, 3, 5, 40):
+            ref = _pair_geometry(lab, n, scale)
+            got = _pair_geometry(lab, n, scale, LabelContext(lab, n))
+            for k in (0, 1, 4):
+                np.testing.assert_array_equal(got[k], ref[k])
+            for d in range(4):
+                m = ref[4][d, -1]
+                np.testing.assert_array_equal(got[2][d, :m], ref[2][d, :m])
+                np.testing.assert_array_equal(got[3][d, :m], ref[3][d, :m])

@@ -5,7 +5,8 @@ pixels grouped by label); no Python loop over objects. Pixel coordinates are (i,
 column) of the pixel centre.
 
 * grouping: :func:`group_by_label` (counting sort of pixel indices by label), :func:`label_starts`,
-  :func:`sorted_by_label`;
+  :func:`sorted_by_label`; :func:`label_pixels` (the labelled pixels and counts in one scan) and
+  :func:`group_pixels_by_label` (them regrouped by label), behind :class:`_util.LabelContext`;
 * per-label statistics of sorted values: :func:`sorted_group_stats`, and :func:`radii_by_label`
   (max / mean / median of distance-transform values, by counting exact squared distances);
 * :func:`pixel_scan`: area, bounding box, perimeter and Euler number of every object in one pass.
@@ -258,3 +259,48 @@ def pixel_scan(labels: np.ndarray, n: int):
                 elif q == 2 and ((b0 and b3) or (b1 and b2)):
                     eul[lab] -= 2
     return area, bbox, perim, eul
+
+
+@nb.njit(cache=True, nogil=True)
+def label_pixels(flat: np.ndarray, n: int):  # pragma: no cover - numba
+    """Flat indices (int64) and labels (int64) of the pixels with 0 < label ≤ n, in raster order,
+    and the pixel count of labels 0..n (int64, entry 0 is 0): one counting pass and one filling
+    pass, no temporaries of the image's size."""
+    counts = np.zeros(n + 1, np.int64)
+    for k in range(flat.shape[0]):
+        v = flat[k]
+        if v > 0 and v <= n:
+            counts[v] += 1
+    m = 0
+    for v in range(n + 1):
+        m += counts[v]
+    idx = np.empty(m, np.int64)
+    lab = np.empty(m, np.int64)
+    t = 0
+    for k in range(flat.shape[0]):
+        v = flat[k]
+        if v > 0 and v <= n:
+            idx[t] = k
+            lab[t] = v
+            t += 1
+    return idx, lab, counts
+
+
+@nb.njit(cache=True, nogil=True)
+def group_pixels_by_label(idx: np.ndarray, lab: np.ndarray, counts: np.ndarray):  # pragma: no cover - numba
+    """(idx, lab) of pixels in raster order regrouped by label (raster order within each label; a
+    stable counting sort) and the start of each label 1..n in them (length n + 1)."""
+    n = counts.shape[0] - 1
+    starts = np.zeros(n + 1, np.int64)
+    for o in range(n):
+        starts[o + 1] = starts[o] + counts[o + 1]
+    fill = starts[:n].copy()
+    gi = np.empty(idx.shape[0], np.int64)
+    gl = np.empty(idx.shape[0], np.int64)
+    for t in range(idx.shape[0]):
+        v = lab[t]
+        p = fill[v - 1]
+        gi[p] = idx[t]
+        gl[p] = v
+        fill[v - 1] = p + 1
+    return gi, gl, starts

@@ -8,6 +8,11 @@ import numpy as np
 def object_pixels(labels: np.ndarray, n_objects: int) -> tuple[np.ndarray, np.ndarray]:
     """Flat indices of labelled pixels (label ≤ n_objects) and their labels."""
     flat = labels.ravel()
+    if flat.dtype.kind in "iu" and flat.dtype.itemsize <= 8 and flat.dtype != np.uint64:
+        from profiler.measure._labels import label_pixels
+
+        idx, lab, _ = label_pixels(flat, int(n_objects))
+        return idx, lab.astype(np.intp, copy=False)
     idx = np.flatnonzero((flat > 0) & (flat <= n_objects))
     return idx, flat[idx].astype(np.intp)
 
@@ -88,9 +93,15 @@ class LabelContext:
             self._cache[key] = make()
         return self._cache[key]
 
+    def _scan(self):
+        """(flat index, label, counts) of :func:`_labels.label_pixels`: one pass over the image."""
+        from profiler.measure._labels import label_pixels
+
+        return self._get("label_pixels", lambda: label_pixels(self.labels.ravel(), self.n))
+
     def pixels(self) -> tuple[np.ndarray, np.ndarray]:
         """(flat index, label) of the pixels with 0 < label ≤ n, in raster order."""
-        return self._get("pixels", lambda: object_pixels(self.labels, self.n))
+        return self._get("pixels", lambda: self._scan()[:2])
 
     def rows_cols(self) -> tuple[np.ndarray, np.ndarray]:
         """Row and column (int) of each pixel of :meth:`pixels`."""
@@ -114,19 +125,14 @@ class LabelContext:
 
     def counts(self) -> np.ndarray:
         """Pixel count of labels 0..n (int64, length n + 1; entry 0 is 0)."""
-        return self._get("counts", lambda: np.bincount(self.pixels()[1], minlength=self.n + 1))
+        return self._get("counts", lambda: self._scan()[2])
 
     def grouped(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(flat index, label) of :meth:`pixels` ordered by label (raster order within each object)
         and the start of each object in them (int64, length n + 1)."""
-        def make():
-            idx, lab = self.pixels()
-            order = np.argsort(lab, kind="stable")
-            starts = np.zeros(self.n + 1, dtype=np.int64)
-            np.cumsum(self.counts()[1:], out=starts[1:])
-            return idx[order], lab[order], starts
+        from profiler.measure._labels import group_pixels_by_label
 
-        return self._get("grouped", make)
+        return self._get("grouped", lambda: group_pixels_by_label(*self._scan()))
 
     def shape_scan(self):
         """(area, bbox, perimeter, euler) from :func:`_labels.pixel_scan`."""

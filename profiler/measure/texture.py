@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 import numba
 import numpy as np
 
+from profiler.measure._util import LabelContext, label_context
 from profiler.measure.registry import FeatureDoc, register
 
 HARALICK = ("AngularSecondMoment", "Contrast", "Correlation", "Variance", "InverseDifferenceMoment",
@@ -123,9 +124,58 @@ def _geometry_kernel(flat: np.ndarray, H: int, W: int, n: int, scale: int):  # p
     return idx, pix_starts, a, b, starts
 
 
-def _pair_geometry(labels: np.ndarray, n_objects: int, scale: int):
-    """(object pixels grouped by object, their start offsets, per-direction pair positions and starts)."""
+@numba.njit(cache=True, nogil=True)
+def _pairs_kernel(idx: np.ndarray, pix_starts: np.ndarray, H: int, W: int, scale: int):  # pragma: no cover
+    """:func:`_geometry_kernel`'s pairs from the object pixels already grouped by object (raster
+    order within each: :meth:`LabelContext.grouped`). Every offset points forward in raster order,
+    so the partner of each pixel is found by a second pointer moving through the same object's
+    pixels (a pair lies in one object exactly when its partner is in that object's list)."""
+    n = pix_starts.shape[0] - 1
+    N = idx.shape[0]
+    a = np.empty((4, N), dtype=np.int32)
+    b = np.empty((4, N), dtype=np.int32)
+    starts = np.zeros((4, n + 1), dtype=np.int64)
+    for d in range(4):
+        if d == 0:
+            dy, dx = 0, scale
+        elif d == 1:
+            dy, dx = scale, scale
+        elif d == 2:
+            dy, dx = scale, 0
+        else:
+            dy, dx = scale, -scale
+        off = dy * W + dx
+        m = 0
+        for o in range(n):
+            end = pix_starts[o + 1]
+            u = pix_starts[o]
+            for t in range(pix_starts[o], end):
+                k = idx[t]
+                r = k // W
+                c = k - r * W
+                if r + dy < H and c + dx >= 0 and c + dx < W:
+                    q = k + off
+                    while u < end and idx[u] < q:
+                        u += 1
+                    if u == end:
+                        break
+                    if idx[u] == q:
+                        a[d, m] = t
+                        b[d, m] = u
+                        m += 1
+            starts[d, o + 1] = m
+    return a, b, starts
+
+
+def _pair_geometry(labels: np.ndarray, n_objects: int, scale: int, context: LabelContext | None = None):
+    """(object pixels grouped by object, their start offsets, per-direction pair positions and starts).
+    With ``context`` (the label image's :class:`LabelContext`) its grouped pixel list is used."""
     H, W = labels.shape
+    if context is not None:
+        ctx = label_context(labels, n_objects, context)
+        idx, _, pix_starts = ctx.grouped()
+        a, b, starts = _pairs_kernel(idx, pix_starts, H, W, int(scale))
+        return idx, pix_starts, a, b, starts
     flat = np.ascontiguousarray(labels).ravel()
     if flat.dtype.kind not in "iu" or flat.dtype.itemsize > 8:
         flat = flat.astype(np.int64)
@@ -304,7 +354,8 @@ def _haralick_levels(qo: np.ndarray, geometry, n_objects: int) -> np.ndarray:
                                "dimensionless") for f in HARALICK],
           defaults={"scales": (3,), "gray_levels": 256})
 def texture(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objects: int,
-            scales: Sequence[int] = (3,), gray_levels: int = 256) -> dict[str, np.ndarray]:
+            scales: Sequence[int] = (3,), gray_levels: int = 256,
+            context: LabelContext | None = None) -> dict[str, np.ndarray]:
     """The 13 Haralick features of every object for every channel, scale and direction
     (``Texture_<Feature>_<channel>_<scale>_<direction:02d>_<gray_levels>``), as CellProfiler's
     MeasureTexture computes them (definitions in the module docstring).
@@ -314,7 +365,8 @@ def texture(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objects: 
 
     Settings (pipeline YAML ``features: {Texture: {...}}``): ``scales`` (pixel offsets of the
     co-occurrence pairs, default [3]) and ``gray_levels`` (2–256, default 256: the number of grey
-    levels the whole image is quantized to).
+    levels the whole image is quantized to). ``context``: the label image's shared intermediates
+    (:class:`~profiler.measure._util.LabelContext`; its grouped pixel list), built here when not given.
     """
     if isinstance(scales, int):
         scales = (scales,)
@@ -328,7 +380,7 @@ def texture(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objects: 
     out: dict[str, np.ndarray] = {}
     for scale in scales:
         scale = int(scale)
-        geometry = _pair_geometry(labels, n_objects, scale)
+        geometry = _pair_geometry(labels, n_objects, scale, label_context(labels, n_objects, context))
         idx = geometry[0]
         for ch, img in images.items():
             # quantize only the object pixels (same values as quantizing the whole image)
