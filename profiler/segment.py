@@ -134,7 +134,7 @@ def threshold_value(image: np.ndarray, *, method: str = "otsu", classes: int = 2
         tol = max(float(np.min(np.diff(np.unique(data)))) / 2, 0.5 / 65536)
         t = float(filters.threshold_li(data, tolerance=tol))
     elif method == "otsu" and int(classes) == 2:
-        t = float(filters.threshold_otsu(data))
+        t = _otsu(data)
     elif method == "otsu" and int(classes) == 3:
         if np.unique(data).size < 3:
             t = float(filters.threshold_otsu(data))
@@ -146,6 +146,17 @@ def threshold_value(image: np.ndarray, *, method: str = "otsu", classes: int = 2
                           hint=f"use one of {THRESHOLD_METHODS}; threshold_classes 2 or 3 (Otsu)")
     lo, hi = float(bounds[0]), float(bounds[1])
     return float(min(max(t * float(correction), lo), hi))
+
+
+def _otsu(data: np.ndarray) -> float:
+    """``skimage.filters.threshold_otsu(data)`` (256 bins over (min, max)) for a non-constant float64
+    array: the histogram from the compiled ``np.histogram`` equivalent, the rest by scikit-image's own
+    code given that histogram (both ends of a min-max histogram are occupied, so it trims nothing)."""
+    try:
+        counts, edges = _kernels.uniform_histogram(data, 256)
+    except ValueError:   # not finite, or a range too small for 256 bins: scikit-image's own error
+        return float(filters.threshold_otsu(data))
+    return float(filters.threshold_otsu(hist=(counts, (edges[:-1] + edges[1:]) / 2.0)))
 
 
 def _smooth_for_threshold(image: np.ndarray, scale: float) -> np.ndarray:

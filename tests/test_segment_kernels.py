@@ -182,3 +182,42 @@ def test_fill_binary_holes_equals_the_old_implementation():
             assert out.dtype == ref.dtype and np.array_equal(out, ref), (t, max_area)
     for mask in (np.zeros((5, 7), bool), np.ones((4, 4), bool), np.zeros((1, 1), bool)):
         assert np.array_equal(S._fill_binary_holes(mask, 10), _fill_binary_holes_oracle(mask, 10))
+
+
+def _hist_cases(rng):
+    yield rng.random(1000)
+    yield rng.normal(0.3, 0.1, 70_000)                      # more than one of NumPy's 65,536 blocks
+    yield np.round(rng.random(5000) * 7) / 7                # values on the bin edges
+    yield np.linspace(-3.0, 5.0, 4097)                      # evenly spaced: many exactly on edges
+    yield (rng.integers(0, 4096, 20_000) / 65535.0)          # 12-bit data on CellProfiler's scale
+    yield rng.random(3) * 1e-12 + 1.0                       # a tiny range
+    yield np.array([0.0, 1.0])
+    yield np.array([2.0, 2.0, 2.0 + 2 ** -40])
+    yield np.float32(rng.random(30_000)).astype(np.float64) / np.float32(0.37)
+
+
+def test_uniform_histogram_equals_numpy():
+    rng = np.random.default_rng(4)
+    for a in _hist_cases(rng):
+        for nbins in (256, 128, 7, 1):
+            counts, edges = K.uniform_histogram(a, nbins)
+            ref, ref_edges = np.histogram(a, bins=nbins)
+            assert np.array_equal(counts, ref) and np.array_equal(edges.view(np.int64), ref_edges.view(np.int64))
+
+
+def test_otsu_equals_skimage():
+    from skimage import filters
+    rng = np.random.default_rng(5)
+    for a in _hist_cases(rng):
+        assert np.float64(S._otsu(a)).view(np.int64) == np.float64(filters.threshold_otsu(a)).view(np.int64)
+        assert S.threshold_value(a, bounds=(-np.inf, np.inf)) == filters.threshold_otsu(a)
+    with pytest.raises(ValueError):
+        S._otsu(np.array([0.0, np.nan, 1.0]))
+
+
+def test_uniform_histogram_refuses_what_numpy_refuses():
+    for a in (np.array([1.0, np.nan]), np.array([0.0, np.inf]), np.array([1.0, 1.0 + 2 ** -52])):
+        with pytest.raises(ValueError):
+            np.histogram(a, bins=256)
+        with pytest.raises(ValueError):
+            K.uniform_histogram(a, 256)
