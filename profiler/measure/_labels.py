@@ -171,6 +171,24 @@ def radii_by_label(lab: np.ndarray, dist: np.ndarray, n: int):
     return sorted_group_stats(d_sorted, d_starts, n)
 
 
+@nb.njit(cache=True, inline="always")
+def _perimeter_code(labels, border, i, j, lab, h, w):  # pragma: no cover - numba
+    """scikit-image's perimeter code of the border pixel (i, j) of ``lab`` (1 + 2 per edge
+    neighbour + 10 per corner neighbour on the border)."""
+    code = 1
+    for di in (-1, 0, 1):
+        for dj in (-1, 0, 1):
+            if di == 0 and dj == 0:
+                continue
+            a = i + di
+            b = j + dj
+            if a < 0 or a >= h or b < 0 or b >= w:
+                continue
+            if border[a, b] and labels[a, b] == lab:
+                code += 10 if (di != 0 and dj != 0) else 2
+    return code
+
+
 @nb.njit(cache=True)
 def pixel_scan(labels: np.ndarray, n: int):
     """One pass over the image: area, bbox, perimeter (scikit-image, 4-neighbourhood) and
@@ -211,46 +229,30 @@ def pixel_scan(labels: np.ndarray, n: int):
     weights[13] = (1.0 + math.sqrt(2.0)) / 2.0
     weights[23] = (1.0 + math.sqrt(2.0)) / 2.0
     perim = np.zeros(n + 1)
-    for i in range(h):
-        for j in range(w):
-            if not border[i, j]:
-                continue
-            lab = labels[i, j]
-            code = 1
-            for di in (-1, 0, 1):
-                for dj in (-1, 0, 1):
-                    if di == 0 and dj == 0:
-                        continue
-                    a = i + di
-                    b = j + dj
-                    if a < 0 or a >= h or b < 0 or b >= w:
-                        continue
-                    if border[a, b] and labels[a, b] == lab:
-                        code += 10 if (di != 0 and dj != 0) else 2
-            if code < 50:
-                perim[lab] += weights[code]
-    # Euler number, 8-connectivity: (Q1 - Q3 - 2 QD) / 4 over 2x2 windows of the zero-padded image
+    # each object's border pixels in raster order (its bounding box scanned row by row: the same
+    # additions in the same order as a scan of the whole image)
+    for lab in range(1, n + 1):
+        if area[lab] == 0:
+            continue
+        for i in range(bbox[lab, 0], bbox[lab, 2] + 1):
+            for j in range(bbox[lab, 1], bbox[lab, 3] + 1):
+                if border[i, j] and labels[i, j] == lab:
+                    code = _perimeter_code(labels, border, i, j, lab, h, w)
+                    if code < 50:
+                        perim[lab] += weights[code]
+    # Euler number, 8-connectivity: (Q1 - Q3 - 2 QD) / 4 over 2x2 windows of the zero-padded image;
+    # the windows holding a pixel of object k have their top-left corner in k's bounding box grown
+    # by one row and column up and left, so only those are visited (integer counts: any order)
     eul = np.zeros(n + 1, np.int64)
-    for i in range(-1, h):
-        for j in range(-1, w):
-            t0 = labels[i, j] if (i >= 0 and j >= 0) else 0
-            t1 = labels[i, j + 1] if (i >= 0 and j + 1 < w) else 0
-            t2 = labels[i + 1, j] if (i + 1 < h and j >= 0) else 0
-            t3 = labels[i + 1, j + 1] if (i + 1 < h and j + 1 < w) else 0
-            for s in range(4):
-                lab = t0 if s == 0 else (t1 if s == 1 else (t2 if s == 2 else t3))
-                if lab <= 0 or lab > n:
-                    continue
-                if s >= 1 and t0 == lab:
-                    continue
-                if s >= 2 and t1 == lab:
-                    continue
-                if s == 3 and t2 == lab:
-                    continue
-                b0 = t0 == lab
-                b1 = t1 == lab
-                b2 = t2 == lab
-                b3 = t3 == lab
+    for lab in range(1, n + 1):
+        if area[lab] == 0:
+            continue
+        for i in range(bbox[lab, 0] - 1, bbox[lab, 2] + 1):
+            for j in range(bbox[lab, 1] - 1, bbox[lab, 3] + 1):
+                b0 = i >= 0 and j >= 0 and labels[i, j] == lab
+                b1 = i >= 0 and j + 1 < w and labels[i, j + 1] == lab
+                b2 = i + 1 < h and j >= 0 and labels[i + 1, j] == lab
+                b3 = i + 1 < h and j + 1 < w and labels[i + 1, j + 1] == lab
                 q = b0 + b1 + b2 + b3
                 if q == 1:
                     eul[lab] += 1

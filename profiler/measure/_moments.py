@@ -45,6 +45,28 @@ def moments(labels: np.ndarray, n: int, bbox: np.ndarray, area: np.ndarray):
 
 
 @nb.njit(cache=True, nogil=True)
+def moments_from_pixels(rows: np.ndarray, cols: np.ndarray, lab: np.ndarray, n: int, bbox: np.ndarray,
+                        area: np.ndarray):  # pragma: no cover - numba
+    """:func:`moments` from the labelled pixels in raster order (row, column, label of each;
+    labels 1..n): the same additions in the same order, without scanning the background."""
+    m = np.zeros((n + 1, 4, 4))
+    for t in range(lab.shape[0]):
+        k = lab[t]
+        _add_powers(m[k], float(rows[t] - bbox[k, 0]), float(cols[t] - bbox[k, 1]))
+    mu = np.zeros((n + 1, 4, 4))
+    cr = np.zeros(n + 1)
+    cc = np.zeros(n + 1)
+    for k in range(1, n + 1):
+        if area[k] > 0:
+            cr[k] = m[k, 1, 0] / m[k, 0, 0]
+            cc[k] = m[k, 0, 1] / m[k, 0, 0]
+    for t in range(lab.shape[0]):
+        k = lab[t]
+        _add_powers(mu[k], (rows[t] - bbox[k, 0]) - cr[k], (cols[t] - bbox[k, 1]) - cc[k])
+    return m, mu
+
+
+@nb.njit(cache=True, nogil=True)
 def _add_powers(acc, r, c):  # pragma: no cover - numba
     """acc[p, q] += r^p · c^q for p, q < 4 (one pixel's share of the moments)."""
     rp = 1.0
@@ -75,7 +97,21 @@ def zernike_lut(indexes: list[tuple[int, int]]) -> np.ndarray:
 
 
 def zernike_poly_coeffs(indexes: list[tuple[int, int]]) -> np.ndarray:
-    """Each R_nm(ρ)·(y + i·x)^m / ρ^m… written as a polynomial Σ C[a, b] x^a y^b: (nz, d+1, d+1) complex."""
+    """Each R_nm(ρ)·(y + i·x)^m / ρ^m… written as a polynomial Σ C[a, b] x^a y^b: (nz, d+1, d+1) complex.
+
+    Computed once per list of indexes and kept (a read-only array)."""
+    key = tuple((int(nn), int(mm)) for nn, mm in indexes)
+    out = _POLY_COEFFS.get(key)
+    if out is None:
+        out = _POLY_COEFFS[key] = _zernike_poly_coeffs(key)
+        out.setflags(write=False)
+    return out
+
+
+_POLY_COEFFS: dict[tuple, np.ndarray] = {}  # indexes → zernike_poly_coeffs (a few small arrays at most)
+
+
+def _zernike_poly_coeffs(indexes) -> np.ndarray:
     from math import comb
 
     d = max(nn for nn, _ in indexes)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from profiler.measure._labels import radii_by_label
-from profiler.measure._moments import moments, zernike_indexes, zernike_magnitudes_by_runs
+from profiler.measure._moments import moments_from_pixels, zernike_indexes, zernike_magnitudes_by_runs
 from profiler.measure._util import LabelContext, label_context
 from profiler.measure.registry import FeatureDoc, register
 
@@ -129,7 +129,8 @@ def areashape(labels: np.ndarray, images=None, *, n_objects: int, zernike: bool 
     area = np.where(present, area_i, np.nan).astype(np.float64)
     perim = np.where(present, geo["perimeter"], np.nan)
 
-    m, mu = moments(lab_img, n, bbox, area_i)
+    rows, cols = ctx.rows_cols()
+    m, mu = moments_from_pixels(rows, cols, ctx.pixels()[1], n, bbox, area_i)
     # first-order central moments are 0 by definition (what is summed is round-off of order 1e-8
     # on large objects; CellProfiler's is of order 1e-10): write the exact value
     mu[:, 0, 1] = 0.0
