@@ -76,3 +76,18 @@ def test_degenerate_objects():
     assert np.isnan(out["Intensity_MeanIntensity_C"][2])
     assert out["Intensity_StdIntensity_K"][1] == 0.0           # constant channel
     assert all(v.shape == (3,) for v in out.values())
+
+
+def test_edge_flags_of_the_object_pixels_equal_the_edge_image():
+    """Intensity's edge pixels computed at the labelled pixels only == the whole edge image there
+    (image borders, touching objects, 1-pixel objects, labels above n)."""
+    from profiler.measure._util import object_pixels
+    from profiler.measure.intensity import _edge_mask, _edge_of_pixels
+
+    rng = np.random.default_rng(51)
+    for shape in ((1, 1), (1, 7), (6, 1), (19, 23)):
+        for _ in range(4):
+            lab = rng.integers(0, 5, shape).astype(np.int64)
+            for n in (2, 4):
+                idx, _ = object_pixels(lab, n)
+                np.testing.assert_array_equal(_edge_of_pixels(lab, idx), _edge_mask(lab).ravel()[idx])

@@ -110,6 +110,25 @@ def _edge_mask(labels: np.ndarray) -> np.ndarray:
     return e
 
 
+@nb.njit(cache=True, nogil=True)
+def _edge_of_pixels(labels: np.ndarray, idx: np.ndarray) -> np.ndarray:  # pragma: no cover - numba
+    """:func:`_edge_mask` at the flat positions ``idx`` (labelled pixels) only."""
+    h, w = labels.shape
+    flat = labels.ravel()
+    e = np.zeros(idx.shape[0], np.bool_)
+    for t in range(idx.shape[0]):
+        k = idx[t]
+        lab = flat[k]
+        if lab == 0:
+            continue
+        i = k // w
+        j = k - i * w
+        if ((i > 0 and flat[k - w] != lab) or (i < h - 1 and flat[k + w] != lab)
+                or (j > 0 and flat[k - 1] != lab) or (j < w - 1 and flat[k + 1] != lab)):
+            e[t] = True
+    return e
+
+
 @nb.njit(cache=True)
 def _stats(lab, v, edge, ii, jj, n):
     """One pass (plus one for the deviations) over the object pixels: count, sum, mean,
@@ -193,7 +212,7 @@ def intensity(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objects
     lab_img = ctx.labels
     idx, lab = ctx.pixels()
     ii, jj = ctx.rows_cols_float()
-    edge = _edge_mask(lab_img).ravel()[idx]
+    edge = _edge_of_pixels(lab_img, idx)
     cnt = ctx.counts().astype(np.float64)
     ci, cj = ctx.centroid()
     starts = label_starts(lab, n)
