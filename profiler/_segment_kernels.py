@@ -526,3 +526,67 @@ def uniform_histogram(a: np.ndarray, nbins: int) -> tuple[np.ndarray, np.ndarray
     if np.any(edges[:-1] >= edges[1:]):
         raise ValueError(f"Too many bins for data range. Cannot create {nbins} finite-sized bins.")
     return _uniform_histogram_kernel(a, first, last, edges), edges
+
+
+# ---------------------------------------------------------------------------------------------
+# one-pass versions of whole-image NumPy expressions (integer logic; tests compare with NumPy)
+# ---------------------------------------------------------------------------------------------
+
+@numba.njit(cache=True, nogil=True)
+def keep_labels(labels, keep):  # pragma: no cover - compiled
+    """``np.where(keep[labels], labels, 0).astype(np.int32)`` (labels >= 0, < len(keep))."""
+    m, n = labels.shape
+    out = np.empty((m, n), np.int32)
+    for i in range(m):
+        for j in range(n):
+            v = labels[i, j]
+            out[i, j] = v if keep[v] else 0
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def nuclei_and_seeds(labels, unedited, new, seed_map):  # pragma: no cover - compiled
+    """``nuclei = new[labels]`` and ``np.where(nuclei > 0, nuclei, seed_map[unedited]).astype(np.int32)``."""
+    m, n = labels.shape
+    nuclei = np.empty((m, n), np.int32)
+    seeds = np.empty((m, n), np.int32)
+    for i in range(m):
+        for j in range(n):
+            v = new[labels[i, j]]
+            nuclei[i, j] = v
+            seeds[i, j] = v if v > 0 else seed_map[unedited[i, j]]
+    return nuclei, seeds
+
+
+@numba.njit(cache=True, nogil=True)
+def finish_cells(cells, nuclei, n_objects):  # pragma: no cover - compiled
+    """In place: ``cells[cells > n_objects] = 0; cells[nuclei > 0] = nuclei[nuclei > 0]``."""
+    m, n = cells.shape
+    for i in range(m):
+        for j in range(n):
+            v = nuclei[i, j]
+            if v > 0:
+                cells[i, j] = v
+            elif cells[i, j] > n_objects:
+                cells[i, j] = 0
+
+
+@numba.njit(cache=True, nogil=True)
+def cytoplasm(cells, nuclei):  # pragma: no cover - compiled
+    """``np.where(nuclei > 0, 0, cells).astype(np.int32)``."""
+    m, n = cells.shape
+    out = np.empty((m, n), np.int32)
+    for i in range(m):
+        for j in range(n):
+            out[i, j] = 0 if nuclei[i, j] > 0 else cells[i, j]
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def paste_seeds(labels, seeds):  # pragma: no cover - compiled
+    """In place: ``labels[seeds > 0] = seeds[seeds > 0]``."""
+    m, n = labels.shape
+    for i in range(m):
+        for j in range(n):
+            if seeds[i, j] > 0:
+                labels[i, j] = seeds[i, j]

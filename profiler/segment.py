@@ -386,19 +386,20 @@ def _identify_primary(dna: np.ndarray, p: Mapping[str, Any]) -> tuple[np.ndarray
     if p["exclude_size"]:
         areas = np.bincount(unedited.ravel(), minlength=n0 + 1)
         keep &= ~((areas < np.pi * min_d * min_d / 4) | (areas > np.pi * max_d * max_d / 4))
-    labels = np.where(keep[unedited], unedited, 0).astype(np.int32)
+    unedited = np.ascontiguousarray(unedited, np.int32)
+    labels = _kernels.keep_labels(unedited, keep)   # = np.where(keep[unedited], unedited, 0)
     if p["fill_holes"]:
         labels = fill_label_holes(labels)
     # renumber 1..N in order of the original numbers; border objects become seeds N+1.. for the cells
     new = np.zeros(n0 + 1, np.int32)
     new[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    nuclei = new[labels]
     n = int(keep.sum())
     seed_map = new.copy()
     seed_map[border & ~keep] = 0
     brd = np.flatnonzero(border)
     seed_map[brd] = np.arange(n + 1, n + 1 + len(brd), dtype=np.int32)
-    seeds = np.where(nuclei > 0, nuclei, seed_map[unedited]).astype(np.int32)
+    # nuclei = new[labels]; seeds = np.where(nuclei > 0, nuclei, seed_map[unedited])
+    nuclei, seeds = _kernels.nuclei_and_seeds(labels, unedited, new, seed_map)
     return nuclei, seeds, t
 
 
@@ -548,7 +549,7 @@ def propagate(image: np.ndarray, seeds: np.ndarray, mask: np.ndarray, regulariza
     if image.shape != seeds.shape or image.shape != mask.shape:
         raise ValueError(f"shapes differ: image {image.shape}, seeds {seeds.shape}, mask {mask.shape}")
     labels, dist = _propagate_kernel(image, seeds, np.ascontiguousarray(mask, np.bool_), float(regularization))
-    labels[seeds > 0] = seeds[seeds > 0]
+    _kernels.paste_seeds(labels, seeds)   # labels[seeds > 0] = seeds[seeds > 0]
     return labels, dist
 
 
@@ -569,17 +570,27 @@ def segment_cells(nuclei: np.ndarray, cell_image: np.ndarray, *, seeds: np.ndarr
     if n == 0:
         cells = np.zeros(nuclei.shape, np.int32)
     else:
-        cells, _ = propagate(img, seeds, binary, p["regularization"])
+        # a float32 image goes to the propagation as it is (it would convert the float64 copy back)
+        cells, _ = propagate(cell_image if _is_float32(cell_image) else img, seeds, binary, p["regularization"])
         if p["fill_holes"]:
             cells = fill_label_holes(cells)
-        cells[cells > n] = 0
-        cells[nuclei > 0] = nuclei[nuclei > 0]
+        if nuclei.ndim == 2 and nuclei.dtype == np.int32:
+            _kernels.finish_cells(cells, np.ascontiguousarray(nuclei), n)
+        else:
+            cells[cells > n] = 0
+            cells[nuclei > 0] = nuclei[nuclei > 0]
     return (cells, t) if return_threshold else cells
 
 
 def cytoplasm(cells: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
     """Cell minus its nucleus, keeping the cell's number."""
+    if cells.ndim == 2 and cells.shape == nuclei.shape and cells.dtype.kind in "iu" and nuclei.dtype.kind in "iu":
+        return _kernels.cytoplasm(np.ascontiguousarray(cells), np.ascontiguousarray(nuclei))
     return np.where(nuclei > 0, 0, cells).astype(np.int32)
+
+
+def _is_float32(a: Any) -> bool:
+    return isinstance(a, np.ndarray) and a.dtype == np.float32
 
 
 def segment_site(images: Mapping[str, np.ndarray], *, nuclei_channel: str, cells_channel: str,

@@ -221,3 +221,37 @@ def test_uniform_histogram_refuses_what_numpy_refuses():
             np.histogram(a, bins=256)
         with pytest.raises(ValueError):
             K.uniform_histogram(a, 256)
+
+
+def test_one_pass_label_kernels_equal_numpy():
+    rng = np.random.default_rng(6)
+    for t in range(60):
+        h, w = (int(x) for x in rng.integers(1, 40, 2))
+        n0 = int(rng.integers(0, 12))
+        unedited = rng.integers(0, n0 + 1, (h, w)).astype(np.int32)
+        keep = rng.random(n0 + 1) < 0.6
+        keep[0] = False
+        assert np.array_equal(K.keep_labels(unedited, keep), np.where(keep[unedited], unedited, 0).astype(np.int32))
+        labels = np.where(rng.random((h, w)) < 0.5, unedited, 0).astype(np.int32)
+        new = np.where(keep, np.cumsum(keep), 0).astype(np.int32)
+        seed_map = rng.integers(0, 20, n0 + 1).astype(np.int32)
+        nuclei, seeds = K.nuclei_and_seeds(labels, unedited, new, seed_map)
+        ref_nuclei = new[labels]
+        assert np.array_equal(nuclei, ref_nuclei)
+        assert np.array_equal(seeds, np.where(ref_nuclei > 0, ref_nuclei, seed_map[unedited]).astype(np.int32))
+        cells = rng.integers(0, 15, (h, w)).astype(np.int32)
+        ref = cells.copy()
+        nmax = int(rng.integers(0, 10))
+        ref[ref > nmax] = 0
+        ref[nuclei > 0] = nuclei[nuclei > 0]
+        K.finish_cells(cells, nuclei, nmax)
+        assert np.array_equal(cells, ref)
+        assert np.array_equal(S.cytoplasm(cells, nuclei), np.where(nuclei > 0, 0, cells).astype(np.int32))
+        seeds2 = rng.integers(-2, 6, (h, w)).astype(np.int32)
+        ref = cells.copy()
+        ref[seeds2 > 0] = seeds2[seeds2 > 0]
+        K.paste_seeds(cells, seeds2)
+        assert np.array_equal(cells, ref)
+    c64, n16 = rng.integers(0, 9, (5, 6)), rng.integers(0, 3, (5, 6)).astype(np.uint16)
+    assert np.array_equal(S.cytoplasm(c64, n16), np.where(n16 > 0, 0, c64).astype(np.int32))
+    assert S.cytoplasm(c64, n16).dtype == np.int32
