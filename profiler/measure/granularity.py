@@ -20,7 +20,10 @@ at each pixel, the best min(level, marker maximum of the subtree) over its ances
 linear passes per marker, and gives exactly ``skimage.morphology.reconstruction``'s result with a
 radius-1 disk. The per-object means of the upsampled reconstructions come from a sparse
 "bilinear upsampling + object sum" operator built once per label image (no full-resolution image
-is made).
+is made). Subsampling by 1/k picks every k-th pixel (bilinear interpolation at whole pixels returns
+the pixel) and the disk opening runs as per-row running minima/maxima; both give scipy's values
+bit for bit (tests/test_measure_granularity_fast.py), with scipy's own functions as the fallback
+where they might not (non-finite or −0.0 pixels, images smaller than the disk).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import scipy.ndimage as ndi
 from scipy import sparse
 from skimage.morphology import disk
 
-from profiler.measure._util import LabelContext, label_context, per_object_sum
+from profiler.measure._util import LabelContext, label_context
 from profiler.measure.registry import FeatureDoc, register
 
 _EPS = np.finfo(float).eps
@@ -42,11 +45,26 @@ _EPS = np.finfo(float).eps
 # --------------------------------------------------------------------------- resampling (CP's exact grids)
 
 def _downsample(pixels: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
-    """CellProfiler's ``downsample_image_and_mask`` for a full mask: returns (pixels, new_shape float)."""
+    """CellProfiler's ``downsample_image_and_mask`` for a full mask: returns (pixels, new_shape float).
+
+    When every sampling coordinate is a whole pixel (factor 1/k, e.g. the default 0.25), bilinear
+    interpolation returns the pixel itself (weights 1 and 0), so the pixels are picked directly —
+    the same values bit for bit, provided no neighbour is inf or NaN (0 · inf) and no picked pixel is
+    −0.0 (map_coordinates returns +0.0 there); otherwise, and for other factors, map_coordinates."""
     new_shape = np.array(pixels.shape, dtype=float)
     if factor >= 1:
         return pixels.copy(), new_shape
     new_shape = new_shape * factor
+    if pixels.ndim == 2 and pixels.dtype in (np.float32, np.float64):
+        ri = np.mgrid[0:new_shape[0]].astype(float) / factor
+        ci = np.mgrid[0:new_shape[1]].astype(float) / factor
+        rk, ck = ri.astype(np.int64), ci.astype(np.int64)
+        if (ri.size and ci.size and np.array_equal(rk, ri) and np.array_equal(ck, ci)
+                and rk[-1] < pixels.shape[0] and ck[-1] < pixels.shape[1]):
+            out = pixels[rk][:, ck]
+            if not (out == 0).any() or not np.signbit(out[out == 0]).any():
+                if np.isfinite(pixels).all():
+                    return out, new_shape
     i, j = np.mgrid[0:new_shape[0], 0:new_shape[1]].astype(float) / factor
     return ndi.map_coordinates(pixels, (i, j), order=1), new_shape
 
@@ -220,9 +238,92 @@ def _reconstruct_by_dilation(seed: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _upsample_weights(rows: np.ndarray, cols: np.ndarray, starts: np.ndarray, h: int, w: int,
+def _axis_weights(m: int, f: float, size: int):  # pragma: no cover - numba
+    """Per full-resolution coordinate 0..m-1 along one axis: the low-resolution cell (i0, i1) and
+    the bilinear weights (1 - t, t) of ``restore_scale`` (grid of ``size`` points, scale ``f``)."""
+    i0 = np.empty(m, np.int64)
+    i1 = np.empty(m, np.int64)
+    t0 = np.empty(m)
+    t1 = np.empty(m)
+    for r in range(m):
+        y = r * f
+        a = min(max(int(np.floor(y)), 0), max(size - 2, 0))
+        t = y - a if size > 1 else 0.0
+        i0[r] = a
+        i1[r] = min(a + 1, size - 1)
+        t0[r] = 1 - t
+        t1[r] = t
+    return i0, i1, t0, t1
+
+
+@numba.njit(cache=True, nogil=True)
+def _upsample_weights(idx: np.ndarray, starts: np.ndarray, H: int, W: int, h: int, w: int,
                       fr: float, fc: float):  # pragma: no cover - numba
     """CSR (indptr, indices, data) of the operator "sum over object o of the bilinear upsampling".
+
+    Row o holds, for every low-resolution pixel, the total bilinear weight it receives from the
+    full-resolution pixels of object o (flat indices ``idx`` in an (H, W) image, given object by
+    object: ``starts``), so that ``W @ rec.ravel()`` = per-object sums of CellProfiler's
+    ``restore_scale(rec)``. The weights of a pixel are products of per-row and per-column factors
+    (:func:`_axis_weights`), computed once per row and column; the additions are made in the same
+    order, with the same values, as :func:`_upsample_weights_reference`.
+    """
+    n = starts.shape[0] - 1
+    ri0, ri1, ry0, ry1 = _axis_weights(H, fr, h)
+    cj0, cj1, cx0, cx1 = _axis_weights(W, fc, w)
+    acc = np.zeros(h * w)
+    touched = np.empty(h * w, dtype=np.int64)
+    cap = 4 * idx.shape[0] + 1
+    indices = np.empty(cap, dtype=np.int64)
+    data = np.empty(cap)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    nnz = 0
+    for o in range(n):
+        nt = 0
+        for k in range(starts[o], starts[o + 1]):
+            p = idx[k]
+            r = p // W
+            c = p - r * W
+            i0 = ri0[r]
+            i1 = ri1[r]
+            j0 = cj0[c]
+            j1 = cj1[c]
+            for t in range(4):
+                if t == 0:
+                    q = i0 * w + j0
+                    wt = ry0[r] * cx0[c]
+                elif t == 1:
+                    q = i0 * w + j1
+                    wt = ry0[r] * cx1[c]
+                elif t == 2:
+                    q = i1 * w + j0
+                    wt = ry1[r] * cx0[c]
+                else:
+                    q = i1 * w + j1
+                    wt = ry1[r] * cx1[c]
+                if wt == 0.0:
+                    continue
+                if acc[q] == 0.0:
+                    touched[nt] = q
+                    nt += 1
+                acc[q] += wt
+        touched_sorted = np.sort(touched[:nt])
+        for t in range(nt):
+            q = touched_sorted[t]
+            indices[nnz] = q
+            data[nnz] = acc[q]
+            acc[q] = 0.0
+            nnz += 1
+        indptr[o + 1] = nnz
+    return indptr, indices[:nnz], data[:nnz]
+
+
+@numba.njit(cache=True, nogil=True)
+def _upsample_weights_reference(rows: np.ndarray, cols: np.ndarray, starts: np.ndarray, h: int, w: int,
+                      fr: float, fc: float):  # pragma: no cover - numba
+    """:func:`_upsample_weights` computed pixel by pixel (the tests' oracle).
+
+    CSR (indptr, indices, data) of the operator "sum over object o of the bilinear upsampling".
 
     Row o holds, for every low-resolution pixel, the total bilinear weight it receives from the
     full-resolution pixels of object o (pixels given object by object: ``starts``), so that
@@ -277,6 +378,123 @@ def _upsample_weights(rows: np.ndarray, cols: np.ndarray, starts: np.ndarray, h:
     return indptr, indices[:nnz], data[:nnz]
 
 
+@numba.njit(cache=True, nogil=True)
+def _disk_filter(src: np.ndarray, half: np.ndarray, dilate: bool) -> np.ndarray:  # pragma: no cover - numba
+    """Grey erosion (or dilation) of ``src`` by the footprint whose row dy (−r..r) is the run of
+    columns −half[dy + r]..half[dy + r], edges extended by mirroring (scipy's mode "reflect").
+
+    Per row of the mirrored image, the minima over centred windows of every half-width (each from
+    the previous one, m_a[j] = min(m_{a−1}[j − 1], m_{a−1}[j + 1])), then per pixel the minimum over
+    the footprint's rows. Minima and maxima are exact, so the result equals scipy's."""
+    h, w = src.shape
+    r = half.size // 2
+    amax = 0
+    for a in half:
+        amax = max(amax, a)
+    hp = h + 2 * r
+    wp = w + 2 * amax
+    pad = np.empty((hp, wp), src.dtype)
+    for ip in range(hp):
+        i = ip - r
+        # mirror with period 2h: -1 -> 0, h -> h - 1
+        i = i % (2 * h)
+        if i >= h:
+            i = 2 * h - 1 - i
+        for jp in range(wp):
+            j = (jp - amax) % (2 * w)
+            if j >= w:
+                j = 2 * w - 1 - j
+            pad[ip, jp] = src[i, j]
+    # runs[a, ip, jc]: extreme of pad[ip, jc + amax - a .. jc + amax + a] (jc = output column)
+    runs = np.empty((amax + 1, hp, w), src.dtype)
+    cur = pad.copy()
+    nxt = np.empty_like(pad)
+    for a in range(amax + 1):
+        if a == 1:
+            for ip in range(hp):
+                for jp in range(1, wp - 1):
+                    x = pad[ip, jp]
+                    y = pad[ip, jp - 1]
+                    z = pad[ip, jp + 1]
+                    if dilate:
+                        x = y if y > x else x
+                        x = z if z > x else x
+                    else:
+                        x = y if y < x else x
+                        x = z if z < x else x
+                    nxt[ip, jp] = x
+            cur, nxt = nxt, cur
+        elif a > 1:
+            for ip in range(hp):
+                for jp in range(a, wp - a):
+                    y = cur[ip, jp - 1]
+                    z = cur[ip, jp + 1]
+                    if dilate:
+                        nxt[ip, jp] = z if z > y else y
+                    else:
+                        nxt[ip, jp] = z if z < y else y
+            cur, nxt = nxt, cur
+        for ip in range(hp):
+            for jc in range(w):
+                runs[a, ip, jc] = cur[ip, jc + amax]
+    out = np.empty((h, w), src.dtype)
+    for i in range(h):
+        for j in range(w):
+            x = runs[half[0], i, j]
+            for dy in range(1, 2 * r + 1):
+                y = runs[half[dy], i + dy, j]
+                if dilate:
+                    x = y if y > x else x
+                else:
+                    x = y if y < x else x
+            out[i, j] = x
+    return out
+
+
+def _disk_runs(radius: int):
+    """Half-width of each row of skimage's ``disk(radius)`` when every row is one centred run of
+    columns (None otherwise)."""
+    fp = disk(radius).astype(bool)
+    if fp.shape[0] != fp.shape[1] or fp.shape[0] % 2 == 0 or not (fp == fp[::-1, ::-1]).all():
+        return None
+    c = fp.shape[1] // 2
+    half = np.empty(fp.shape[0], np.int64)
+    for r, row in enumerate(fp):
+        cols = np.flatnonzero(row)
+        if cols.size == 0 or cols[0] != 2 * c - cols[-1] or cols.size != cols[-1] - cols[0] + 1:
+            return None
+        half[r] = c - cols[0]
+    return half
+
+
+def _open_disk(back: np.ndarray, radius: int) -> np.ndarray:
+    """``grey_dilation(grey_erosion(back, footprint=disk), footprint=disk)`` (mode "reflect"), the
+    same values (:func:`_disk_filter`) for finite float images larger than the radius (scipy's own
+    filters otherwise: its mirroring of images smaller than the footprint differs)."""
+    half = _disk_runs(int(radius))
+    if (half is None or back.ndim != 2 or min(back.shape) <= half.size // 2
+            or back.dtype not in (np.float32, np.float64) or not np.isfinite(back).all()):
+        fp = disk(radius).astype(bool)
+        return ndi.grey_dilation(ndi.grey_erosion(back, footprint=fp, mode="reflect"),
+                                 footprint=fp, mode="reflect")
+    back = np.ascontiguousarray(back)
+    return _disk_filter(_disk_filter(back, half, False), half, True)
+
+
+@numba.njit(cache=True, nogil=True)
+def _grouped_sums(values: np.ndarray, idx: np.ndarray, starts: np.ndarray) -> np.ndarray:  # pragma: no cover - numba
+    """Sum of ``values[idx]`` (as float64) per object, objects given by ``starts``: the additions in
+    the order of ``idx``, from 0.0, as ``np.bincount(lab, weights=values[idx].astype(float))``."""
+    n = starts.size - 1
+    out = np.zeros(n)
+    for o in range(n):
+        acc = 0.0
+        for k in range(starts[o], starts[o + 1]):
+            acc += np.float64(values[idx[k]])
+        out[o] = acc
+    return out
+
+
 # --------------------------------------------------------------------------- whole-image spectrum (once per site)
 
 def _spectrum_images(img: np.ndarray, subsample_size: float, image_sample_size: float,
@@ -287,9 +505,7 @@ def _spectrum_images(img: np.ndarray, subsample_size: float, image_sample_size: 
     pixels = np.asarray(pixels, dtype=np.float64)
     # background removal: open a further-subsampled copy with a disk of radius element_size
     back, back_shape = _downsample(pixels, image_sample_size)
-    fp = disk(element_size).astype(bool)
-    back = ndi.grey_dilation(ndi.grey_erosion(back, footprint=fp, mode="reflect"),
-                             footprint=fp, mode="reflect")
+    back = _open_disk(np.asarray(back), element_size)
     if image_sample_size < 1:
         back = _restore(back, back_shape, new_shape)
     pixels = pixels - back
@@ -354,13 +570,12 @@ def granularity(labels: np.ndarray, images: Mapping[str, np.ndarray], *, n_objec
             if subsample_size < 1:
                 fr = float(new_shape[0] - 1) / float(H - 1) if H > 1 else 0.0
                 fc = float(new_shape[1] - 1) / float(W - 1) if W > 1 else 0.0
-                rows, cols = np.divmod(idx, W)
-                indptr, indices, data = _upsample_weights(rows, cols, starts, h, w, fr, fc)
+                indptr, indices, data = _upsample_weights(idx, starts, H, W, h, w, fr, fc)
                 op = sparse.csr_matrix((data, indices, indptr), shape=(n_objects, h * w))
             else:
                 op = sparse.csr_matrix((np.ones(idx.size), idx, starts), shape=(n_objects, H * W))
         with np.errstate(divide="ignore", invalid="ignore"):
-            current = per_object_sum(lab, img.ravel()[idx].astype(np.float64), n_objects) / count
+            current = _grouped_sums(img.ravel(), idx, starts) / count
             start = np.maximum(current, _EPS)
             # op's columns are pixels of the grid; recs' rows are in this channel's max-tree order
             op_ch = sparse.csr_matrix((op.data, pos[op.indices], op.indptr), shape=op.shape)
