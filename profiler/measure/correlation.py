@@ -173,11 +173,25 @@ def _bucket_starts(a_sorted: np.ndarray, lo: float, scale: float, nb: int) -> np
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather(b: np.ndarray, order: np.ndarray) -> np.ndarray:  # pragma: no cover - numba
-    out = np.empty(order.shape[0], b.dtype)
-    for k in range(order.shape[0]):
+def _gather_range(out: np.ndarray, b: np.ndarray, order: np.ndarray, lo: int, hi: int) -> None:  # pragma: no cover
+    for k in range(lo, hi):
         out[k] = b[order[k]]
-    return out
+
+
+class _LazyGather:
+    """``b[order]``, filled from the end down as far as it is asked for (:meth:`upto`)."""
+
+    def __init__(self, b: np.ndarray, order: np.ndarray):
+        self.b, self.order = b, order
+        self.out = np.empty(order.shape[0], b.dtype)
+        self.done = order.shape[0]  # out[done:] is filled
+
+    def upto(self, lo: int) -> np.ndarray:
+        """The array, with out[lo:] filled (entries below ``done`` are not to be read)."""
+        if lo < self.done:
+            _gather_range(self.out, self.b, self.order, lo, self.done)
+            self.done = lo
+        return self.out
 
 
 class _ValueSort:
@@ -274,23 +288,35 @@ class _BandSubsets:
     @staticmethod
     def _sorted_side(a: _ValueSort, b: _ValueSort) -> tuple:
         """:meth:`_side` from ``a``'s value order: the pixels of each bucket in ascending value
-        order instead of raster order (the sums differ only by rounding, which the tolerance covers)."""
+        order instead of raster order (the sums differ only by rounding, which the tolerance covers).
+        The other channel's values in that order are gathered lazily (:meth:`_ready`), from the top
+        bucket down to the lowest one a band reaches: the searches rarely go far below the final
+        thresholds."""
         a_s, start, lo, scale = a.side()
-        return a_s, _gather(b.img32, a.order), start, lo, scale
+        return a_s, _LazyGather(b.img32, a.order), start, lo, scale
+
+    @staticmethod
+    def _ready(b_s, start: np.ndarray, q_lo: int) -> np.ndarray:
+        """``b_s`` as an array holding at least the pixels from bucket ``q_lo`` up."""
+        if isinstance(b_s, _LazyGather):
+            return b_s.upto(int(start[q_lo]))
+        return b_s
 
     def _move(self, t1: float, t2: float) -> None:
         (xs, y_by_x, xstart, xlo, xscale), (ys, x_by_y, ystart, ylo, yscale) = self.sides
         q, mx, my = self.quadrant, self.mx, self.my
         if t2 != self.t2 and self.t1 != np.inf:  # {x ≥ t1_old}: y band between the two t2
             lo, hi = min(t2, self.t2), max(t2, self.t2)
-            _band_sums(x_by_y, ys, ys, x_by_y, _bucket(lo, ylo, yscale, _BUCKETS),
-                       _bucket(hi, ylo, yscale, _BUCKETS), ystart, lo, hi, self.t1, mx, my, q,
-                       1.0 if t2 < self.t2 else -1.0)
+            q_lo = _bucket(lo, ylo, yscale, _BUCKETS)
+            xy = self._ready(x_by_y, ystart, q_lo)
+            _band_sums(xy, ys, ys, xy, q_lo, _bucket(hi, ylo, yscale, _BUCKETS), ystart, lo, hi, self.t1,
+                       mx, my, q, 1.0 if t2 < self.t2 else -1.0)
         if t1 != self.t1:  # {y ≥ t2}: x band between the two t1
             lo, hi = min(t1, self.t1), max(t1, self.t1)
-            _band_sums(xs, y_by_x, xs, y_by_x, _bucket(lo, xlo, xscale, _BUCKETS),
-                       _bucket(hi, xlo, xscale, _BUCKETS), xstart, lo, hi, t2, mx, my, q,
-                       1.0 if t1 < self.t1 else -1.0)
+            q_lo = _bucket(lo, xlo, xscale, _BUCKETS)
+            yx = self._ready(y_by_x, xstart, q_lo)
+            _band_sums(xs, yx, xs, yx, q_lo, _bucket(hi, xlo, xscale, _BUCKETS), xstart, lo, hi, t2,
+                       mx, my, q, 1.0 if t1 < self.t1 else -1.0)
         self.t1, self.t2 = t1, t2
 
     def pearson(self, t1: float, t2: float) -> tuple[int, float]:
