@@ -47,3 +47,26 @@ def test_single_object_and_absent_rows():
 def test_bad_scale_is_a_config_error():
     with pytest.raises(ConfigError):
         neighbors(_three(), None, n_objects=3, scales=["Nearby"])
+
+
+def test_scan_of_the_labelled_pixels_equals_the_whole_scan():
+    """Neighbors' outline/touching counts and neighbour codes from the labelled pixels only == the
+    scan of every pixel (borders, touching objects, labels above n, distance scales)."""
+    from profiler.measure._util import object_pixels
+    from profiler.measure.neighbors import _disk_offsets, _scan, _scan_at
+
+    rng = np.random.default_rng(61)
+    for shape in ((1, 1), (3, 9), (24, 21)):
+        lab = rng.integers(0, 7, shape).astype(np.int64)
+        lab[lab == 3] = 0
+        for n in (1, 5, 6):
+            lab_n = np.where(lab <= n, lab, 0)
+            idx, _ = object_pixels(lab_n, n)
+            for d in (1, 2, 4):
+                oi, oj = _disk_offsets(d)
+                ti, tj = _disk_offsets(d + 0.5)
+                ref = _scan(lab_n, n, oi, oj, ti, tj)
+                got = _scan_at(lab_n, n, oi, oj, ti, tj, idx)
+                np.testing.assert_array_equal(got[0], ref[0])
+                np.testing.assert_array_equal(got[1], ref[1])
+                np.testing.assert_array_equal(np.unique(got[2]), np.unique(ref[2]))

@@ -55,50 +55,60 @@ def _disk_offsets(radius: float) -> tuple[np.ndarray, np.ndarray]:
 def _scan(lab, n, oi, oj, ti, tj):
     """Outline pixel counts, touching counts and (a, b) neighbour codes."""
     h, w = lab.shape
+    return _scan_at(lab, n, oi, oj, ti, tj, np.arange(h * w))
+
+
+@nb.njit(cache=True)
+def _scan_at(lab, n, oi, oj, ti, tj, pix):
+    """:func:`_scan` visiting only the flat positions ``pix`` (raster order; e.g. the labelled
+    pixels): the counts are whole numbers and the codes are sorted by the caller, so the result is
+    the whole scan's whenever ``pix`` holds every pixel with 0 < label ≤ n."""
+    h, w = lab.shape
     perim = np.zeros(n + 1)
     touch = np.zeros(n + 1)
     cap = 4096
     codes = np.empty(cap, np.int64)
     nc = 0
-    for i in range(h):
-        for j in range(w):
-            a = lab[i, j]
-            if a <= 0 or a > n:
+    for p in range(pix.shape[0]):
+        i = pix[p] // w
+        j = pix[p] - i * w
+        a = lab[i, j]
+        if a <= 0 or a > n:
+            continue
+        outline = i == 0 or j == 0 or i == h - 1 or j == w - 1
+        if not outline:
+            for di in (-1, 0, 1):
+                for dj in (-1, 0, 1):
+                    if lab[i + di, j + dj] != a:
+                        outline = True
+        if not outline:
+            continue
+        perim[a] += 1
+        for t in range(ti.size):
+            y = i + ti[t]
+            x = j + tj[t]
+            if y < 0 or y >= h or x < 0 or x >= w:
                 continue
-            outline = i == 0 or j == 0 or i == h - 1 or j == w - 1
-            if not outline:
-                for di in (-1, 0, 1):
-                    for dj in (-1, 0, 1):
-                        if lab[i + di, j + dj] != a:
-                            outline = True
-            if not outline:
+            b = lab[y, x]
+            if b != 0 and b != a:
+                touch[a] += 1
+                break
+        last = -1
+        for t in range(oi.size):
+            y = i + oi[t]
+            x = j + oj[t]
+            if y < 0 or y >= h or x < 0 or x >= w:
                 continue
-            perim[a] += 1
-            for t in range(ti.size):
-                y = i + ti[t]
-                x = j + tj[t]
-                if y < 0 or y >= h or x < 0 or x >= w:
-                    continue
-                b = lab[y, x]
-                if b != 0 and b != a:
-                    touch[a] += 1
-                    break
-            last = -1
-            for t in range(oi.size):
-                y = i + oi[t]
-                x = j + oj[t]
-                if y < 0 or y >= h or x < 0 or x >= w:
-                    continue
-                b = lab[y, x]
-                if b != 0 and b != a and b <= n and b != last:
-                    if nc == cap:
-                        cap *= 2
-                        c2 = np.empty(cap, np.int64)
-                        c2[:nc] = codes[:nc]
-                        codes = c2
-                    codes[nc] = a * (n + 1) + b
-                    nc += 1
-                    last = b
+            b = lab[y, x]
+            if b != 0 and b != a and b <= n and b != last:
+                if nc == cap:
+                    cap *= 2
+                    c2 = np.empty(cap, np.int64)
+                    c2[:nc] = codes[:nc]
+                    codes = c2
+                codes[nc] = a * (n + 1) + b
+                nc += 1
+                last = b
     return perim, touch, codes[:nc]
 
 
@@ -172,8 +182,10 @@ def neighbors(labels: np.ndarray, images=None, *, n_objects: int, scales=("Adjac
     n = int(n_objects)
     ctx = label_context(labels, n, context)
     lab0 = ctx.labels
-    if lab0.size and int(lab0.max()) > n:
+    top = int(lab0.max()) if lab0.size else 0
+    if top > n:
         lab0 = np.where(lab0 <= n, lab0, 0)
+        top = int(lab0.max()) if lab0.size else 0
     present = ctx.counts()[1:n + 1] > 0
     closest = _closest(ctx, n)
     out: dict[str, np.ndarray] = {}
@@ -183,14 +195,17 @@ def neighbors(labels: np.ndarray, images=None, *, n_objects: int, scales=("Adjac
         if name == "Expanded" and lab0.any():
             ii, jj = ndi.distance_transform_edt(lab0 == 0, return_distances=False, return_indices=True)
             lab = np.ascontiguousarray(lab0[ii, jj])
-        single = int(lab0.max()) <= 1
+        single = top <= 1
         if single:
             count = np.zeros(n)
             pct = np.zeros(n)
         else:
             oi, oj = _disk_offsets(d)
             ti, tj = _disk_offsets(d + 0.5)
-            perim, touch, codes = _scan(lab, n, oi, oj, ti, tj)
+            if lab is lab0:  # only the labelled pixels can count
+                perim, touch, codes = _scan_at(lab, n, oi, oj, ti, tj, ctx.pixels()[0])
+            else:
+                perim, touch, codes = _scan(lab, n, oi, oj, ti, tj)
             pairs = np.unique(codes)
             count = np.bincount(pairs // (n + 1), minlength=n + 1)[1:n + 1].astype(np.float64)
             with np.errstate(divide="ignore", invalid="ignore"):
