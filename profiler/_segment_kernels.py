@@ -19,6 +19,13 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+def _empty(shape, dtype) -> np.ndarray:
+    """Whole-image arrays are allocated by NumPy, not inside the kernels: NumPy asks the kernel for
+    huge pages on large allocations (madvise), numba's allocator does not, and first-touch page
+    faults of 4 KiB pages cost ~5 us each here (≈ 25 ms per site for the propagation's buffers)."""
+    return np.empty(shape, dtype)
+
+
 # scikit-image's neighbour order for the 3x3 footprint (_offsets_to_raveled_neighbors: by distance
 # from the centre, then raveled offset): (-1,0) (0,-1) (0,1) (1,0) (-1,-1) (-1,1) (1,-1) (1,1)
 _WS_DI = np.array([-1, 0, 0, 1, -1, -1, 1, 1], np.int64)
@@ -26,12 +33,12 @@ _WS_DJ = np.array([0, -1, 1, 0, -1, 1, -1, 1], np.int64)
 
 
 @numba.njit(cache=True, nogil=True)
-def _ws_kernel(image, markers, mask, di, dj):  # pragma: no cover - compiled
+def _ws_kernel(image, markers, mask, di, dj, out):  # pragma: no cover - compiled
     m, n = image.shape
-    out = np.zeros((m, n), np.int32)
     nmark = 0
     for i in range(m):
         for j in range(n):
+            out[i, j] = 0
             if markers[i, j] != 0 and mask[i, j]:
                 out[i, j] = markers[i, j]
                 nmark += 1
@@ -140,16 +147,16 @@ def _ws_kernel(image, markers, mask, di, dj):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _ws_components_kernel(image, markers, comps, di, dj):  # pragma: no cover - compiled
+def _ws_components_kernel(image, markers, comps, di, dj, out):  # pragma: no cover - compiled
     """The watershed flooded one mask component at a time (comps: the 8-connected components of the
-    mask, numbered 1..K). Returns (labels, ok); ok is False when the shortcut cannot be shown to give
-    scikit-image's result (see ``watershed``) and nothing else should be read from the labels."""
+    mask, numbered 1..K) into ``out``. Returns ok: False when the shortcut cannot be shown to give
+    scikit-image's result (see ``watershed``) and nothing should be read from ``out``."""
     m, n = image.shape
-    out = np.zeros((m, n), np.int32)
     ncomp = 0
     nmark = 0
     for i in range(m):
         for j in range(n):
+            out[i, j] = 0
             c = comps[i, j]
             if c > ncomp:
                 ncomp = c
@@ -172,7 +179,7 @@ def _ws_components_kernel(image, markers, comps, di, dj):  # pragma: no cover - 
             if c != 0 and markers[i, j] != 0:
                 v = image[i, j]
                 if v != v:
-                    return out, False
+                    return False
                 mpos[fill[c]] = np.int64(i) * n + j
                 fill[c] += 1
                 out[i, j] = markers[i, j]
@@ -195,7 +202,7 @@ def _ws_components_kernel(image, markers, comps, di, dj):  # pragma: no cover - 
             p0 = mpos[a0 + order[t - 1]]
             p1 = mpos[a0 + order[t]]
             if mv[order[t]] == mv[order[t - 1]] and out[p0 // n, p0 % n] != out[p1 // n, p1 % n]:
-                return out, False
+                return False
         size = 0
         if a1 - a0 > cap:
             cap = 2 * (a1 - a0)
@@ -257,14 +264,14 @@ def _ws_components_kernel(image, markers, comps, di, dj):  # pragma: no cover - 
                 if c2 == 0:
                     continue
                 if c2 != c:
-                    return out, False  # not the mask's 8-connected components
+                    return False  # not the mask's 8-connected components
                 if out[i2, j2] != 0:
                     continue
                 age += 1
                 out[i2, j2] = lab
                 v = image[i2, j2]
                 if v != v:
-                    return out, False
+                    return False
                 if v < v0:
                     v = v0
                 if size == cap:
@@ -290,7 +297,7 @@ def _ws_components_kernel(image, markers, comps, di, dj):  # pragma: no cover - 
                 hv[k] = v
                 ha[k] = age
                 hx[k] = np.int64(i2) * n + j2
-    return out, True
+    return True
 
 
 def watershed_exact(image: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -301,7 +308,7 @@ def watershed_exact(image: np.ndarray, markers: np.ndarray, mask: np.ndarray) ->
     mask = np.ascontiguousarray(mask, np.bool_)
     if image.ndim != 2 or image.shape != markers.shape or image.shape != mask.shape:
         raise ValueError(f"shapes differ or not 2-D: image {image.shape}, markers {markers.shape}, mask {mask.shape}")
-    return _ws_kernel(image, markers, mask, _WS_DI, _WS_DJ)
+    return _ws_kernel(image, markers, mask, _WS_DI, _WS_DJ, _empty(image.shape, np.int32))
 
 
 def watershed(image: np.ndarray, markers: np.ndarray, components: np.ndarray) -> np.ndarray:
@@ -325,10 +332,10 @@ def watershed(image: np.ndarray, markers: np.ndarray, components: np.ndarray) ->
     if image.ndim != 2 or image.shape != markers.shape or image.shape != components.shape:
         raise ValueError(f"shapes differ or not 2-D: image {image.shape}, markers {markers.shape}, "
                          f"components {components.shape}")
-    out, ok = _ws_components_kernel(image, markers, components, _WS_DI, _WS_DJ)
-    if ok:
+    out = _empty(image.shape, np.int32)
+    if _ws_components_kernel(image, markers, components, _WS_DI, _WS_DJ, out):
         return out
-    return _ws_kernel(image, markers, components > 0, _WS_DI, _WS_DJ)
+    return _ws_kernel(image, markers, components > 0, _WS_DI, _WS_DJ, out)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -405,9 +412,8 @@ def _background_runs(bg):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _fill_label_holes_kernel(labels):  # pragma: no cover - compiled
+def _fill_label_holes_kernel(labels, out):  # pragma: no cover - compiled
     m, n = labels.shape
-    out = labels.copy()
     rr, r0, r1, root, edge, area = _background_runs(labels == 0)
     nruns = rr.shape[0]
     owner = np.zeros(nruns, np.int64)
@@ -439,7 +445,6 @@ def _fill_label_holes_kernel(labels):  # pragma: no cover - compiled
         if not edge[r] and not multi[r] and owner[r] != 0:
             for j in range(r0[k], r1[k]):
                 out[rr[k], j] = owner[r]
-    return out
 
 
 def fill_label_holes(labels: np.ndarray) -> np.ndarray:
@@ -448,19 +453,20 @@ def fill_label_holes(labels: np.ndarray) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"labels must be 2-D, not {labels.shape}")
-    return _fill_label_holes_kernel(np.ascontiguousarray(labels))
+    labels = np.ascontiguousarray(labels)
+    out = labels.copy()
+    _fill_label_holes_kernel(labels, out)
+    return out
 
 
 @numba.njit(cache=True, nogil=True)
-def _fill_binary_holes_kernel(mask, limited, max_area):  # pragma: no cover - compiled
-    out = mask.copy()
+def _fill_binary_holes_kernel(mask, limited, max_area, out):  # pragma: no cover - compiled
     rr, r0, r1, root, edge, area = _background_runs(~mask)
     for k in range(rr.shape[0]):
         r = root[k]
         if not edge[r] and (not limited or area[r] < max_area):
             for j in range(r0[k], r1[k]):
                 out[rr[k], j] = True
-    return out
 
 
 def fill_binary_holes(mask: np.ndarray, max_area: float | None = None) -> np.ndarray:
@@ -469,7 +475,9 @@ def fill_binary_holes(mask: np.ndarray, max_area: float | None = None) -> np.nda
     mask = np.ascontiguousarray(mask, np.bool_)
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D, not {mask.shape}")
-    return _fill_binary_holes_kernel(mask, max_area is not None, 0.0 if max_area is None else float(max_area))
+    out = mask.copy()
+    _fill_binary_holes_kernel(mask, max_area is not None, 0.0 if max_area is None else float(max_area), out)
+    return out
 
 
 @numba.njit(cache=True, nogil=True)
@@ -533,29 +541,37 @@ def uniform_histogram(a: np.ndarray, nbins: int) -> tuple[np.ndarray, np.ndarray
 # ---------------------------------------------------------------------------------------------
 
 @numba.njit(cache=True, nogil=True)
-def keep_labels(labels, keep):  # pragma: no cover - compiled
-    """``np.where(keep[labels], labels, 0).astype(np.int32)`` (labels >= 0, < len(keep))."""
+def _keep_labels_kernel(labels, keep, out):  # pragma: no cover - compiled
     m, n = labels.shape
-    out = np.empty((m, n), np.int32)
     for i in range(m):
         for j in range(n):
             v = labels[i, j]
             out[i, j] = v if keep[v] else 0
+
+
+def keep_labels(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``np.where(keep[labels], labels, 0).astype(np.int32)`` (2-D labels >= 0, < len(keep))."""
+    out = _empty(labels.shape, np.int32)
+    _keep_labels_kernel(labels, keep, out)
     return out
 
 
-@numba.njit(cache=True, nogil=True)
-def nuclei_and_seeds(labels, unedited, new, seed_map):  # pragma: no cover - compiled
+def nuclei_and_seeds(labels: np.ndarray, unedited: np.ndarray, new: np.ndarray, seed_map: np.ndarray):
     """``nuclei = new[labels]`` and ``np.where(nuclei > 0, nuclei, seed_map[unedited]).astype(np.int32)``."""
+    nuclei = _empty(labels.shape, np.int32)
+    seeds = _empty(labels.shape, np.int32)
+    _nuclei_and_seeds_kernel(labels, unedited, new, seed_map, nuclei, seeds)
+    return nuclei, seeds
+
+
+@numba.njit(cache=True, nogil=True)
+def _nuclei_and_seeds_kernel(labels, unedited, new, seed_map, nuclei, seeds):  # pragma: no cover - compiled
     m, n = labels.shape
-    nuclei = np.empty((m, n), np.int32)
-    seeds = np.empty((m, n), np.int32)
     for i in range(m):
         for j in range(n):
             v = new[labels[i, j]]
             nuclei[i, j] = v
             seeds[i, j] = v if v > 0 else seed_map[unedited[i, j]]
-    return nuclei, seeds
 
 
 @numba.njit(cache=True, nogil=True)
@@ -572,13 +588,17 @@ def finish_cells(cells, nuclei, n_objects):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def cytoplasm(cells, nuclei):  # pragma: no cover - compiled
-    """``np.where(nuclei > 0, 0, cells).astype(np.int32)``."""
+def _cytoplasm_kernel(cells, nuclei, out):  # pragma: no cover - compiled
     m, n = cells.shape
-    out = np.empty((m, n), np.int32)
     for i in range(m):
         for j in range(n):
             out[i, j] = 0 if nuclei[i, j] > 0 else cells[i, j]
+
+
+def cytoplasm(cells: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
+    """``np.where(nuclei > 0, 0, cells).astype(np.int32)`` (2-D)."""
+    out = _empty(cells.shape, np.int32)
+    _cytoplasm_kernel(cells, nuclei, out)
     return out
 
 
@@ -590,3 +610,85 @@ def paste_seeds(labels, seeds):  # pragma: no cover - compiled
         for j in range(n):
             if seeds[i, j] > 0:
                 labels[i, j] = seeds[i, j]
+
+
+# ---------------------------------------------------------------------------------------------
+# separable symmetric smoothing = scipy.ndimage correlate1d along axis 0 then axis 1 (float32 out)
+# ---------------------------------------------------------------------------------------------
+
+def symmetric_weights(filter1d, radius: int) -> np.ndarray:
+    """The weights ``fw[-k]`` (k = 0..radius) that scipy's symmetric correlate1d multiplies the pair
+    (x[i - k] + x[i + k]) by, read off its impulse response: ``filter1d(impulse)`` (a float64 line,
+    mode constant) at distance k from the impulse is exactly ``fw[-k]`` (all other terms are 0)."""
+    x = np.zeros(2 * radius + 5)
+    x[radius + 2] = 1.0
+    y = filter1d(x)
+    w = np.ascontiguousarray(y[radius + 2:radius + 2 + radius + 1])
+    if y[:2].any() or y[-2:].any():
+        raise ValueError("the filter reaches farther than radius")
+    return w
+
+
+@numba.njit(cache=True, nogil=True)
+def _smooth_rows_cols(img, w, rows, cols, eps, use_eps, tmp, out):  # pragma: no cover - compiled
+    """scipy's symmetric correlate1d (float64 line buffers, mode constant, cval 0) with weights
+    fw[-k] = w[k], along axis 0 into float32, then along axis 1 into float32; returned divided (in
+    float64) by ``rows[i] * cols[j]`` (``+ eps`` when use_eps). Per element the same operations in the
+    same order as scipy: acc = x[i] * w[0]; acc += (x[i - k] + x[i + k]) * w[k] for k = r .. 1."""
+    m, n = img.shape
+    r = w.shape[0] - 1
+    acc = np.empty(n, np.float64)
+    for i in range(m):
+        for j in range(n):
+            acc[j] = np.float64(img[i, j]) * w[0]
+        for k in range(r, 0, -1):
+            wk = w[k]
+            ia = i - k
+            ib = i + k
+            if ia >= 0 and ib < m:
+                for j in range(n):
+                    acc[j] += (np.float64(img[ia, j]) + np.float64(img[ib, j])) * wk
+            elif ia >= 0:
+                for j in range(n):
+                    acc[j] += (np.float64(img[ia, j]) + 0.0) * wk
+            elif ib < m:
+                for j in range(n):
+                    acc[j] += (0.0 + np.float64(img[ib, j])) * wk
+            else:
+                for j in range(n):
+                    acc[j] += (0.0 + 0.0) * wk
+        for j in range(n):
+            tmp[i, j] = np.float32(acc[j])
+    buf = np.zeros(n + 2 * r, np.float64)
+    acc2 = np.empty(n, np.float64)
+    for i in range(m):
+        for j in range(n):
+            buf[j + r] = np.float64(tmp[i, j])
+        for j in range(n):
+            acc2[j] = buf[j + r] * w[0]
+        for k in range(r, 0, -1):
+            wk = w[k]
+            lo = buf[r - k:r - k + n]   # slices: the loop vectorises (same operations per element)
+            hi = buf[r + k:r + k + n]
+            for j in range(n):
+                acc2[j] += (lo[j] + hi[j]) * wk
+        ri = rows[i]
+        if use_eps:
+            for j in range(n):
+                out[i, j] = np.float64(np.float32(acc2[j])) / (ri * cols[j] + eps)
+        else:
+            for j in range(n):
+                out[i, j] = np.float64(np.float32(acc2[j])) / (ri * cols[j])
+
+
+def smooth_normalized(img32: np.ndarray, w: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                      eps: float | None) -> np.ndarray:
+    """``corr1(corr0(img32)) / (np.outer(rows, cols) [+ eps])`` as float64, where corr0/corr1 are
+    scipy's float32-output symmetric correlate1d along axis 0 / 1 with weights from
+    ``symmetric_weights``."""
+    img32 = np.ascontiguousarray(img32, np.float32)
+    out = _empty(img32.shape, np.float64)
+    _smooth_rows_cols(img32, np.ascontiguousarray(w, np.float64), np.ascontiguousarray(rows, np.float64),
+                      np.ascontiguousarray(cols, np.float64), 0.0 if eps is None else float(eps),
+                      eps is not None, _empty(img32.shape, np.float32), out)
+    return out

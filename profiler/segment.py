@@ -164,10 +164,15 @@ def _smooth_for_threshold(image: np.ndarray, scale: float) -> np.ndarray:
     if not scale:
         return image
     sigma = scale / 0.6744 / 2.0
-    img = ndi.gaussian_filter(image.astype(np.float32), sigma, mode="constant", cval=0)
     # the filter of an all-ones image is separable: the outer product of the 1-D edge factors
     rows = ndi.gaussian_filter1d(np.ones(image.shape[0]), sigma, mode="constant", cval=0)
     cols = ndi.gaussian_filter1d(np.ones(image.shape[1]), sigma, mode="constant", cval=0)
+    if image.ndim == 2 and sigma > 1e-15:
+        # = ndi.gaussian_filter(float32 image) / (outer(rows, cols) + eps), compiled, bit for bit
+        w = _kernels.symmetric_weights(
+            lambda x: ndi.gaussian_filter1d(x, sigma, mode="constant", cval=0), int(4.0 * sigma + 0.5))
+        return _kernels.smooth_normalized(image, w, rows, cols, np.finfo(float).eps)
+    img = ndi.gaussian_filter(image.astype(np.float32), sigma, mode="constant", cval=0)
     return img / (np.outer(rows, cols) + np.finfo(float).eps)
 
 
@@ -206,12 +211,12 @@ def _strel_disk(radius: float) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _local_maxima(image, labels, off_i, off_j):  # pragma: no cover - compiled
+def _local_maxima(image, labels, off_i, off_j, out):  # pragma: no cover - compiled
     """CellProfiler's is_local_maximum: ≥ every same-label pixel under the footprint."""
     m, n = image.shape
-    out = np.zeros((m, n), np.bool_)
     for i in range(m):
         for j in range(n):
+            out[i, j] = False
             lab = labels[i, j]
             if lab == 0 or image[i, j] <= 0:
                 continue
@@ -226,7 +231,6 @@ def _local_maxima(image, labels, off_i, off_j):  # pragma: no cover - compiled
                     ok = False
                     break
             out[i, j] = ok
-    return out
 
 
 def _cp_gaussian_smooth(image: np.ndarray, filter_size: float) -> np.ndarray:
@@ -238,10 +242,14 @@ def _cp_gaussian_smooth(image: np.ndarray, filter_size: float) -> np.ndarray:
     x = np.arange(-half, half + 1)
     f = np.exp(-0.5 * x ** 2 / sigma ** 2) / np.sqrt(2.0 * np.pi) / sigma
 
-    img = ndi.convolve1d(ndi.convolve1d(image.astype(np.float32), f, axis=0, mode="constant"),
-                         f, axis=1, mode="constant")
     rows = ndi.convolve1d(np.ones(image.shape[0]), f, mode="constant")
     cols = ndi.convolve1d(np.ones(image.shape[1]), f, mode="constant")
+    if image.ndim == 2 and np.array_equal(f, f[::-1]):
+        # = the two float32 convolve1d passes / outer(rows, cols), compiled, bit for bit
+        w = _kernels.symmetric_weights(lambda x: ndi.convolve1d(x, f, mode="constant"), half)
+        return _kernels.smooth_normalized(image, w, rows, cols, None)
+    img = ndi.convolve1d(ndi.convolve1d(image.astype(np.float32), f, axis=0, mode="constant"),
+                         f, axis=1, mode="constant")
     return img / np.outer(rows, cols)
 
 
@@ -287,8 +295,9 @@ def _maxima(image: np.ndarray, labels: np.ndarray, footprint: np.ndarray, factor
     c = footprint.shape[0] // 2
     fi, fj = (fi - c).astype(np.int64), (fj - c).astype(np.int64)
     keep = (fi != 0) | (fj != 0)
-    mx = _local_maxima(np.ascontiguousarray(small, np.float64), np.ascontiguousarray(small_labels, np.int32),
-                       fi[keep], fj[keep])
+    mx = np.empty(small.shape, np.bool_)
+    _local_maxima(np.ascontiguousarray(small, np.float64), np.ascontiguousarray(small_labels, np.int32),
+                  fi[keep], fj[keep], mx)
     if factor < 1.0:
         # CellProfiler upsamples the maxima image with a cubic spline and keeps values > 0.5; those
         # pixels lie within a few pixels of a low-resolution maximum, so only evaluate there.
@@ -440,19 +449,21 @@ def _sift_down(hd, hk, k, size):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _propagate_kernel(image, seeds, mask, weight):  # pragma: no cover - compiled
-    """Priority-queue propagation; the queue is ordered by (distance, label, row, column) as in CellProfiler."""
+def _propagate_kernel(image, seeds, mask, weight, pad, labels, dist):  # pragma: no cover - compiled
+    """Priority-queue propagation; the queue is ordered by (distance, label, row, column) as in CellProfiler.
+    ``pad`` ((m + 2, n + 2), the image's dtype), ``labels`` and ``dist`` are filled here (allocated by NumPy)."""
     m, n = image.shape
     mn = np.int64(m) * np.int64(n)
     # edge-replicated border = CellProfiler's clamped fetch; float32 when the image is float32 (half
     # the memory on the wave front's scattered reads; the differences are taken in float64 either way)
-    pad = np.empty((m + 2, n + 2), image.dtype)
     for i in range(m + 2):
         ii = min(max(i - 1, 0), m - 1)
         for j in range(n + 2):
             pad[i, j] = image[ii, min(max(j - 1, 0), n - 1)]
-    labels = np.zeros((m, n), np.int32)
-    dist = -np.ones((m, n), np.float64)
+    for i in range(m):
+        for j in range(n):
+            labels[i, j] = 0
+            dist[i, j] = -1.0
     # the seeds all have distance 0: they form one sorted run of keys, merged with the heap (which
     # then only holds the growing front) — the same pop order as one heap holding everything
     nseed = 0
@@ -531,7 +542,6 @@ def _propagate_kernel(image, seeds, mask, weight):  # pragma: no cover - compile
                         break
                 hd[k] = d
                 hk[k] = nkey
-    return labels, dist
 
 
 def propagate(image: np.ndarray, seeds: np.ndarray, mask: np.ndarray, regularization: float = 0.05
@@ -548,7 +558,11 @@ def propagate(image: np.ndarray, seeds: np.ndarray, mask: np.ndarray, regulariza
     seeds = np.ascontiguousarray(seeds, np.int32)
     if image.shape != seeds.shape or image.shape != mask.shape:
         raise ValueError(f"shapes differ: image {image.shape}, seeds {seeds.shape}, mask {mask.shape}")
-    labels, dist = _propagate_kernel(image, seeds, np.ascontiguousarray(mask, np.bool_), float(regularization))
+    # the buffers come from NumPy (huge pages for large arrays; numba's own allocations fault 4 KiB pages)
+    pad = np.empty((image.shape[0] + 2, image.shape[1] + 2), image.dtype)
+    labels = np.empty(image.shape, np.int32)
+    dist = np.empty(image.shape, np.float64)
+    _propagate_kernel(image, seeds, np.ascontiguousarray(mask, np.bool_), float(regularization), pad, labels, dist)
     _kernels.paste_seeds(labels, seeds)   # labels[seeds > 0] = seeds[seeds > 0]
     return labels, dist
 

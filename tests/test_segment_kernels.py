@@ -18,6 +18,11 @@ def _ws_oracle(image, markers, mask):
     return segmentation.watershed(image, markers, connectivity=EIGHT, mask=mask).astype(np.int32)
 
 
+def _fast_path(img, markers, comps):
+    """Whether the per-component watershed vouches for its result (else the exact replay runs)."""
+    return K._ws_components_kernel(img, markers, comps, K._WS_DI, K._WS_DJ, np.empty(img.shape, np.int32))
+
+
 def _random_case(rng, t):
     h, w = (int(x) for x in rng.integers(1, 50, 2))
     levels = (2, 3, 7, 1000)[t % 4]                      # few levels: ties everywhere
@@ -48,7 +53,7 @@ def test_watershed_by_components_equals_skimage_and_takes_both_paths():
     for t in range(600):
         img, markers, mask = _random_case(rng, t)
         comps = ndi.label(mask, EIGHT)[0].astype(np.int32)
-        _, ok = K._ws_components_kernel(np.ascontiguousarray(img), markers, comps, K._WS_DI, K._WS_DJ)
+        ok = _fast_path(np.ascontiguousarray(img), markers, comps)
         fast += bool(ok) and markers[mask].any()
         slow += not ok
         assert np.array_equal(K.watershed(img, markers, comps), _ws_oracle(img, markers, mask)), t
@@ -61,17 +66,17 @@ def test_watershed_components_shortcut_refuses_what_it_cannot_prove():
     # tied markers of different labels in one component: the global heap decides, so fall back
     markers = np.array([[1, 0, 2, 0, 0]], np.int32)
     comps = np.ones(img.shape, np.int32)
-    assert not K._ws_components_kernel(img, markers, comps, K._WS_DI, K._WS_DJ)[1]
+    assert not _fast_path(img, markers, comps)
     assert np.array_equal(K.watershed(img, markers, comps), _ws_oracle(img, markers, mask))
     # "components" that are not the mask's 8-connected components
     markers = np.array([[1, 0, 0, 0, 2]], np.int32)
     split = np.array([[1, 1, 2, 2, 2]], np.int32)
-    assert not K._ws_components_kernel(img, markers, split, K._WS_DI, K._WS_DJ)[1]
+    assert not _fast_path(img, markers, split)
     assert np.array_equal(K.watershed(img, markers, split), _ws_oracle(img, markers, mask))
     # NaN in the image
     nan = img.copy()
     nan[0, 3] = np.nan
-    assert not K._ws_components_kernel(nan, markers, comps, K._WS_DI, K._WS_DJ)[1]
+    assert not _fast_path(nan, markers, comps)
     assert np.array_equal(K.watershed(nan, markers, comps), _ws_oracle(nan, markers, mask))
     # nothing to flood
     empty = np.zeros((4, 4))
