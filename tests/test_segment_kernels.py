@@ -260,3 +260,42 @@ def test_one_pass_label_kernels_equal_numpy():
     c64, n16 = rng.integers(0, 9, (5, 6)), rng.integers(0, 3, (5, 6)).astype(np.uint16)
     assert np.array_equal(S.cytoplasm(c64, n16), np.where(n16 > 0, 0, c64).astype(np.int32))
     assert S.cytoplasm(c64, n16).dtype == np.int32
+
+
+# the smoothers before the compiled kernel (profiler/segment.py at 5064064), kept as the oracles
+def _smooth_for_threshold_oracle(image, scale):
+    sigma = scale / 0.6744 / 2.0
+    img = ndi.gaussian_filter(image.astype(np.float32), sigma, mode="constant", cval=0)
+    rows = ndi.gaussian_filter1d(np.ones(image.shape[0]), sigma, mode="constant", cval=0)
+    cols = ndi.gaussian_filter1d(np.ones(image.shape[1]), sigma, mode="constant", cval=0)
+    return img / (np.outer(rows, cols) + np.finfo(float).eps)
+
+
+def _cp_gaussian_smooth_oracle(image, filter_size):
+    sigma = filter_size / 2.35
+    half = max(int(float(filter_size) / 2.0), 1)
+    x = np.arange(-half, half + 1)
+    f = np.exp(-0.5 * x ** 2 / sigma ** 2) / np.sqrt(2.0 * np.pi) / sigma
+    img = ndi.convolve1d(ndi.convolve1d(image.astype(np.float32), f, axis=0, mode="constant"),
+                         f, axis=1, mode="constant")
+    rows = ndi.convolve1d(np.ones(image.shape[0]), f, mode="constant")
+    cols = ndi.convolve1d(np.ones(image.shape[1]), f, mode="constant")
+    return img / np.outer(rows, cols)
+
+
+def _bits(a):
+    return np.ascontiguousarray(a, np.float64).view(np.int64)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 1), (3, 4), (17, 23), (64, 80)])
+def test_smoothing_kernel_equals_scipy(shape):
+    rng = np.random.default_rng(sum(shape))
+    images = [rng.random(shape), (rng.integers(0, 4096, shape) / 65535.0),
+              rng.normal(0.0, 1.0, shape).astype(np.float32), np.zeros(shape)]
+    for img in images:
+        for scale in (1.3488, 0.5, 3.0, 7.7):
+            assert np.array_equal(_bits(S._smooth_for_threshold(img, scale)),
+                                  _bits(_smooth_for_threshold_oracle(img, scale))), (shape, scale)
+        for size in (2.35 * 15 / 3.5, 1.0, 2.5, 9.0, 20.0):
+            assert np.array_equal(_bits(S._cp_gaussian_smooth(img, size)),
+                                  _bits(_cp_gaussian_smooth_oracle(img, size))), (shape, size)
