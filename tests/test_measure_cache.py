@@ -49,8 +49,8 @@ def test_one_cache_per_site_changes_no_number_and_is_filled_once(off_grid):
     for comp in labels:
         np.testing.assert_array_equal(shared[comp].to_numpy(), alone[comp].to_numpy(), err_msg=comp)
     # per channel: a spectrum, levels and the float32 variance/mean of the Costes regression (plus
-    # the value sort off the grid), and one Costes pair
-    want = 2 * 3 + (2 if off_grid else 0) + 1
+    # the value sort and the float64 pixels off the grid), and one Costes pair
+    want = 2 * 3 + (2 * 2 if off_grid else 0) + 1
     assert len(cache) == want
     # the whole-image intermediates are computed for the first compartment only
     before = len(cache)

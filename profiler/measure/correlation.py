@@ -104,10 +104,10 @@ def _pearson_from_sums(s: np.ndarray) -> tuple[int, float]:
 class _Subsets:
     """Pearson r of the pixels with x < t1 or y < t2 (one numba pass per candidate threshold pair)."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, sorts=None):
+    def __init__(self, x: np.ndarray, y: np.ndarray, sorts=None, means: tuple[float, float] | None = None):
         """``sorts`` is ignored (the direct pass needs no pixel order; same signature as
-        :class:`_BandSubsets`)."""
-        self.mx, self.my = float(x.mean()), float(y.mean())
+        :class:`_BandSubsets`); ``means``: (x.mean(), y.mean()) when already known."""
+        self.mx, self.my = (float(x.mean()), float(y.mean())) if means is None else means
         self.x, self.y = x, y
         self.base = np.zeros(6)
 
@@ -264,8 +264,9 @@ class _BandSubsets:
     thresholds found are the direct pass's.
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, sorts: tuple[_ValueSort, _ValueSort] | None = None):
-        self.exact = _Subsets(x, y)
+    def __init__(self, x: np.ndarray, y: np.ndarray, sorts: tuple[_ValueSort, _ValueSort] | None = None,
+                 means: tuple[float, float] | None = None):
+        self.exact = _Subsets(x, y, None, means)
         self.mx, self.my = self.exact.mx, self.exact.my
         self.total = np.zeros(6)
         _subset_sums(x, y, np.inf, np.inf, self.mx, self.my, self.total)
@@ -514,19 +515,25 @@ def costes_thresholds(x: np.ndarray, y: np.ndarray, scale: float = 255.0, method
 
 def _costes(x: np.ndarray, y: np.ndarray, scale: float, method: str, X: _Levels | None,
             Y: _Levels | None, sorts: tuple[_ValueSort, _ValueSort] | None = None,
-            stats: tuple | None = None) -> tuple[float, float]:
+            stats: tuple | None = None, prepared: tuple | None = None) -> tuple[float, float]:
     """:func:`costes_thresholds` given the channels' 16-bit levels (None: off the grid, float path),
     optionally, off the grid, their value orders and the channels' :func:`_float32_stats` (``x``,
-    ``y`` are then those channels' pixels)."""
+    ``y`` are then those channels' pixels); ``prepared``: off the grid, the channels'
+    :class:`_Channel64` (float64 pixels, means and maxima shared by a channel's pairs)."""
     a, b = _regression(np.ravel(x), np.ravel(y), stats)
     if X is not None and Y is not None and X.lv.size:
         sub = _LevelSubsets(X, Y)
         x_max, y_max = float(_GRID[X.sorted_lv[-1]]), float(_GRID[Y.sorted_lv[-1]])
     else:
-        x = np.ascontiguousarray(x, dtype=np.float64).ravel()
-        y = np.ascontiguousarray(y, dtype=np.float64).ravel()
-        sub = _BandSubsets(x, y, sorts)
-        x_max, y_max = float(x.max()), float(y.max())
+        if prepared is not None:
+            cx, cy = prepared
+            sub = _BandSubsets(cx.x64, cy.x64, sorts, (cx.mean, cy.mean))
+            x_max, y_max = (cx.max(), cy.max()) if method != "faster" else (np.nan, np.nan)  # unused by "faster"
+        else:
+            x = np.ascontiguousarray(x, dtype=np.float64).ravel()
+            y = np.ascontiguousarray(y, dtype=np.float64).ravel()
+            sub = _BandSubsets(x, y, sorts)
+            x_max, y_max = float(x.max()), float(y.max())
     if method == "faster":
         left, right = 1.0, scale
         mid = ((right - left) // (6 / 5)) + left
@@ -590,6 +597,27 @@ def _infer_scale(*imgs: np.ndarray) -> float:
     return 255.0
 
 
+class _Channel64:
+    """A channel's pixels as float64 for the Costes search off the 16-bit grid, with their mean,
+    maximum and whether any is NaN (computed as the search computes them; once per image and site)."""
+
+    def __init__(self, img: np.ndarray):
+        flat = np.asarray(img).ravel()
+        self.has_nan = bool(np.isnan(flat.sum()))
+        self.x64 = np.ascontiguousarray(flat, dtype=np.float64)
+        self.mean = float(self.x64.mean()) if not self.has_nan and flat.size else np.nan
+        self._max = None
+
+    def max(self) -> float:
+        if self._max is None:
+            self._max = float(self.x64.max())
+        return self._max
+
+
+def _channel64_cached(cache: ImageCache, img: np.ndarray) -> _Channel64:
+    return cache.get("correlation_f64", (img,), (), lambda: _Channel64(img))
+
+
 def _costes_cached(cache: ImageCache, img1: np.ndarray, img2: np.ndarray, scale,
                    method: str) -> tuple[float, float]:
     """Costes' threshold pair of a channel pair over the whole image, once per pair and site."""
@@ -604,7 +632,8 @@ def _costes_cached(cache: ImageCache, img1: np.ndarray, img2: np.ndarray, scale,
         x, y = np.asarray(img1).ravel(), np.asarray(img2).ravel()
         if X is not None and Y is not None:  # on the 16-bit grid: no NaN
             return _costes(x, y, s, method, X, Y, None, _stats()) if x.size else (np.inf, np.inf)
-        if np.isnan(x.sum()) or np.isnan(y.sum()):  # CellProfiler drops NaN pixels (none in real images)
+        cx, cy = _channel64_cached(cache, img1), _channel64_cached(cache, img2)
+        if cx.has_nan or cy.has_nan:  # CellProfiler drops NaN pixels (none in real images)
             ok = ~(np.isnan(x) | np.isnan(y))
             x, y = x[ok], y[ok]
             return _costes(x, y, s, method, None, None) if x.size else (np.inf, np.inf)
@@ -613,7 +642,7 @@ def _costes_cached(cache: ImageCache, img1: np.ndarray, img2: np.ndarray, scale,
             # the channels' value orders (shared with the RWC ranks and the other channel pairs)
             sx, sy = _value_sort_cached(cache, img1), _value_sort_cached(cache, img2)
             sorts = (sx, sy) if sx is not None and sy is not None else None
-        return _costes(x, y, s, method, None, None, sorts, _stats()) if x.size else (np.inf, np.inf)
+        return _costes(x, y, s, method, None, None, sorts, _stats(), (cx, cy)) if x.size else (np.inf, np.inf)
 
     return cache.get("correlation_costes", (img1, img2), (str(scale), method), make)
 
