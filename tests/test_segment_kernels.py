@@ -287,7 +287,7 @@ def _bits(a):
     return np.ascontiguousarray(a, np.float64).view(np.int64)
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 1), (3, 4), (17, 23), (64, 80)])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 1), (3, 4), (17, 23), (64, 80), (700, 900)])
 def test_smoothing_kernel_equals_scipy(shape):
     rng = np.random.default_rng(sum(shape))
     images = [rng.random(shape), (rng.integers(0, 4096, shape) / 65535.0),
