@@ -193,13 +193,15 @@ def _entropy_vec(p: np.ndarray, n: int) -> float:  # pragma: no cover - numba
 
 @numba.njit(cache=True, nogil=True)
 def _haralick_objects(q: np.ndarray, pix_starts: np.ndarray, a: np.ndarray, b: np.ndarray,
-                      starts: np.ndarray, out: np.ndarray, invalid: np.ndarray, d: int) -> None:  # pragma: no cover
+                      starts: np.ndarray, out: np.ndarray, invalid: np.ndarray, d: int,
+                      cmat: np.ndarray) -> None:  # pragma: no cover
     """Fill out[o, d, :] with the 13 Haralick features of object o for one direction's pairs.
 
-    ``q``: quantized level of each object pixel (grouped by object); ``a``/``b``: positions in ``q``.
+    ``q``: quantized level of each object pixel (grouped by object); ``a``/``b``: positions in ``q``;
+    ``cmat``: a (256, 256) int64 scratch matrix of zeros (left as zeros: only touched cells are reset),
+    shared by the calls.
     """
     n = starts.shape[0] - 1
-    cmat = np.zeros((256, 256), dtype=np.int64)
     cap = min(2 * (a.shape[0] + 1), 256 * 256)  # distinct (i, j) cells of one object
     ti = np.empty(cap, dtype=np.int32)
     tj = np.empty(cap, dtype=np.int32)
@@ -339,9 +341,10 @@ def _haralick_levels(qo: np.ndarray, geometry, n_objects: int) -> np.ndarray:
     _, pix_starts, a, b, starts = geometry
     out = np.zeros((n_objects, 4, 13))
     invalid = np.zeros(n_objects, dtype=np.bool_)
+    cmat = np.zeros((256, 256), dtype=np.int64)  # co-occurrence scratch, reset cell by cell
     for d in range(4):
         m = starts[d, -1]
-        _haralick_objects(qo, pix_starts, a[d, :m], b[d, :m], starts[d], out, invalid, d)
+        _haralick_objects(qo, pix_starts, a[d, :m], b[d, :m], starts[d], out, invalid, d, cmat)
     out[invalid] = 0.0
     out[~np.isfinite(out)] = 0.0
     out[np.diff(pix_starts) == 0] = np.nan
