@@ -96,3 +96,122 @@ def test_centres_on_real_segmentation_shapes():
                          shape=lab.shape, rotation=rng.random() * np.pi)
         lab[rr, cc] = k
     _same_centres(lab, label_edt(lab, False), 119)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint16])
+def test_fused_histogram_and_cv_equal_bincount_and_radial_cv(dtype):
+    from profiler.measure.radial import _radial_cv, _radial_hist_cv
+
+    rng = np.random.default_rng(11)
+    n, nbins, m = 40, 5, 20000
+    lab = rng.integers(1, n + 1, m)
+    bins = rng.integers(0, nbins, m)
+    wedge = rng.integers(0, 8, m)
+    img = (rng.random(50000) * 1000).astype(dtype)
+    idx = rng.integers(0, img.size, m)
+    flat = img if img.dtype in (np.float32, np.float64) else img.astype(np.float64)
+    hist, cv = _radial_hist_cv(lab, bins, wedge, idx, flat, n, nbins)
+    v = img[idx].astype(np.float64)
+    want = np.bincount(lab * nbins + bins, v, minlength=(n + 1) * nbins)
+    assert np.array_equal(hist.view(np.uint64), want.view(np.uint64))
+    assert np.array_equal(cv, _radial_cv(lab, bins, wedge, v, n, nbins))
+
+
+def _introsort_order(num, lt, stats):
+    """NumPy 1.26's argsort control flow (as numpy1_argsort_values) on indices, with the comparison
+    ``lt(a, b)`` as a callback; counts the heapsorts (depth budget spent) in ``stats``."""
+    import functools
+
+    t = list(range(num))
+    stack = []
+    pl, pr = 0, num - 1
+    cdepth = 2 * (num.bit_length() - 1)
+    while num > 1:
+        if cdepth < 0:
+            stats["heap"] += 1
+            t[pl:pr + 1] = sorted(t[pl:pr + 1], key=functools.cmp_to_key(
+                lambda a, b: -1 if lt(a, b) else (1 if lt(b, a) else 0)))
+        else:
+            while pr - pl > 15:
+                pm = pl + ((pr - pl) >> 1)
+                if lt(t[pm], t[pl]):
+                    t[pm], t[pl] = t[pl], t[pm]
+                if lt(t[pr], t[pm]):
+                    t[pr], t[pm] = t[pm], t[pr]
+                if lt(t[pm], t[pl]):
+                    t[pm], t[pl] = t[pl], t[pm]
+                vp = t[pm]
+                pi, pj = pl, pr - 1
+                t[pm], t[pj] = t[pj], t[pm]
+                while True:
+                    pi += 1
+                    while lt(t[pi], vp):
+                        pi += 1
+                    pj -= 1
+                    while lt(vp, t[pj]):
+                        pj -= 1
+                    if pi >= pj:
+                        break
+                    t[pi], t[pj] = t[pj], t[pi]
+                t[pi], t[pr - 1] = t[pr - 1], t[pi]
+                cdepth -= 1
+                if pi - pl < pr - pi:
+                    stack.append((pi + 1, pr, cdepth))
+                    pr = pi - 1
+                else:
+                    stack.append((pl, pi - 1, cdepth))
+                    pl = pi + 1
+            for i in range(pl + 1, pr + 1):
+                vi, j = t[i], i
+                while j > pl and lt(vi, t[j - 1]):
+                    t[j] = t[j - 1]
+                    j -= 1
+                t[j] = vi
+        if not stack:
+            break
+        pl, pr, cdepth = stack.pop()
+    return t
+
+
+def _median_of_3_killer(num):
+    """McIlroy's "antiqsort" adversary against that control flow: values that exhaust the depth
+    budget, so that NumPy's introsort falls back to heapsort."""
+    gas = num
+    val = [gas] * num
+    state = {"solid": 0, "cand": 0}
+
+    def lt(x, y):
+        if val[x] == gas and val[y] == gas:
+            z = x if x == state["cand"] else y
+            val[z] = state["solid"]
+            state["solid"] += 1
+        if val[x] == gas:
+            state["cand"] = x
+        elif val[y] == gas:
+            state["cand"] = y
+        return val[x] < val[y]
+
+    _introsort_order(num, lt, {"heap": 0})
+    return np.array(val, dtype=np.float64)
+
+
+@pytest.mark.parametrize("num", [300, 2000])
+def test_partial_sort_when_the_depth_budget_runs_out(num):
+    """Adversarial inputs drive the sort into its heapsort fallback, with and without ties; the
+    partial sort must fall back at the same sub-arrays (regression: a kept larger side used to be
+    partitioned on instead of being pushed, popped and heapsorted)."""
+    base = _median_of_3_killer(num)
+    for coarse in (1, 2):
+        v = np.floor(base / coarse)
+        stats = {"heap": 0}
+        order = _introsort_order(num, lambda a, b: v[a] < v[b], stats)
+        assert stats["heap"] > 0  # the input really exercises the heapsort fallback
+        t_full, w_full = numpy1_argsort_values(v)
+        if coarse == 1:  # distinct values: one possible order
+            assert t_full.tolist() == order
+        for val in np.unique(v)[:: max(1, num // 150)]:
+            for wanted in (np.array([val]), np.unique(v)[np.unique(v) >= val][:3]):
+                t, w, _ = numpy1_argsort_partial(v, wanted)
+                np.testing.assert_array_equal(t[np.isin(w, wanted)], t_full[np.isin(w_full, wanted)])
+        lab = (np.arange(num) % 7 + 1).reshape(1, num).astype(np.int64)
+        _same_centres(lab, v.reshape(1, num), 7)

@@ -12,6 +12,10 @@ the centre of many objects and with it every binned radial feature.
 AVX-512 (median-of-3 quicksort, insertion sort below 16 elements, heapsort past 2·log2 n levels),
 checked index for index against NumPy 1.26.4 in tests/test_measure_radial.py. Use it only where a
 CellProfiler tie-break must be reproduced; anywhere else use NumPy's own sorts.
+
+:func:`numpy1_argsort_partial` runs the same sort only in the sub-arrays that can hold given
+values (the RadialDistribution centres need the order of an object's tied maxima only): those
+elements end where the full sort puts them (tests/test_measure_radial_centers.py).
 """
 
 from __future__ import annotations
@@ -284,12 +288,34 @@ def numpy1_argsort_partial(v, wanted):
                         lo = vp
                     depth[dp] = cdepth
                     dp += 1
-                elif keep_l:
-                    pr = pi - 1
-                    hi = vp
-                elif keep_r:
-                    pl = pi + 1
-                    lo = vp
+                elif keep_l or keep_r:
+                    # NumPy goes on with the smaller side and pushes the larger one, which meets
+                    # the depth check (heapsort when the budget is spent) when it is popped
+                    small_l = pi - pl < pr - pi
+                    if keep_l == small_l:
+                        if keep_l:
+                            pr = pi - 1
+                            hi = vp
+                        else:
+                            pl = pi + 1
+                            lo = vp
+                    else:
+                        if keep_l:
+                            stack[sp] = pl
+                            stack[sp + 1] = pi - 1
+                            bounds[sp] = lo
+                            bounds[sp + 1] = vp
+                        else:
+                            stack[sp] = pi + 1
+                            stack[sp + 1] = pr
+                            bounds[sp] = vp
+                            bounds[sp + 1] = hi
+                        sp += 2
+                        depth[dp] = cdepth
+                        dp += 1
+                        pl = 1
+                        pr = 0  # nothing left on the smaller side: pop the larger one
+                        break
                 else:
                     if _holds_wanted(wanted, vp, vp):
                         if nl == leaves.shape[0]:

@@ -151,13 +151,8 @@ def _centers(labels: np.ndarray, dist: np.ndarray, n: int):
 
 
 @nb.njit(cache=True)
-def _radial_cv(lab, bins, wedge, v, n, nbins):
-    """RadialCV (n+1, nbins) from per-pixel label, bin, wedge (0..7) and intensity."""
-    s = np.zeros((n + 1, nbins, 8))
-    c = np.zeros((n + 1, nbins, 8))
-    for p in range(lab.size):
-        s[lab[p], bins[p], wedge[p]] += v[p]
-        c[lab[p], bins[p], wedge[p]] += 1
+def _cv_from_sums(s, c, n, nbins):
+    """RadialCV (n+1, nbins) from per (label, bin, wedge) intensity sums ``s`` and counts ``c``."""
     cv = np.zeros((n + 1, nbins))
     for k in range(n + 1):
         for b in range(nbins):
@@ -178,6 +173,36 @@ def _radial_cv(lab, bins, wedge, v, n, nbins):
             std = np.sqrt(var / m)
             cv[k, b] = std / mean if mean != 0 else std
     return cv
+
+
+@nb.njit(cache=True)
+def _radial_cv(lab, bins, wedge, v, n, nbins):
+    """RadialCV (n+1, nbins) from per-pixel label, bin, wedge (0..7) and intensity."""
+    s = np.zeros((n + 1, nbins, 8))
+    c = np.zeros((n + 1, nbins, 8))
+    for p in range(lab.size):
+        s[lab[p], bins[p], wedge[p]] += v[p]
+        c[lab[p], bins[p], wedge[p]] += 1
+    return _cv_from_sums(s, c, n, nbins)
+
+
+@nb.njit(cache=True)
+def _radial_hist_cv(lab, bins, wedge, idx, img, n, nbins):
+    """One pass over the reached pixels of one channel (``img`` flat, values read at ``idx`` as
+    float64): the intensity per (label, bin) — the additions of
+    ``np.bincount(lab * nbins + bins, img[idx])``, in the same order — and RadialCV
+    (:func:`_radial_cv`)."""
+    hist = np.zeros((n + 1) * nbins)
+    s = np.zeros((n + 1, nbins, 8))
+    c = np.zeros((n + 1, nbins, 8))
+    for p in range(lab.size):
+        v = np.float64(img[idx[p]])
+        k = lab[p]
+        b = bins[p]
+        hist[k * nbins + b] += v
+        s[k, b, wedge[p]] += v
+        c[k, b, wedge[p]] += 1
+    return hist, _cv_from_sums(s, c, n, nbins)
 
 
 @nb.njit(cache=True)
@@ -262,12 +287,15 @@ def radial_distribution(labels: np.ndarray, images: Mapping[str, np.ndarray], *,
     out: dict[str, np.ndarray] = {}
     chans = list(images)
     for ch in chans:
-        v = np.asarray(images[ch]).ravel()[idx].astype(np.float64)
-        hist = np.bincount(key, v, minlength=(n + 1) * (nb_ + 1)).reshape(n + 1, nb_ + 1)[1:, :nb_]
+        img = np.ascontiguousarray(images[ch]).ravel()
+        if img.dtype not in (np.float32, np.float64):
+            img = img.astype(np.float64)
+        hist, cv = _radial_hist_cv(lab, bins, wedge, idx, img, n, nb_ + 1)
+        hist = hist.reshape(n + 1, nb_ + 1)[1:, :nb_]
+        cv = cv[1:, :nb_]
         with np.errstate(divide="ignore", invalid="ignore"):
             frac = hist / hist.sum(1, keepdims=True)
             mean_frac = frac / (frac_pixels + np.finfo(float).eps)
-        cv = _radial_cv(lab, bins, wedge, v, n, nb_ + 1)[1:, :nb_]
         for b in range(nb_):
             sfx = f"{ch}_{b + 1}of{nb_}"
             out[f"RadialDistribution_FracAtD_{sfx}"] = np.where(present, frac[:, b], np.nan)
