@@ -259,8 +259,9 @@ def _downsample(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[n
     ``ndi.map_coordinates(labels, ij, order=0)`` give them — but the image only where the sampled
     label is not 0 (elsewhere 0.0: ``_local_maxima`` reads no other value).
 
-    Exactly the same numbers: the spline coefficients are scipy's own ``spline_filter`` (what
-    ``map_coordinates`` computes internally for ``prefilter=True``), and ``map_coordinates``
+    Exactly the same numbers: the spline coefficients are those of scipy's ``spline_filter`` (what
+    ``map_coordinates`` computes internally for ``prefilter=True``; here its compiled equivalent,
+    ``_kernels.cubic_spline_filter``, bit for bit), and ``map_coordinates``
     evaluates every point independently of the others, so evaluating a subset gives each point's
     value bit for bit. The nearest-neighbour labels come from the row and column indices that
     ``map_coordinates(order=0)`` picks on each axis (1-D calls on the same coordinates; an
@@ -280,7 +281,7 @@ def _downsample(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[n
     fi, fj = np.nonzero(small_labels)
     small = np.zeros(small_labels.shape, np.float64)
     if len(fi):
-        coeffs = ndi.spline_filter(image, 3, output=np.float64, mode="constant")
+        coeffs = _kernels.cubic_spline_filter(image)  # = ndi.spline_filter(image, 3, float64, "constant")
         small[fi, fj] = ndi.map_coordinates(coeffs, np.stack([ri[fi], rj[fj]]), prefilter=False)
     return small, small_labels
 
@@ -302,7 +303,7 @@ def _maxima(image: np.ndarray, labels: np.ndarray, footprint: np.ndarray, factor
         # CellProfiler upsamples the maxima image with a cubic spline and keeps values > 0.5; those
         # pixels lie within a few pixels of a low-resolution maximum, so only evaluate there.
         inv = float(image.shape[0]) / float(mx.shape[0])
-        coeffs = ndi.spline_filter(mx.astype(float), order=3)
+        coeffs = _kernels.cubic_spline_filter(mx)  # = ndi.spline_filter(mx.astype(float), order=3)
         full = np.zeros(image.shape, bool)
         pts = np.argwhere(mx)
         if len(pts):

@@ -299,3 +299,17 @@ def test_smoothing_kernel_equals_scipy(shape):
         for size in (2.35 * 15 / 3.5, 1.0, 2.5, 9.0, 20.0):
             assert np.array_equal(_bits(S._cp_gaussian_smooth(img, size)),
                                   _bits(_cp_gaussian_smooth_oracle(img, size))), (shape, size)
+
+
+def test_cubic_spline_filter_equals_scipy():
+    rng = np.random.default_rng(9)
+    sizes = [1, 2, 3, 4, 5, 8, 9, 17, 40]
+    for h in sizes:
+        for w in sizes:
+            for data in (rng.random((h, w)), rng.random((h, w)) < 0.1, rng.normal(0, 1e3, (h, w))):
+                for mode in ("mirror", "constant"):
+                    ref = ndi.spline_filter(np.asarray(data, float), 3, output=np.float64, mode=mode)
+                    assert np.array_equal(_bits(K.cubic_spline_filter(data)), _bits(ref)), (h, w, mode)
+    big = ndi.gaussian_filter(rng.random((700, 900)), 3.0)        # lines long enough for z^n to underflow
+    assert np.array_equal(_bits(K.cubic_spline_filter(big)),
+                          _bits(ndi.spline_filter(big, 3, output=np.float64, mode="constant")))
