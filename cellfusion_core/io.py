@@ -95,11 +95,84 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def write_parquet(df: pd.DataFrame, path: str | Path) -> Path:
-    """Atomically write ``df`` to Parquet (index dropped)."""
+def write_parquet(df: pd.DataFrame, path: str | Path, **options: Any) -> Path:
+    """Atomically write ``df`` to Parquet (index dropped).
+
+    The file is what ``df.to_parquet(path, index=False)`` writes (the same Arrow table, pandas
+    metadata included; :func:`arrow_table`); ``options`` go to :func:`pyarrow.parquet.write_table`
+    (e.g. ``compression="none", use_dictionary=False`` for a wide table that is read once)."""
+    import pyarrow.parquet as pq
+
+    if df.attrs:  # pandas stores attrs in the file's metadata: its own writer
+        with atomic_path(path) as tmp:
+            df.to_parquet(tmp, index=False, **options)
+        return Path(path)
+    table = arrow_table(df)
+    options.setdefault("compression", "snappy")  # pandas' default
     with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
+        pq.write_table(table, tmp, **options)
     return Path(path)
+
+
+#: (column names, dtypes) → the Arrow schema (pandas metadata included) pyarrow gave that frame
+_SCHEMAS: dict[tuple, Any] = {}
+_NUMPY_KINDS = "fiub"
+
+
+def _schema_key(df: pd.DataFrame) -> tuple | None:
+    """What decides ``pa.Table.from_pandas(df, preserve_index=False)``'s schema for frames whose
+    columns are unique strings of numeric NumPy or string dtypes (no data-dependent metadata);
+    ``None`` for any other frame."""
+    cols = df.columns
+    if not cols.is_unique or not all(type(c) is str for c in cols):
+        return None
+    dtypes = tuple(df.dtypes)
+    for dt in dtypes:
+        if isinstance(dt, np.dtype):
+            if dt.kind not in _NUMPY_KINDS or dt.byteorder not in "=|":
+                return None
+        elif not isinstance(dt, pd.StringDtype):
+            return None
+    return (tuple(cols), cols.dtype, dtypes)
+
+
+def arrow_table(df: pd.DataFrame):
+    """``pyarrow.Table.from_pandas(df, preserve_index=False)``, the same table (values, nulls for NaN,
+    types, pandas metadata), built for a wide numeric frame in a few milliseconds instead of
+    ~60 µs per column: the schema of a frame with these columns and dtypes is computed once per
+    process by pyarrow itself, then the numeric columns are handed over from one 2-D block per dtype."""
+    import pyarrow as pa
+
+    key = _schema_key(df)
+    schema = _SCHEMAS.get(key) if key is not None else None
+    if schema is None:
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        if key is not None:
+            if len(_SCHEMAS) >= 32:
+                _SCHEMAS.clear()
+            _SCHEMAS[key] = table.schema
+        return table
+    dtypes = key[2]
+    arrays: list[Any] = [None] * len(dtypes)
+    groups: dict[np.dtype, list[int]] = {}
+    other: list[int] = []
+    for j, dt in enumerate(dtypes):
+        if isinstance(dt, np.dtype):
+            groups.setdefault(dt, []).append(j)
+        else:
+            other.append(j)
+    types = schema.types
+    for dt, idx in groups.items():
+        block = np.asfortranarray(df.iloc[:, idx].to_numpy(dtype=dt, copy=False))
+        for k, j in enumerate(idx):
+            arrays[j] = pa.array(block[:, k], type=types[j], from_pandas=True)
+    if other:
+        rest = pa.Table.from_pandas(df.iloc[:, other], preserve_index=False)
+        for k, j in enumerate(other):
+            arrays[j] = rest.column(k)
+    if any(a.type != t for a, t in zip(arrays, types)):  # pragma: no cover - defensive
+        return pa.Table.from_pandas(df, preserve_index=False)
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

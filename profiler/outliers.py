@@ -41,6 +41,7 @@ of them from the per-site partitions (one site in memory at a time).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -164,6 +165,24 @@ def load_model(path: str | Path) -> OutlierModel:
 # ---------------------------------------------------------------------------------------------
 # fit and score (pure functions of arrays)
 
+def _nanmedian_columns(a: np.ndarray) -> np.ndarray:
+    """``np.nanmedian(a, axis=0)`` of a 2-D float array, the same values: the columns without NaN
+    by one ``np.median(…, axis=0)`` (the same order statistics, the middle pair averaged the same
+    way) instead of NumPy's column-by-column ``apply_along_axis``, which it takes from 600 rows on
+    (below that NumPy's masked-array path is used as is)."""
+    if a.ndim != 2 or a.dtype != np.float64 or a.shape[0] < 600 or a.shape[1] == 0:
+        return np.nanmedian(a, axis=0)
+    nan_cols = np.isnan(a).any(axis=0)
+    if nan_cols.all():
+        return np.nanmedian(a, axis=0)
+    out = np.empty(a.shape[1], dtype=np.float64)
+    clean = ~nan_cols
+    out[clean] = np.median(a[:, clean], axis=0)
+    if nan_cols.any():
+        out[nan_cols] = np.nanmedian(a[:, nan_cols], axis=0)
+    return out
+
+
 def _robust_scale(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-column median, MAD × 1.4826 (SD where the MAD is 0) and which columns are usable."""
     with np.errstate(all="ignore"):
@@ -171,8 +190,8 @@ def _robust_scale(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
-            center = np.nanmedian(a, axis=0)
-            scale = np.nanmedian(np.abs(a - center), axis=0) * _MAD_TO_SD
+            center = _nanmedian_columns(a)
+            scale = _nanmedian_columns(np.abs(a - center)) * _MAD_TO_SD
             sd = np.nanstd(a, axis=0)
     scale = np.where((scale > 0) & np.isfinite(scale), scale, sd)
     ok = np.isfinite(center) & np.isfinite(scale) & (scale > 1e-12 * np.maximum(1.0, np.abs(center)))
@@ -211,6 +230,11 @@ def score_matrix(model: OutlierModel, a: np.ndarray) -> np.ndarray:
 
 def _matrix(df: pd.DataFrame, features: Sequence[str]) -> np.ndarray:
     """``df``'s ``features`` as float64 (a column the table lacks is all NaN, i.e. imputed)."""
+    features = list(features)
+    if (features and df.columns.is_unique and set(features) <= set(df.columns)
+            and all(dt == np.float64 for dt in df.dtypes[features])):
+        # all float64 (e.g. the outlier sample): one block copy instead of a to_numeric per column
+        return np.array(df[features].to_numpy(dtype=np.float64), dtype=np.float64, order="C", copy=True)
     out = np.full((len(df), len(features)), np.nan)
     for j, f in enumerate(features):
         if f in df.columns:
@@ -232,7 +256,9 @@ def arrow_matrix(table, features: Sequence[str]) -> np.ndarray:
             continue
         col = table[f]
         t = col.type
-        if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+        if t == pa.float64():  # nulls → NaN (Arrow's own conversion of a float column)
+            out[:, j] = col.to_numpy()
+        elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
             out[:, j] = pc.fill_null(col.cast(pa.float64()), np.nan).to_numpy()
         else:
             out[:, j] = pd.to_numeric(col.to_pandas(), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
@@ -246,6 +272,32 @@ def score_cells(model: OutlierModel, cells: pd.DataFrame) -> tuple[np.ndarray, n
     return s, s > model.threshold
 
 
+def _empirical_covariance(X: np.ndarray, *, assume_centered: bool = False) -> np.ndarray:
+    """:func:`sklearn.covariance.empirical_covariance` of a 2-D float array (what MinCovDet hands it),
+    the same arithmetic without its argument validation: FastMCD calls it ~2,000 times a fit."""
+    if X.ndim == 1:
+        X = np.reshape(X, (1, -1))
+    if assume_centered:
+        covariance = np.dot(X.T, X) / X.shape[0]
+    else:
+        covariance = np.cov(X.T, bias=1)
+    if covariance.ndim == 0:
+        covariance = np.array([[covariance]])
+    return covariance
+
+
+@functools.lru_cache(maxsize=1)
+def _min_cov_det():
+    from sklearn.covariance import MinCovDet
+
+    class _Fast(MinCovDet):
+        """:class:`sklearn.covariance.MinCovDet` with :func:`_empirical_covariance` (same results)."""
+
+        _nonrobust_covariance = staticmethod(_empirical_covariance)
+
+    return _Fast
+
+
 def fit_outlier_model(sample: pd.DataFrame, *, contamination: float = 0.01, n_components: int = 40,
                       seed: int = 0, fit_on: str = "control wells") -> OutlierModel:
     """Fit the model of the module docstring on a sample of (control) cells.
@@ -253,8 +305,9 @@ def fit_outlier_model(sample: pd.DataFrame, *, contamination: float = 0.01, n_co
     ``sample``: the cells' profile features (numeric; metadata and position columns are ignored).
     Needs at least 10 cells; ``k = min(n_components, usable features, (cells − 1) // 3)``.
     """
-    from sklearn.covariance import MinCovDet
     from sklearn.decomposition import PCA
+
+    _MinCovDet = _min_cov_det()
 
     feats = [c for c in sample.columns if is_profile_feature(c) and pd.api.types.is_numeric_dtype(sample[c])
              and not pd.api.types.is_bool_dtype(sample[c])]
@@ -287,7 +340,7 @@ def fit_outlier_model(sample: pd.DataFrame, *, contamination: float = 0.01, n_co
     # threads: its LAPACK factorizations do change in the last bits with the thread count.
     with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
         warnings.simplefilter("ignore", RuntimeWarning)  # "covariance matrix not full rank" on tiny samples
-        mcd = MinCovDet(random_state=seed).fit(t)
+        mcd = _MinCovDet(random_state=seed).fit(t)
     precision = np.linalg.pinv(mcd.covariance_)
     sd2, od2 = _distances(z, pca.mean_, comps, mcd.location_, precision)
     sd_ref = float(np.median(sd2)) or 1.0
@@ -317,29 +370,42 @@ def control_wells(platemap: pd.DataFrame | None) -> set[str] | None:
 
 
 def sample_partitions(partitions: Iterable[str | Path], features: Sequence[str], *, wells: set[str] | None,
-                      max_cells: int = 10000, seed: int = 0) -> pd.DataFrame:
+                      max_cells: int = 10000, seed: int = 0, tables: Mapping[Path, Any] | None = None) -> pd.DataFrame:
     """A seeded, bounded random sample of the cells of ``partitions`` (one site read at a time),
     only those in ``wells`` when given.
 
     Every cell draws a key from ``default_rng([seed, i])`` (``i`` the partition's position); the
     ``max_cells`` smallest keys are kept — a uniform sample without replacement, memory bounded by
     ``max_cells`` plus one site. Returns the features (float32→float64 on use) of the sampled cells.
+    ``tables``: partitions already in memory (path → :class:`pyarrow.Table`; the others are read).
     """
     import pyarrow.parquet as pq
 
     kept = np.empty((0, len(features)), dtype=np.float32)
     keys = np.empty(0)
     for i, path in enumerate(partitions):
-        pf = pq.ParquetFile(path)
-        names = set(pf.schema_arrow.names)
-        cols = [c for c in features if c in names]
-        if wells is not None:  # a site is one well: most partitions are skipped after reading the well column
-            inside = np.array([str(w) in wells for w in pf.read(columns=[WELL])[WELL].to_pylist()], dtype=bool)
-            if not inside.any():
-                continue
-            part = pf.read(columns=cols).filter(inside)
+        table = tables.get(Path(path)) if tables is not None else None
+        if table is not None:
+            names = set(table.column_names)
+            cols = [c for c in features if c in names]
+            if wells is not None:
+                inside = np.array([str(w) in wells for w in table[WELL].to_pylist()], dtype=bool)
+                if not inside.any():
+                    continue
+                part = table.select(cols).filter(inside)
+            else:
+                part = table.select(cols)
         else:
-            part = pf.read(columns=cols)
+            pf = pq.ParquetFile(path)
+            names = set(pf.schema_arrow.names)
+            cols = [c for c in features if c in names]
+            if wells is not None:  # a site is one well: most partitions are skipped after reading the well column
+                inside = np.array([str(w) in wells for w in pf.read(columns=[WELL])[WELL].to_pylist()], dtype=bool)
+                if not inside.any():
+                    continue
+                part = pf.read(columns=cols).filter(inside)
+            else:
+                part = pf.read(columns=cols)
         if not part.num_rows:
             continue
         x = arrow_matrix(part, features).astype(np.float32)

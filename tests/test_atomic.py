@@ -90,13 +90,15 @@ def test_site_that_fails_while_writing_leaves_no_partition(small_plate, tmp_path
 
     config = load_pipeline("example")
     site = discover(small_plate, config).complete_sites[0]
-    real = pd.DataFrame.to_parquet
+    import pyarrow.parquet as pq
 
-    def half_then_fail(self, path, *a, **k):
-        real(self.iloc[: len(self) // 2], path, *a, **k)  # something is on disk …
+    real = pq.write_table  # what DataFrame.to_parquet and cellfusion_core.io.write_parquet write with
+
+    def half_then_fail(table, where, *a, **k):
+        real(table.slice(0, table.num_rows // 2), where, *a, **k)  # something is on disk …
         raise OSError("disk full")  # … and then the disk fills up
 
-    monkeypatch.setattr(pd.DataFrame, "to_parquet", half_then_fail)
+    monkeypatch.setattr(pq, "write_table", half_then_fail)
     entry = run_site(site, config, tmp_path / "sites", pipeline_hash(config))
     assert entry["status"] == "failed" and "disk full" in entry["record"]["Metadata_Reason"]
     assert list((tmp_path / "sites").iterdir()) == []

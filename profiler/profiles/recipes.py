@@ -93,7 +93,9 @@ def apply_recipe(profiles: pd.DataFrame, recipe: str | Mapping[str, Any] | None 
                               hint=f"remove {clash} from the recipe, or drop bound_ensemble")
     samples = samples if samples is not None else rec.get("samples", CONTROLS)
     prof = profiles
-    empty = [c for c in feature_columns(prof) if prof[c].isna().all()]
+    feats = feature_columns(prof)
+    empty = [c for c, e in zip(feats, prof[feats].isna().all().to_numpy()) if e] if prof.columns.is_unique \
+        else [c for c in feats if prof[c].isna().all()]
     if empty:
         # undefined for every well of this table (e.g. a texture direction no object has): no information
         log.info("%d feature(s) are NaN in every well and are left out, e.g. %s", len(empty), ", ".join(empty[:3]))
