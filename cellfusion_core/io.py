@@ -124,7 +124,7 @@ def _schema_key(df: pd.DataFrame) -> tuple | None:
     columns are unique strings of numeric NumPy or string dtypes (no data-dependent metadata);
     ``None`` for any other frame."""
     cols = df.columns
-    if not cols.is_unique or not all(type(c) is str for c in cols):
+    if not len(cols) or not cols.is_unique or not all(type(c) is str for c in cols):
         return None
     dtypes = tuple(df.dtypes)
     for dt in dtypes:

@@ -72,6 +72,7 @@ def test_arrow_table_other_frames_fall_back():
         pd.DataFrame({"t": pd.to_datetime(["2020-01-01", "2021-01-01"]), "v": [1.0, 2.0]}),
         pd.DataFrame({"c": pd.Categorical(["a", "b", "a"]), "v": [1.0, 2.0, 3.0]}),
         _frame(rng, 20).set_index("ObjectNumber"),                                        # an index to drop
+        pd.DataFrame(index=range(4)),                                                     # rows, no column
     ]
     for df in frames:
         for _ in range(2):
