@@ -467,16 +467,27 @@ def _disk_runs(radius: int):
     return half
 
 
+def _reflect_filter(fn, image: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    """``fn(image, footprint=footprint, mode="reflect")`` (scipy's grey erosion or dilation), the
+    image mirrored by ``np.pad(mode="symmetric")`` first: the same values as scipy's own mirroring
+    wherever scipy's stays inside the image, and defined where it does not — scipy 1.17 reads
+    outside the buffer when the footprint is more than twice the image (a 2 × 2 image and a radius-10
+    disk give values left in freed memory), which made Granularity of tiny objects random."""
+    ry, rx = footprint.shape[0] // 2, footprint.shape[1] // 2
+    padded = np.pad(image, ((ry, ry), (rx, rx)), mode="symmetric")
+    out = fn(padded, footprint=footprint, mode="nearest")
+    return out[ry:ry + image.shape[0], rx:rx + image.shape[1]]
+
+
 def _open_disk(back: np.ndarray, radius: int) -> np.ndarray:
     """``grey_dilation(grey_erosion(back, footprint=disk), footprint=disk)`` (mode "reflect"), the
     same values (:func:`_disk_filter`) for finite float images larger than the radius (scipy's own
-    filters otherwise: its mirroring of images smaller than the footprint differs)."""
+    filters on an image mirrored beforehand otherwise, :func:`_reflect_filter`)."""
     half = _disk_runs(int(radius))
     if (half is None or back.ndim != 2 or min(back.shape) <= half.size // 2
             or back.dtype not in (np.float32, np.float64) or not np.isfinite(back).all()):
         fp = disk(radius).astype(bool)
-        return ndi.grey_dilation(ndi.grey_erosion(back, footprint=fp, mode="reflect"),
-                                 footprint=fp, mode="reflect")
+        return _reflect_filter(ndi.grey_dilation, _reflect_filter(ndi.grey_erosion, back, fp), fp)
     back = np.ascontiguousarray(back)
     return _disk_filter(_disk_filter(back, half, False), half, True)
 
