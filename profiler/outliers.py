@@ -327,22 +327,24 @@ def fit_outlier_model(sample: pd.DataFrame, *, contamination: float = 0.01, n_co
     # randomized SVD (seeded) for wide samples: the full SVD of 10,000 cells x 1,500 features holds
     # several copies of the sample; the leading k components are what the model keeps
     solver = "randomized" if min(z.shape) > 500 and k < 0.5 * min(z.shape) else "full"
-    pca = PCA(n_components=k, svd_solver=solver, random_state=seed).fit(z)
-    comps = pca.components_
-    t = (z - pca.mean_) @ comps.T
     import warnings
 
     from threadpoolctl import threadpool_limits
 
-    # MinCovDet runs thousands of BLAS calls on k-column matrices: with one BLAS thread it takes about
-    # half the CPU time (no thread hand-offs; far less under load) and gives the same bits — the
-    # products split their output among threads, never a sum. The PCA above is left on the default
-    # threads: its LAPACK factorizations do change in the last bits with the thread count.
+    # One BLAS thread for the whole fit: the PCA's LAPACK factorizations change in their last bits
+    # with the number of BLAS threads, so on the default threads the model (and every cell's score)
+    # depended on the machine's core count and on whatever thread limit the calling process had set
+    # (a test process that had lowered it got other scores than a fresh `profiler extract`). On one
+    # thread the fit gives the same bits everywhere; MinCovDet's thousands of small BLAS calls also
+    # take about half the CPU time without thread hand-offs.
     with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
+        pca = PCA(n_components=k, svd_solver=solver, random_state=seed).fit(z)
+        comps = pca.components_
+        t = (z - pca.mean_) @ comps.T
         warnings.simplefilter("ignore", RuntimeWarning)  # "covariance matrix not full rank" on tiny samples
         mcd = _MinCovDet(random_state=seed).fit(t)
-    precision = np.linalg.pinv(mcd.covariance_)
-    sd2, od2 = _distances(z, pca.mean_, comps, mcd.location_, precision)
+        precision = np.linalg.pinv(mcd.covariance_)
+        sd2, od2 = _distances(z, pca.mean_, comps, mcd.location_, precision)
     sd_ref = float(np.median(sd2)) or 1.0
     od_ref = float(np.median(od2)) if k < len(feats) else 0.0
     model = OutlierModel(features=feats, center=center, scale=scale, pca_mean=pca.mean_, components=comps,

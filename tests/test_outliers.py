@@ -258,3 +258,24 @@ def test_example_plate_cli_plants_defects_and_refuses_a_bad_fraction(tmp_path, c
     assert len(d) and set(d["kind"]) <= {"debris", "blurred", "merged"}
     code, err = run_cli(capsys, "profiler", "example-plate", str(tmp_path / "q"), "--defects", "0.9")
     assert code == 2 and not (tmp_path / "q").exists()
+
+
+def test_fit_gives_the_same_bits_on_any_number_of_blas_threads():
+    # the PCA's LAPACK factorizations change in their last bits with the BLAS thread count; the fit
+    # runs on one thread so that the model and the scores do not depend on the machine or on a thread
+    # limit the calling process set (with the PCA on the default threads this sample's components,
+    # precision and thresholds differed between 1 and 2 threads)
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(3)
+    n, p = 2000, 600
+    values = rng.normal(size=(n, 8)) @ rng.normal(size=(8, p)) + rng.normal(size=(n, p))
+    sample = pd.DataFrame(values, columns=[f"Cells_AreaShape_F{i}" for i in range(p)])
+    models = []
+    for limit in (1, 2):
+        with threadpool_limits(limits=limit, user_api="blas"):
+            models.append(fit_outlier_model(sample))
+    one, two = models
+    for field in ("center", "scale", "pca_mean", "components", "location", "precision"):
+        assert np.array_equal(getattr(one, field), getattr(two, field)), field
+    assert (one.sd_ref, one.od_ref, one.threshold) == (two.sd_ref, two.od_ref, two.threshold)
