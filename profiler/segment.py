@@ -190,7 +190,6 @@ def _threshold_image(image: np.ndarray, p: Mapping[str, Any]) -> tuple[np.ndarra
 # morphology helpers
 # ---------------------------------------------------------------------------------------------
 
-_FOUR = ndi.generate_binary_structure(2, 1)
 _EIGHT = np.ones((3, 3), bool)
 
 
