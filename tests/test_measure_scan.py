@@ -3,11 +3,42 @@ whole-image scans: perimeter sums in the same raster order, Euler numbers, momen
 
 import math
 
+import numba
 import numpy as np
 
 from profiler.measure._labels import pixel_scan
-from profiler.measure._moments import moments, moments_from_pixels
+from profiler.measure._moments import _add_powers, moments_from_pixels
 from profiler.measure._util import LabelContext
+
+
+# the whole-image scan AreaShape used before moments_from_pixels: the oracle
+@numba.njit
+def moments(labels: np.ndarray, n: int, bbox: np.ndarray, area: np.ndarray):
+    """Spatial moments (relative to the bounding box origin, as scikit-image's regionprops)
+    and central moments up to order 3 per axis: arrays (n+1, 4, 4) indexed [label, p, q] for
+    Σ row^p col^q."""
+    h, w = labels.shape
+    m = np.zeros((n + 1, 4, 4))
+    for i in range(h):
+        for j in range(w):
+            lab = labels[i, j]
+            if lab <= 0 or lab > n:
+                continue
+            _add_powers(m[lab], float(i - bbox[lab, 0]), float(j - bbox[lab, 1]))
+    mu = np.zeros((n + 1, 4, 4))
+    cr = np.zeros(n + 1)
+    cc = np.zeros(n + 1)
+    for k in range(1, n + 1):
+        if area[k] > 0:
+            cr[k] = m[k, 1, 0] / m[k, 0, 0]
+            cc[k] = m[k, 0, 1] / m[k, 0, 0]
+    for i in range(h):
+        for j in range(w):
+            lab = labels[i, j]
+            if lab <= 0 or lab > n:
+                continue
+            _add_powers(mu[lab], (i - bbox[lab, 0]) - cr[lab], (j - bbox[lab, 1]) - cc[lab])
+    return m, mu
 
 
 def _whole_image_perimeter_euler(labels, n):

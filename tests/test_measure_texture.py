@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import mahotas
+import numba
 import numpy as np
 import pytest
 import skimage.measure
@@ -133,6 +134,64 @@ def test_names_scales_and_gray_levels_through_measure_objects():
     assert df["Cells_Texture_SumAverage_Actin_3_00_64"].iloc[0] == pytest.approx(2 * 31)
 
 
+# the image scan Texture used before it took LabelContext's grouped pixels: the oracle below
+@numba.njit
+def _image_scan_pairs(flat: np.ndarray, H: int, W: int, n: int, scale: int):
+    """Object pixels grouped by object (raster order within each) and, per direction, the pairs
+    (p, p + offset) inside the same object, as positions in that grouped list, grouped by object."""
+    counts = np.zeros(n + 1, dtype=np.int64)
+    for k in range(flat.shape[0]):
+        v = flat[k]
+        if v > 0 and v <= n:
+            counts[v] += 1
+    pix_starts = np.zeros(n + 1, dtype=np.int64)
+    for o in range(n):
+        pix_starts[o + 1] = pix_starts[o] + counts[o + 1]
+    N = pix_starts[n]
+    idx = np.empty(N, dtype=np.int64)
+    rows = np.empty(N, dtype=np.int32)
+    cols = np.empty(N, dtype=np.int32)
+    pos = np.empty(flat.shape[0], dtype=np.int32)  # only read at object pixels, all written below
+    fill = pix_starts[:n].copy()
+    for r in range(H):
+        for c in range(W):
+            k = r * W + c
+            v = flat[k]
+            if v > 0 and v <= n:
+                t = fill[v - 1]
+                idx[t] = k
+                rows[t] = r
+                cols[t] = c
+                pos[k] = t
+                fill[v - 1] = t + 1
+    a = np.empty((4, N), dtype=np.int32)
+    b = np.empty((4, N), dtype=np.int32)
+    starts = np.zeros((4, n + 1), dtype=np.int64)
+    for d in range(4):
+        if d == 0:
+            dy, dx = 0, scale
+        elif d == 1:
+            dy, dx = scale, scale
+        elif d == 2:
+            dy, dx = scale, 0
+        else:
+            dy, dx = scale, -scale
+        off = dy * W + dx
+        m = 0
+        for o in range(n):
+            for t in range(pix_starts[o], pix_starts[o + 1]):
+                rr = rows[t] + dy
+                cc = cols[t] + dx
+                if rr < H and cc >= 0 and cc < W:
+                    q = idx[t] + off
+                    if flat[q] == o + 1:
+                        a[d, m] = t
+                        b[d, m] = pos[q]
+                        m += 1
+            starts[d, o + 1] = m
+    return idx, pix_starts, a, b, starts
+
+
 def test_pair_geometry_from_the_grouped_pixels_equals_the_image_scan():
     """Texture's pairs found from LabelContext's grouped pixel list (two pointers per object) are the
     image scan's: objects touching every border, holes, absent numbers, 1-pixel objects, all scales."""
@@ -148,7 +207,7 @@ def test_pair_geometry_from_the_grouped_pixels_equals_the_image_scan():
             lab[10, 20] = 7  # a 1-pixel object
         n = 8
         for scale in (1, 2, 3, 5, 40):
-            ref = _pair_geometry(lab, n, scale)
+            ref = _image_scan_pairs(np.ascontiguousarray(lab).ravel().astype(np.int64), *lab.shape, n, scale)
             got = _pair_geometry(lab, n, scale, LabelContext(lab, n))
             for k in (0, 1, 4):
                 np.testing.assert_array_equal(got[k], ref[k])

@@ -68,65 +68,9 @@ def quantize(img: np.ndarray, gray_levels: int = 256) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _geometry_kernel(flat: np.ndarray, H: int, W: int, n: int, scale: int):  # pragma: no cover - numba
-    """Object pixels grouped by object (raster order within each) and, per direction, the pairs
-    (p, p + offset) inside the same object, as positions in that grouped list, grouped by object."""
-    counts = np.zeros(n + 1, dtype=np.int64)
-    for k in range(flat.shape[0]):
-        v = flat[k]
-        if v > 0 and v <= n:
-            counts[v] += 1
-    pix_starts = np.zeros(n + 1, dtype=np.int64)
-    for o in range(n):
-        pix_starts[o + 1] = pix_starts[o] + counts[o + 1]
-    N = pix_starts[n]
-    idx = np.empty(N, dtype=np.int64)
-    rows = np.empty(N, dtype=np.int32)
-    cols = np.empty(N, dtype=np.int32)
-    pos = np.empty(flat.shape[0], dtype=np.int32)  # only read at object pixels, all written below
-    fill = pix_starts[:n].copy()
-    for r in range(H):
-        for c in range(W):
-            k = r * W + c
-            v = flat[k]
-            if v > 0 and v <= n:
-                t = fill[v - 1]
-                idx[t] = k
-                rows[t] = r
-                cols[t] = c
-                pos[k] = t
-                fill[v - 1] = t + 1
-    a = np.empty((4, N), dtype=np.int32)
-    b = np.empty((4, N), dtype=np.int32)
-    starts = np.zeros((4, n + 1), dtype=np.int64)
-    for d in range(4):
-        if d == 0:
-            dy, dx = 0, scale
-        elif d == 1:
-            dy, dx = scale, scale
-        elif d == 2:
-            dy, dx = scale, 0
-        else:
-            dy, dx = scale, -scale
-        off = dy * W + dx
-        m = 0
-        for o in range(n):
-            for t in range(pix_starts[o], pix_starts[o + 1]):
-                rr = rows[t] + dy
-                cc = cols[t] + dx
-                if rr < H and cc >= 0 and cc < W:
-                    q = idx[t] + off
-                    if flat[q] == o + 1:
-                        a[d, m] = t
-                        b[d, m] = pos[q]
-                        m += 1
-            starts[d, o + 1] = m
-    return idx, pix_starts, a, b, starts
-
-
-@numba.njit(cache=True, nogil=True)
 def _pairs_kernel(idx: np.ndarray, pix_starts: np.ndarray, H: int, W: int, scale: int):  # pragma: no cover
-    """:func:`_geometry_kernel`'s pairs from the object pixels already grouped by object (raster
+    """Texture's co-occurrence pairs (per direction: first and second pixel's positions in the
+    grouped list, and each object's start) from the object pixels grouped by object (raster
     order within each: :meth:`LabelContext.grouped`). Every offset points forward in raster order,
     so the partner of each pixel is found by a second pointer moving through the same object's
     pixels (a pair lies in one object exactly when its partner is in that object's list)."""
@@ -168,18 +112,13 @@ def _pairs_kernel(idx: np.ndarray, pix_starts: np.ndarray, H: int, W: int, scale
 
 
 def _pair_geometry(labels: np.ndarray, n_objects: int, scale: int, context: LabelContext | None = None):
-    """(object pixels grouped by object, their start offsets, per-direction pair positions and starts).
-    With ``context`` (the label image's :class:`LabelContext`) its grouped pixel list is used."""
+    """(object pixels grouped by object, their start offsets, per-direction pair positions and starts),
+    from ``context``'s grouped pixel list (a new :class:`LabelContext` when it is None or for other labels)."""
     H, W = labels.shape
-    if context is not None:
-        ctx = label_context(labels, n_objects, context)
-        idx, _, pix_starts = ctx.grouped()
-        a, b, starts = _pairs_kernel(idx, pix_starts, H, W, int(scale))
-        return idx, pix_starts, a, b, starts
-    flat = np.ascontiguousarray(labels).ravel()
-    if flat.dtype.kind not in "iu" or flat.dtype.itemsize > 8:
-        flat = flat.astype(np.int64)
-    return _geometry_kernel(flat, H, W, int(n_objects), int(scale))
+    ctx = label_context(labels, n_objects, context)
+    idx, _, pix_starts = ctx.grouped()
+    a, b, starts = _pairs_kernel(idx, pix_starts, H, W, int(scale))
+    return idx, pix_starts, a, b, starts
 
 
 @numba.njit(cache=True, nogil=True)
