@@ -246,12 +246,16 @@ def _progress(enabled: bool):
 
 def run_sites(sites: Sequence[Site], config: AssayConfig, sites_dir: Path, phash: str, *,
               workers: int | None = None, scheduler: str | None = None, progress: bool = True,
-              site_kwargs: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+              site_kwargs: Mapping[str, Any] | None = None, client: Any = None,
+              first: Sequence[str] = (), on_result=None) -> dict[str, dict[str, Any]]:
     """Run :func:`profiler.partitions.run_site` on every site; returns site stem → entry.
 
-    ``workers=0`` (and no ``scheduler``) runs the sites one after the other in this process;
-    otherwise they are Dask tasks (see :func:`profiler.distributed.dask_client`). ``site_kwargs``
-    are plate-level inputs forwarded to :func:`profiler.site.process_site` (sent to each worker once).
+    ``workers=0`` (and no ``scheduler`` or ``client``) runs the sites one after the other in this
+    process; otherwise they are Dask tasks on ``client`` (or on a cluster started here, see
+    :func:`profiler.distributed.dask_client`). ``site_kwargs`` are plate-level inputs forwarded to
+    :func:`profiler.site.process_site` (sent to each worker once). ``first``: stems of sites to
+    submit before the others (the control wells', so that the outlier fit can start early);
+    ``on_result(stem, entry)`` is called as each site finishes.
     """
     site_kwargs = dict(site_kwargs or {})
     results: dict[str, dict[str, Any]] = {}
@@ -259,9 +263,12 @@ def run_sites(sites: Sequence[Site], config: AssayConfig, sites_dir: Path, phash
         return results
     with _progress(progress) as bar:
         task = bar.add_task("sites", total=len(sites))
-        if workers == 0 and not scheduler:
+        if client is None and workers == 0 and not scheduler:
             for site in sites:
-                results[site_stem(site)] = run_site(site, config, sites_dir, phash, **site_kwargs)
+                stem = site_stem(site)
+                results[stem] = run_site(site, config, sites_dir, phash, **site_kwargs)
+                if on_result is not None:
+                    on_result(stem, results[stem])
                 bar.advance(task)
             return results
 
@@ -269,28 +276,47 @@ def run_sites(sites: Sequence[Site], config: AssayConfig, sites_dir: Path, phash
 
         from profiler.distributed import dask_client
 
-        with dask_client(workers, scheduler, n_tasks=len(sites)) as client:
+        with contextlib.ExitStack() as stack:
+            if client is None:
+                client = stack.enter_context(dask_client(workers, scheduler, n_tasks=len(sites)))
             kw = {k: client.scatter(v, broadcast=True, hash=False) for k, v in site_kwargs.items()}
+            early = set(first)
             futures = {}
-            for site in sites:
-                fut = client.submit(run_site, site, config, str(sites_dir), phash, pure=False,
+            for site in sorted(sites, key=lambda s: site_stem(s) not in early):  # stable: scan order otherwise
+                fut = client.submit(run_site_task, site, config, str(sites_dir), phash, pure=False,
                                     key=f"site-{site_stem(site)}-{phash[:12]}-{uuid.uuid4().hex[:8]}", **kw)
                 futures[fut] = site
             for fut in as_completed(futures):
                 site = futures[fut]
+                stem = site_stem(site)
                 try:
-                    results[site_stem(site)] = fut.result()
+                    results[stem] = fut.result()
                 except ConfigError:
                     client.cancel(list(futures))
                     raise
                 except Exception as exc:  # the worker died (out of memory, segfault …)
-                    results[site_stem(site)] = {
-                        "site": site_stem(site), "status": "failed", "partition": None,
+                    results[stem] = {
+                        "site": stem, "status": "failed", "partition": None,
                         "record": base_record(site, "failed", f"worker lost ({type(exc).__name__}: {exc})"),
                         "traceback": "".join(traceback.format_exception(exc)),
                     }
+                if on_result is not None:
+                    on_result(stem, results[stem])
                 bar.advance(task)
     return results
+
+
+def run_site_task(site: Site, config: AssayConfig, sites_dir: str, phash: str, **site_kwargs: Any) -> dict[str, Any]:
+    """:func:`profiler.partitions.run_site` as a Dask task: the entry also carries the partition's
+    Arrow schema (``"schema"``, read back on the worker; not part of the site's record), so that the
+    merge need not open every partition's footer in this process after the last site."""
+    entry = run_site(site, config, sites_dir, phash, **site_kwargs)
+    part = entry.get("partition")
+    if part and part.get("rows"):
+        import pyarrow.parquet as pq
+
+        entry["schema"] = pq.read_schema(Path(sites_dir) / part["file"]).remove_metadata()
+    return entry
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,6 +374,29 @@ def _annotated_table(part, schema, lookup, path: Path, *, outliers: ol.OutlierMo
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+def prepare_partition(part_path: str, schema, lookup, platemap_path: str, *,
+                      outliers: ol.OutlierModel | None = None):
+    """The Dask task of the streaming merge: one partition read from disk as rows of
+    ``single_cell.parquet`` (:func:`_annotated_table`), returned as an Arrow IPC stream
+    (:func:`read_prepared`): a table of thousands of columns crosses between processes in a few
+    milliseconds that way, where pickling it column by column took a tenth of a second."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = _annotated_table(pq.read_table(part_path), schema, lookup, Path(platemap_path), outliers=outliers)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def read_prepared(buffer):
+    """The table :func:`prepare_partition` sent."""
+    import pyarrow as pa
+
+    return pa.ipc.open_stream(buffer).read_all()
+
+
 def read_small_plate(partitions: Sequence[Path]) -> dict[Path, Any] | None:
     """Every partition as a :class:`pyarrow.Table` (path → table) when together they take at most
     :data:`PLATE_IN_MEMORY_MB` on disk; ``None`` for a larger plate (then each step streams them)."""
@@ -362,14 +411,17 @@ def read_small_plate(partitions: Sequence[Path]) -> dict[Path, Any] | None:
     return {Path(p): pq.read_table(p) for p in partitions}
 
 
-def partition_schemas(partitions: Sequence[Path], *, tables: Mapping[Path, Any] | None = None) -> list:
+def partition_schemas(partitions: Sequence[Path], *, tables: Mapping[Path, Any] | None = None,
+                      known: Mapping[Path, Any] | None = None) -> list:
     """The Arrow schema of every partition (read once per run: the outlier fit and the merge share
-    them); ``tables``: the partitions already read (:func:`read_small_plate`)."""
+    them); ``tables``: the partitions already read (:func:`read_small_plate`); ``known``: schemas
+    the Dask workers read back (:func:`run_site_task`; the others are read here)."""
     import pyarrow.parquet as pq
 
     if tables is not None:
         return [tables[Path(p)].schema.remove_metadata() for p in partitions]
-    return [pq.read_schema(p).remove_metadata() for p in partitions]
+    known = known or {}
+    return [known[Path(p)] if Path(p) in known else pq.read_schema(p).remove_metadata() for p in partitions]
 
 
 def merged_schema(partitions: Sequence[Path], platemap: pd.DataFrame | None, *, schemas: Sequence | None = None):
@@ -392,15 +444,18 @@ def stream_single_cell(partitions: Sequence[Path], out_dir: Path, platemap: pd.D
                        platemap_path: Path | None, *, crops: Sequence[Path] | None = None,
                        channels: Sequence[str] | None = None, outliers: ol.OutlierModel | None = None,
                        tally: ol.OutlierTally | None = None, kept: Path | None = None,
-                       schemas: Sequence | None = None, tables: Mapping[Path, Any] | None = None) -> dict[str, Any]:
+                       schemas: Sequence | None = None, tables: Mapping[Path, Any] | None = None,
+                       client: Any = None) -> dict[str, Any]:
     """Write ``single_cell.parquet`` (and with ``crops`` the crop stack and its table) from the
-    site partitions, in the order given, one site in memory at a time.
+    site partitions, in the order given, one site in memory at a time (a few read ahead).
 
     With ``outliers`` (a fitted :class:`profiler.outliers.OutlierModel`) every site's cells are
     scored as they stream (``Metadata_Outlier_Score``, ``Metadata_Outlier``) and counted per well
     in ``tally``; with ``kept`` the unflagged cells are also written to that file (the input of
     the profiles when flagged cells are removed). ``tables``: partitions already in memory
-    (:func:`read_small_plate`; the others are read from disk).
+    (:func:`read_small_plate`; the others are read from disk). ``client``: a Dask client whose
+    workers read, join and score the partitions (:func:`prepare_partition`) while this process
+    writes them in order; without one, a thread does that one site ahead.
 
     Returns the outputs' facts for the manifest. Files appear only when complete (atomic rename).
     """
@@ -425,27 +480,46 @@ def stream_single_cell(partitions: Sequence[Path], out_dir: Path, platemap: pd.D
             kept_writer = stack.enter_context(pq.ParquetWriter(kept, schema, **_writer_options(schema)))
         lookup = _platemap_lookup(platemap)
 
-        def prepared(part_path: Path):
-            part = tables.get(Path(part_path)) if tables is not None else None
-            return _annotated_table(pq.read_table(part_path) if part is None else part, schema, lookup,
-                                    platemap_path or part_path, outliers=outliers)
+        if client is not None:
+            # the workers read, join and score the next sites while this process writes
+            shared = client.scatter([schema, lookup, outliers], broadcast=True, hash=False)
+            window = max(MERGE_READ_AHEAD, 2 * max(1, len(client.scheduler_info().get("workers", {}))))
 
-        # the next sites are read, joined and scored on a thread while this one writes (Parquet reads,
-        # compression and the scores' matrix products release the GIL): the merge runs on two cores
-        pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="merge-read"))
-        stack.callback(pool.shutdown, cancel_futures=True)  # an error: the reads ahead are dropped
+            def submit(part_path: Path):
+                return client.submit(prepare_partition, str(part_path), *shared[:2],
+                                     str(platemap_path or part_path), outliers=shared[2], pure=False,
+                                     key=f"merge-{Path(part_path).name}-{uuid.uuid4().hex[:8]}")
+
+            stack.callback(lambda: client.cancel([f for f in ahead]))  # an error: the reads ahead are dropped
+        else:
+            def prepared(part_path: Path):
+                part = tables.get(Path(part_path)) if tables is not None else None
+                return _annotated_table(pq.read_table(part_path) if part is None else part, schema, lookup,
+                                        platemap_path or part_path, outliers=outliers)
+
+            # the next sites are read, joined and scored on a thread while this one writes (Parquet reads,
+            # compression and the scores' matrix products release the GIL): the merge runs on two cores
+            pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="merge-read"))
+            stack.callback(pool.shutdown, cancel_futures=True)  # an error: the reads ahead are dropped
+            window = MERGE_READ_AHEAD
+
+            def submit(part_path: Path):
+                return pool.submit(prepared, part_path)
+
         ahead: deque = deque()
         todo = iter(partitions)
-        for part_path in itertools.islice(todo, max(1, MERGE_READ_AHEAD)):
-            ahead.append(pool.submit(prepared, part_path))
+        for part_path in itertools.islice(todo, max(1, window)):
+            ahead.append(submit(part_path))
         while ahead:
             table = ahead.popleft().result()
+            if client is not None:
+                table = read_prepared(table)
             for part_path in itertools.islice(todo, 1):
-                ahead.append(pool.submit(prepared, part_path))
+                ahead.append(submit(part_path))
             if outliers is not None and tally is not None:
                 tally.add(table, table.column(ol.FLAG).to_numpy())
             buffer.append(table)
-            buffered += table.nbytes  # (summing the buffer's nbytes anew each site was quadratic)
+            buffered += table.get_total_buffer_size()  # (nbytes dedupes shared buffers: 5x slower)
             rows += len(table)
             if buffered >= ROW_GROUP_BYTES:
                 _flush(buffer, writer, crop_writer, meta_schema, kept_writer)
@@ -491,39 +565,123 @@ def _flush(buffer, writer, crop_writer, meta_schema, kept_writer=None) -> None:
         kept_writer.write_table(table.filter(pc.invert(table[ol.FLAG])))
 
 
+def outlier_features(schema) -> list[str]:
+    """The numeric profile features of a (merged) partition schema: the outlier model's inputs."""
+    import pyarrow as pa
+
+    return [f.name for f in schema if is_profile_feature(f.name)
+            and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))]
+
+
+def fit_control_outliers(partitions: Sequence[Path], feats: Sequence[str], wells: set[str] | None,
+                         params: Mapping[str, Any], *, indices: Sequence[int] | None = None,
+                         tables: Mapping[Path, Any] | None = None) -> ol.OutlierModel | None:
+    """The outlier model fitted on a bounded, seeded sample of the cells of ``partitions`` in
+    ``wells`` (all cells with ``wells=None``); ``None`` with fewer than 10 cells. ``indices``: each
+    partition's seed index (:func:`profiler.outliers.sample_partitions`)."""
+    sample = ol.sample_partitions(partitions, feats, wells=wells, max_cells=int(params["max_cells"]),
+                                  seed=int(params["seed"]), tables=tables, indices=indices)
+    if len(sample) < 10:
+        return None
+    return ol.fit_outlier_model(sample, contamination=float(params["contamination"]),
+                                n_components=int(params["n_components"]), seed=int(params["seed"]),
+                                fit_on="control wells" if wells else "all cells")
+
+
+def early_outlier_fit(partitions: Sequence[str], indices: Sequence[int], wells: set[str],
+                      params: Mapping[str, Any]) -> tuple[list[str], ol.OutlierModel | None]:
+    """The Dask task that fits the control wells' model as soon as the control sites are done,
+    while the other sites still run: ``(the features it used, model or None)``. The features come
+    from these partitions' schemas; :func:`fit_plate_outliers` uses the model only if they are the
+    whole plate's (they are whenever every site has the same columns) — the same model as one
+    fitted after all sites."""
+    with gc_frozen():
+        parts = [Path(p) for p in partitions]
+        feats = outlier_features(merged_schema(parts, None))
+        return feats, fit_control_outliers(parts, feats, wells, params, indices=indices)
+
+
+class _EarlyFit:
+    """Submits :func:`early_outlier_fit` to the Dask cluster as soon as every control site is done
+    (they are submitted first), with a high priority: one worker fits while the others go on with
+    the plate's other sites, instead of the whole plate waiting for the fit after its last site.
+    ``first``: the control sites' stems; :meth:`site_done` is ``run_sites``' ``on_result``."""
+
+    def __init__(self, client: Any, scan: PlateScan, entries: Mapping[str, dict[str, Any]], wells: set[str],
+                 params: Mapping[str, Any], sites_dir: Path) -> None:
+        self.client, self.wells, self.params, self.sites_dir = client, wells, dict(params), sites_dir
+        self.index = {site_stem(s): k for k, s in enumerate(scan.sites)}  # the sample's seeds, as after the sites
+        self.controls = [site_stem(s) for s in scan.sites if s.complete and str(s.well) in wells]
+        self.first = list(self.controls)
+        self.done = dict(entries)  # reused and skipped sites are done already
+        self.future = None
+        self._submit_when_ready()
+
+    def site_done(self, stem: str, entry: dict[str, Any]) -> None:
+        self.done[stem] = entry
+        self._submit_when_ready()
+
+    def _submit_when_ready(self) -> None:
+        if self.future is not None or not self.controls or any(c not in self.done for c in self.controls):
+            return
+        parts, indices = [], []
+        for stem in self.controls:
+            part = self.done[stem].get("partition")
+            if part and part.get("rows"):
+                parts.append(str(self.sites_dir / part["file"]))
+                indices.append(self.index[stem])
+        if parts:
+            self.future = self.client.submit(early_outlier_fit, parts, indices, self.wells, self.params,
+                                             priority=10, pure=False, key=f"outlier-fit-{uuid.uuid4().hex[:8]}")
+
+    def result(self) -> tuple[list[str], ol.OutlierModel | None] | None:
+        """The task's result, or ``None`` (then :func:`fit_plate_outliers` fits here, and raises
+        whatever error the data causes)."""
+        if self.future is None:
+            return None
+        try:
+            return self.future.result()
+        except Exception as exc:  # noqa: BLE001 - refitted in this process, where the error surfaces
+            log.debug("the early outlier fit failed (%s: %s); fitting after the sites", type(exc).__name__, exc)
+            return None
+
+
 def fit_plate_outliers(partitions: Sequence[Path], platemap: pd.DataFrame | None, params: Mapping[str, Any],
                        out_dir: Path, *, schemas: Sequence | None = None,
-                       tables: Mapping[Path, Any] | None = None) -> tuple[ol.OutlierModel | None, dict[str, Any]]:
+                       tables: Mapping[Path, Any] | None = None, indices: Sequence[int] | None = None,
+                       early: tuple[list[str], ol.OutlierModel | None] | None = None
+                       ) -> tuple[ol.OutlierModel | None, dict[str, Any]]:
     """Fit the per-cell outlier model on a bounded, seeded sample of the control wells' cells (the
     platemap's negative controls, :func:`cellfusion_core.columns.control_mask`), reading each partition
     once; without a platemap or control cells, on a sample of all cells (the manifest says so).
+    ``indices``: the partitions' sites' positions in the plate scan (the sample's seeds);
+    ``early``: the result of :func:`early_outlier_fit`, used when its features are the plate's.
     Writes ``OUT/outliers.json``. Returns ``(model or None, facts for the manifest)``."""
-    import pyarrow as pa
-
-    schema = merged_schema(partitions, None, schemas=schemas)
-    feats = [f.name for f in schema if is_profile_feature(f.name)
-             and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))]
+    feats = outlier_features(merged_schema(partitions, None, schemas=schemas))
     wells = ol.control_wells(platemap)
     info: dict[str, Any] = {"parameters": dict(params), "note": ""}
-    kw = {"max_cells": int(params["max_cells"]), "seed": int(params["seed"]), "tables": tables}
-    sample = ol.sample_partitions(partitions, feats, wells=wells, **kw) if wells else None
-    fit_on = "control wells"
-    if sample is None or len(sample) < 10:
+    model = None
+    if wells:
+        if early is not None and early[0] == feats:
+            model = early[1]
+            info["fitted"] = "on a Dask worker while the plate's other sites ran"
+        else:
+            model = fit_control_outliers(partitions, feats, wells, params, indices=indices, tables=tables)
+    if model is None:
         info["note"] = ("no platemap" if platemap is None else
                         "the platemap marks no negative-control well" if not wells else
                         "fewer than 10 cells in the control wells") + \
             ": the outlier model is fitted on a sample of all cells (a treatment that changes most cells can " \
             "then look normal, and control cells look like outliers)"
         log.warning("outliers: %s", info["note"])
-        sample, fit_on = ol.sample_partitions(partitions, feats, wells=None, **kw), "all cells"
-    if len(sample) < 10:
-        info["note"] = f"only {len(sample)} cells: no outlier model fitted, cells are not scored"
-        log.warning("outliers: %s", info["note"])
-        return None, info
-    model = ol.fit_outlier_model(sample, contamination=float(params["contamination"]),
-                                 n_components=int(params["n_components"]), seed=int(params["seed"]), fit_on=fit_on)
+        model = fit_control_outliers(partitions, feats, None, params, indices=indices, tables=tables)
+        if model is None:
+            n = len(ol.sample_partitions(partitions, feats[:1], wells=None, max_cells=10, tables=tables))
+            info["note"] = f"only {n} cells: no outlier model fitted, cells are not scored"
+            log.warning("outliers: %s", info["note"])
+            return None, info
     io.write_json(model.to_dict(), out_dir / OUTLIERS_MODEL)
-    info.update({"fit_on": fit_on, "n_fit": model.n_fit, "features": len(model.features),
+    info.update({"fit_on": model.fit_on, "n_fit": model.n_fit, "features": len(model.features),
                  "components": len(model.location), "threshold": model.threshold, "model": OUTLIERS_MODEL})
     return model, info
 
@@ -644,74 +802,90 @@ def _extract_locked(plate_dir: Path, out_dir: Path, config: AssayConfig, scan: P
             todo.append(site)
     if reused:
         log.info("resuming: %d of %d site(s) already done in %s", reused, len(scan.complete_sites), sites_dir)
-    entries.update(run_sites(todo, config, sites_dir, phash, workers=workers, scheduler=scheduler,
-                             progress=progress, site_kwargs=site_kwargs))
+    with contextlib.ExitStack() as cluster:  # a Dask cluster serves the sites, the outlier fit and the merge
+        client = None
+        if todo and (workers != 0 or scheduler):
+            from profiler.distributed import dask_client
 
-    records: list[dict[str, Any]] = []
-    partitions: list[Path] = []
-    crop_parts: list[Path] = []
-    for site in scan.sites:  # scan order (plate, well, site): deterministic rows
-        entry = entries[site_stem(site)]
-        records.append(entry["record"])
-        status = entry["status"]
-        if status == "failed":
-            log.error("site %s failed (not saved; a rerun retries it): %s\n%s", entry["site"],
-                      entry["record"]["Metadata_Reason"], entry.get("traceback", ""))
-        elif status == "error":
-            log.warning("site %s skipped: %s", entry["site"], entry["record"]["Metadata_Reason"])
-        part = entry.get("partition")
-        if part and part.get("rows"):
-            partitions.append(sites_dir / part["file"])
-            if want_crops:
-                crop_parts.append(sites_dir / entry["crops"]["file"])
-    image_table = flag_outliers(pd.DataFrame(records), z=float(qcp["outlier_z"]), min_sites=int(qcp["min_sites"]))
-    skipped = [r for r in records if r["Metadata_Status"] not in ("ok",)]
-    extra: dict[str, Any] = {
-        "sites": {"found": len(scan.sites), "processed": len(todo), "reused": reused,
-                  "with_cells": len(partitions), "skipped": skipped},
-        "pipeline_hash": phash,
-        "unmatched_files": [printable(str(p)) for p in scan.unmatched],
-        "illumination": {"parameters": illum_cfg, "files": illum_files},
-        "qc_outlier_sites": image_table.loc[image_table["Metadata_QC_Outlier"],
-                                            [PLATE, WELL, SITE, "Metadata_QC_Reasons"]].to_dict("records"),
-        "profiles": {"normalized": plan["normalize"], "recipe": plan["recipe"], "note": plan["note"]},
-    }
-    inputs: dict[str, Path] = {"plate_dir": plate_dir}
-    if pm is not None:
-        extra["platemap_wells_without_images"] = wells_without_images
-        inputs["platemap"] = platemap
-    parameters = {"pipeline": config.to_dict()}
-    io.write_parquet(image_table, out_dir / IMAGE)
-    outputs: dict[str, Any] = {IMAGE: {"rows": len(image_table)}}
-    if not partitions:
-        io.write_manifest(out_dir, command="profiler extract", inputs=inputs, parameters=parameters,
-                          outputs=outputs, extra=extra)
-        reasons = "; ".join(f"{r[WELL]} s{r[SITE]}: {r['Metadata_Reason']}" for r in skipped[:5])
-        raise InputError(f"no site yielded any cells ({reasons})", path=plate_dir,
-                         hint=f"see {out_dir / IMAGE} for every site's status")
-    model, tally, kept = None, ol.OutlierTally(), None
-    tables = read_small_plate(partitions)  # None: a large plate, streamed site by site
-    schemas = partition_schemas(partitions, tables=tables)
-    if outl["enabled"]:
-        model, extra["outliers"] = fit_plate_outliers(partitions, pm, outl, out_dir, schemas=schemas, tables=tables)
-        if model is not None:
-            outputs[OUTLIERS_MODEL] = {"features": len(model.features), "fit_on": model.fit_on}
-            if outl["remove"]:
-                kept = out_dir / ".single_cell.kept.tmp"  # input of the profiles; removed once they are built
-    else:
-        extra["outliers"] = {"parameters": dict(outl), "note": "outlier scoring off (outliers.enabled: false)"}
-    try:
-        outputs.update(stream_single_cell(partitions, out_dir, pm, platemap,
-                                          crops=crop_parts if want_crops else None, channels=config.channel_names,
-                                          outliers=model, tally=tally, kept=kept, schemas=schemas,
-                                          tables=tables))
-    except OSError as exc:  # disk full, quota, a vanished folder: the finished sites stay for the rerun
-        raise InputError(f"could not write the per-cell table ({exc.strerror or exc}); no partial file is left, "
-                         f"and the {len(partitions)} finished site(s) under {sites_dir} are kept",
-                         path=out_dir / SINGLE_CELL,
-                         hint="free disk space (the per-cell table needs about as much as OUT/sites/), then "
-                              "rerun the same command: finished sites are reused, not recomputed") from None
-    tables = None  # the partitions' memory goes back before the profiles
+            client = cluster.enter_context(dask_client(workers, scheduler, n_tasks=len(todo)))
+        wells = ol.control_wells(pm) if outl["enabled"] else None
+        early = _EarlyFit(client, scan, entries, wells, outl, sites_dir) if client is not None and wells else None
+        entries.update(run_sites(todo, config, sites_dir, phash, workers=workers, scheduler=scheduler, client=client,
+                                 progress=progress, site_kwargs=site_kwargs, first=early.first if early else (),
+                                 on_result=early.site_done if early else None))
+
+        records: list[dict[str, Any]] = []
+        partitions: list[Path] = []
+        part_index: list[int] = []  # each partition's site's position in the scan (the outlier sample's seeds)
+        crop_parts: list[Path] = []
+        for k, site in enumerate(scan.sites):  # scan order (plate, well, site): deterministic rows
+            entry = entries[site_stem(site)]
+            records.append(entry["record"])
+            status = entry["status"]
+            if status == "failed":
+                log.error("site %s failed (not saved; a rerun retries it): %s\n%s", entry["site"],
+                          entry["record"]["Metadata_Reason"], entry.get("traceback", ""))
+            elif status == "error":
+                log.warning("site %s skipped: %s", entry["site"], entry["record"]["Metadata_Reason"])
+            part = entry.get("partition")
+            if part and part.get("rows"):
+                partitions.append(sites_dir / part["file"])
+                part_index.append(k)
+                if want_crops:
+                    crop_parts.append(sites_dir / entry["crops"]["file"])
+        image_table = flag_outliers(pd.DataFrame(records), z=float(qcp["outlier_z"]), min_sites=int(qcp["min_sites"]))
+        skipped = [r for r in records if r["Metadata_Status"] not in ("ok",)]
+        extra: dict[str, Any] = {
+            "sites": {"found": len(scan.sites), "processed": len(todo), "reused": reused,
+                      "with_cells": len(partitions), "skipped": skipped},
+            "pipeline_hash": phash,
+            "unmatched_files": [printable(str(p)) for p in scan.unmatched],
+            "illumination": {"parameters": illum_cfg, "files": illum_files},
+            "qc_outlier_sites": image_table.loc[image_table["Metadata_QC_Outlier"],
+                                                [PLATE, WELL, SITE, "Metadata_QC_Reasons"]].to_dict("records"),
+            "profiles": {"normalized": plan["normalize"], "recipe": plan["recipe"], "note": plan["note"]},
+        }
+        inputs: dict[str, Path] = {"plate_dir": plate_dir}
+        if pm is not None:
+            extra["platemap_wells_without_images"] = wells_without_images
+            inputs["platemap"] = platemap
+        parameters = {"pipeline": config.to_dict()}
+        io.write_parquet(image_table, out_dir / IMAGE)
+        outputs: dict[str, Any] = {IMAGE: {"rows": len(image_table)}}
+        if not partitions:
+            io.write_manifest(out_dir, command="profiler extract", inputs=inputs, parameters=parameters,
+                              outputs=outputs, extra=extra)
+            reasons = "; ".join(f"{r[WELL]} s{r[SITE]}: {r['Metadata_Reason']}" for r in skipped[:5])
+            raise InputError(f"no site yielded any cells ({reasons})", path=plate_dir,
+                             hint=f"see {out_dir / IMAGE} for every site's status")
+        model, tally, kept = None, ol.OutlierTally(), None
+        # None: a large plate, streamed site by site, or one whose workers read the partitions themselves
+        tables = read_small_plate(partitions) if client is None else None
+        schemas = partition_schemas(partitions, tables=tables,
+                                    known={sites_dir / e["partition"]["file"]: e["schema"]
+                                           for e in entries.values() if "schema" in e})
+        if outl["enabled"]:
+            model, extra["outliers"] = fit_plate_outliers(partitions, pm, outl, out_dir, schemas=schemas, tables=tables,
+                                                          indices=part_index, early=early.result() if early else None)
+            if model is not None:
+                outputs[OUTLIERS_MODEL] = {"features": len(model.features), "fit_on": model.fit_on}
+                if outl["remove"]:
+                    kept = out_dir / ".single_cell.kept.tmp"  # input of the profiles; removed once they are built
+        else:
+            extra["outliers"] = {"parameters": dict(outl), "note": "outlier scoring off (outliers.enabled: false)"}
+        try:
+            outputs.update(stream_single_cell(partitions, out_dir, pm, platemap,
+                                              crops=crop_parts if want_crops else None, channels=config.channel_names,
+                                              outliers=model, tally=tally, kept=kept, schemas=schemas,
+                                              tables=tables, client=client))
+        except OSError as exc:  # disk full, quota, a vanished folder: the finished sites stay for the rerun
+            raise InputError(f"could not write the per-cell table ({exc.strerror or exc}); no partial file is left, "
+                             f"and the {len(partitions)} finished site(s) under {sites_dir} are kept",
+                             path=out_dir / SINGLE_CELL,
+                             hint="free disk space (the per-cell table needs about as much as OUT/sites/), then "
+                                  "rerun the same command: finished sites are reused, not recomputed") from None
+        tables = None  # the partitions' memory goes back before the profiles
+        cluster.close()  # the workers go before the profiles
     if want_crops:
         outputs[CROPS_TIF]["parameters"] = crop_cfg
     if model is not None:

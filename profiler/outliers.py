@@ -218,10 +218,29 @@ def _distances(z: np.ndarray, pca_mean, components, location, precision) -> tupl
     return np.maximum(sd2, 0.0), od2
 
 
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    """A :class:`threadpoolctl.ThreadpoolController` of the BLAS libraries NumPy and SciPy load
+    (made once: creating one scans the process's libraries, ≈ 10 ms)."""
+    import scipy.linalg  # noqa: F401  (SciPy's own OpenBLAS is loaded before the scan)
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def one_blas_thread():
+    """Run a block on one BLAS thread: the matrix products of the fit and of the scores then give
+    the same bits on any machine and in any process (OpenBLAS splits a product differently with
+    more threads, and Dask workers run on one thread while ``profiler extract`` itself may not)."""
+    return _blas_controller().limit(limits=1, user_api="blas")
+
+
 def score_matrix(model: OutlierModel, a: np.ndarray) -> np.ndarray:
-    """Outlier scores of the rows of ``a`` (n, p): columns in ``model.features`` order."""
+    """Outlier scores of the rows of ``a`` (n, p): columns in ``model.features`` order (computed on
+    one BLAS thread: :func:`one_blas_thread`)."""
     z = _squash(_z(np.asarray(a, dtype=np.float64), model.center, model.scale))
-    sd2, od2 = _distances(z, model.pca_mean, model.components, model.location, model.precision)
+    with one_blas_thread():
+        sd2, od2 = _distances(z, model.pca_mean, model.components, model.location, model.precision)
     total = sd2 / model.sd_ref
     if model.od_ref > 0:
         total = total + od2 / model.od_ref
@@ -329,15 +348,13 @@ def fit_outlier_model(sample: pd.DataFrame, *, contamination: float = 0.01, n_co
     solver = "randomized" if min(z.shape) > 500 and k < 0.5 * min(z.shape) else "full"
     import warnings
 
-    from threadpoolctl import threadpool_limits
-
     # One BLAS thread for the whole fit: the PCA's LAPACK factorizations change in their last bits
     # with the number of BLAS threads, so on the default threads the model (and every cell's score)
     # depended on the machine's core count and on whatever thread limit the calling process had set
     # (a test process that had lowered it got other scores than a fresh `profiler extract`). On one
     # thread the fit gives the same bits everywhere; MinCovDet's thousands of small BLAS calls also
     # take about half the CPU time without thread hand-offs.
-    with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
+    with warnings.catch_warnings(), one_blas_thread():
         pca = PCA(n_components=k, svd_solver=solver, random_state=seed).fit(z)
         comps = pca.components_
         t = (z - pca.mean_) @ comps.T
@@ -372,20 +389,27 @@ def control_wells(platemap: pd.DataFrame | None) -> set[str] | None:
 
 
 def sample_partitions(partitions: Iterable[str | Path], features: Sequence[str], *, wells: set[str] | None,
-                      max_cells: int = 10000, seed: int = 0, tables: Mapping[Path, Any] | None = None) -> pd.DataFrame:
+                      max_cells: int = 10000, seed: int = 0, tables: Mapping[Path, Any] | None = None,
+                      indices: Sequence[int] | None = None) -> pd.DataFrame:
     """A seeded, bounded random sample of the cells of ``partitions`` (one site read at a time),
     only those in ``wells`` when given.
 
-    Every cell draws a key from ``default_rng([seed, i])`` (``i`` the partition's position); the
+    Every cell draws a key from ``default_rng([seed, i])`` (``i`` the partition's position, or its
+    entry of ``indices``: ``profiler extract`` passes each site's position in the plate scan, so
+    the sample of the control wells can be drawn before the other sites are done); the
     ``max_cells`` smallest keys are kept — a uniform sample without replacement, memory bounded by
     ``max_cells`` plus one site. Returns the features (float32→float64 on use) of the sampled cells.
     ``tables``: partitions already in memory (path → :class:`pyarrow.Table`; the others are read).
     """
     import pyarrow.parquet as pq
 
+    partitions = list(partitions)
+    indices = list(range(len(partitions))) if indices is None else [int(i) for i in indices]
+    if len(indices) != len(partitions):
+        raise ValueError(f"{len(indices)} indices for {len(partitions)} partitions")
     kept = np.empty((0, len(features)), dtype=np.float32)
     keys = np.empty(0)
-    for i, path in enumerate(partitions):
+    for i, path in zip(indices, partitions):
         table = tables.get(Path(path)) if tables is not None else None
         if table is not None:
             names = set(table.column_names)

@@ -32,6 +32,13 @@ def test_two_worker_local_cluster_gives_the_serial_rows(small_plate, serial_run,
     n_sites = len(pd.read_parquet(out / "image.parquet"))
     assert len([s for s in sites if s.endswith(".json")]) == n_sites
     assert not [s for s in sites if s.endswith(".tmp")]
+    # the control wells' sites ran first and a worker fitted the outlier model while the others ran;
+    # the model is the one the serial run fits after its last site, bit for bit
+    import json
+
+    fitted = json.loads((out / "manifest.json").read_text())["outliers"]
+    assert fitted.get("fitted", "").startswith("on a Dask worker"), fitted
+    assert json.loads((out / "outliers.json").read_text()) == json.loads((serial_run / "outliers.json").read_text())
 
 
 def test_existing_scheduler_address_is_used(small_plate, serial_run, tmp_path):

@@ -279,3 +279,75 @@ def test_fit_gives_the_same_bits_on_any_number_of_blas_threads():
     for field in ("center", "scale", "pca_mean", "components", "location", "precision"):
         assert np.array_equal(getattr(one, field), getattr(two, field)), field
     assert (one.sd_ref, one.od_ref, one.threshold) == (two.sd_ref, two.od_ref, two.threshold)
+
+
+def test_scores_give_the_same_bits_on_any_number_of_blas_threads():
+    # Dask workers run on one BLAS thread while `profiler extract` itself may run on several: the
+    # scores' matrix products run on one thread, so a site scored on a worker gets the same bits as
+    # one scored in the main process (on 2 threads these products differed in their last bits)
+    from threadpoolctl import threadpool_limits
+
+    from profiler.outliers import score_matrix
+
+    rng = np.random.default_rng(5)
+    n, p = 3000, 800
+    values = rng.normal(size=(n, 8)) @ rng.normal(size=(8, p)) + rng.normal(size=(n, p))
+    model = fit_outlier_model(pd.DataFrame(values[:2000], columns=[f"Cells_AreaShape_F{i}" for i in range(p)]))
+    site = values[2000:2300]
+    scores = []
+    for limit in (1, 2):
+        with threadpool_limits(limits=limit, user_api="blas"):
+            scores.append(score_matrix(model, site))
+    assert np.array_equal(scores[0], scores[1])
+
+
+def test_sample_indices_let_the_control_partitions_be_sampled_alone(tmp_path):
+    # profiler extract seeds each site's keys with its position in the plate scan, so the sample of
+    # the control wells' partitions alone (drawn while other sites still run) is the sample drawn
+    # from all partitions after the last site
+    paths, wells = [], []
+    for i in range(6):
+        df = _cells(80, seed=i)
+        well = ["B02", "B03", "B04"][i % 3]
+        df.insert(0, "Metadata_Well", [well] * 80)
+        paths.append(tmp_path / f"s{i}.parquet")
+        wells.append(well)
+        df.to_parquet(paths[-1])
+    feats = list(_cells(1).columns)
+    indices = [3, 4, 7, 8, 10, 12]  # sites without cells between them leave gaps
+    every = sample_partitions(paths, feats, wells={"B03"}, max_cells=100, seed=1, indices=indices)
+    alone = sample_partitions([p for p, w in zip(paths, wells) if w == "B03"], feats, wells={"B03"},
+                              max_cells=100, seed=1, indices=[i for i, w in zip(indices, wells) if w == "B03"])
+    pd.testing.assert_frame_equal(every, alone, check_exact=True)
+    assert len(every) == 100
+    default = sample_partitions(paths, feats, wells={"B03"}, max_cells=100, seed=1)
+    assert not default.equals(every)  # the seeds are the indices
+    with pytest.raises(ValueError):
+        sample_partitions(paths, feats, wells=None, indices=[0, 1])
+
+
+def test_plate_fit_uses_the_early_model_only_for_the_plates_features(tmp_path):
+    from profiler import extract as ex
+
+    paths = []
+    for i in range(4):
+        df = _cells(60, seed=i)
+        df.insert(0, "Metadata_Well", ["B02", "B03"][i % 2])
+        paths.append(tmp_path / f"s{i}.parquet")
+        df.to_parquet(paths[-1])
+    platemap = pd.DataFrame({"Metadata_Well": ["B02", "B03"], "Metadata_Control": ["negative", ""]})
+    params = outlier_params({})
+    feats = ex.outlier_features(ex.merged_schema(paths, None))
+    # what the Dask task returns, from the control partitions alone
+    early = ex.early_outlier_fit([str(paths[0]), str(paths[2])], [0, 2], {"B02"}, params)
+    assert early[0] == feats
+    model, info = ex.fit_plate_outliers(paths, platemap, params, tmp_path, indices=[0, 1, 2, 3], early=early)
+    assert model is early[1] and info["fitted"].startswith("on a Dask worker")
+    refit, info = ex.fit_plate_outliers(paths, platemap, params, tmp_path, indices=[0, 1, 2, 3])
+    assert "fitted" not in info
+    for field in ("center", "scale", "components", "location", "precision"):
+        assert np.array_equal(getattr(model, field), getattr(refit, field)), field
+    # a plate whose other sites have more columns than the controls': fitted again on the plate's features
+    stale = (feats[:-1], early[1])
+    model, info = ex.fit_plate_outliers(paths, platemap, params, tmp_path, indices=[0, 1, 2, 3], early=stale)
+    assert model is not early[1] and "fitted" not in info
