@@ -123,3 +123,18 @@ def test_invalid_pipeline_parameter_stops_the_run(small_plate, tmp_path):
     with pytest.raises(ConfigError, match="no_such_option"):
         extract(small_plate, out, pipeline=cfg, workers=0, progress=False)
     assert not (out / "single_cell.parquet").exists() and not (out / "image.parquet").exists()
+
+
+def test_local_cluster_runs_without_dashboard_only_services():
+    # the LocalCluster of `profiler extract` turns off what only a dashboard needs (each worker's
+    # statistical profiler, the 20 ms tick that watches for blocked event loops) and the memory
+    # manager that would drop broadcast replicas; the nannies hand that configuration to the workers
+    import dask
+
+    from profiler.distributed import LOCAL_CLUSTER_CONFIG
+
+    with dask_client(workers=1) as client:
+        got = client.run(lambda: {k: dask.config.get(k) for k in LOCAL_CLUSTER_CONFIG})
+        sched = client.run_on_scheduler(lambda: {k: dask.config.get(k) for k in LOCAL_CLUSTER_CONFIG})
+    assert list(got.values()) == [LOCAL_CLUSTER_CONFIG] and sched == LOCAL_CLUSTER_CONFIG
+    assert dask.config.get("distributed.worker.profile.enabled") is True  # this process's own setting is back
