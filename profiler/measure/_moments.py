@@ -1,6 +1,6 @@
 """numba image moments and Zernike moments of every object of a label image.
 
-* :func:`moments`: spatial and central moments up to order 3 (scikit-image's regionprops);
+* :func:`moments_from_pixels`: spatial and central moments up to order 3 (scikit-image's regionprops);
 * Zernike magnitudes (CellProfiler's MeasureObjectSizeShape and MeasureObjectIntensityDistribution):
   :func:`zernike_indexes` (CellProfiler's order), the polynomial coefficients
   (:func:`zernike_lut`, :func:`zernike_poly_coeffs`) and :func:`zernike_magnitudes_by_runs`, which
