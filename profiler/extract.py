@@ -52,7 +52,8 @@ from cellfusion_core.layout import (CROPS_TABLE, CROPS_TIF, EXTRACT_LOCK, IMAGE,
 from profiler.illum import config_params as illum_params
 from profiler.illum import plate_illumination, save_illumination
 from cellfusion_core.names import CELL_COUNT, PLATE, SITE, WELL, is_metadata, is_profile_feature
-from profiler.partitions import base_record, gc_frozen, load_done, pipeline_hash, printable, run_site, site_stem
+from profiler.partitions import (base_record, gc_frozen, load_done, pipeline_hash, printable, read_partition, run_site,
+                                 site_stem)
 from profiler import outliers as ol
 from profiler.plate import PlateScan, Site, check_platemap, discover, read_platemap
 from profiler.qc import flag_outliers, qc_params
@@ -381,9 +382,8 @@ def prepare_partition(part_path: str, schema, lookup, platemap_path: str, *,
     (:func:`read_prepared`): a site's table of 2,600 columns is written and read back that way in
     ≈ 12 ms, where pickling and unpickling it column by column took ≈ 0.11 s."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    table = _annotated_table(pq.read_table(part_path), schema, lookup, Path(platemap_path), outliers=outliers)
+    table = _annotated_table(read_partition(part_path), schema, lookup, Path(platemap_path), outliers=outliers)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
@@ -400,15 +400,13 @@ def read_prepared(buffer):
 def read_small_plate(partitions: Sequence[Path]) -> dict[Path, Any] | None:
     """Every partition as a :class:`pyarrow.Table` (path → table) when together they take at most
     :data:`PLATE_IN_MEMORY_MB` on disk; ``None`` for a larger plate (then each step streams them)."""
-    import pyarrow.parquet as pq
-
     try:
         total = sum(os.path.getsize(p) for p in partitions)
     except OSError:
         return None
     if total > PLATE_IN_MEMORY_MB * 2**20:
         return None
-    return {Path(p): pq.read_table(p) for p in partitions}
+    return {Path(p): read_partition(p) for p in partitions}
 
 
 def partition_schemas(partitions: Sequence[Path], *, tables: Mapping[Path, Any] | None = None,
@@ -494,7 +492,7 @@ def stream_single_cell(partitions: Sequence[Path], out_dir: Path, platemap: pd.D
         else:
             def prepared(part_path: Path):
                 part = tables.get(Path(part_path)) if tables is not None else None
-                return _annotated_table(pq.read_table(part_path) if part is None else part, schema, lookup,
+                return _annotated_table(read_partition(part_path) if part is None else part, schema, lookup,
                                         platemap_path or part_path, outliers=outliers)
 
             # the next sites are read, joined and scored on a thread while this one writes (Parquet reads,

@@ -309,10 +309,32 @@ def _empirical_covariance(X: np.ndarray, *, assume_centered: bool = False) -> np
 def _min_cov_det():
     from sklearn.covariance import MinCovDet
 
+    from sklearn.utils import check_random_state
+
+    from profiler._fast_mcd import fast_mcd
+
     class _Fast(MinCovDet):
-        """:class:`sklearn.covariance.MinCovDet` with :func:`_empirical_covariance` (same results)."""
+        """:class:`sklearn.covariance.MinCovDet` (default support fraction, not assuming a centred
+        sample) with :func:`_empirical_covariance` and :func:`profiler._fast_mcd.fast_mcd`: the same
+        results bit for bit (tests/test_outliers.py) in about half the time."""
 
         _nonrobust_covariance = staticmethod(_empirical_covariance)
+
+        def fit(self, X, y=None):
+            # MinCovDet.fit's steps for support_fraction=None, assume_centered=False (its rank warning
+            # is left out: the caller silences it)
+            if self.support_fraction is not None or self.assume_centered:
+                return super().fit(X, y)
+            X = np.asarray(X, dtype=np.float64)
+            if X.ndim != 2 or len(X) < 2 or not np.isfinite(X).all():
+                return super().fit(X, y)  # scikit-learn's own message
+            self.n_features_in_ = X.shape[1]
+            location, covariance, support, dist = fast_mcd(X, check_random_state(self.random_state))
+            self.raw_location_, self.raw_covariance_, self.raw_support_ = location, covariance, support
+            self.location_, self.support_, self.dist_ = location, support, dist
+            self.correct_covariance(X)
+            self.reweight_covariance(X)
+            return self
 
     return _Fast
 
@@ -328,8 +350,8 @@ def fit_outlier_model(sample: pd.DataFrame, *, contamination: float = 0.01, n_co
 
     _MinCovDet = _min_cov_det()
 
-    feats = [c for c in sample.columns if is_profile_feature(c) and pd.api.types.is_numeric_dtype(sample[c])
-             and not pd.api.types.is_bool_dtype(sample[c])]
+    feats = [c for c, dt in zip(sample.columns, sample.dtypes) if is_profile_feature(c)
+             and pd.api.types.is_numeric_dtype(dt) and not pd.api.types.is_bool_dtype(dt)]
     n = len(sample)
     if n < 10 or not feats:
         raise ConfigError(f"an outlier model needs at least 10 cells and one numeric feature, got {n} cells "
@@ -426,12 +448,12 @@ def sample_partitions(partitions: Iterable[str | Path], features: Sequence[str],
             names = set(pf.schema_arrow.names)
             cols = [c for c in features if c in names]
             if wells is not None:  # a site is one well: most partitions are skipped after reading the well column
-                inside = np.array([str(w) in wells for w in pf.read(columns=[WELL])[WELL].to_pylist()], dtype=bool)
+                inside = np.array([str(w) in wells for w in pf.read(columns=[WELL], use_threads=False)[WELL].to_pylist()], dtype=bool)
                 if not inside.any():
                     continue
-                part = pf.read(columns=cols).filter(inside)
+                part = pf.read(columns=cols, use_threads=False).filter(inside)
             else:
-                part = pf.read(columns=cols)
+                part = pf.read(columns=cols, use_threads=False)
         if not part.num_rows:
             continue
         x = arrow_matrix(part, features).astype(np.float32)

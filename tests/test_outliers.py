@@ -351,3 +351,55 @@ def test_plate_fit_uses_the_early_model_only_for_the_plates_features(tmp_path):
     stale = (feats[:-1], early[1])
     model, info = ex.fit_plate_outliers(paths, platemap, params, tmp_path, indices=[0, 1, 2, 3], early=stale)
     assert model is not early[1] and "fitted" not in info
+
+
+@pytest.mark.parametrize("n, p, shift", [(60, 3, 0.0), (400, 40, 0.0), (900, 10, 8.0), (1522, 40, 0.0),
+                                         (1800, 12, 5.0), (700, 1, 0.0)])
+def test_fast_mcd_gives_scikit_learns_min_cov_det_bit_for_bit(n, p, shift):
+    # profiler._fast_mcd replays FastMCD without scikit-learn's per-call overhead; every estimate
+    # (raw and reweighted) must be the same bits as MinCovDet's, on the paths of up to 500 samples,
+    # of subsets merged below and above 1,500 samples, with a cluster of outliers, and for one feature
+    # (handed to scikit-learn)
+    from sklearn.covariance import MinCovDet
+
+    from profiler.outliers import _min_cov_det, one_blas_thread
+
+    rng = np.random.default_rng(n + p)
+    x = rng.normal(size=(n, p)) @ rng.normal(size=(p, p))
+    x[: n // 10] += shift
+    with one_blas_thread():
+        ours = _min_cov_det()(random_state=0).fit(x)
+        ref = MinCovDet(random_state=0).fit(x)
+    for name in ("raw_location_", "raw_covariance_", "raw_support_", "location_", "covariance_", "support_",
+                 "dist_", "precision_"):
+        assert np.array_equal(getattr(ours, name), getattr(ref, name)), name
+    # the raw FastMCD itself, distances included (MinCovDet recomputes those from the support)
+    from sklearn.covariance import fast_mcd as sklearn_fast_mcd
+
+    from profiler._fast_mcd import fast_mcd
+
+    with one_blas_thread():
+        raw = fast_mcd(x, np.random.RandomState(0))
+        raw_ref = sklearn_fast_mcd(x, random_state=np.random.RandomState(0))
+    for ours_part, ref_part in zip(raw, raw_ref):
+        assert np.array_equal(ours_part, ref_part)
+
+
+def test_fast_mcd_matches_on_the_outlier_models_own_sample():
+    # the component scores of a real BBBC021-like fit: a PCA of squashed z-scores, as fit_outlier_model
+    # hands them to MinCovDet (correlated, heavy-tailed columns of unequal variance)
+    from sklearn.covariance import MinCovDet
+    from sklearn.decomposition import PCA
+
+    from profiler.outliers import _min_cov_det, _robust_scale, _squash, _z, one_blas_thread
+
+    rng = np.random.default_rng(11)
+    a = rng.standard_t(3, size=(1600, 200)) @ rng.normal(size=(200, 200)) * rng.uniform(0.1, 10, 200)
+    center, scale, ok = _robust_scale(a)
+    z = _squash(_z(a[:, ok], center[ok], scale[ok]))
+    with one_blas_thread():
+        t = PCA(n_components=40, random_state=0).fit_transform(z)
+        ours = _min_cov_det()(random_state=0).fit(t)
+        ref = MinCovDet(random_state=0).fit(t)
+    assert np.array_equal(ours.location_, ref.location_) and np.array_equal(ours.covariance_, ref.covariance_)
+    assert np.array_equal(ours.support_, ref.support_) and np.array_equal(ours.dist_, ref.dist_)
