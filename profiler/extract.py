@@ -52,6 +52,7 @@ from cellfusion_core.layout import (CROPS_TABLE, CROPS_TIF, EXTRACT_LOCK, IMAGE,
 from profiler.illum import config_params as illum_params
 from profiler.illum import plate_illumination, save_illumination
 from cellfusion_core.names import CELL_COUNT, PLATE, SITE, WELL, is_metadata, is_profile_feature
+from profiler.heap import reused_heap
 from profiler.partitions import (base_record, gc_frozen, load_done, pipeline_hash, printable, read_partition, run_site,
                                  site_stem)
 from profiler import outliers as ol
@@ -724,6 +725,9 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
     per-well aggregates and the manifest says so. If the profile stage fails after the sites ran,
     ``single_cell.parquet``, ``image.parquet`` and the manifest are kept and the error says how to
     rebuild the profiles alone (``profiler aggregate``).
+
+    While it runs, this process keeps freed memory for reuse instead of giving it back to the
+    operating system (:func:`profiler.heap.reused_heap`; glibc only); it is given back at the end.
     """
     plate_dir, out_dir = Path(plate_dir).resolve(), Path(out_dir).resolve()
     config = load_pipeline(pipeline)
@@ -740,7 +744,7 @@ def extract(plate_dir: str | Path, out_dir: str | Path, *, pipeline: str | Path 
         outl = ol.outlier_params(config.section("outliers"), remove=remove_outliers)
     except ConfigError as exc:
         raise ConfigError(exc.problem, path=config.source, hint=exc.hint) from None
-    with output_lock(out_dir), gc_frozen():
+    with output_lock(out_dir), gc_frozen(), reused_heap():  # (freed arrays reused, not faulted in again)
         return _extract_locked(plate_dir, out_dir, config, scan, pm, Path(platemap) if platemap else None,
                                plan=plan, qcp=qcp, crop_cfg=crop_cfg, wells_without_images=wells_without_images,
                                workers=workers, scheduler=scheduler, resume=resume, progress=progress,

@@ -499,7 +499,8 @@ def well_outlier_scores(profiles: pd.DataFrame, controls: np.ndarray | None = No
     per feature; all wells when ``controls`` is ``None`` or selects fewer than 3 wells). A diagonal
     robust Mahalanobis distance per feature: ≈ 1 for a typical control well, large for a well whose
     features sit far from the controls'. Features constant across the reference wells are left out."""
-    feats = [c for c in profiles.columns if is_profile_feature(c) and pd.api.types.is_numeric_dtype(profiles[c])]
+    feats = [c for c, dt in zip(profiles.columns, profiles.dtypes)
+             if is_profile_feature(c) and pd.api.types.is_numeric_dtype(dt)]
     a = _matrix(profiles, feats)
     ref = a if controls is None or int(np.sum(controls)) < 3 else a[np.asarray(controls, dtype=bool)]
     center, scale, ok = _robust_scale(ref)

@@ -26,6 +26,7 @@ from typing import Any
 
 from cellfusion_core import io
 from profiler.config import AssayConfig
+from profiler.heap import keep_freed_memory
 from profiler.crops import save_site_crops
 from cellfusion_core.errors import CellfusionError, ConfigError, InputError
 from cellfusion_core.layout import site_crops_file, site_record_file, site_table_file
@@ -164,6 +165,7 @@ def run_site(site: Site, config: AssayConfig, sites_dir: str | Path, phash: str,
     ``status="failed"`` with its traceback and is not written. A :class:`ConfigError` (the
     pipeline's parameters are wrong, so every site would fail) is raised and stops the run.
     """
+    keep_freed_memory()  # a site's temporaries reuse the last site's memory (profiler.heap)
     with gc_frozen():  # (a Dask worker's imports and state: see gc_frozen)
         return _run_site(site, config, Path(sites_dir), phash, **site_kwargs)
 
