@@ -107,7 +107,14 @@ def write_parquet(df: pd.DataFrame, path: str | Path, **options: Any) -> Path:
         with atomic_path(path) as tmp:
             df.to_parquet(tmp, index=False, **options)
         return Path(path)
-    table = arrow_table(df)
+    return write_arrow(arrow_table(df), path, **options)
+
+
+def write_arrow(table, path: str | Path, **options: Any) -> Path:
+    """Atomically write a :class:`pyarrow.Table` to Parquet; ``options`` as :func:`write_parquet`'s
+    (Snappy unless given)."""
+    import pyarrow.parquet as pq
+
     options.setdefault("compression", "snappy")  # pandas' default
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, **options)

@@ -249,7 +249,7 @@ def _progress(enabled: bool):
 def run_sites(sites: Sequence[Site], config: AssayConfig, sites_dir: Path, phash: str, *,
               workers: int | None = None, scheduler: str | None = None, progress: bool = True,
               site_kwargs: Mapping[str, Any] | None = None, client: Any = None,
-              first: Sequence[str] = (), on_result=None) -> dict[str, dict[str, Any]]:
+              first: Sequence[str] = (), on_result=None, keep: SiteTables | None = None) -> dict[str, dict[str, Any]]:
     """Run :func:`profiler.partitions.run_site` on every site; returns site stem → entry.
 
     ``workers=0`` (and no ``scheduler`` or ``client``) runs the sites one after the other in this
@@ -257,7 +257,8 @@ def run_sites(sites: Sequence[Site], config: AssayConfig, sites_dir: Path, phash
     :func:`profiler.distributed.dask_client`). ``site_kwargs`` are plate-level inputs forwarded to
     :func:`profiler.site.process_site` (sent to each worker once). ``first``: stems of sites to
     submit before the others (the control wells', so that the outlier fit can start early);
-    ``on_result(stem, entry)`` is called as each site finishes.
+    ``on_result(stem, entry)`` is called as each site finishes. ``keep``: in this process (``workers=0``),
+    the partitions' tables go there as the sites finish (:class:`SiteTables`) instead of being read back.
     """
     site_kwargs = dict(site_kwargs or {})
     results: dict[str, dict[str, Any]] = {}
@@ -268,7 +269,10 @@ def run_sites(sites: Sequence[Site], config: AssayConfig, sites_dir: Path, phash
         if client is None and workers == 0 and not scheduler:
             for site in sites:
                 stem = site_stem(site)
-                results[stem] = run_site(site, config, sites_dir, phash, **site_kwargs)
+                results[stem] = entry = run_site(site, config, sites_dir, phash, keep_table=keep is not None,
+                                                 **site_kwargs)
+                if keep is not None and (table := entry.pop("table", None)) is not None:
+                    keep.add(sites_dir / entry["partition"]["file"], table)
                 if on_result is not None:
                     on_result(stem, results[stem])
                 bar.advance(task)
@@ -398,16 +402,38 @@ def read_prepared(buffer):
     return pa.ipc.open_stream(buffer).read_all()
 
 
-def read_small_plate(partitions: Sequence[Path]) -> dict[Path, Any] | None:
+class SiteTables:
+    """The partitions' tables as the sites finish in this process (``workers=0``), kept for the
+    outlier fit and the merge of a small plate: at most :data:`PLATE_IN_MEMORY_MB` together, the
+    limit of :func:`read_small_plate` (past it none are kept: the plate streams from disk)."""
+
+    def __init__(self, limit_bytes: int = PLATE_IN_MEMORY_MB * 2**20) -> None:
+        self.tables: dict[Path, Any] = {}
+        self.limit = int(limit_bytes)
+        self.size = 0
+
+    def add(self, path: Path, table) -> None:
+        if self.size > self.limit:
+            return
+        self.size += table.get_total_buffer_size()
+        if self.size > self.limit:
+            self.tables.clear()
+        else:
+            self.tables[Path(path)] = table
+
+
+def read_small_plate(partitions: Sequence[Path], known: Mapping[Path, Any] | None = None) -> dict[Path, Any] | None:
     """Every partition as a :class:`pyarrow.Table` (path → table) when together they take at most
-    :data:`PLATE_IN_MEMORY_MB` on disk; ``None`` for a larger plate (then each step streams them)."""
+    :data:`PLATE_IN_MEMORY_MB` on disk; ``None`` for a larger plate (then each step streams them).
+    ``known``: tables already in memory (:class:`SiteTables`; each is what would be read)."""
     try:
         total = sum(os.path.getsize(p) for p in partitions)
     except OSError:
         return None
     if total > PLATE_IN_MEMORY_MB * 2**20:
         return None
-    return {Path(p): read_partition(p) for p in partitions}
+    known = known or {}
+    return {Path(p): known[Path(p)] if Path(p) in known else read_partition(p) for p in partitions}
 
 
 def partition_schemas(partitions: Sequence[Path], *, tables: Mapping[Path, Any] | None = None,
@@ -811,9 +837,10 @@ def _extract_locked(plate_dir: Path, out_dir: Path, config: AssayConfig, scan: P
             client = cluster.enter_context(dask_client(workers, scheduler, n_tasks=len(todo)))
         wells = ol.control_wells(pm) if outl["enabled"] else None
         early = _EarlyFit(client, scan, entries, wells, outl, sites_dir) if client is not None and wells else None
+        kept_tables = SiteTables() if client is None else None  # the sites' tables, not read back
         entries.update(run_sites(todo, config, sites_dir, phash, workers=workers, scheduler=scheduler, client=client,
                                  progress=progress, site_kwargs=site_kwargs, first=early.controls if early else (),
-                                 on_result=early.site_done if early else None))
+                                 on_result=early.site_done if early else None, keep=kept_tables))
 
         records: list[dict[str, Any]] = []
         partitions: list[Path] = []
@@ -861,7 +888,8 @@ def _extract_locked(plate_dir: Path, out_dir: Path, config: AssayConfig, scan: P
                              hint=f"see {out_dir / IMAGE} for every site's status")
         model, tally, kept = None, ol.OutlierTally(), None
         # None: a large plate, streamed site by site, or one whose workers read the partitions themselves
-        tables = read_small_plate(partitions) if client is None else None
+        tables = read_small_plate(partitions, kept_tables.tables) if client is None else None
+        kept_tables = None
         schemas = partition_schemas(partitions, tables=tables,
                                     known={sites_dir / e["partition"]["file"]: e["schema"]
                                            for e in entries.values() if "schema" in e})

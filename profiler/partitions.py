@@ -153,7 +153,7 @@ def _check_file_names(site: Site) -> None:
                                   "(e.g. `convmv -f latin1 -t utf8 --notest FILE`)") from None
 
 
-def run_site(site: Site, config: AssayConfig, sites_dir: str | Path, phash: str,
+def run_site(site: Site, config: AssayConfig, sites_dir: str | Path, phash: str, *, keep_table: bool = False,
              **site_kwargs: Any) -> dict[str, Any]:
     """Process one site and write its partition and record; the task each Dask worker runs.
 
@@ -164,13 +164,18 @@ def run_site(site: Site, config: AssayConfig, sites_dir: str | Path, phash: str,
     milliseconds, when the files are read). Any other exception is returned as
     ``status="failed"`` with its traceback and is not written. A :class:`ConfigError` (the
     pipeline's parameters are wrong, so every site would fail) is raised and stops the run.
+
+    ``keep_table``: the entry also carries the partition as written (``"table"``, a
+    :class:`pyarrow.Table`, equal to what :func:`read_partition` reads back; not in the record), for
+    a caller in the same process that would otherwise read it back.
     """
     keep_freed_memory()  # a site's temporaries reuse the last site's memory (profiler.heap)
     with gc_frozen():  # (a Dask worker's imports and state: see gc_frozen)
-        return _run_site(site, config, Path(sites_dir), phash, **site_kwargs)
+        return _run_site(site, config, Path(sites_dir), phash, keep_table, **site_kwargs)
 
 
-def _run_site(site: Site, config: AssayConfig, sites_dir: Path, phash: str, **site_kwargs: Any) -> dict[str, Any]:
+def _run_site(site: Site, config: AssayConfig, sites_dir: Path, phash: str, keep_table: bool,
+              **site_kwargs: Any) -> dict[str, Any]:
     stem = site_stem(site)
     entry: dict[str, Any] = {"site": stem, "pipeline_hash": phash, "inputs": _input_signature(site),
                              "partition": None}
@@ -186,7 +191,8 @@ def _run_site(site: Site, config: AssayConfig, sites_dir: Path, phash: str, **si
             entry["record"] = base_record(site, "error", str(exc).replace("\n  hint:", "; hint:"))
         else:
             part = sites_dir / site_table_file(stem)
-            io.write_parquet(cells, part, **PARTITION_OPTIONS)  # first the partition …
+            table = io.arrow_table(cells)  # (what io.write_parquet writes for a frame without attrs)
+            io.write_arrow(table, part, **PARTITION_OPTIONS)  # first the partition …
             entry["status"] = "ok"
             entry["record"] = record
             entry["partition"] = {"file": part.name, "rows": int(len(cells)), "sha256": io.file_sha256(part)}
@@ -195,6 +201,8 @@ def _run_site(site: Site, config: AssayConfig, sites_dir: Path, phash: str, **si
                 entry["crops"] = {"file": cpath.name, "rows": int(len(result[2])), "size": int(result[2].shape[1]),
                                   "sha256": io.file_sha256(cpath)}
         io.write_json(entry, sites_dir / site_record_file(stem))  # … then the record that vouches for it
+        if keep_table and entry["status"] == "ok":
+            entry["table"] = table
     except ConfigError:
         raise
     except Exception as exc:  # a bug or a full disk, not the user's input: report it with the site named

@@ -109,3 +109,16 @@ def test_no_module_level_state_grows():
         _measure(labels, images, n, ImageCache())
         _measure(labels, images, n)
     assert _module_state() == before
+
+
+def test_radial_zernike_weights_are_stacked_once_per_site():
+    labels, images, n = _site(off_grid=True)
+    cache = ImageCache()
+    shared = {comp: measure_objects(lab, images, compartment=comp, families=["RadialDistribution"], n_objects=n,
+                                    image_cache=cache) for comp, lab in labels.items()}
+    alone = {comp: measure_objects(lab, images, compartment=comp, families=["RadialDistribution"], n_objects=n)
+             for comp, lab in labels.items()}
+    for comp in labels:
+        np.testing.assert_array_equal(shared[comp].to_numpy(), alone[comp].to_numpy(), err_msg=comp)
+    kinds = [key[0] for key in cache._store]
+    assert kinds.count("zernike_weights") == 1

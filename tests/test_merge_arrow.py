@@ -140,6 +140,21 @@ def test_arrow_matrix_equals_the_pandas_matrix():
     np.testing.assert_array_equal(got, want)
 
 
+def test_arrow_matrix_of_float_columns_is_the_column_by_column_matrix():
+    # all-float64 tables (every site partition) go through one Arrow tensor copy: the same bits as the
+    # per-column path, with nulls, NaN, −0.0 and several chunks; columns in the order asked
+    part = pa.table({"a": pa.array([1.5, None, -0.0]), "b": pa.array([np.nan, 2.0, 1e-300]),
+                     "c": pa.array([3.0, 4.0, 5.0])})
+    table = pa.concat_tables([part, part.slice(1)])
+    assert table["a"].num_chunks == 2
+    feats = ["c", "a", "b"]
+    got = ol.arrow_matrix(table, feats)
+    want = ol._matrix(table.to_pandas(), feats)
+    assert got.flags.writeable and got.flags.c_contiguous and got.dtype == np.float64
+    assert np.array_equal(got.view(np.int64), want.view(np.int64))
+    assert ol.arrow_matrix(table.slice(0, 0), feats).shape == (0, 3)
+
+
 def _sample_reference(partitions, features, wells, max_cells, seed):
     """The former sampler: every partition read whole with pandas, then filtered to ``wells``."""
     kept, keys = np.empty((0, len(features)), np.float32), np.empty(0)
@@ -180,3 +195,37 @@ def test_mincovdet_gives_the_same_bits_on_one_blas_thread_as_on_all():
     np.testing.assert_array_equal(default.location_, one.location_)
     np.testing.assert_array_equal(default.covariance_, one.covariance_)
     np.testing.assert_array_equal(default.support_, one.support_)
+
+
+def test_a_kept_site_table_is_the_partition_read_back(small_plate, tmp_path):
+    # with workers=0 extract keeps each site's table as it was written instead of reading it back:
+    # it must be the very table read_partition gives (values, nulls, types, pandas metadata)
+    import json
+
+    from profiler.config import load_pipeline
+    from profiler.extract import pipeline_hash, run_site
+    from profiler.partitions import read_partition
+    from profiler.plate import discover
+
+    config = load_pipeline("example")
+    site = discover(small_plate, config).complete_sites[0]
+    entry = run_site(site, config, tmp_path / "sites", pipeline_hash(config), keep_table=True)
+    assert entry["status"] == "ok"
+    table = entry.pop("table")
+    back = read_partition(tmp_path / "sites" / entry["partition"]["file"])
+    assert table.equals(back, check_metadata=True) and table.num_rows == entry["partition"]["rows"]
+    record = json.loads((tmp_path / "sites" / f"{entry['site']}.json").read_text())
+    assert "table" not in record and record == json.loads(json.dumps(entry, default=str))
+    assert "table" not in run_site(site, config, tmp_path / "again", pipeline_hash(config))
+
+
+def test_site_tables_past_the_limit_keep_none():
+    tables = {f"s{i}": pa.table({"x": np.arange(1000, dtype=np.float64)}) for i in range(4)}
+    kept = ex.SiteTables(limit_bytes=20_000)
+    for name, t in tables.items():
+        kept.add(name, t)
+        if name == "s1":
+            assert list(kept.tables) == [ex.Path("s0"), ex.Path("s1")]
+    assert kept.tables == {}  # 32 kB > 20 kB: the plate streams from disk, nothing half-kept
+    kept.add("s4", tables["s0"])
+    assert kept.tables == {}

@@ -247,6 +247,13 @@ def radial_geometry(labels: np.ndarray, n: int, bin_count: int,
     return {"idx": idx, "lab": lab, "bins": bins, "wedge": wedge}
 
 
+def _stacked_weights(images) -> np.ndarray:
+    """The channels as one (n_channels, H, W) float array, the intensity Zernikes' weights (one per
+    site: the three compartments share it through the site's ImageCache)."""
+    w = np.stack([np.asarray(im) for im in images])
+    return w if w.dtype in (np.float32, np.float64) else w.astype(np.float64)
+
+
 @register("RadialDistribution", description="MeasureObjectIntensityDistribution: radial intensity "
           "distribution (FracAtD, MeanFrac, RadialCV) and intensity Zernike magnitudes", features=_FEATURES,
           defaults={"bin_count": 4, "zernike_degree": 9})
@@ -306,9 +313,8 @@ def radial_distribution(labels: np.ndarray, images: Mapping[str, np.ndarray], *,
         area = ctx.shape_scan()[0]
         _, _, mec_i, mec_j, mec_r, _ = ctx.hull()
         ok = mec_r > 0  # single-pixel and absent objects: NaN below
-        w = np.stack([np.asarray(images[ch]) for ch in chans])
-        if w.dtype not in (np.float32, np.float64):
-            w = w.astype(np.float64)
+        w = ctx.images.get("zernike_weights", tuple(images[ch] for ch in chans), (),
+                           lambda: _stacked_weights([images[ch] for ch in chans]))
         mag = zernike_magnitudes_by_runs(lab_img, n, mec_i, mec_j, np.where(ok, mec_r, 1.0), zidx, w)
         with np.errstate(divide="ignore", invalid="ignore"):
             mag = mag / area[:, None, None]
