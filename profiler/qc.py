@@ -61,6 +61,57 @@ def _ring_spectrum(x: np.ndarray) -> np.ndarray:
     return np.fft.fft(rows_done[:, used], axis=0).ravel()[flat]
 
 
+@lru_cache(maxsize=1)
+def _grid_kernel():
+    import numba as nb
+
+    @nb.njit(cache=True, nogil=True)
+    def grid_counts(flat):  # pragma: no cover - numba
+        """(ok, counts, values): how many pixels of a float32 image in [0, 1] lie on each level
+        k = round(65535 · v) of the 16-bit grid and the level's float32 value; ok is False when a
+        value is off [0, 1] or two pixels of one level differ (the image is not on the grid)."""
+        counts = np.zeros(65536, np.int64)
+        values = np.zeros(65536, np.float32)
+        for t in range(flat.shape[0]):
+            v = flat[t]
+            if not (v >= 0.0 and v <= 1.0):
+                return False, counts, values
+            k = int(np.rint(np.float64(v) * 65535.0))
+            if counts[k] == 0:
+                values[k] = v
+            elif values[k] != v:
+                return False, counts, values
+            counts[k] += 1
+        return True, counts, values
+
+    return grid_counts
+
+
+def median_abs_deviation(image: np.ndarray, img: np.ndarray, center: float) -> float:
+    """``np.median(np.abs(img - center))`` for ``img = image.astype(np.float64)``, the same value.
+
+    A float32 image read from 8- or 16-bit data holds at most 65,536 distinct values: each pixel's
+    deviation is ``|float64(v) − center|`` of its level's value v, so the median (the middle order
+    statistic, or the mean of the middle two, as ``np.median`` takes it) follows from the levels'
+    counts sorted by deviation — one pass over the pixels instead of a partition of a float64 copy
+    (≈ 3 ms against ≈ 12 ms for a 1024 × 1280 field). Any other image goes to ``np.median``."""
+    n = img.size
+    if image.dtype != np.float32 or n == 0 or n >= 2 ** 53:
+        return float(np.median(np.abs(img - center)))
+    ok, counts, values = _grid_kernel()(np.ascontiguousarray(image).ravel())
+    if not ok:
+        return float(np.median(np.abs(img - center)))
+    levels = np.flatnonzero(counts)
+    dev = np.abs(values[levels].astype(np.float64) - center)
+    order = np.argsort(dev, kind="stable")
+    dev, cum = dev[order], np.cumsum(counts[levels][order])
+    hi = dev[np.searchsorted(cum, n // 2, side="right")]   # the order statistic at position n // 2
+    if n % 2:
+        return float(hi)
+    lo = dev[np.searchsorted(cum, n // 2 - 1, side="right")]
+    return float(np.mean(np.array([lo, hi])))
+
+
 def power_log_log_slope(image: np.ndarray) -> float:
     """CellProfiler's PowerLogLogSlope (centrosome ``rps`` + least squares).
 
@@ -74,7 +125,7 @@ def power_log_log_slope(image: np.ndarray) -> float:
     sel, rad, labels = _rps_rings(h, w)
     if len(labels) < 2:
         return 0.0
-    med = np.median(np.abs(img - img.mean()))
+    med = median_abs_deviation(np.asarray(image), img, img.mean())
     if med > 0:
         img = img / med
     mag = np.abs(_ring_spectrum(img - img.mean()))

@@ -20,6 +20,7 @@ import pytest
 
 from cellfusion_core import io
 from profiler import outliers as ol
+from profiler.nanstats import nanmedian_columns, nanpercentile_columns
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,7 +109,7 @@ def test_partition_options_read_back_equal(tmp_path):
 # the outlier model
 
 def _same_bits(a, b) -> None:
-    a, b = np.asarray(a), np.asarray(b)
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
     assert a.shape == b.shape and a.dtype == b.dtype
     assert np.array_equal(a.view(np.uint8), b.view(np.uint8)) if a.size else True
 
@@ -125,11 +126,30 @@ def test_nanmedian_columns_is_numpy(rows):
     a[:, 9] = np.where(rng.random(rows) < 0.5, np.inf, -np.inf)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        _same_bits(ol._nanmedian_columns(a), np.nanmedian(a, axis=0))
+        _same_bits(nanmedian_columns(a), np.nanmedian(a, axis=0))
         clean = a[:, ~np.isnan(a).any(axis=0)]
-        _same_bits(ol._nanmedian_columns(clean), np.nanmedian(clean, axis=0))
+        _same_bits(nanmedian_columns(clean), np.nanmedian(clean, axis=0))
         dirty = a[:, np.isnan(a).any(axis=0)]
-        _same_bits(ol._nanmedian_columns(dirty), np.nanmedian(dirty, axis=0))
+        _same_bits(nanmedian_columns(dirty), np.nanmedian(dirty, axis=0))
+
+
+@pytest.mark.parametrize("rows", [1, 2, 7, 8, 31, 600])
+def test_nanpercentile_columns_is_numpy(rows):
+    # centre_then_scale's IQR of the control wells (8 rows per plate in BBBC021, a few hundred pooled)
+    rng = np.random.default_rng(100 + rows)
+    a = rng.standard_t(2, size=(rows, 50)) * 10.0 ** rng.integers(-4, 5, size=50)
+    a[:, ::6] = np.round(a[:, ::6])                      # ties
+    a[rng.random(a.shape) < 0.05] = np.nan                # scattered NaN
+    a[:, 5] = np.nan                                      # an all-NaN column
+    a[:, 7] = -2.5                                        # a constant column
+    a[:, 9] = np.where(rng.random(rows) < 0.5, np.inf, -np.inf)
+    a[:, 10] = -0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for q in ([25, 75], [50], [0, 2.5, 97.5, 100]):
+            _same_bits(nanpercentile_columns(a, q), np.nanpercentile(a, q, axis=0))
+            clean = a[:, ~np.isnan(a).any(axis=0)]
+            _same_bits(nanpercentile_columns(clean, q), np.nanpercentile(clean, q, axis=0))
 
 
 def _robust_scale_reference(a):

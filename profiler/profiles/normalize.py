@@ -22,6 +22,8 @@ import pycytominer
 from cellfusion_core.errors import ConfigError, InputError
 from cellfusion_core.names import PLATE, feature_columns, metadata_columns
 
+from profiler.nanstats import nanpercentile_columns
+
 from .checks import check_features
 from .reference import CONTROLS, describe, reference_mask
 
@@ -112,7 +114,7 @@ def centre_then_scale(profiles: pd.DataFrame, feats: Sequence[str], reference: n
             if method == "standardize":
                 spread = np.nanstd(c, axis=0)
             elif method == "robustize":
-                q1, q3 = np.nanpercentile(c, [25, 75], axis=0)
+                q1, q3 = nanpercentile_columns(c, [25, 75])
                 spread = q3 - q1
             else:
                 spread = 1.4826 * np.nanmedian(np.abs(c - np.nanmedian(c, axis=0)), axis=0) + mad_robustize_epsilon

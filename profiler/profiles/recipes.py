@@ -99,7 +99,9 @@ def apply_recipe(profiles: pd.DataFrame, recipe: str | Mapping[str, Any] | None 
     if empty:
         # undefined for every well of this table (e.g. a texture direction no object has): no information
         log.info("%d feature(s) are NaN in every well and are left out, e.g. %s", len(empty), ", ".join(empty[:3]))
-        prof = prof.drop(columns=empty)
+        # (copied: pandas' drop keeps the remaining columns as views, one block per column, and every
+        # later step's column selection and dtype lookup then walks 1,500 blocks)
+        prof = prof.drop(columns=empty).copy()
     if rec.get("normalize"):
         prof = normalize(prof, method=rec["normalize"], samples=samples, **rec.get("normalize_params", {}))
     if rec.get("feature_select"):
