@@ -63,3 +63,19 @@ def test_errors_and_round_trip(tmp_path):
     (tmp_path / "bad.npy").write_bytes(b"not numpy")
     with pytest.raises(InputError, match="bad.npy"):
         load_illumination(tmp_path / "bad.npy")
+
+
+@pytest.mark.parametrize("shape, size", [((128, 160), 17), ((20, 30), 5), ((3, 50), 5), ((9, 9), 3),
+                                         ((40, 17), 15), ((33, 34), 1)])
+def test_median_filter_is_scipys(shape, size):
+    # the illumination function's smoothing: the same values as scipy.ndimage.median_filter (reflect),
+    # with ties (few distinct values) and without; windows wider than the image go to SciPy itself
+    from scipy import ndimage as ndi
+
+    from profiler.illum import median_filter
+
+    rng = np.random.default_rng(size)
+    for a in (rng.random(shape) * 0.1, rng.integers(0, 4, shape) / 4095.0):
+        np.testing.assert_array_equal(median_filter(a, size), ndi.median_filter(a, size=size, mode="reflect"))
+    small = rng.random((4, 6))
+    np.testing.assert_array_equal(median_filter(small, 9), ndi.median_filter(small, size=9, mode="reflect"))
