@@ -76,9 +76,11 @@ def write_text(text: str, path: str | Path) -> Path:
     return write_bytes(text.encode("utf-8"), path)
 
 
-def write_json(obj: Any, path: str | Path) -> Path:
-    """Atomically write ``obj`` as indented JSON (numpy scalars and arrays allowed)."""
-    return write_text(json.dumps(obj, indent=2, default=_json_default, allow_nan=True) + "\n", path)
+def write_json(obj: Any, path: str | Path, *, indent: int | None = 2) -> Path:
+    """Atomically write ``obj`` as JSON, indented unless ``indent=None`` (numpy scalars and arrays
+    allowed). ``indent=None`` writes one line with the json module's C encoder: for a file of
+    thousands of numbers (a fitted model) about half the time of the indented Python encoder."""
+    return write_text(json.dumps(obj, indent=indent, default=_json_default, allow_nan=True) + "\n", path)
 
 
 def _json_default(o: Any) -> Any:

@@ -704,7 +704,7 @@ def fit_plate_outliers(partitions: Sequence[Path], platemap: pd.DataFrame | None
             info["note"] = f"only {n} cells: no outlier model fitted, cells are not scored"
             log.warning("outliers: %s", info["note"])
             return None, info
-    io.write_json(model.to_dict(), out_dir / OUTLIERS_MODEL)
+    io.write_json(model.to_dict(), out_dir / OUTLIERS_MODEL, indent=None)  # (numbers: one line, C encoder)
     info.update({"fit_on": model.fit_on, "n_fit": model.n_fit, "features": len(model.features),
                  "components": len(model.location), "threshold": model.threshold, "model": OUTLIERS_MODEL})
     return model, info

@@ -224,9 +224,14 @@ def score_matrix(model: OutlierModel, a: np.ndarray) -> np.ndarray:
     z = _squash(_z(np.asarray(a, dtype=np.float64), model.center, model.scale))
     with one_blas_thread():
         sd2, od2 = _distances(z, model.pca_mean, model.components, model.location, model.precision)
-    total = sd2 / model.sd_ref
-    if model.od_ref > 0:
-        total = total + od2 / model.od_ref
+    return _combine(sd2, od2, model.sd_ref, model.od_ref)
+
+
+def _combine(sd2: np.ndarray, od2: np.ndarray, sd_ref: float, od_ref: float) -> np.ndarray:
+    """The score from the two squared distances (module docstring, step 5)."""
+    total = sd2 / sd_ref
+    if od_ref > 0:
+        total = total + od2 / od_ref
     return np.sqrt(total)
 
 
@@ -379,7 +384,7 @@ def fit_outlier_model(sample: pd.DataFrame, *, contamination: float = 0.01, n_co
                          location=mcd.location_, precision=precision, sd_ref=sd_ref,
                          od_ref=od_ref if od_ref > 1e-12 else 0.0, threshold=np.inf,
                          contamination=float(contamination), n_fit=n, fit_on=fit_on, dropped=dropped)
-    ctrl = score_matrix(model, a)
+    ctrl = _combine(sd2, od2, model.sd_ref, model.od_ref)  # = score_matrix(model, a): the same z and distances
     model.threshold = float(np.quantile(ctrl, 1.0 - contamination))
     return model
 
