@@ -449,21 +449,28 @@ def _sift_down(hd, hk, k, size):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _propagate_kernel(image, seeds, mask, weight, pad, labels, dist):  # pragma: no cover - compiled
+def _propagate_kernel(image, seeds, mask, weight, pad, lab_p, dist_p):  # pragma: no cover - compiled
     """Priority-queue propagation; the queue is ordered by (distance, label, row, column) as in CellProfiler.
-    ``pad`` ((m + 2, n + 2), the image's dtype), ``labels`` and ``dist`` are filled here (allocated by NumPy)."""
+
+    Works on padded flat indices: ``pad``, ``lab_p`` and ``dist_p`` are (m + 2, n + 2) (allocated by
+    NumPy, filled here). ``lab_p`` is −1 outside the mask and on the border, so one load tells
+    whether a neighbour can be claimed (no bounds or mask checks). A queue key is
+    ``label << 32 | padded index``: the same order as (label, row, column), unpacked with a shift and
+    a mask instead of a division."""
     m, n = image.shape
-    mn = np.int64(m) * np.int64(n)
+    n2 = n + 2
     # edge-replicated border = CellProfiler's clamped fetch; float32 when the image is float32 (half
     # the memory on the wave front's scattered reads; the differences are taken in float64 either way)
     for i in range(m + 2):
         ii = min(max(i - 1, 0), m - 1)
         for j in range(n + 2):
             pad[i, j] = image[ii, min(max(j - 1, 0), n - 1)]
+            lab_p[i, j] = -1
+            dist_p[i, j] = -1.0
     for i in range(m):
         for j in range(n):
-            labels[i, j] = 0
-            dist[i, j] = -1.0
+            if mask[i, j]:
+                lab_p[i + 1, j + 1] = 0
     # the seeds all have distance 0: they form one sorted run of keys, merged with the heap (which
     # then only holds the growing front) — the same pop order as one heap holding everything
     nseed = 0
@@ -476,8 +483,8 @@ def _propagate_kernel(image, seeds, mask, weight, pad, labels, dist):  # pragma:
     for i in range(m):
         for j in range(n):
             if seeds[i, j] != 0 and mask[i, j]:
-                dist[i, j] = 0.0
-                run[r] = np.int64(seeds[i, j]) * mn + np.int64(i) * n + j
+                dist_p[i + 1, j + 1] = 0.0
+                run[r] = (np.int64(seeds[i, j]) << 32) | (np.int64(i + 1) * n2 + (j + 1))
                 r += 1
     run.sort()
     rpos = 0
@@ -485,9 +492,13 @@ def _propagate_kernel(image, seeds, mask, weight, pad, labels, dist):  # pragma:
     hd = np.empty(cap, np.float64)
     hk = np.empty(cap, np.int64)
     size = 0
-    di = (-1, -1, -1, 0, 0, 1, 1, 1)
-    dj = (-1, 0, 1, -1, 1, -1, 0, 1)
     w2 = weight * weight
+    w2_diagonal = 2.0 * w2  # (manhattan distance 2 · w², the same product as before)
+    # the 8 neighbours (−1,−1) (−1,0) (−1,1) (0,−1) (0,1) (1,−1) (1,0) (1,1) as flat offsets
+    offsets = (-n2 - 1, -n2, -n2 + 1, -1, 1, n2 - 1, n2, n2 + 1)
+    lab_f = lab_p.ravel()
+    dist_f = dist_p.ravel()
+    pad_f = pad.ravel()
     while size > 0 or rpos < nseed:
         if rpos < nseed and (size == 0 or hd[0] > 0.0 or (hd[0] == 0.0 and run[rpos] < hk[0])):
             key = run[rpos]
@@ -499,29 +510,25 @@ def _propagate_kernel(image, seeds, mask, weight, pad, labels, dist):  # pragma:
                 hd[0] = hd[size]
                 hk[0] = hk[size]
                 _sift_down(hd, hk, 0, size)
-        lab = key // mn
-        rem = key - lab * mn
-        i1 = rem // n
-        j1 = rem - i1 * n
-        if labels[i1, j1] != 0:
+        lab = key >> 32
+        p1 = key & 0xFFFFFFFF
+        if lab_f[p1] != 0:
             continue
-        labels[i1, j1] = lab
-        d0 = dist[i1, j1]
+        lab_f[p1] = lab
+        d0 = dist_f[p1]
         for q in range(8):
-            i2 = i1 + di[q]
-            j2 = j1 + dj[q]
-            if i2 < 0 or i2 >= m or j2 < 0 or j2 >= n:
-                continue
-            if labels[i2, j2] > 0 or not mask[i2, j2]:
+            p2 = p1 + offsets[q]
+            if lab_f[p2] != 0:  # claimed, outside the mask or the border
                 continue
             diff = 0.0
+            t1 = p1 - n2 - 1
+            t2 = p2 - n2 - 1
             for a in range(3):
                 for b in range(3):
-                    diff += abs(np.float64(pad[i1 + a, j1 + b]) - np.float64(pad[i2 + a, j2 + b]))
-            manhattan = 1.0 if (di[q] == 0 or dj[q] == 0) else 2.0
-            d = np.sqrt(diff * diff + manhattan * w2) + d0
-            if dist[i2, j2] == -1.0 or dist[i2, j2] > d:
-                dist[i2, j2] = d
+                    diff += abs(np.float64(pad_f[t1 + a * n2 + b]) - np.float64(pad_f[t2 + a * n2 + b]))
+            d = np.sqrt(diff * diff + (w2 if (q == 1 or q == 3 or q == 4 or q == 6) else w2_diagonal)) + d0
+            if dist_f[p2] == -1.0 or dist_f[p2] > d:
+                dist_f[p2] = d
                 if size == cap:
                     cap *= 2
                     nd = np.empty(cap, np.float64)
@@ -529,7 +536,7 @@ def _propagate_kernel(image, seeds, mask, weight, pad, labels, dist):  # pragma:
                     nd[:size] = hd[:size]
                     nk[:size] = hk[:size]
                     hd, hk = nd, nk
-                nkey = lab * mn + np.int64(i2) * n + j2
+                nkey = (lab << 32) | p2
                 k = size
                 size += 1
                 while k > 0:
@@ -558,13 +565,17 @@ def propagate(image: np.ndarray, seeds: np.ndarray, mask: np.ndarray, regulariza
     seeds = np.ascontiguousarray(seeds, np.int32)
     if image.shape != seeds.shape or image.shape != mask.shape:
         raise ValueError(f"shapes differ: image {image.shape}, seeds {seeds.shape}, mask {mask.shape}")
+    m, n = image.shape
+    if (m + 2) * (n + 2) >= 2 ** 32:
+        raise ValueError(f"propagate: an image of {m} × {n} pixels is too large (the queue keys hold 32-bit indices)")
     # the buffers come from NumPy (huge pages for large arrays; numba's own allocations fault 4 KiB pages)
-    pad = np.empty((image.shape[0] + 2, image.shape[1] + 2), image.dtype)
-    labels = np.empty(image.shape, np.int32)
-    dist = np.empty(image.shape, np.float64)
-    _propagate_kernel(image, seeds, np.ascontiguousarray(mask, np.bool_), float(regularization), pad, labels, dist)
+    pad = np.empty((m + 2, n + 2), image.dtype)
+    lab_p = np.empty((m + 2, n + 2), np.int32)
+    dist_p = np.empty((m + 2, n + 2), np.float64)
+    _propagate_kernel(image, seeds, np.ascontiguousarray(mask, np.bool_), float(regularization), pad, lab_p, dist_p)
+    labels = np.maximum(lab_p[1:-1, 1:-1], 0)  # (−1 outside the mask → 0)
     _kernels.paste_seeds(labels, seeds)   # labels[seeds > 0] = seeds[seeds > 0]
-    return labels, dist
+    return labels, np.ascontiguousarray(dist_p[1:-1, 1:-1])
 
 
 def segment_cells(nuclei: np.ndarray, cell_image: np.ndarray, *, seeds: np.ndarray | None = None,

@@ -3,6 +3,7 @@ bit for bit, on random inputs full of ties and on edge cases."""
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -313,3 +314,151 @@ def test_cubic_spline_filter_equals_scipy():
     big = ndi.gaussian_filter(rng.random((700, 900)), 3.0)        # lines long enough for z^n to underflow
     assert np.array_equal(_bits(K.cubic_spline_filter(big)),
                           _bits(ndi.spline_filter(big, 3, output=np.float64, mode="constant")))
+
+
+# ---------------------------------------------------------------------------------------------
+# propagation: the kernel before the padded, sentinel-labelled one (keys label · m·n + i·n + j), kept
+# as the oracle of the queue order
+
+@numba.njit(cache=False, nogil=True)
+def _propagate_oracle_kernel(image, seeds, mask, weight, pad, labels, dist):
+    """Priority-queue propagation; the queue is ordered by (distance, label, row, column) as in CellProfiler.
+    ``pad`` ((m + 2, n + 2), the image's dtype), ``labels`` and ``dist`` are filled here (allocated by NumPy)."""
+    m, n = image.shape
+    mn = np.int64(m) * np.int64(n)
+    # edge-replicated border = CellProfiler's clamped fetch; float32 when the image is float32 (half
+    # the memory on the wave front's scattered reads; the differences are taken in float64 either way)
+    for i in range(m + 2):
+        ii = min(max(i - 1, 0), m - 1)
+        for j in range(n + 2):
+            pad[i, j] = image[ii, min(max(j - 1, 0), n - 1)]
+    for i in range(m):
+        for j in range(n):
+            labels[i, j] = 0
+            dist[i, j] = -1.0
+    # the seeds all have distance 0: they form one sorted run of keys, merged with the heap (which
+    # then only holds the growing front) — the same pop order as one heap holding everything
+    nseed = 0
+    for i in range(m):
+        for j in range(n):
+            if seeds[i, j] != 0 and mask[i, j]:
+                nseed += 1
+    run = np.empty(nseed, np.int64)
+    r = 0
+    for i in range(m):
+        for j in range(n):
+            if seeds[i, j] != 0 and mask[i, j]:
+                dist[i, j] = 0.0
+                run[r] = np.int64(seeds[i, j]) * mn + np.int64(i) * n + j
+                r += 1
+    run.sort()
+    rpos = 0
+    cap = 4096
+    hd = np.empty(cap, np.float64)
+    hk = np.empty(cap, np.int64)
+    size = 0
+    di = (-1, -1, -1, 0, 0, 1, 1, 1)
+    dj = (-1, 0, 1, -1, 1, -1, 0, 1)
+    w2 = weight * weight
+    while size > 0 or rpos < nseed:
+        if rpos < nseed and (size == 0 or hd[0] > 0.0 or (hd[0] == 0.0 and run[rpos] < hk[0])):
+            key = run[rpos]
+            rpos += 1
+        else:
+            key = hk[0]
+            size -= 1
+            if size > 0:
+                hd[0] = hd[size]
+                hk[0] = hk[size]
+                S._sift_down(hd, hk, 0, size)
+        lab = key // mn
+        rem = key - lab * mn
+        i1 = rem // n
+        j1 = rem - i1 * n
+        if labels[i1, j1] != 0:
+            continue
+        labels[i1, j1] = lab
+        d0 = dist[i1, j1]
+        for q in range(8):
+            i2 = i1 + di[q]
+            j2 = j1 + dj[q]
+            if i2 < 0 or i2 >= m or j2 < 0 or j2 >= n:
+                continue
+            if labels[i2, j2] > 0 or not mask[i2, j2]:
+                continue
+            diff = 0.0
+            for a in range(3):
+                for b in range(3):
+                    diff += abs(np.float64(pad[i1 + a, j1 + b]) - np.float64(pad[i2 + a, j2 + b]))
+            manhattan = 1.0 if (di[q] == 0 or dj[q] == 0) else 2.0
+            d = np.sqrt(diff * diff + manhattan * w2) + d0
+            if dist[i2, j2] == -1.0 or dist[i2, j2] > d:
+                dist[i2, j2] = d
+                if size == cap:
+                    cap *= 2
+                    nd = np.empty(cap, np.float64)
+                    nk = np.empty(cap, np.int64)
+                    nd[:size] = hd[:size]
+                    nk[:size] = hk[:size]
+                    hd, hk = nd, nk
+                nkey = lab * mn + np.int64(i2) * n + j2
+                k = size
+                size += 1
+                while k > 0:
+                    par = (k - 1) // 2
+                    if d < hd[par] or (d == hd[par] and nkey < hk[par]):
+                        hd[k] = hd[par]
+                        hk[k] = hk[par]
+                        k = par
+                    else:
+                        break
+                hd[k] = d
+                hk[k] = nkey
+
+
+def _propagate_oracle(image, seeds, mask, regularization):
+    image = np.asarray(image)
+    image32 = np.ascontiguousarray(image, np.float32)
+    image = image32 if np.array_equal(image32, image) else np.ascontiguousarray(image, np.float64)
+    seeds = np.ascontiguousarray(seeds, np.int32)
+    pad = np.empty((image.shape[0] + 2, image.shape[1] + 2), image.dtype)
+    labels = np.empty(image.shape, np.int32)
+    dist = np.empty(image.shape, np.float64)
+    _propagate_oracle_kernel(image, seeds, np.ascontiguousarray(mask, np.bool_), float(regularization), pad,
+                             labels, dist)
+    K.paste_seeds(labels, seeds)
+    return labels, dist
+
+
+def _same_propagation(image, seeds, mask, regularization=0.05):
+    got = S.propagate(image, seeds, mask, regularization)
+    want = _propagate_oracle(image, seeds, mask, regularization)
+    assert np.array_equal(got[0], want[0]) and got[0].dtype == want[0].dtype
+    assert np.array_equal(got[1].view(np.int64), want[1].view(np.int64))
+
+
+def test_propagation_equals_the_previous_kernel_on_ties_and_masks():
+    rng = np.random.default_rng(21)
+    for t in range(60):
+        img, markers, mask = _random_case(rng, t)
+        if t % 3 == 0:
+            img = img.astype(np.float32)                  # the float32 path
+        if t % 4 == 1:
+            markers[~mask & (rng.random(mask.shape) < 0.05)] = 7   # seeds outside the mask
+        _same_propagation(img, markers, mask, (0.05, 0.0, 1.0)[t % 3])
+
+
+def test_propagation_equals_the_previous_kernel_on_a_real_field():
+    from conftest import require_shared
+    from profiler.config import load_pipeline
+    from profiler.plate import read_image
+
+    folder = require_shared("bbbc021", "fields", "Week2", "Week2_24381")
+    cfg = load_pipeline("bbbc021")
+    files = {ch: sorted(folder.glob(f"*_s1_{spec}*.tif"))[0] for ch, spec in (("DAPI", "w1"), ("Actin", "w4"))}
+    images = {ch: read_image(f) for ch, f in files.items()}
+    nuclei, seeds, _ = S._identify_primary(np.asarray(images["DAPI"], np.float64),
+                                          S._params("nuclei", cfg.section("segmentation")["nuclei"]))
+    cell_params = S._params("cells", cfg.section("segmentation")["cells"])
+    binary, _ = S._threshold_image(np.asarray(images["Actin"], np.float64), cell_params)
+    _same_propagation(images["Actin"], seeds, binary, cell_params["regularization"])
