@@ -793,12 +793,6 @@ def _extract_locked(plate_dir: Path, out_dir: Path, config: AssayConfig, scan: P
     site_kwargs: dict[str, Any] = {}  # plate-level inputs for process_site (e.g. illumination functions)
     illum_cfg = illum_params(config.section("illumination"))
     illum_files: dict[str, str] = {}
-    if illum_cfg["enabled"]:  # once per plate and channel, before the sites run
-        functions = plate_illumination(scan.complete_sites, config.channel_names, illum_cfg)
-        for (plate, ch), fn in functions.items():
-            path = save_illumination(fn, illumination_file(out_dir, plate, ch))
-            illum_files[f"{plate}/{ch}"] = str(path.relative_to(out_dir))
-        site_kwargs["illumination"] = functions
     if overlays:
         site_kwargs["overlays_dir"] = str(out_dir / OVERLAYS_DIR)
     want_crops = bool(crop_cfg["enabled"])
@@ -835,6 +829,12 @@ def _extract_locked(plate_dir: Path, out_dir: Path, config: AssayConfig, scan: P
             from profiler.distributed import dask_client
 
             client = cluster.enter_context(dask_client(workers, scheduler, n_tasks=len(todo)))
+        if illum_cfg["enabled"]:  # once per plate and channel, before the sites run (a task per channel)
+            functions = plate_illumination(scan.complete_sites, config.channel_names, illum_cfg, client=client)
+            for (plate, ch), fn in functions.items():
+                path = save_illumination(fn, illumination_file(out_dir, plate, ch))
+                illum_files[f"{plate}/{ch}"] = str(path.relative_to(out_dir))
+            site_kwargs["illumination"] = functions
         wells = ol.control_wells(pm) if outl["enabled"] else None
         early = _EarlyFit(client, scan, entries, wells, outl, sites_dir) if client is not None and wells else None
         kept_tables = SiteTables() if client is None else None  # the sites' tables, not read back

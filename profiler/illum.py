@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -217,45 +218,72 @@ def _sample(seq: Sequence[Any], k: int) -> list[Any]:
     return [seq[i] for i in idx]
 
 
-def _readable(site: Any, channel: str, read_channel) -> np.ndarray | None:
-    """The site's channel image, or None (with a warning) when it cannot be read: that site gets its
+def _readable(site: Any, channel: str, read_channel, notes: list[str]) -> np.ndarray | None:
+    """The site's channel image, or None (with a note) when it cannot be read: that site gets its
     own error record when it is processed, and the plate's other images still make the function."""
     try:
         return read_channel(site, channel)
     except InputError as exc:
-        log.warning("illumination of %s: skipping an unreadable image (%s)", channel, str(exc).splitlines()[0])
+        notes.append(f"illumination of {channel}: skipping an unreadable image ({str(exc).splitlines()[0]})")
         return None
 
 
-def _usable(sites: Sequence[Any], channel: str, read_channel) -> Iterable[np.ndarray]:
+def _usable(sites: Sequence[Any], channel: str, read_channel, notes: list[str]) -> Iterable[np.ndarray]:
     """The channel's readable images of the first one's size, one at a time; the others are skipped
-    with a warning (their sites get their own error records when processed)."""
+    with a note (their sites get their own error records when processed)."""
     shape = None
     for s in sites:
-        if channel not in s.files or (im := _readable(s, channel, read_channel)) is None:
+        if channel not in s.files or (im := _readable(s, channel, read_channel, notes)) is None:
             continue
         if shape is not None and im.shape != shape:
-            log.warning("illumination of %s: skipping %s, %d×%d where the plate's images are %d×%d", channel,
-                        s.files[channel], *im.shape, *shape)
+            notes.append(f"illumination of {channel}: skipping {s.files[channel]}, {im.shape[0]}×{im.shape[1]} "
+                         f"where the plate's images are {shape[0]}×{shape[1]}")
             continue
         shape = im.shape
         yield im
 
 
-def plate_illumination(sites: Sequence[Any], channels: Sequence[str], params: dict[str, Any] | None = None
-                       ) -> dict[tuple[str, str], np.ndarray]:
-    """Illumination functions per (plate, channel) from the sites' files (complete sites only)."""
+def channel_illumination(sites: Sequence[Any], channel: str, params: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
+    """One plate's function for one channel from ``sites`` (read one image at a time), and the notes
+    on the images left out: the unit :func:`plate_illumination` runs in this process or as a Dask task."""
     from profiler.plate import read_channel
 
+    notes: list[str] = []
+    try:
+        return illumination_function(_usable(sites, channel, read_channel, notes), **params), notes
+    except InputError as exc:  # e.g. no readable image: say which were left out and why
+        if not notes:
+            raise
+        raise InputError(f"{exc.problem} ({'; '.join(notes[:5])})", path=exc.path, hint=exc.hint) from None
+
+
+def plate_illumination(sites: Sequence[Any], channels: Sequence[str], params: dict[str, Any] | None = None, *,
+                       client: Any = None) -> dict[tuple[str, str], np.ndarray]:
+    """Illumination functions per (plate, channel) from the sites' files (complete sites only).
+
+    ``client``: a Dask client; each (plate, channel) is then one task on its workers (the channels
+    of a plate are read in parallel; each function is the same as computed here, the images summed
+    in the same order)."""
     p = _check(dict(params or {}))
-    out: dict[tuple[str, str], np.ndarray] = {}
-    plates = sorted({s.plate for s in sites})
-    for plate in plates:
+    jobs: dict[tuple[str, str], list[Any]] = {}
+    for plate in sorted({s.plate for s in sites}):
         plate_sites = [s for s in sites if s.plate == plate and s.complete]
         chosen = _sample(plate_sites, int(p["max_images"]))
         for ch in channels:
             if any(ch in s.files for s in chosen):  # one image in memory at a time
-                out[(plate, ch)] = illumination_function(_usable(chosen, ch, read_channel), **p)
+                jobs[(plate, ch)] = chosen
+    if client is None:
+        done = {key: channel_illumination(chosen, key[1], p) for key, chosen in jobs.items()}
+    else:
+        futures = {key: client.submit(channel_illumination, chosen, key[1], p, pure=False, priority=100,
+                                      key=f"illumination-{key[0]}-{key[1]}-{uuid.uuid4().hex[:8]}")
+                   for key, chosen in jobs.items()}
+        done = {key: fut.result() for key, fut in futures.items()}
+    out: dict[tuple[str, str], np.ndarray] = {}
+    for key, (function, notes) in done.items():
+        for note in notes:
+            log.warning("%s", note)
+        out[key] = function
     return out
 
 

@@ -138,3 +138,34 @@ def test_local_cluster_runs_without_dashboard_only_services():
         sched = client.run_on_scheduler(lambda: {k: dask.config.get(k) for k in LOCAL_CLUSTER_CONFIG})
     assert list(got.values()) == [LOCAL_CLUSTER_CONFIG] and sched == LOCAL_CLUSTER_CONFIG
     assert dask.config.get("distributed.worker.profile.enabled") is True  # this process's own setting is back
+
+
+def test_illumination_functions_as_dask_tasks_are_the_serial_ones(small_plate, tmp_path):
+    # with a cluster each (plate, channel) function is a task on a worker; the functions, the files
+    # and every table are those of the serial run
+    import numpy as np
+
+    from conftest import example_pipeline
+    from profiler.config import load_pipeline
+    from profiler.illum import plate_illumination
+    from profiler.plate import discover
+
+    cfg = example_pipeline()
+    cfg["illumination"] = {"enabled": True, "filter_size": 24, "downsample": 4}
+    serial = extract(small_plate, tmp_path / "serial", pipeline=cfg, workers=0, progress=False)
+    dask = extract(small_plate, tmp_path / "dask", pipeline=cfg, workers=2, progress=False)
+    assert_same_outputs(serial, dask)
+    files = sorted(p.name for p in (serial / "illum").iterdir())
+    assert files and files == sorted(p.name for p in (dask / "illum").iterdir())
+    for name in files:
+        assert (serial / "illum" / name).read_bytes() == (dask / "illum" / name).read_bytes()
+
+    config = load_pipeline(cfg)
+    sites = discover(small_plate, config).complete_sites
+    here = plate_illumination(sites, config.channel_names, cfg["illumination"])
+    with dask_client(2) as client:
+        there = plate_illumination(sites, config.channel_names, cfg["illumination"], client=client)
+        assert "illumination" in client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes))
+    assert here.keys() == there.keys()
+    for key in here:
+        assert np.array_equal(here[key].view(np.int32), there[key].view(np.int32)), key
