@@ -7,6 +7,7 @@ columns carry the compartment prefix (``Nuclei_AreaShape_Area``).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -26,6 +27,12 @@ DEFAULT_FAMILIES = ("AreaShape", "Intensity", "RadialDistribution", "Texture", "
 
 __all__ = ["FeatureDoc", "families", "get_family", "register", "measure_objects", "DEFAULT_FAMILIES",
            "ImageCache"]
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_context(fn) -> bool:
+    """Whether a family function accepts the shared ``context`` (its signature read once)."""
+    return "context" in inspect.signature(fn).parameters
 
 
 def measure_objects(
@@ -77,7 +84,7 @@ def measure_objects(
     for fam_name in families:
         fam = get_family(fam_name)
         kw = {**fam.defaults, **params.get(fam_name, {})}
-        if "context" in inspect.signature(fam.fn).parameters:
+        if _takes_context(fam.fn):
             kw["context"] = context
         out = fam.fn(labels, images, n_objects=n, **kw)
         for key, values in out.items():
