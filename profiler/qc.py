@@ -41,24 +41,31 @@ def _rps_rings(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @lru_cache(maxsize=8)
-def _rps_columns(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+def _rps_columns(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The columns of an h × w spectrum that hold a ring pixel (:func:`_rps_rings`; those within
-    ⌊min(h, w)/8⌋ of the left or right edge), and each ring pixel's flat index into the spectrum
-    of those columns alone (raster order kept)."""
+    ⌊min(h, w)/8⌋ of the left or right edge), each ring pixel's flat index into the spectrum of
+    those columns alone (raster order kept), and where each column comes from in a real FFT of the
+    rows (column c, or the conjugate of column w − c for the columns past w / 2)."""
     sel, _, _ = _rps_rings(h, w)
     rows, cols = np.divmod(sel, w)
     used = np.unique(cols)
-    return used, rows * len(used) + np.searchsorted(used, cols)
+    half = w // 2 + 1
+    mirrored = used >= half
+    source = np.where(mirrored, (w - used) % w, used)
+    return used, rows * len(used) + np.searchsorted(used, cols), source, mirrored
 
 
 def _ring_spectrum(x: np.ndarray) -> np.ndarray:
-    """``np.fft.fft2(x).ravel()[sel]`` for the ring pixels ``sel`` of :func:`_rps_rings`, the same
-    bits: ``fft2`` is a 1-D FFT of every row, then of every column; the column transforms are made
-    only for the ~20 % of columns that hold a ring pixel (each column's FFT is computed on its own,
-    so leaving the others out changes no value)."""
-    used, flat = _rps_columns(*x.shape)
-    rows_done = np.fft.fft(x, axis=1)
-    return np.fft.fft(rows_done[:, used], axis=0).ravel()[flat]
+    """``np.fft.fft2(x).ravel()[sel]`` for the ring pixels ``sel`` of :func:`_rps_rings` of a real
+    image, to rounding (≈ 1e-16 relative; of the slopes of the 5 BBBC021 field images in ../shared, 4
+    came out the same bits as with ``fft2`` and one 5e-16 relative off): the
+    rows by a real FFT (the columns past w / 2 are the conjugates of columns w − c), then a 1-D FFT
+    of only the ~20 % of columns that hold a ring pixel (each column's FFT is computed on its own,
+    so leaving the others out changes no value). ≈ 4× less work on the rows than ``fft2``."""
+    used, flat, source, mirrored = _rps_columns(*x.shape)
+    rows_done = np.fft.rfft(x, axis=1)[:, source]
+    rows_done[:, mirrored] = np.conj(rows_done[:, mirrored])
+    return np.fft.fft(rows_done, axis=0).ravel()[flat]
 
 
 @lru_cache(maxsize=1)

@@ -312,6 +312,7 @@ def test_gc_frozen_restores():
 
 @pytest.mark.parametrize("shape", [(1024, 1280), (1080, 1080), (999, 1001), (101, 77), (64, 64)])
 def test_ring_spectrum_is_fft2(shape):
+    # the rows by a real FFT and its conjugate symmetry: fft2's ring values to rounding
     from profiler.qc import _ring_spectrum, _rps_rings
 
     rng = np.random.default_rng(shape[0])
@@ -319,7 +320,22 @@ def test_ring_spectrum_is_fft2(shape):
     x[rng.random(shape) < 0.01] = 4095.0  # saturated specks
     x = x - x.mean()
     sel, _, _ = _rps_rings(*shape)
-    _same_bits(_ring_spectrum(x), np.fft.fft2(x).ravel()[sel])
+    want = np.fft.fft2(x).ravel()[sel]
+    got = _ring_spectrum(x)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * scale)
+    # and the focus score from it: the slope of fft2's spectrum to 1e-12
+    from profiler import qc
+
+    image = (rng.random(shape) * 0.06).astype(np.float32)
+    real = qc._ring_spectrum
+    try:
+        qc._ring_spectrum = lambda x: np.fft.fft2(x).ravel()[qc._rps_rings(*x.shape)[0]]
+        slope_fft2 = qc.power_log_log_slope(image)
+    finally:
+        qc._ring_spectrum = real
+    assert qc.power_log_log_slope(image) == pytest.approx(slope_fft2, rel=1e-12, abs=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------
