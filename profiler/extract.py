@@ -19,8 +19,8 @@ Three jobs, three modules:
 ``OUT/manifest.json``        inputs, parameters, outputs, every skipped site
 
 Peak memory is bounded by a site (and one well in the aggregation), not by the plate; a small plate
-(partitions of at most :data:`PLATE_IN_MEMORY_MB` together) is read into memory once for the outlier
-fit and the merge. A run that
+(partitions of at most :data:`PLATE_IN_MEMORY_MB` together) is held in memory once for the outlier
+fit and the merge (with ``workers=0`` the tables the sites just wrote, not read back). A run that
 was killed continues where it stopped and gives the same outputs; a profile stage that fails late
 keeps the per-cell and image tables and the manifest and says how to rebuild the profiles alone.
 """
