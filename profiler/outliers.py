@@ -302,7 +302,6 @@ def _empirical_covariance(X: np.ndarray, *, assume_centered: bool = False) -> np
 @functools.lru_cache(maxsize=1)
 def _min_cov_det():
     from sklearn.covariance import MinCovDet
-
     from sklearn.utils import check_random_state
 
     from profiler._fast_mcd import fast_mcd
@@ -442,7 +441,8 @@ def sample_partitions(partitions: Iterable[str | Path], features: Sequence[str],
             names = set(pf.schema_arrow.names)
             cols = [c for c in features if c in names]
             if wells is not None:  # a site is one well: most partitions are skipped after reading the well column
-                inside = np.array([str(w) in wells for w in pf.read(columns=[WELL], use_threads=False)[WELL].to_pylist()], dtype=bool)
+                well_col = pf.read(columns=[WELL], use_threads=False)[WELL]
+                inside = np.array([str(w) in wells for w in well_col.to_pylist()], dtype=bool)
                 if not inside.any():
                     continue
                 part = pf.read(columns=cols, use_threads=False)
