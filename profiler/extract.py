@@ -52,8 +52,8 @@ from cellfusion_core.layout import (CROPS_TABLE, CROPS_TIF, EXTRACT_LOCK, IMAGE,
 from profiler.illum import config_params as illum_params
 from profiler.illum import plate_illumination, save_illumination
 from cellfusion_core.names import CELL_COUNT, PLATE, SITE, WELL, is_metadata, is_profile_feature
-from profiler.heap import reused_heap
-from profiler.partitions import (base_record, gc_frozen, load_done, pipeline_hash, printable, read_partition, run_site,
+from profiler.heap import gc_frozen, reused_heap
+from profiler.partitions import (base_record, load_done, pipeline_hash, printable, read_partition, run_site,
                                  site_stem)
 from profiler import outliers as ol
 from profiler.plate import PlateScan, Site, check_platemap, discover, read_platemap

@@ -13,8 +13,6 @@ current pipeline, code and input files, which is what makes a killed run resumab
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import hashlib
 import json
 import logging
@@ -26,7 +24,7 @@ from typing import Any
 
 from cellfusion_core import io
 from profiler.config import AssayConfig
-from profiler.heap import keep_freed_memory
+from profiler.heap import gc_frozen, keep_freed_memory
 from profiler.crops import save_site_crops
 from cellfusion_core.errors import CellfusionError, ConfigError, InputError
 from cellfusion_core.layout import site_crops_file, site_record_file, site_table_file
@@ -52,27 +50,6 @@ def read_partition(path: str | Path):
     import pyarrow.parquet as pq
 
     return pq.ParquetFile(path).read(use_threads=False)
-
-
-@contextlib.contextmanager
-def gc_frozen():
-    """Leave the objects alive now out of Python's cyclic garbage collections until the block ends.
-
-    ``profiler extract`` allocates many container objects (pandas/Arrow wrappers, numba's typed
-    values), which triggers a handful of full collections per run; each walks every object of the
-    process (the modules, numba's dispatchers, the loaded pipeline …), ≈ 0.15 s each.
-    :func:`gc.freeze` moves those into the permanent generation, so the collections walk only what
-    the run made. Nothing is leaked: garbage made during the block is still collected, and the
-    frozen objects return to the oldest generation afterwards (:func:`gc.unfreeze`). A caller that
-    froze objects itself (:func:`gc.get_freeze_count` > 0) is left alone."""
-    if gc.get_freeze_count():
-        yield
-        return
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 def pipeline_hash(config: AssayConfig) -> str:

@@ -86,3 +86,21 @@ def test_without_glibc_nothing_is_changed(monkeypatch):
     assert heap.keep_freed_memory() is False and heap.give_back_freed_memory() is False
     with heap.reused_heap() as applied:
         assert applied is False
+
+
+@glibc
+def test_nested_reused_heap_keeps_the_outer_blocks_setting():
+    """The streaming aggregation's block inside extract's: leaving the inner one gives nothing back."""
+    r = _run('''
+        with heap.reused_heap():
+            with heap.reused_heap() as inner:
+                churn(rounds=1)
+            warm = churn(rounds=6)      # still reused after the inner block
+            many = [np.ones(10 * 2**20 // 8) for _ in range(20)]
+            del many
+            kept = rss_pages()
+        after = rss_pages()
+        print(json.dumps({"inner": inner, "warm": warm, "kept": kept, "after": after}))
+    ''')
+    assert r["inner"] and r["warm"] < 6 * 8 * 2**20 // 4096 / 10, r
+    assert r["after"] < r["kept"] - 100 * 2**20 // 4096, r

@@ -285,7 +285,7 @@ def test_apply_recipe_drops_the_same_empty_features():
 # the collector
 
 def test_gc_frozen_restores():
-    from profiler.partitions import gc_frozen
+    from profiler.heap import gc_frozen
 
     assert gc.get_freeze_count() == 0
     with gc_frozen():
