@@ -10,11 +10,11 @@ no branches) and costs a fraction of a nanosecond per value:
 2. one pass counts, for every threshold t, the values ``< t`` (and the NaNs): the middle ranks
    fall in one bracket ``[t_k, t_k+1)`` of about a tenth of the values (a bracket beyond the
    outer thresholds when the sample misled: still exact, only slower);
-3. if that bracket still holds more than 64 values, a second counting pass with seven thresholds
-   evenly spaced inside it narrows it again (real-valued data: to about 1 %);
-4. the bracket's values are gathered (a pass whose branch is rarely taken) and the wanted ranks
-   selected among them: a band select with three-way counts (values below / equal to / inside the
-   band ends, so ties and runs of equal values end at once), the few last ones by counting ranks.
+3. if that bracket still holds more than 64 values and more than a quarter of the run (the sample
+   misled), a second counting pass with seven thresholds evenly spaced inside it narrows it again;
+4. the bracket's values are gathered (a branch-free pass) and the wanted ranks selected among
+   them: a band select with three-way counts (values below / equal to / inside the band ends, so
+   ties and runs of equal values end at once), the few last ones by counting ranks.
 
 Every step is exact (comparisons only; no arithmetic on the values), so the result is the pandas
 median: the mean of the two middle values for an even count (computed by the caller in float64),
@@ -29,7 +29,8 @@ import numpy as np
 from numba import njit
 
 _SMALL = 32     # runs/brackets at most this long: ranks by counting (O(m^2), vectorised)
-_GATHER = 64    # a bracket with more values than this is narrowed by a second counting pass
+_GATHER = 64    # a bracket with more values than this and more than 1/_NARROW of the run …
+_NARROW = 4     # … is narrowed by a second counting pass (else gathered: the selection in it is cheaper)
 _SAMPLE = 32    # strided sample size of the first level
 _SPREAD = 3     # sample-rank distance between the seven first-level thresholds
 
@@ -141,7 +142,9 @@ def _select(a, b, m, r1, r2, samp):
 
 @njit(nogil=True, cache=True, inline="always")
 def _count7(x, t, counts):
-    """counts[k] = #(x < t[k]) for the seven thresholds; returns the number of NaNs (vectorised)."""
+    """counts[k] = #(x < t[k]) for the seven thresholds; returns the number of NaNs (vectorised:
+    32-bit counters, so that a vector of comparisons adds to one vector of counts; x holds fewer
+    than 2**31 values, one well's cells)."""
     t0 = t[0]
     t1 = t[1]
     t2 = t[2]
@@ -149,24 +152,24 @@ def _count7(x, t, counts):
     t4 = t[4]
     t5 = t[5]
     t6 = t[6]
-    c0 = 0
-    c1 = 0
-    c2 = 0
-    c3 = 0
-    c4 = 0
-    c5 = 0
-    c6 = 0
-    nn = 0
+    c0 = np.int32(0)
+    c1 = np.int32(0)
+    c2 = np.int32(0)
+    c3 = np.int32(0)
+    c4 = np.int32(0)
+    c5 = np.int32(0)
+    c6 = np.int32(0)
+    nn = np.int32(0)
     for i in range(x.shape[0]):
         v = x[i]
-        c0 += v < t0
-        c1 += v < t1
-        c2 += v < t2
-        c3 += v < t3
-        c4 += v < t4
-        c5 += v < t5
-        c6 += v < t6
-        nn += v != v
+        c0 += np.int32(v < t0)
+        c1 += np.int32(v < t1)
+        c2 += np.int32(v < t2)
+        c3 += np.int32(v < t3)
+        c4 += np.int32(v < t4)
+        c5 += np.int32(v < t5)
+        c6 += np.int32(v < t6)
+        nn += np.int32(v != v)
     counts[0] = c0
     counts[1] = c1
     counts[2] = c2
@@ -174,7 +177,7 @@ def _count7(x, t, counts):
     counts[4] = c4
     counts[5] = c5
     counts[6] = c6
-    return nn
+    return np.int64(nn)
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -194,21 +197,23 @@ def _bracket(t, counts, r, lo, hi, below, above):
 
 
 @njit(nogil=True, cache=True)
-def _gather(x, lo, hi, top, buf, expect):
-    """The values v of x with lo <= v < hi (v <= hi when top; NaN never) into buf; how many."""
+def _gather(x, lo, hi, top, buf):
+    """The values v of x with lo <= v < hi (v <= hi when top; NaN never) into buf; how many.
+
+    Branch-free: every value is stored and the count advances when it is kept (≈ 0.65 ns a value
+    on this project's machine, whatever the share kept; a branch on the test cost 6–7 ns a value
+    when 2 % were kept)."""
     w = 0
-    if expect * 8 > x.shape[0]:  # many: branch-free
+    if top:  # (two loops: a `top` flag tested inside the loop doubled its cost)
         for i in range(x.shape[0]):
             v = x[i]
             buf[w] = v
-            w += (v >= lo) & ((v < hi) | (top & (v == hi)))
-    else:  # few: one branch, rarely taken (the flags are summed: `and` would branch on v >= lo, a coin toss)
+            w += (v >= lo) & (v <= hi)
+    else:
         for i in range(x.shape[0]):
             v = x[i]
-            keep = np.int32(v >= lo) + np.int32(v < hi) + np.int32(top & (v == hi))  # 2: lo <= v < hi (or == hi)
-            if keep >= 2:
-                buf[w] = v
-                w += 1
+            buf[w] = v
+            w += (v >= lo) & (v < hi)
     return w
 
 
@@ -216,7 +221,7 @@ def _gather(x, lo, hi, top, buf, expect):
 def _rank_values(x, r1, r2, valid, t, counts, buf, buf2, samp):
     """Values at ranks r1 <= r2 (r2 <= r1 + 1) of the non-NaN values of x (valid of them), given the
     first-level thresholds t and their counts."""
-    inf = np.inf
+    inf = x.dtype.type(np.inf)  # (the bracket's ends in the values' type: comparisons without conversion)
     lo, hi, below, above = _bracket(t, counts, r1, -inf, inf, 0, valid)
     if not (r2 < above):  # r1 and r2 straddle a threshold: one at a time (brackets taken first:
         # the calls below reuse t and counts)
@@ -230,8 +235,8 @@ def _rank_values(x, r1, r2, valid, t, counts, buf, buf2, samp):
 @njit(nogil=True, cache=True)
 def _rank_values_in(x, r1, r2, lo, hi, below, above, t, counts, buf, buf2, samp):
     """Ranks r1 <= r2 (both in [below, above)) whose values lie in [lo, hi) ([lo, hi] when hi is +inf)."""
-    inf = np.inf
-    if above - below > _GATHER and lo > -inf and hi < inf:
+    inf = x.dtype.type(np.inf)
+    if above - below > max(_GATHER, x.shape[0] // _NARROW) and lo > -inf and hi < inf:
         # second level: seven thresholds evenly spaced inside the bracket (float64 arithmetic, then
         # the block's type: monotone, so the counts still order the ranks)
         a = np.float64(lo)
@@ -242,7 +247,7 @@ def _rank_values_in(x, r1, r2, lo, hi, below, above, t, counts, buf, buf2, samp)
         lo2, hi2, below2, above2 = _bracket(t, counts, r1, lo, hi, below, above)
         if r2 < above2:
             lo, hi, below, above = lo2, hi2, below2, above2
-    m = _gather(x, lo, hi, hi == inf, buf, above - below)
+    m = _gather(x, lo, hi, hi == inf, buf)
     return _select(buf, buf2, m, r1 - below, r2 - below, samp)
 
 
@@ -286,10 +291,9 @@ def _column_median(x, buf, buf2, samp, t, counts):
 
 
 @njit(nogil=True, cache=True)
-def run_medians(x, starts, stops, out, c0, c1):
-    """float64 medians of x[starts[r]:stops[r], j] into out[r, j] for every run r and column
-    c0 <= j < c1 (threads share a block by taking disjoint column ranges; the GIL is released).
-    x: float32/float64, rows × columns (column-major: a run of a column is contiguous)."""
+def column_medians(x, starts, stops, out, j):
+    """out[r, j] = the float64 median of x[starts[r]:stops[r]] for every run r (x: one column,
+    float32/float64, contiguous, e.g. the buffer Arrow decoded it into)."""
     n_runs = starts.shape[0]
     longest = 1
     for r in range(n_runs):
@@ -299,28 +303,42 @@ def run_medians(x, starts, stops, out, c0, c1):
     samp = np.empty(_SAMPLE, x.dtype)
     t = np.empty(7, x.dtype)
     counts = np.empty(7, np.int64)
+    for r in range(n_runs):
+        v1, v2 = _column_median(x[starts[r]:stops[r]], buf, buf2, samp, t, counts)
+        out[r, j] = (np.float64(v1) + np.float64(v2)) / 2
+
+
+@njit(nogil=True, cache=True)
+def run_medians(x, starts, stops, out, c0, c1):
+    """float64 medians of x[starts[r]:stops[r], j] into out[r, j] for every run r and column
+    c0 <= j < c1 (threads share a block by taking disjoint column ranges; the GIL is released).
+    x: float32/float64, rows × columns (column-major: a run of a column is contiguous)."""
     xt = x.T  # C-contiguous when x is column-major: a run of a column is a contiguous slice
     for j in range(c0, c1):
-        for r in range(n_runs):
-            v1, v2 = _column_median(xt[j, starts[r]:stops[r]], buf, buf2, samp, t, counts)
-            out[r, j] = (np.float64(v1) + np.float64(v2)) / 2
+        column_medians(xt[j], starts, stops, out, j)
+
+
+@njit(nogil=True, cache=True)
+def column_sums(x, starts, stops, sums, counts, j):
+    """NaN-skipping float64 sums and counts of x[starts[r]:stops[r]] into sums/counts[r, j] (x: one column)."""
+    for r in range(starts.shape[0]):
+        s = 0.0
+        c = 0
+        for i in range(starts[r], stops[r]):
+            v = np.float64(x[i])
+            if v == v:
+                s += v
+                c += 1
+        sums[r, j] = s
+        counts[r, j] = c
 
 
 @njit(nogil=True, cache=True)
 def run_sums(x, starts, stops, sums, counts, c0, c1):
     """NaN-skipping float64 sums and counts of x[starts[r]:stops[r], j] into sums/counts[r, j], c0 <= j < c1."""
-    n_runs = starts.shape[0]
+    xt = x.T
     for j in range(c0, c1):
-        for r in range(n_runs):
-            s = 0.0
-            c = 0
-            for i in range(starts[r], stops[r]):
-                v = np.float64(x[i, j])
-                if v == v:
-                    s += v
-                    c += 1
-            sums[r, j] = s
-            counts[r, j] = c
+        column_sums(xt[j], starts, stops, sums, counts, j)
 
 
 def _run(kernel, n_cols: int, args: tuple, pool, parts: int) -> None:
@@ -350,6 +368,7 @@ def medians(block: np.ndarray, starts: np.ndarray, stops: np.ndarray, *, pool=No
 def sums_counts(block: np.ndarray, starts: np.ndarray, stops: np.ndarray, *, pool=None,
                 parts: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """float64 NaN-skipping sums and int64 counts (runs × columns) of the row runs of a block."""
+    block = np.asfortranarray(block)  # a column's run contiguous (a copy only when it is not)
     sums = np.empty((len(starts), block.shape[1]), np.float64)
     counts = np.empty((len(starts), block.shape[1]), np.int64)
     _run(run_sums, block.shape[1], (block, np.asarray(starts, np.int64), np.asarray(stops, np.int64), sums, counts),

@@ -7,15 +7,17 @@ Two engines, same result (one row per stratum, sorted by the strata; see :func:`
   the order given (a folder: its ``*.parquet`` files sorted by path). The strata and metadata
   columns are read first, row group by row group (cheap), to find each stratum's run; if every
   stratum is one run, the feature columns are read in tasks of whole row groups (about
-  ``_TASK_ROWS`` rows) on a pool of ``threads`` threads: each task decodes its rows with pyarrow
-  (GIL released) into a column-major float block and aggregates the strata that lie wholly inside
-  it with the numba kernels (:mod:`profiler.profiles._median_kernels`, GIL released: exact counting
+  ``_TASK_ROWS`` rows) and blocks of columns (``_BLOCK_BYTES`` of values at most) on a pool of
+  ``threads`` threads: each task decodes its rows with pyarrow (GIL released) and aggregates the
+  strata that lie wholly inside it, column by column on the buffers Arrow decoded (no copy), with
+  the numba kernels (:mod:`profiler.profiles._median_kernels`, GIL released: exact counting
   selection — NaN skipped, the mean of the two middle values for an even count, NaN for an
   all-NaN column, like pandas/pycytominer), so decoding and aggregating different tasks overlap on
   every thread. The rows of a stratum cut by task edges come back as pieces; the main thread
   aggregates that stratum when its last piece arrives. Memory: ``threads + 1`` tasks in flight,
-  each a block of columns (the column blocks are sized to stay under ``memory_mb``), plus the
-  rows of the stratum cut by task edges — bounded by a well, not by the plate.
+  each a block of columns (sized to stay under ``memory_mb`` too), plus the rows of the stratum
+  cut by task edges — bounded by a well, not by the plate. While it runs, freed memory is kept
+  for the next read (:func:`profiler.heap.reused_heap`).
 * **duckdb** (the fallback when a stratum's rows are *not* contiguous, e.g. a user's Parquet
   sorted by something else, or a stratum value is null): DuckDB streams the files and aggregates
   the features in batches sized so that one pass holds at most ``memory_mb`` of feature values (a
@@ -42,6 +44,7 @@ import pyarrow.parquet as pq
 
 from cellfusion_core.errors import ConfigError, InputError
 from cellfusion_core.names import CELL_COUNT, PLATE, WELL, is_metadata, is_profile_feature
+from profiler.heap import gc_frozen, reused_heap
 
 _OPS = {"median": "quantile_cont({x}, 0.5)", "mean": "avg({x})"}
 ENGINES = ("auto", "stream", "duckdb")
@@ -65,14 +68,14 @@ def _q(name: str) -> str:
 
 def warm_up() -> None:
     """Compile (or load from numba's on-disk cache) the streaming kernels now, e.g. before timing."""
-    from profiler.profiles import _median_kernels as k
-
     for dt in (np.float32, np.float64):
-        block = np.zeros((4, 2), dt, order="F")
-        for b in (block, block[1:]):  # a whole read, and a row range of one (another array layout)
-            k.medians(b, np.array([0]), np.array([3]))
-            k.medians(np.zeros((200, 2), dt, order="F"), np.array([0]), np.array([200]))
-            k.sums_counts(b, np.array([0]), np.array([3]))
+        for n in (3, 200):  # short runs and runs long enough for the counting levels
+            column = np.zeros(n, dt)
+            decoded = column.copy()
+            decoded.setflags(write=False)  # Arrow's buffers come read-only
+            for c in (column, decoded):
+                for op in _OPS:
+                    _aggregate([c], [0], [n], op)
 
 
 def aggregate_parquet(source: str | Path | Sequence[str | Path], *, strata: Sequence[str] = (PLATE, WELL),
@@ -118,7 +121,8 @@ def aggregate_parquet(source: str | Path | Sequence[str | Path], *, strata: Sequ
     if engine != "duckdb":
         plan = _scan(files, list(strata), meta, feats)
         if isinstance(plan, _Plan):
-            out = _stream(plan, files, list(strata), meta, feats, operation, memory_mb, threads)
+            with gc_frozen(), reused_heap():  # (each task's blocks reuse the last one's memory: profiler.heap)
+                out = _stream(plan, files, list(strata), meta, feats, operation, memory_mb, threads)
             out.attrs["engine"] = "stream"
             return out
         if engine == "stream":
@@ -156,6 +160,13 @@ class _Plan:
 
 
 _TASK_ROWS = 65_536    # rows per read (whole row groups; at least one)
+#: feature values per read (bytes): a block of columns this size or less. Fewer columns per read
+#: cost nothing in decoding, and the same memory serves read after read; with whole-width reads
+#: (50,000 rows × 500 columns: 100 MB) a process's first aggregation spent its extra time in the
+#: kernel, zeroing fresh pages for Arrow's allocator. Measured 2026-12-07 on 2 M cells × 500
+#: features, 2 threads, fresh processes: 64 MiB blocks 7.45–7.47 CPU s, 16 MiB 6.34–6.47,
+#: 8 MiB 6.41–6.61, 4 MiB 6.48–6.53.
+_BLOCK_BYTES = 16 * 2**20
 
 
 def _plain(arr: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -272,9 +283,8 @@ def _scan(files: list[Path], strata: list[str], meta: list[str], feats: list[str
 
 
 class _Reader:
-    """Reads feature blocks on worker threads: each thread opens a file once (its footer and schema
-    are parsed once, not per read) and decodes into a column-major block it reuses from task to
-    task (a fresh block per task costs more in page faults than its copy)."""
+    """Reads feature columns on worker threads: each thread opens a file once (its footer and schema
+    are parsed once, not per read)."""
 
     def __init__(self, files: list[Path]):
         import threading
@@ -282,46 +292,40 @@ class _Reader:
         self.files = files
         self.local = threading.local()
 
-    def read(self, fi: int, row_groups: list, names: list, dtype: pa.DataType) -> np.ndarray:
-        """The rows of the row groups × the columns ``names`` as a column-major ``dtype`` block
-        (nulls → NaN): a view of this thread's buffer, valid until its next read."""
-        loc = self.local.__dict__
-        cache = loc.setdefault("files", {})
+    def read(self, fi: int, row_groups: list, names: list) -> list[np.ndarray]:
+        """The columns ``names`` of the row groups, each a contiguous float32 or float64 array (nulls
+        → NaN): Arrow's own buffer where it is one already (no copy), else a converted copy."""
+        cache = self.local.__dict__.setdefault("files", {})
         path = self.files[fi]
         try:
             if fi not in cache:
                 cache.clear()  # files are read in order: keep one open per thread
                 cache[fi] = pq.ParquetFile(path)
             table = cache[fi].read_row_groups(row_groups, columns=names, use_threads=False)
-            np_dtype = np.dtype(dtype.to_pandas_dtype())
-            size = table.num_rows * len(names)
-            buf = loc.get("buf")
-            if buf is None or buf.dtype != np_dtype or buf.size < size:
-                buf = loc["buf"] = np.empty(size, np_dtype)
-            out = buf[:size].reshape((table.num_rows, len(names)), order="F")  # column-major, contiguous
-            for j, col in enumerate(table.columns):
-                arr = _plain(col)
-                if arr.type != dtype:
-                    arr = arr.cast(dtype)
-                if arr.null_count:
-                    arr = pc.fill_null(arr, pa.scalar(np.nan, dtype))
-                out[:, j] = arr.to_numpy(zero_copy_only=False)
-            return out
+            return [_floats(col) for col in table.columns]
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
             raise InputError(f"row groups {row_groups}: cannot read the features as numbers ({exc})",
                              path=path) from exc
 
 
-def _task(reader: _Reader, task: tuple, row0: int, bounds: np.ndarray, names: list, dtype: pa.DataType,
-          operation: str):
-    """One read task, on a worker thread: decode its row groups (pyarrow releases the GIL), aggregate
-    the strata that lie wholly inside it (numba, GIL released) and hand back copies of the rows of
-    the strata cut by its first and last row: (first whole group, values of the whole groups,
-    [(group, rows) pieces])."""
-    from profiler.profiles import _median_kernels as kern
+def _floats(col: pa.ChunkedArray) -> np.ndarray:
+    """One column as a float array: float32/float64 as stored, float16 as float32, integers and
+    booleans as float64; nulls → NaN."""
+    arr = _plain(col)
+    if arr.type not in (pa.float32(), pa.float64()):
+        arr = arr.cast(pa.float32() if arr.type == pa.float16() else pa.float64())
+    if arr.null_count:
+        arr = pc.fill_null(arr, pa.scalar(np.nan, arr.type))
+    return arr.to_numpy(zero_copy_only=False)
 
-    x = reader.read(task[0], task[1], names, dtype)
-    n = x.shape[0]
+
+def _task(reader: _Reader, task: tuple, row0: int, bounds: np.ndarray, names: list, np_dtype, operation: str):
+    """One read task, on a worker thread: decode its row groups (pyarrow releases the GIL), aggregate
+    the strata that lie wholly inside it, column by column on the decoded buffers (numba, GIL
+    released), and hand back copies of the rows of the strata cut by its first and last row:
+    (first whole group, values of the whole groups, [(group, rows) pieces])."""
+    cols = reader.read(task[0], task[1], names)
+    n = len(cols[0])
     if n != task[2]:  # the scan and the reads disagree: a file changed meanwhile
         raise InputError("the per-cell files changed while they were aggregated", path=reader.files[task[0]])
     end = row0 + n
@@ -331,22 +335,40 @@ def _task(reader: _Reader, task: tuple, row0: int, bounds: np.ndarray, names: li
     b = g1 + 1 if bounds[g1 + 1] == end else g1                    # past the last whole group
     pieces = []
     if a > g0:  # the first group started in an earlier task (the block may hold nothing else)
-        pieces.append((g0, np.array(x[:min(int(bounds[g0 + 1]), end) - row0])))
+        pieces.append((g0, _rows(cols, 0, min(int(bounds[g0 + 1]), end) - row0, np_dtype)))
     if b <= g1 and not (g1 == g0 and a > g0):  # the last group goes on in a later task
-        pieces.append((g1, np.array(x[int(bounds[g1]) - row0:])))
+        pieces.append((g1, _rows(cols, int(bounds[g1]) - row0, n, np_dtype)))
     values = None
     if b > a:
-        starts, stops = bounds[a:b] - row0, bounds[a + 1:b + 1] - row0
-        values = _aggregate(kern, x, starts, stops, operation)
+        values = _aggregate(cols, bounds[a:b] - row0, bounds[a + 1:b + 1] - row0, operation)
     return a, values, pieces
 
 
-def _aggregate(kern, x: np.ndarray, starts: np.ndarray, stops: np.ndarray, operation: str) -> np.ndarray:
+def _rows(cols: list[np.ndarray], start: int, stop: int, np_dtype) -> np.ndarray:
+    """Rows start:stop of the columns, copied into a column-major block."""
+    out = np.empty((stop - start, len(cols)), np_dtype, order="F")
+    for j, c in enumerate(cols):
+        out[:, j] = c[start:stop]
+    return out
+
+
+def _aggregate(cols, starts: np.ndarray, stops: np.ndarray, operation: str) -> np.ndarray:
+    """(runs × columns) float64 medians or means of the row runs of ``cols``: a list of 1-D columns
+    or a column-major block."""
+    from profiler.profiles import _median_kernels as kern
+
+    columns = list(cols.T) if isinstance(cols, np.ndarray) else cols  # a block's columns are contiguous
+    starts, stops = np.asarray(starts, np.int64), np.asarray(stops, np.int64)
+    out = np.empty((len(starts), len(columns)), np.float64)
     if operation == "median":
-        return kern.medians(x, starts, stops)
-    sums, counts = kern.sums_counts(x, starts, stops)
+        for j, c in enumerate(columns):
+            kern.column_medians(c, starts, stops, out, j)
+        return out
+    counts = np.empty(out.shape, np.int64)
+    for j, c in enumerate(columns):
+        kern.column_sums(c, starts, stops, out, counts, j)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        return np.where(counts > 0, out / np.maximum(counts, 1), np.nan)
 
 
 def _stream(plan: _Plan, files: list[Path], strata: list[str], meta: list[str], feats: list[str],
@@ -357,23 +379,24 @@ def _stream(plan: _Plan, files: list[Path], strata: list[str], meta: list[str], 
     aggregates the strata wholly inside it, so decoding and the kernels of different tasks overlap
     on all threads; the rows of a stratum cut by task edges come back as pieces, and the main
     thread aggregates that stratum once its last piece has arrived. Tasks in flight: threads + 1,
-    each holding its block twice (Arrow, then numpy): the column blocks are sized so that they
-    stay under ``memory_mb`` (a well cut by task edges adds its rows once)."""
+    each holding its block at most twice (Arrow's buffers, and converted copies of the columns not
+    stored as float32/float64): the column blocks are sized so that this stays under ``memory_mb``
+    and each read decodes at most ``_BLOCK_BYTES`` of values (a well cut by task edges adds its
+    rows once)."""
     import os
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
-    from profiler.profiles import _median_kernels as kern
-
     f32 = all(t in (pa.float32(), pa.float16()) for t in plan.feature_types)
-    dtype, np_dtype = (pa.float32(), np.float32) if f32 else (pa.float64(), np.float64)
+    np_dtype = np.float32 if f32 else np.float64  # of the blocks of rows cut by task edges
     n_groups, n_feats = len(plan.groups), len(feats)
     res = np.full((n_groups, n_feats), np.nan)
     n_threads = max(1, int(threads or os.cpu_count() or 1))
     in_flight = n_threads + 1
     longest = max([t[2] for t in plan.tasks], default=1)
     per_col = 2 * in_flight * longest * np.dtype(np_dtype).itemsize
-    width = max(1, min(n_feats, int(memory_mb * 1e6 // per_col))) if n_feats else 1
+    width = max(1, min(n_feats, int(memory_mb * 1e6 // per_col),
+                       _BLOCK_BYTES // (longest * np.dtype(np_dtype).itemsize))) if n_feats else 1
     bounds = np.concatenate([[0], np.cumsum([g.rows for g in plan.groups])]).astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum([t[2] for t in plan.tasks])]).astype(np.int64)
     reader = _Reader(files)
@@ -385,7 +408,7 @@ def _stream(plan: _Plan, files: list[Path], strata: list[str], meta: list[str], 
             open_piece: tuple | None = None   # (group, [row blocks]) of the group cut by task edges
             it = iter(range(len(plan.tasks)))
             for i in it:
-                pending.append(pool.submit(_task, reader, plan.tasks[i], int(offsets[i]), bounds, names, dtype,
+                pending.append(pool.submit(_task, reader, plan.tasks[i], int(offsets[i]), bounds, names, np_dtype,
                                            operation))
                 if len(pending) >= in_flight:
                     break
@@ -394,7 +417,7 @@ def _stream(plan: _Plan, files: list[Path], strata: list[str], meta: list[str], 
                 i = next(it, None)
                 if i is not None:
                     pending.append(pool.submit(_task, reader, plan.tasks[i], int(offsets[i]), bounds, names,
-                                               dtype, operation))
+                                               np_dtype, operation))
                 if values is not None:
                     res[a:a + values.shape[0], cs] = values
                 for g, rows in pieces:
@@ -403,7 +426,7 @@ def _stream(plan: _Plan, files: list[Path], strata: list[str], meta: list[str], 
                     open_piece[1].append(rows)
                     if sum(r.shape[0] for r in open_piece[1]) == bounds[g + 1] - bounds[g]:
                         x = _concat(open_piece[1], np_dtype)
-                        res[g, cs] = _aggregate(kern, x, np.array([0]), np.array([x.shape[0]]), operation)[0]
+                        res[g, cs] = _aggregate(x, [0], [x.shape[0]], operation)[0]
                         open_piece = None
             if open_piece is not None:  # the scan and the reads disagree: a file changed meanwhile
                 raise InputError("the per-cell files changed while they were aggregated", path=files[0])
