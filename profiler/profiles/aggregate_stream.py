@@ -22,7 +22,8 @@ Two engines, same result (one row per stratum, sorted by the strata; see :func:`
   sorted by something else, or a stratum value is null): DuckDB streams the files and aggregates
   the features in batches sized so that one pass holds at most ``memory_mb`` of feature values (a
   median must buffer its group's values); the median is ``quantile_cont(x, 0.5)`` with NaN mapped
-  to NULL, which equals pandas' median. About 10x slower than the stream engine for medians.
+  to NULL, which equals pandas' median. About 4x slower than the stream engine for medians (2 M
+  cells × 500 features, 2 threads: 120,699 against 516,040 cells/s).
 
 ``engine=`` forces one (``"stream"`` raises :class:`InputError` saying why it cannot stream).
 The engine used is in the result's ``attrs["engine"]``.
