@@ -19,7 +19,7 @@ no branches) and costs a fraction of a nanosecond per value:
 Every step is exact (comparisons only; no arithmetic on the values), so the result is the pandas
 median: the mean of the two middle values for an even count (computed by the caller in float64),
 NaN skipped, NaN for an all-NaN run; ±inf are ordinary values. float32 blocks stay float32 (no
-upcast) until that final mean. The kernels release the GIL (threads take disjoint column ranges)
+upcast) until that final mean. The kernels work on one column at a time and release the GIL
 and are compiled on first use and cached on disk (``cache=True``).
 """
 
@@ -311,16 +311,6 @@ def column_medians(x, starts, stops, out, j):
 
 
 @njit(nogil=True, cache=True)
-def run_medians(x, starts, stops, out, c0, c1):
-    """float64 medians of x[starts[r]:stops[r], j] into out[r, j] for every run r and column
-    c0 <= j < c1 (threads share a block by taking disjoint column ranges; the GIL is released).
-    x: float32/float64, rows × columns (column-major: a run of a column is contiguous)."""
-    xt = x.T  # C-contiguous when x is column-major: a run of a column is a contiguous slice
-    for j in range(c0, c1):
-        column_medians(xt[j], starts, stops, out, j)
-
-
-@njit(nogil=True, cache=True)
 def column_sums(x, starts, stops, sums, counts, j):
     """NaN-skipping float64 sums and counts of x[starts[r]:stops[r]] into sums/counts[r, j] (x: one column)."""
     for r in range(starts.shape[0]):
@@ -335,44 +325,35 @@ def column_sums(x, starts, stops, sums, counts, j):
         counts[r, j] = c
 
 
-@njit(nogil=True, cache=True)
-def run_sums(x, starts, stops, sums, counts, c0, c1):
-    """NaN-skipping float64 sums and counts of x[starts[r]:stops[r], j] into sums/counts[r, j], c0 <= j < c1."""
-    xt = x.T
-    for j in range(c0, c1):
-        column_sums(xt[j], starts, stops, sums, counts, j)
+def _columns(data, floats: bool) -> list[np.ndarray]:
+    """The 1-D contiguous columns of ``data``: a list of them as it is, or a 2-D block's (float32
+    and float64 kept, anything else as float64 when ``floats``)."""
+    if not isinstance(data, np.ndarray):
+        return list(data)
+    if floats and data.dtype not in (np.float32, np.float64):
+        data = data.astype(np.float64)
+    return list(np.asfortranarray(data).T)  # column-major: each column contiguous (a copy only when it is not)
 
 
-def _run(kernel, n_cols: int, args: tuple, pool, parts: int) -> None:
-    """kernel(*args, c0, c1) over column ranges, on the thread pool when there is one."""
-    if pool is None or parts <= 1 or n_cols < 2:
-        kernel(*args, 0, n_cols)
-        return
-    edges = np.linspace(0, n_cols, min(parts, n_cols) + 1).astype(np.int64)
-    futures = [pool.submit(kernel, *args, int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
-    for f in futures:
-        f.result()
-
-
-def medians(block: np.ndarray, starts: np.ndarray, stops: np.ndarray, *, pool=None, parts: int = 1) -> np.ndarray:
-    """float64 (runs × columns) NaN-skipping medians of the row runs of a float32/float64 block
-    (``pool``: a thread pool that computes ``parts`` column ranges at once)."""
-    block = np.asarray(block)
-    if block.dtype not in (np.float32, np.float64):
-        block = block.astype(np.float64)
-    block = np.asfortranarray(block)  # a column's run contiguous (a copy only when it is not)
-    out = np.empty((len(starts), block.shape[1]), np.float64)
-    _run(run_medians, block.shape[1], (block, np.asarray(starts, np.int64), np.asarray(stops, np.int64), out),
-         pool, parts)
+def medians(data, starts, stops) -> np.ndarray:
+    """float64 (runs × columns) NaN-skipping medians of the row runs ``starts[r]:stops[r]`` of each
+    column of ``data`` (a list of 1-D float32/float64 arrays, e.g. Arrow's decoded buffers, or a
+    2-D block). The kernels release the GIL: threads may compute different columns at once."""
+    columns = _columns(data, floats=True)
+    starts, stops = np.asarray(starts, np.int64), np.asarray(stops, np.int64)
+    out = np.empty((len(starts), len(columns)), np.float64)
+    for j, c in enumerate(columns):
+        column_medians(c, starts, stops, out, j)
     return out
 
 
-def sums_counts(block: np.ndarray, starts: np.ndarray, stops: np.ndarray, *, pool=None,
-                parts: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """float64 NaN-skipping sums and int64 counts (runs × columns) of the row runs of a block."""
-    block = np.asfortranarray(block)  # a column's run contiguous (a copy only when it is not)
-    sums = np.empty((len(starts), block.shape[1]), np.float64)
-    counts = np.empty((len(starts), block.shape[1]), np.int64)
-    _run(run_sums, block.shape[1], (block, np.asarray(starts, np.int64), np.asarray(stops, np.int64), sums, counts),
-         pool, parts)
+def sums_counts(data, starts, stops) -> tuple[np.ndarray, np.ndarray]:
+    """float64 NaN-skipping sums and int64 counts (runs × columns) of the row runs of each column of
+    ``data`` (as in :func:`medians`)."""
+    columns = _columns(data, floats=False)
+    starts, stops = np.asarray(starts, np.int64), np.asarray(stops, np.int64)
+    sums = np.empty((len(starts), len(columns)), np.float64)
+    counts = np.empty((len(starts), len(columns)), np.int64)
+    for j, c in enumerate(columns):
+        column_sums(c, starts, stops, sums, counts, j)
     return sums, counts

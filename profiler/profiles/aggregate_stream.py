@@ -353,23 +353,16 @@ def _rows(cols: list[np.ndarray], start: int, stop: int, np_dtype) -> np.ndarray
     return out
 
 
-def _aggregate(cols, starts: np.ndarray, stops: np.ndarray, operation: str) -> np.ndarray:
+def _aggregate(cols, starts, stops, operation: str) -> np.ndarray:
     """(runs × columns) float64 medians or means of the row runs of ``cols``: a list of 1-D columns
     or a column-major block."""
     from profiler.profiles import _median_kernels as kern
 
-    columns = list(cols.T) if isinstance(cols, np.ndarray) else cols  # a block's columns are contiguous
-    starts, stops = np.asarray(starts, np.int64), np.asarray(stops, np.int64)
-    out = np.empty((len(starts), len(columns)), np.float64)
     if operation == "median":
-        for j, c in enumerate(columns):
-            kern.column_medians(c, starts, stops, out, j)
-        return out
-    counts = np.empty(out.shape, np.int64)
-    for j, c in enumerate(columns):
-        kern.column_sums(c, starts, stops, out, counts, j)
+        return kern.medians(cols, starts, stops)
+    sums, counts = kern.sums_counts(cols, starts, stops)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, out / np.maximum(counts, 1), np.nan)
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
 def _stream(plan: _Plan, files: list[Path], strata: list[str], meta: list[str], feats: list[str],
