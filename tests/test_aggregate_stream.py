@@ -228,7 +228,8 @@ def test_stream_reads_each_stored_type_as_pandas_does(tmp_path, monkeypatch):
         table = table.append_column(name, arr)
     pq.write_table(table, tmp_path / "cells.parquet", row_group_size=9)
     whole = aggregate_parquet(tmp_path / "cells.parquet")
-    monkeypatch.setattr(ags, "_BLOCK_BYTES", 2 * 9 * 8)  # two columns per read
+    # two columns per read (the 9-row row groups make one read task of every row, float64 blocks)
+    monkeypatch.setattr(ags, "_BLOCK_BYTES", 2 * n * 8)
     narrow = aggregate_parquet(tmp_path / "cells.parquet")
     pd.testing.assert_frame_equal(whole, narrow)
     cells = table.to_pandas()

@@ -311,12 +311,10 @@ class _Reader:
 
 def _floats(col: pa.ChunkedArray) -> np.ndarray:
     """One column as a float array: float32/float64 as stored, float16 as float32, integers and
-    booleans as float64; nulls → NaN."""
+    booleans as float64; nulls → NaN (``to_numpy`` of a float array with nulls fills them)."""
     arr = _plain(col)
     if arr.type not in (pa.float32(), pa.float64()):
         arr = arr.cast(pa.float32() if arr.type == pa.float16() else pa.float64())
-    if arr.null_count:
-        arr = pc.fill_null(arr, pa.scalar(np.nan, arr.type))
     return arr.to_numpy(zero_copy_only=False)
 
 
